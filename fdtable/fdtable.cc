@@ -1,0 +1,103 @@
+#include "fdtable/fdtable.h"
+
+#include <sys/mman.h>
+
+#include <cstdlib>
+
+namespace doorway::fdtable {
+
+namespace {
+
+constinit FdTable g_table;
+
+// Takes a reference only if the count is not already zero (T1). A zero count
+// means the node is free or under construction; the memory is still a Node
+// (type-stable), so reading the count is always safe.
+bool TryRef(Node* node) {
+  std::uint32_t refs = node->refs.load(std::memory_order_relaxed);
+  while (refs != 0) {
+    // T1: acquire pairs with M1 (construction) and with U1 (prior unrefs).
+    if (node->refs.compare_exchange_weak(refs, refs + 1, std::memory_order_acquire,
+                                         std::memory_order_relaxed)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
+FdTable& GlobalTable() { return g_table; }
+
+void Ref::Reset() {
+  Node* node = std::exchange(node_, nullptr);
+  if (node == nullptr) return;
+  // U1: release so our uses of the object happen before its destruction;
+  // the acquire half makes the thread that drops the last reference see every
+  // other holder's uses (pairs with U1 in those threads). acq_rel rather than
+  // release + acquire fence because TSAN does not model standalone fences.
+  if (node->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+    node->destroy(node->payload);
+    node->type_tag = 0;
+    GlobalPool().Free(node);
+  }
+}
+
+Ref Ref::Clone() const {
+  if (node_ == nullptr) return Ref();
+  // Relaxed: we already hold a reference, so the object cannot go away and
+  // no ordering is needed to take another (as with shared_ptr copies).
+  node_->refs.fetch_add(1, std::memory_order_relaxed);
+  return Ref(node_);
+}
+
+FdTable::Bucket* FdTable::BucketFor(int fd, bool create) {
+  std::atomic<Bucket*>& top = buckets_[fd / kSlotsPerBucket];
+  // B1: acquire pairs with the release CAS below: slots are zeroed before use.
+  Bucket* b = top.load(std::memory_order_acquire);
+  if (b != nullptr || !create) return b;
+  void* mem =
+      mmap(nullptr, sizeof(Bucket), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mem == MAP_FAILED) return nullptr;
+  Bucket* fresh = static_cast<Bucket*>(mem);  // anonymous memory is zeroed
+  if (top.compare_exchange_strong(b, fresh, std::memory_order_acq_rel, std::memory_order_acquire)) {
+    return fresh;
+  }
+  munmap(mem, sizeof(Bucket));  // another thread published first; use theirs
+  return b;
+}
+
+Ref FdTable::Get(int fd) const {
+  if (fd < 0 || fd >= kMaxFds) return Ref();
+  Bucket* b = buckets_[fd / kSlotsPerBucket].load(std::memory_order_acquire);  // B1
+  if (b == nullptr) return Ref();
+  const std::atomic<Node*>& slot = b->slots[fd % kSlotsPerBucket];
+  for (;;) {
+    // S1: acquire pairs with the release half of the exchange in Install (S2).
+    Node* node = slot.load(std::memory_order_acquire);
+    if (node == nullptr) return Ref();
+    if (!TryRef(node)) continue;  // dying: the slot has moved on or will
+    // The node may have been freed and reused since we loaded it; if the
+    // slot still holds it, our reference is to the installed object.
+    if (slot.load(std::memory_order_acquire) == node) return Ref(node);
+    Ref(node).Reset();
+  }
+}
+
+Ref FdTable::Install(int fd, Ref obj, bool* ok) {
+  Bucket* b = (fd >= 0 && fd < kMaxFds) ? BucketFor(fd, true) : nullptr;
+  if (ok != nullptr) *ok = b != nullptr;
+  if (b == nullptr) return obj;
+  // S2: release publishes the object to readers (S1); acquire so that the
+  // displaced reference is handed back with its writer's history.
+  Node* old = b->slots[fd % kSlotsPerBucket].exchange(obj.Release(), std::memory_order_acq_rel);
+  return Ref(old);
+}
+
+Ref FdTable::Remove(int fd) {
+  Bucket* b = (fd >= 0 && fd < kMaxFds) ? BucketFor(fd, false) : nullptr;
+  if (b == nullptr) return Ref();
+  return Ref(b->slots[fd % kSlotsPerBucket].exchange(nullptr, std::memory_order_acq_rel));
+}
+
+}  // namespace doorway::fdtable

@@ -1,0 +1,141 @@
+// The shadow fd table: fd number -> reference-counted object.
+//
+// How the pieces fit: the runtime creates an object with Make<T>() (memory
+// from the type-stable Pool, see pool.h) and installs it at an fd number with
+// Install(); interposed calls look it up with Get(), which takes no lock and
+// returns a Ref that keeps the object alive for the duration of the call even
+// if another thread closes the fd meanwhile. Remove()/Install() hand back the
+// reference they displaced; the caller drops it after it is done with the
+// kernel (so a slot never points at a dead object).
+//
+// Layout: a fixed top-level array of bucket pointers, each bucket one page of
+// slots, mapped on first use and published with a release CAS (gVisor's
+// fd_table_unsafe.go is the model). Writers do not take a mutex either — close()
+// and accept() must be callable from a signal handler (DESIGN §9), and a
+// handler that interrupted a writer holding a mutex would deadlock — so slots
+// are updated with atomic exchange; two threads racing on one fd number get
+// the kernel's own answer for the fd and one of them wins the slot, exactly as
+// with the kernel's table.
+#ifndef DOORWAY_FDTABLE_FDTABLE_H_
+#define DOORWAY_FDTABLE_FDTABLE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <new>
+#include <type_traits>
+#include <utility>
+
+#include "fdtable/pool.h"
+
+namespace doorway::fdtable {
+
+// A counted reference to a Node. Move-only; async-signal-safe.
+class Ref {
+ public:
+  Ref() = default;
+  explicit Ref(Node* node) : node_(node) {}  // adopts one reference
+  Ref(const Ref&) = delete;
+  Ref& operator=(const Ref&) = delete;
+  Ref(Ref&& other) noexcept : node_(std::exchange(other.node_, nullptr)) {}
+  Ref& operator=(Ref&& other) noexcept {
+    if (this != &other) {
+      Reset();
+      node_ = std::exchange(other.node_, nullptr);
+    }
+    return *this;
+  }
+  ~Ref() { Reset(); }
+
+  explicit operator bool() const { return node_ != nullptr; }
+  Node* node() const { return node_; }
+  std::uint32_t type_tag() const { return node_->type_tag; }
+
+  // The object, if it was made as T (checked by tag); nullptr otherwise.
+  template <class T>
+  T* As() const {
+    if (node_ == nullptr || node_->type_tag != T::kTypeTag) return nullptr;
+    return std::launder(reinterpret_cast<T*>(node_->payload));
+  }
+
+  // A second reference to the same object.
+  Ref Clone() const;
+  // Releases ownership without dropping the reference.
+  Node* Release() { return std::exchange(node_, nullptr); }
+  void Reset();
+
+ private:
+  Node* node_ = nullptr;
+};
+
+// Constructs a T in a pool node and returns the only reference to it. T needs
+// a `static constexpr std::uint32_t kTypeTag` (non-zero) and a destructor that
+// is async-signal-safe (it may run in whichever thread drops the last
+// reference, including a signal handler): no free(), no locks.
+template <class T, class... Args>
+Ref Make(Args&&... args) {
+  static_assert(sizeof(T) <= kPayloadBytes, "object too large for an fd table node");
+  static_assert(alignof(T) <= 16, "object over-aligned for an fd table node");
+  static_assert(T::kTypeTag != 0);
+  Node* node = GlobalPool().Allocate();
+  if (node == nullptr) return Ref();
+  new (node->payload) T(std::forward<Args>(args)...);
+  node->type_tag = T::kTypeTag;
+  node->destroy = [](void* p) { std::launder(reinterpret_cast<T*>(p))->~T(); };
+  // M1: release pairs with the acquire CAS in TryRef (T1): a reader that
+  // sees refs > 0 sees the constructed object, tag and destroy hook.
+  node->refs.store(1, std::memory_order_release);
+  return Ref(node);
+}
+
+class FdTable {
+ public:
+  static constexpr int kSlotsPerBucket = 512;  // one 4 KiB page of slots
+  static constexpr int kMaxFds = 1 << 20;      // Linux's default fs.nr_open
+
+  constexpr FdTable() = default;
+
+  // The object installed at fd, or an empty Ref. Lock-free.
+  Ref Get(int fd) const;
+  // Puts obj at fd; returns what was there. Fails (returns obj back, with
+  // *ok = false) only for fds beyond kMaxFds or when memory is exhausted.
+  Ref Install(int fd, Ref obj, bool* ok = nullptr);
+  // Empties the slot; returns what was there.
+  Ref Remove(int fd);
+  // Empties every slot in [first, last] (close_range); calls fn(fd, Ref&&)
+  // for each removed object.
+  template <class Fn>
+  void RemoveRange(int first, int last, Fn&& fn);
+
+ private:
+  struct Bucket {
+    std::atomic<Node*> slots[kSlotsPerBucket];
+  };
+  static constexpr int kBuckets = kMaxFds / kSlotsPerBucket;
+
+  Bucket* BucketFor(int fd, bool create);
+
+  std::atomic<Bucket*> buckets_[kBuckets]{};
+};
+
+// The process-wide table.
+FdTable& GlobalTable();
+
+template <class Fn>
+void FdTable::RemoveRange(int first, int last, Fn&& fn) {
+  if (first < 0) first = 0;
+  if (last >= kMaxFds) last = kMaxFds - 1;
+  for (int fd = first; fd <= last;) {
+    Bucket* b = buckets_[fd / kSlotsPerBucket].load(std::memory_order_acquire);
+    if (b == nullptr) {
+      fd = (fd / kSlotsPerBucket + 1) * kSlotsPerBucket;
+      continue;
+    }
+    Node* n = b->slots[fd % kSlotsPerBucket].exchange(nullptr, std::memory_order_acq_rel);
+    if (n != nullptr) fn(fd, Ref(n));
+    ++fd;
+  }
+}
+
+}  // namespace doorway::fdtable
+
+#endif  // DOORWAY_FDTABLE_FDTABLE_H_
