@@ -84,6 +84,13 @@ Ref FdTable::Get(int fd) const {
   }
 }
 
+bool FdTable::Occupied(int fd) const {
+  if (fd < 0 || fd >= kMaxFds) return false;
+  Bucket* b = buckets_[fd / kSlotsPerBucket].load(std::memory_order_acquire);  // B1
+  // Relaxed: a hint only; the caller takes a reference with Get() to act on it.
+  return b != nullptr && b->slots[fd % kSlotsPerBucket].load(std::memory_order_relaxed) != nullptr;
+}
+
 Ref FdTable::Install(int fd, Ref obj, bool* ok) {
   Bucket* b = (fd >= 0 && fd < kMaxFds) ? BucketFor(fd, true) : nullptr;
   if (ok != nullptr) *ok = b != nullptr;

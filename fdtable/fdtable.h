@@ -101,6 +101,9 @@ class FdTable {
   Ref Install(int fd, Ref obj, bool* ok = nullptr);
   // Empties the slot; returns what was there.
   Ref Remove(int fd);
+  // Whether something is installed at fd: one load, no reference taken, so
+  // the answer may be stale by the time the caller acts on it.
+  bool Occupied(int fd) const;
   // Empties every slot in [first, last] (close_range); calls fn(fd, Ref&&)
   // for each removed object.
   template <class Fn>

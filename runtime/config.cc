@@ -1,0 +1,64 @@
+#include "runtime/config.h"
+
+#include <cstring>
+
+namespace doorway::runtime {
+
+namespace {
+
+constinit Config g_config;
+
+const char* Lookup(const char* const* envp, const char* name) {
+  if (envp == nullptr) return nullptr;
+  size_t len = strlen(name);
+  for (const char* const* e = envp; *e != nullptr; ++e) {
+    if (strncmp(*e, name, len) == 0 && (*e)[len] == '=') return *e + len + 1;
+  }
+  return nullptr;
+}
+
+bool ParseBool(const char* name, const char* value, bool fallback) {
+  if (value == nullptr) return fallback;
+  if (strcmp(value, "1") == 0 || strcmp(value, "yes") == 0 || strcmp(value, "true") == 0) {
+    return true;
+  }
+  if (strcmp(value, "0") == 0 || strcmp(value, "no") == 0 || strcmp(value, "false") == 0 ||
+      value[0] == '\0') {
+    return false;
+  }
+  RawLog(LogLevel::kWarn, "%s=%s is not 0/1/yes/no/true/false; using %d", name, value, fallback);
+  return fallback;
+}
+
+}  // namespace
+
+Config ParseConfig(const char* const* envp) {
+  Config c;
+  c.disabled = ParseBool("DOORWAY_DISABLE", Lookup(envp, "DOORWAY_DISABLE"), false);
+  if (const char* v = Lookup(envp, "DOORWAY_LOG"); v != nullptr) {
+    static constexpr struct {
+      const char* name;
+      LogLevel level;
+    } kLevels[] = {{"off", LogLevel::kOff},     {"", LogLevel::kOff},
+                   {"error", LogLevel::kError}, {"warn", LogLevel::kWarn},
+                   {"info", LogLevel::kInfo},   {"debug", LogLevel::kDebug}};
+    bool found = false;
+    for (const auto& l : kLevels) {
+      if (strcmp(v, l.name) == 0) {
+        c.log_level = l.level;
+        found = true;
+      }
+    }
+    if (!found)
+      RawLog(LogLevel::kWarn, "DOORWAY_LOG=%s is not off|error|warn|info|debug; using off", v);
+  }
+  if (const char* v = Lookup(envp, "DOORWAY_LOG_FILE"); v != nullptr && v[0] != '\0') {
+    c.log_file = v;
+  }
+  return c;
+}
+
+const Config& GetConfig() { return g_config; }
+void SetConfig(const Config& config) { g_config = config; }
+
+}  // namespace doorway::runtime

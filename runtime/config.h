@@ -1,0 +1,29 @@
+// Settings read from DOORWAY_* environment variables, once, at
+// initialisation (getenv is not safe earlier). See docs/configuration.md.
+#ifndef DOORWAY_RUNTIME_CONFIG_H_
+#define DOORWAY_RUNTIME_CONFIG_H_
+
+#include "runtime/log.h"
+
+namespace doorway::runtime {
+
+struct Config {
+  // DOORWAY_DISABLE=1: track nothing, accelerate nothing; pure pass-through.
+  bool disabled = false;
+  // DOORWAY_LOG=off|error|warn|info|debug.
+  LogLevel log_level = LogLevel::kOff;
+  // DOORWAY_LOG_FILE=path: append log lines there instead of stderr.
+  const char* log_file = nullptr;
+};
+
+// Parses the environment. A bad value is reported once on stderr and the
+// default is used: the program must still run.
+Config ParseConfig(const char* const* envp);
+
+// The process's settings (valid after initialisation).
+const Config& GetConfig();
+void SetConfig(const Config& config);
+
+}  // namespace doorway::runtime
+
+#endif  // DOORWAY_RUNTIME_CONFIG_H_

@@ -1,0 +1,34 @@
+#include "runtime/config.h"
+
+#include "gtest/gtest.h"
+
+namespace doorway::runtime {
+namespace {
+
+TEST(Config, Defaults) {
+  const char* env[] = {"PATH=/bin", nullptr};
+  Config c = ParseConfig(env);
+  EXPECT_FALSE(c.disabled);
+  EXPECT_EQ(c.log_level, LogLevel::kOff);
+  EXPECT_EQ(c.log_file, nullptr);
+  EXPECT_FALSE(ParseConfig(nullptr).disabled);
+}
+
+TEST(Config, Values) {
+  const char* env[] = {"DOORWAY_DISABLE=1", "DOORWAY_LOG=debug", "DOORWAY_LOG_FILE=/tmp/x",
+                       "DOORWAY_DISABLEX=0", nullptr};
+  Config c = ParseConfig(env);
+  EXPECT_TRUE(c.disabled);
+  EXPECT_EQ(c.log_level, LogLevel::kDebug);
+  EXPECT_STREQ(c.log_file, "/tmp/x");
+}
+
+TEST(Config, BadValuesFallBackToDefaults) {
+  const char* env[] = {"DOORWAY_DISABLE=maybe", "DOORWAY_LOG=loud", nullptr};
+  Config c = ParseConfig(env);
+  EXPECT_FALSE(c.disabled);
+  EXPECT_EQ(c.log_level, LogLevel::kOff);
+}
+
+}  // namespace
+}  // namespace doorway::runtime

@@ -1,0 +1,57 @@
+#include "runtime/runtime.h"
+
+#include <fcntl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <atomic>
+
+#include "runtime/config.h"
+#include "runtime/log.h"
+#include "runtime/real.h"
+#include "runtime/sockets.h"
+
+namespace doorway::runtime {
+
+namespace {
+
+// 0 = not started, 1 = running, 2 = done.
+constinit std::atomic<int> g_init_state{0};
+
+}  // namespace
+
+bool Initialised() { return g_init_state.load(std::memory_order_acquire) == 2; }
+
+void Initialise() {
+  int expected = 0;
+  if (!g_init_state.compare_exchange_strong(expected, 1, std::memory_order_acq_rel)) return;
+  real::ResolveAll();
+  Config config = ParseConfig(environ);
+  if (config.log_file != nullptr) {
+    int fd =
+        static_cast<int>(syscall(SYS_openat, AT_FDCWD, config.log_file,
+                                 O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600));
+    if (fd >= 0) {
+      g_log_fd.store(fd, std::memory_order_relaxed);
+    } else {
+      RawLog(LogLevel::kWarn, "cannot open DOORWAY_LOG_FILE=%s; logging to stderr",
+             config.log_file);
+    }
+  }
+  g_log_level.store(static_cast<int>(config.log_level), std::memory_order_relaxed);
+  SetConfig(config);
+  SetTrackingEnabled(!config.disabled);
+  int inherited = config.disabled ? 0 : ScanInheritedSockets();
+  DOORWAY_LOG(kInfo, "loaded%s; %d inherited socket(s)", config.disabled ? " (disabled)" : "",
+              inherited);
+  // A1: release pairs with the acquire in Initialised().
+  g_init_state.store(2, std::memory_order_release);
+}
+
+namespace {
+// Priority 101: as early as a constructor can run, so that sockets created
+// by other constructors are seen by an initialised runtime.
+__attribute__((constructor(101))) void InitialiseAtLoad() { Initialise(); }
+}  // namespace
+
+}  // namespace doorway::runtime
