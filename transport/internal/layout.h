@@ -1,0 +1,153 @@
+// The bytes of a doorway segment, as both processes see them.
+//
+// Everything here lives in a memfd mapped by two mutually untrusting
+// processes. Rules (CONVENTIONS.md "Shared memory"):
+//   * offsets, never pointers;
+//   * every field the peer can write is validated before use; immutable
+//     fields (sizes, offsets) are validated once when the segment is attached
+//     and then copied into process-local objects, never read again;
+//   * the layout is fixed by static_asserts so that both sides (and future
+//     versions) agree byte for byte.
+//
+//   offset 0      SegmentHeader       magic, version, sizes, ring offsets
+//   offset 64     guard line
+//   offset 128    RingControl[0]      client -> server ring control block
+//   offset 128+R  RingControl[1]      server -> client ring control block
+//   page aligned  ring 0 data         capacity[0] bytes (power of two)
+//   page aligned  ring 1 data         capacity[1] bytes (power of two)
+//
+// A RingControl follows DPDK's rte_ring (lib/ring/rte_ring_core.h): the
+// metadata line, then the producer's and the consumer's lines, each followed
+// by a guard line (RTE_CACHE_GUARD) so that the adjacent-line prefetcher does
+// not drag a line the other core is writing into a false-sharing pair.
+// Lines that are written on every operation (the two indices) are separate
+// from lines written only on rare events (shutdown state, waiter counts,
+// locks), so that the hot path of one side keeps the rarely written lines of
+// the other side in its cache (reading them is a hit).
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+namespace doorway::transport::internal {
+
+inline constexpr size_t kCacheLine = 64;
+
+// Values of StateLine::writer / StateLine::reader. Anything else read from
+// shared memory is corruption (-EIO).
+inline constexpr uint32_t kStateOpen = 0;
+inline constexpr uint32_t kStateClosed = 1;  // writer: FIN (EOF after drain); reader: gone
+inline constexpr uint32_t kStateReset = 2;   // abortive close: ECONNRESET for the other side
+
+struct alignas(kCacheLine) GuardLine {
+  std::byte pad[kCacheLine];
+};
+
+// Written by the creator before the segment is handed over; afterwards
+// read-only by convention, but a hostile peer may still scribble on it, so the
+// attaching side validates it once and keeps a local copy.
+struct alignas(kCacheLine) RingMeta {
+  uint64_t capacity;     // bytes, power of two
+  uint64_t data_offset;  // from the segment base, page aligned
+};
+
+// A free-running 64-bit byte counter, masked with (capacity - 1) on access.
+// prod.index ("tail") is written only by the producer side; cons.index
+// ("head") only by the consumer side. 64 bits never wrap in practice
+// (2^64 bytes at 100 GB/s is 5 years).
+struct alignas(kCacheLine) IndexLine {
+  std::atomic<uint64_t> index;
+};
+
+// Shutdown state of the ring, written once or twice per connection lifetime.
+struct alignas(kCacheLine) StateLine {
+  std::atomic<uint32_t> writer;  // written by the producer side
+  std::atomic<uint32_t> reader;  // written by the consumer side
+};
+
+// A semaphore-like wake-up channel: `seq` is the futex word, `waiters` counts
+// threads that are (about to be) asleep on it. Wakers bump `seq` and call
+// FUTEX_WAKE only when `waiters` != 0 (see wait.h for the protocol).
+struct alignas(kCacheLine) WaitLine {
+  std::atomic<uint32_t> seq;
+  std::atomic<uint32_t> waiters;
+};
+
+// A cross-process mutex word (see shm_mutex.h) serialising the threads and
+// processes that share one end of a ring.
+struct alignas(kCacheLine) LockLine {
+  std::atomic<uint32_t> word;
+};
+
+struct RingControl {
+  RingMeta meta;        // line 0
+  GuardLine guard0;     // line 1
+  IndexLine prod;       // line 2: tail, hot, written by the producer
+  GuardLine guard1;     // line 3
+  IndexLine cons;       // line 4: head, hot, written by the consumer
+  GuardLine guard2;     // line 5
+  StateLine state;      // line 6: shutdown flags (rare)
+  GuardLine guard3;     // line 7
+  WaitLine data_wait;   // line 8: consumers waiting for data (rare)
+  GuardLine guard4;     // line 9
+  WaitLine space_wait;  // line 10: producers waiting for space (rare)
+  GuardLine guard5;     // line 11
+  LockLine prod_lock;   // line 12: serialises producers (written per op when shared)
+  GuardLine guard6;     // line 13
+  LockLine cons_lock;   // line 14: serialises consumers
+  GuardLine guard7;     // line 15
+};
+
+static_assert(std::atomic<uint64_t>::is_always_lock_free);
+static_assert(std::atomic<uint32_t>::is_always_lock_free);
+static_assert(sizeof(std::atomic<uint64_t>) == 8 && sizeof(std::atomic<uint32_t>) == 4);
+static_assert(offsetof(RingControl, meta) == 0 * kCacheLine);
+static_assert(offsetof(RingControl, prod) == 2 * kCacheLine);
+static_assert(offsetof(RingControl, cons) == 4 * kCacheLine);
+static_assert(offsetof(RingControl, state) == 6 * kCacheLine);
+static_assert(offsetof(RingControl, data_wait) == 8 * kCacheLine);
+static_assert(offsetof(RingControl, space_wait) == 10 * kCacheLine);
+static_assert(offsetof(RingControl, prod_lock) == 12 * kCacheLine);
+static_assert(offsetof(RingControl, cons_lock) == 14 * kCacheLine);
+static_assert(sizeof(RingControl) == 16 * kCacheLine);
+static_assert(alignof(RingControl) == kCacheLine);
+
+inline constexpr uint64_t kSegmentMagic = 0x59415752'4f4f4421ull;  // "!DOORWAY", little endian
+inline constexpr uint32_t kSegmentVersion = 1;
+inline constexpr uint32_t kRingCount = 2;
+
+struct alignas(kCacheLine) SegmentHeader {
+  uint64_t magic;
+  uint32_t version;
+  uint32_t prefix_size;                      // sizeof(SegmentPrefix)
+  uint64_t segment_size;                     // must equal the memfd's size
+  uint32_t ring_count;                       // kRingCount
+  uint32_t page_kind;                        // creator's placement, informational only (untrusted)
+  uint64_t ring_control_offset[kRingCount];  // must equal the fixed offsets below
+};
+
+struct SegmentPrefix {
+  SegmentHeader header;  // line 0
+  GuardLine guard;       // line 1
+  RingControl ring[kRingCount];
+};
+
+static_assert(offsetof(SegmentHeader, magic) == 0);
+static_assert(offsetof(SegmentHeader, version) == 8);
+static_assert(offsetof(SegmentHeader, prefix_size) == 12);
+static_assert(offsetof(SegmentHeader, segment_size) == 16);
+static_assert(offsetof(SegmentHeader, ring_count) == 24);
+static_assert(offsetof(SegmentHeader, page_kind) == 28);
+static_assert(offsetof(SegmentHeader, ring_control_offset) == 32);
+static_assert(sizeof(SegmentHeader) == kCacheLine);
+static_assert(offsetof(SegmentPrefix, ring) == 2 * kCacheLine);
+static_assert(sizeof(SegmentPrefix) == 2 * kCacheLine + kRingCount * sizeof(RingControl));
+static_assert(sizeof(SegmentPrefix) <= 4096, "the prefix must fit in the first page");
+
+inline constexpr uint64_t RingControlOffset(uint32_t ring) {
+  return 2 * kCacheLine + ring * sizeof(RingControl);
+}
+static_assert(RingControlOffset(1) == offsetof(SegmentPrefix, ring) + sizeof(RingControl));
+
+}  // namespace doorway::transport::internal

@@ -1,0 +1,446 @@
+#include "transport/ring.h"
+
+#include <cerrno>
+#include <climits>
+#include <cstring>
+
+#include "transport/internal/check.h"
+#include "transport/internal/futex.h"
+
+namespace doorway::transport {
+
+namespace {
+
+using internal::kStateClosed;
+using internal::kStateOpen;
+using internal::kStateReset;
+
+RingStats g_unused_stats;  // sink for Rings built without stats
+
+inline bool ValidState(uint32_t s) { return s <= kStateReset; }
+
+// Sum of iovec lengths, saturated at `limit` (callers pass the capacity, so
+// a huge or overflowing iovec array cannot matter).
+inline uint64_t IovTotal(const struct iovec* iov, int iovcnt, uint64_t limit) {
+  uint64_t total = 0;
+  for (int i = 0; i < iovcnt && total < limit; ++i) {
+    uint64_t l = iov[i].iov_len;
+    total = (l > limit - total) ? limit : total + l;
+  }
+  return total;
+}
+
+}  // namespace
+
+Ring::Ring(internal::RingControl* ctrl, std::byte* data, uint64_t capacity, RingStats* stats)
+    : ctrl_(ctrl),
+      data_(data),
+      cap_(capacity),
+      mask_(capacity - 1),
+      stats_(stats != nullptr ? stats : &g_unused_stats) {
+  DOORWAY_CHECK(ctrl != nullptr && data != nullptr);
+  DOORWAY_CHECK(capacity >= 64 && (capacity & (capacity - 1)) == 0);
+  DOORWAY_CHECK(capacity <= (uint64_t{1} << 40));
+  // The caches start at the current indices (they are lower bounds; any value
+  // <= the real one is safe, and a corrupt one is re-read before use).
+  cached_head_ = ctrl_->cons.index.load(std::memory_order_acquire);  // A1
+  cached_tail_ = ctrl_->prod.index.load(std::memory_order_acquire);  // A2
+}
+
+void Ring::Corrupt() const { StatAdd(stats_->corruptions); }
+
+void WakeIfWaiting(internal::WaitLine& w, RingStats* stats) {
+  // D1: the caller's seq_cst store (R1/R2/R3) precedes this seq_cst load in
+  // the single total order; the waiter's W1 (waiters += 1) precedes its own
+  // seq_cst recheck. So either we see waiters != 0 here, or the waiter's
+  // recheck sees our store. Cache hit in the common case: the line is
+  // written only when somebody goes to sleep.
+  if (w.waiters.load(std::memory_order_seq_cst) == 0) return;
+  // Change the futex word, so that a waiter that registered but has not yet
+  // entered FUTEX_WAIT returns -EAGAIN from it instead of sleeping (no lost
+  // wake-up). seq_cst: ordered after the state change in the total order.
+  w.seq.fetch_add(1, std::memory_order_seq_cst);
+  internal::FutexWake(&w.seq, INT_MAX);
+  if (stats != nullptr) StatAdd(stats->futex_wakes);
+}
+
+// --------------------------------------------------------------- producer
+
+int Ring::CheckWriteState() const {
+  // Own state: relaxed, only this end writes it (and a handover between
+  // threads/processes of this end goes through the end's lock).
+  uint32_t w = ctrl_->state.writer.load(std::memory_order_relaxed);
+  // A3 pairs with R3 in ShutdownRead/MarkReaderGone.
+  uint32_t r = ctrl_->state.reader.load(std::memory_order_acquire);
+  if (!ValidState(w) || !ValidState(r)) {
+    Corrupt();
+    return -EIO;
+  }
+  if (r == kStateReset) return -ECONNRESET;
+  if (r != kStateOpen || w != kStateOpen) return -EPIPE;
+  return 0;
+}
+
+int64_t Ring::LoadUsedForProducer(uint64_t* tail_out, size_t want) {
+  // Own index: relaxed, written only by this end (see CheckWriteState). It is
+  // still validated against the head below, since the peer can scribble on it.
+  uint64_t tail = ctrl_->prod.index.load(std::memory_order_relaxed);
+  uint64_t used = tail - cached_head_;
+  if (used > cap_ || cap_ - used < want) {
+    // A1 pairs with R2: once we see the consumer's head, its reads of the
+    // bytes before head are complete and we may overwrite them.
+    cached_head_ = ctrl_->cons.index.load(std::memory_order_acquire);
+    used = tail - cached_head_;
+    if (used > cap_) {  // head > tail or tail - head > capacity
+      Corrupt();
+      return -EIO;
+    }
+  }
+  *tail_out = tail;
+  return static_cast<int64_t>(used);
+}
+
+void Ring::PublishTail(uint64_t tail) {
+  // R1 pairs with A2 (the consumer's acquire load of the tail): the bytes
+  // copied above are visible before the new tail. seq_cst for D1 (Dekker with
+  // the consumer's W1 in wait.cc); on x86 this is one xchg.
+  ctrl_->prod.index.store(tail, std::memory_order_seq_cst);
+  WakeIfWaiting(ctrl_->data_wait, stats_);
+}
+
+int64_t Ring::Write(const void* buf, size_t len) {
+  struct iovec iov = {const_cast<void*>(buf), len};
+  return Write(&iov, 1);
+}
+
+int64_t Ring::Write(const struct iovec* iov, int iovcnt) {
+  if (int rc = CheckWriteState(); rc != 0) return rc;
+  uint64_t total = IovTotal(iov, iovcnt, cap_);
+  if (total == 0) return 0;
+  uint64_t tail;
+  int64_t used = LoadUsedForProducer(&tail, total);
+  if (used < 0) return used;
+  uint64_t n = cap_ - static_cast<uint64_t>(used);
+  if (n == 0) return -EAGAIN;
+  if (n > total) n = total;
+  uint64_t done = 0;
+  for (int i = 0; done < n; ++i) {
+    const std::byte* src = static_cast<const std::byte*>(iov[i].iov_base);
+    uint64_t len = iov[i].iov_len;
+    if (len > n - done) len = n - done;
+    uint64_t pos = (tail + done) & mask_;
+    uint64_t first = cap_ - pos;  // room before the end of the data area
+    if (first > len) first = len;
+    std::memcpy(data_ + pos, src, first);
+    std::memcpy(data_, src + first, len - first);
+    done += len;
+  }
+  PublishTail(tail + n);
+  StatAdd(stats_->bytes, n);
+  StatAdd(stats_->ops);
+  return static_cast<int64_t>(n);
+}
+
+int64_t Ring::Reserve(size_t max, RingSpan* span) {
+  *span = RingSpan{};
+  if (int rc = CheckWriteState(); rc != 0) return rc;
+  uint64_t want = max < cap_ ? max : cap_;
+  if (want == 0) return 0;
+  uint64_t tail;
+  int64_t used = LoadUsedForProducer(&tail, want);
+  if (used < 0) return used;
+  uint64_t n = cap_ - static_cast<uint64_t>(used);
+  if (n == 0) return -EAGAIN;
+  if (n > want) n = want;
+  uint64_t pos = tail & mask_;
+  uint64_t first = cap_ - pos;
+  if (first > n) first = n;
+  span->data[0] = data_ + pos;
+  span->len[0] = first;
+  span->data[1] = n > first ? data_ : nullptr;
+  span->len[1] = n - first;
+  reserved_ = n;
+  return static_cast<int64_t>(n);
+}
+
+int Ring::Commit(size_t n) {
+  if (n > reserved_) return -EINVAL;
+  if (n == 0) return 0;
+  // Own index, relaxed (see CheckWriteState).
+  uint64_t tail = ctrl_->prod.index.load(std::memory_order_relaxed);
+  reserved_ -= n;
+  PublishTail(tail + n);
+  StatAdd(stats_->bytes, n);
+  StatAdd(stats_->ops);
+  return 0;
+}
+
+int64_t Ring::Writable() {
+  if (int rc = CheckWriteState(); rc != 0) return rc;
+  uint64_t tail;
+  int64_t used = LoadUsedForProducer(&tail, cap_);
+  if (used < 0) return used;
+  return static_cast<int64_t>(cap_ - static_cast<uint64_t>(used));
+}
+
+namespace {
+// Raises a state word open -> closed -> reset, never lowers it. Returns true
+// if it changed. R3: seq_cst store (release part pairs with A3; seq_cst part
+// is D1 for the waiters).
+bool RaiseState(std::atomic<uint32_t>& s, uint32_t to) {
+  uint32_t cur = s.load(std::memory_order_relaxed);
+  while (!(cur >= to && cur <= kStateReset)) {
+    if (s.compare_exchange_weak(cur, to, std::memory_order_seq_cst, std::memory_order_relaxed))
+      return true;
+  }
+  return false;
+}
+}  // namespace
+
+void Ring::ShutdownWrite(bool reset) {
+  RaiseState(ctrl_->state.writer, reset ? kStateReset : kStateClosed);  // R3
+  WakeIfWaiting(ctrl_->data_wait, stats_);                              // the reader: EOF / reset
+  WakeIfWaiting(ctrl_->space_wait, stats_);  // other writers of this end: EPIPE
+}
+
+void Ring::MarkReaderGone() {
+  RaiseState(ctrl_->state.reader, kStateClosed);  // R3
+  WakeIfWaiting(ctrl_->space_wait, stats_);
+  WakeIfWaiting(ctrl_->data_wait, stats_);
+}
+
+// --------------------------------------------------------------- consumer
+
+int64_t Ring::LoadAvailForConsumer(uint64_t* head_out, size_t want) {
+  // Own index: relaxed, written only by this end; validated below.
+  uint64_t head = ctrl_->cons.index.load(std::memory_order_relaxed);
+  uint64_t avail = cached_tail_ - head;
+  if (avail > cap_ || avail < want) {
+    // A2 pairs with R1: the bytes before the tail are visible.
+    cached_tail_ = ctrl_->prod.index.load(std::memory_order_acquire);
+    avail = cached_tail_ - head;
+    if (avail > cap_) {
+      Corrupt();
+      return -EIO;
+    }
+  }
+  *head_out = head;
+  return static_cast<int64_t>(avail);
+}
+
+void Ring::PublishHead(uint64_t head) {
+  // R2 pairs with A1: our reads of the consumed bytes happen before the
+  // producer may overwrite them. seq_cst for D1 with the producer's W1.
+  ctrl_->cons.index.store(head, std::memory_order_seq_cst);
+  WakeIfWaiting(ctrl_->space_wait, stats_);
+}
+
+int64_t Ring::EmptyResult() {
+  // Called when no byte is readable; states were checked before the tail load.
+  uint32_t r = ctrl_->state.reader.load(std::memory_order_relaxed);  // own
+  if (r != kStateOpen) return 0;
+  // A3 pairs with R3. This value is at least as new as the one read before
+  // the tail load; if it says closed, the tail we read may predate the FIN,
+  // so look at the tail once more (A2) before declaring EOF.
+  uint32_t w = ctrl_->state.writer.load(std::memory_order_acquire);
+  if (!ValidState(w)) {
+    Corrupt();
+    return -EIO;
+  }
+  if (w == kStateReset) return -ECONNRESET;
+  if (w == kStateClosed) {
+    uint64_t head = ctrl_->cons.index.load(std::memory_order_relaxed);
+    uint64_t tail = ctrl_->prod.index.load(std::memory_order_acquire);  // A2
+    if (tail == head) return 0;
+    if (tail - head > cap_) {
+      Corrupt();
+      return -EIO;
+    }
+    return -EAGAIN;  // data raced in before the FIN; caller retries (never 0 here)
+  }
+  return -EAGAIN;
+}
+
+int64_t Ring::Read(void* buf, size_t len) {
+  struct iovec iov = {buf, len};
+  return Read(&iov, 1);
+}
+
+int64_t Ring::Read(const struct iovec* iov, int iovcnt) {
+  // A3 pairs with R3: a reset discards whatever is still queued (as TCP's RST).
+  uint32_t w = ctrl_->state.writer.load(std::memory_order_acquire);
+  if (!ValidState(w)) {
+    Corrupt();
+    return -EIO;
+  }
+  if (w == kStateReset) return -ECONNRESET;
+  uint64_t total = IovTotal(iov, iovcnt, cap_);
+  if (total == 0) return 0;
+  uint64_t head;
+  int64_t avail = LoadAvailForConsumer(&head, total);
+  if (avail < 0) return avail;
+  if (avail == 0) {
+    int64_t r = EmptyResult();
+    if (r != -EAGAIN || ctrl_->state.writer.load(std::memory_order_acquire) != kStateClosed)
+      return r;
+    // FIN raced with the last data: read it now (bounded: one retry).
+    avail = LoadAvailForConsumer(&head, total);
+    if (avail <= 0) return avail == 0 ? 0 : avail;
+  }
+  uint64_t n = static_cast<uint64_t>(avail) < total ? static_cast<uint64_t>(avail) : total;
+  uint64_t done = 0;
+  for (int i = 0; done < n; ++i) {
+    std::byte* dst = static_cast<std::byte*>(iov[i].iov_base);
+    uint64_t len = iov[i].iov_len;
+    if (len > n - done) len = n - done;
+    uint64_t pos = (head + done) & mask_;
+    uint64_t first = cap_ - pos;
+    if (first > len) first = len;
+    std::memcpy(dst, data_ + pos, first);
+    std::memcpy(dst + first, data_, len - first);
+    done += len;
+  }
+  PublishHead(head + n);
+  StatAdd(stats_->bytes, n);
+  StatAdd(stats_->ops);
+  return static_cast<int64_t>(n);
+}
+
+int64_t Ring::Peek(size_t offset, const struct iovec* iov, int iovcnt) {
+  uint32_t w = ctrl_->state.writer.load(std::memory_order_acquire);  // A3 pairs with R3
+  if (!ValidState(w)) {
+    Corrupt();
+    return -EIO;
+  }
+  if (w == kStateReset) return -ECONNRESET;
+  uint64_t total = IovTotal(iov, iovcnt, cap_);
+  if (total == 0) return 0;
+  uint64_t head;
+  uint64_t want = offset < cap_ ? offset + 1 : cap_;
+  int64_t avail = LoadAvailForConsumer(&head, want);
+  if (avail < 0) return avail;
+  if (static_cast<uint64_t>(avail) <= offset) {
+    if (avail == 0) return EmptyResult();
+    // Some data, but none at `offset`: EOF if no more can come, else wait.
+    if (ctrl_->state.reader.load(std::memory_order_relaxed) != kStateOpen) return 0;  // own
+    uint32_t w2 = ctrl_->state.writer.load(std::memory_order_acquire);  // A3 pairs with R3
+    if (w2 == kStateClosed) {
+      uint64_t tail = ctrl_->prod.index.load(std::memory_order_acquire);  // A2 pairs with R1
+      if (tail - head == static_cast<uint64_t>(avail)) return 0;
+    }
+    return -EAGAIN;
+  }
+  uint64_t n = static_cast<uint64_t>(avail) - offset;
+  if (n > total) n = total;
+  uint64_t done = 0;
+  for (int i = 0; done < n; ++i) {
+    std::byte* dst = static_cast<std::byte*>(iov[i].iov_base);
+    uint64_t len = iov[i].iov_len;
+    if (len > n - done) len = n - done;
+    uint64_t pos = (head + offset + done) & mask_;
+    uint64_t first = cap_ - pos;
+    if (first > len) first = len;
+    std::memcpy(dst, data_ + pos, first);
+    std::memcpy(dst + first, data_, len - first);
+    done += len;
+  }
+  return static_cast<int64_t>(n);
+}
+
+int64_t Ring::Acquire(size_t max, RingSpan* span) {
+  *span = RingSpan{};
+  uint32_t w = ctrl_->state.writer.load(std::memory_order_acquire);  // A3 pairs with R3
+  if (!ValidState(w)) {
+    Corrupt();
+    return -EIO;
+  }
+  if (w == kStateReset) return -ECONNRESET;
+  uint64_t want = max < cap_ ? max : cap_;
+  if (want == 0) return 0;
+  uint64_t head;
+  int64_t avail = LoadAvailForConsumer(&head, want);
+  if (avail < 0) return avail;
+  if (avail == 0) {
+    int64_t r = EmptyResult();
+    if (r != -EAGAIN || ctrl_->state.writer.load(std::memory_order_acquire) != kStateClosed)
+      return r;
+    avail = LoadAvailForConsumer(&head, want);
+    if (avail <= 0) return avail == 0 ? 0 : avail;
+  }
+  uint64_t n = static_cast<uint64_t>(avail) < want ? static_cast<uint64_t>(avail) : want;
+  uint64_t pos = head & mask_;
+  uint64_t first = cap_ - pos;
+  if (first > n) first = n;
+  span->data[0] = data_ + pos;
+  span->len[0] = first;
+  span->data[1] = n > first ? data_ : nullptr;
+  span->len[1] = n - first;
+  acquired_ = n;
+  return static_cast<int64_t>(n);
+}
+
+int Ring::Release(size_t n) {
+  if (n > acquired_) return -EINVAL;
+  if (n == 0) return 0;
+  uint64_t head = ctrl_->cons.index.load(std::memory_order_relaxed);  // own index
+  acquired_ -= n;
+  PublishHead(head + n);
+  StatAdd(stats_->bytes, n);
+  StatAdd(stats_->ops);
+  return 0;
+}
+
+int64_t Ring::Readable() {
+  uint64_t head;
+  return LoadAvailForConsumer(&head, cap_);
+}
+
+void Ring::ShutdownRead(bool reset) {
+  RaiseState(ctrl_->state.reader, reset ? kStateReset : kStateClosed);  // R3
+  WakeIfWaiting(ctrl_->space_wait, stats_);  // the writer: EPIPE / ECONNRESET
+  WakeIfWaiting(ctrl_->data_wait, stats_);   // other readers of this end: EOF
+}
+
+void Ring::MarkWriterGone() {
+  RaiseState(ctrl_->state.writer, kStateClosed);  // R3
+  WakeIfWaiting(ctrl_->data_wait, stats_);
+  WakeIfWaiting(ctrl_->space_wait, stats_);
+}
+
+// ------------------------------------------------------------------- both
+
+bool Ring::ReadReady() const {
+  // D2: seq_cst loads, after the waiter's W1 in the total order.
+  uint32_t w = ctrl_->state.writer.load(std::memory_order_seq_cst);
+  uint32_t r = ctrl_->state.reader.load(std::memory_order_seq_cst);
+  if (w != kStateOpen || r != kStateOpen) return true;  // EOF, reset or corrupt: Read answers
+  uint64_t tail = ctrl_->prod.index.load(std::memory_order_seq_cst);
+  uint64_t head = ctrl_->cons.index.load(std::memory_order_seq_cst);
+  return tail != head;  // includes corrupt indices: Read returns -EIO
+}
+
+bool Ring::WriteReady(size_t min) const {
+  uint32_t w = ctrl_->state.writer.load(std::memory_order_seq_cst);  // D2
+  uint32_t r = ctrl_->state.reader.load(std::memory_order_seq_cst);
+  if (w != kStateOpen || r != kStateOpen) return true;
+  uint64_t tail = ctrl_->prod.index.load(std::memory_order_seq_cst);
+  uint64_t head = ctrl_->cons.index.load(std::memory_order_seq_cst);
+  uint64_t used = tail - head;
+  if (used > cap_) return true;  // corrupt: Write returns -EIO
+  uint64_t need = min == 0 ? 1 : (min < cap_ ? min : cap_);
+  return cap_ - used >= need;
+}
+
+void Ring::WakeConsumers() {
+  ctrl_->data_wait.seq.fetch_add(1, std::memory_order_seq_cst);
+  internal::FutexWake(&ctrl_->data_wait.seq, INT_MAX);
+  StatAdd(stats_->futex_wakes);
+}
+
+void Ring::WakeProducers() {
+  ctrl_->space_wait.seq.fetch_add(1, std::memory_order_seq_cst);
+  internal::FutexWake(&ctrl_->space_wait.seq, INT_MAX);
+  StatAdd(stats_->futex_wakes);
+}
+
+}  // namespace doorway::transport

@@ -1,0 +1,169 @@
+// Single-producer/single-consumer byte ring in shared memory.
+//
+// A Ring is a process-local *view* of one direction of a segment: pointers to
+// the control block and the data area in this process's mapping, plus the
+// capacity (validated once when the segment was attached, then never re-read
+// from shared memory) and a few process-local caches. The shared memory holds
+// only free-running 64-bit counters (layout.h).
+//
+// One side of the connection uses the producer half (Write/Reserve/Commit/
+// ShutdownWrite), the other the consumer half (Read/Peek/Acquire/Release/
+// ShutdownRead). If several threads or processes share one end, they
+// serialise with the end's ShmMutex (segment.h) around every call; the calls
+// themselves are SPSC.
+//
+// Untrusted peer: every index and state word read from shared memory is
+// checked (0 <= tail - head <= capacity, state in {open, closed, reset});
+// corruption returns -EIO and no byte outside [data, data + capacity) is ever
+// touched, whatever the peer writes.
+//
+// Memory ordering (labels are referred to in ring.cc and wait.cc):
+//   R1  producer: tail.store(seq_cst)      pairs with A2 (consumer sees the bytes)
+//   A1  producer: head.load(acquire)       pairs with R2 (consumer is done with the bytes)
+//   R2  consumer: head.store(seq_cst)      pairs with A1
+//   A2  consumer: tail.load(acquire)       pairs with R1
+//   R3  shutdown: state.store(seq_cst)     pairs with A3
+//   A3  state.load(acquire)                pairs with R3 (EOF seen only after the last data)
+//   D1/D2  the seq_cst parts of R1/R2/R3 and the waiter count form the Dekker
+//       pair with the waiter's registration W1 (wait.cc): either the waker
+//       sees waiters != 0, or the waiter's recheck sees the new index/state.
+#pragma once
+
+#include <sys/uio.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+#include "transport/internal/layout.h"
+
+namespace doorway::transport {
+
+// Process-local counters (never in shared memory; the peer cannot forge them).
+// Relaxed atomics so that threads sharing a Ring under its lock, and waiters
+// that run without the lock, can bump them without a data race.
+struct RingStats {
+  std::atomic<uint64_t> bytes{0};        // bytes written (producer) or consumed (consumer)
+  std::atomic<uint64_t> ops{0};          // successful Write/Commit or Read/Release calls
+  std::atomic<uint64_t> futex_wakes{0};  // FUTEX_WAKE syscalls made by this side
+  std::atomic<uint64_t> futex_waits{0};  // FUTEX_WAIT syscalls made by this side
+  std::atomic<uint64_t> spin_hits{0};    // waits satisfied while spinning
+  std::atomic<uint64_t> spin_misses{0};  // waits that went to sleep
+  std::atomic<uint64_t> corruptions{0};  // -EIO results
+};
+
+inline void StatAdd(std::atomic<uint64_t>& c, uint64_t v = 1) {
+  // Relaxed load+store, not fetch_add: the counters are statistics, a lost
+  // increment between two racing threads is acceptable, a locked RMW on the
+  // data path is not.
+  c.store(c.load(std::memory_order_relaxed) + v, std::memory_order_relaxed);
+}
+
+// Up to two contiguous pieces of the ring (the second is non-empty only when
+// the region wraps around the end of the data area).
+struct RingSpan {
+  std::byte* data[2] = {nullptr, nullptr};
+  size_t len[2] = {0, 0};
+  size_t size() const { return len[0] + len[1]; }
+};
+
+class Ring {
+ public:
+  Ring() = default;
+  // `ctrl` and `data` point into this process's mapping; `capacity` is a
+  // power of two >= 64 that the caller validated (Segment does). Checked.
+  Ring(internal::RingControl* ctrl, std::byte* data, uint64_t capacity, RingStats* stats);
+
+  bool valid() const { return ctrl_ != nullptr; }
+  uint64_t capacity() const { return cap_; }
+  internal::RingControl* control() const { return ctrl_; }
+  RingStats* stats() const { return stats_; }
+
+  // ---------------------------------------------------------------- producer
+  // Copies as many bytes of `iov` as fit (a partial write is normal).
+  // Returns the number copied (> 0), 0 if iov is empty, -EAGAIN if the ring
+  // is full, -EPIPE if this side shut down writing or the reader closed,
+  // -ECONNRESET if the reader reset, -EIO on corrupt shared state.
+  int64_t Write(const struct iovec* iov, int iovcnt);
+  int64_t Write(const void* buf, size_t len);
+  // Zero-copy: exposes up to `max` free bytes. Returns the size (> 0, also in
+  // span) or the same errors as Write. The bytes are published by Commit.
+  int64_t Reserve(size_t max, RingSpan* span);
+  // Publishes the first n reserved bytes (n <= reserved, else -EINVAL) and
+  // wakes a sleeping consumer. Returns 0 or -EIO.
+  int Commit(size_t n);
+  // Free space (>= 0) or -errno as for Write.
+  int64_t Writable();
+  // Marks the write side closed (FIN: the reader gets EOF after draining) or
+  // reset (the reader gets ECONNRESET), and wakes everyone waiting.
+  void ShutdownWrite(bool reset);
+
+  // ---------------------------------------------------------------- consumer
+  // Copies up to the iovec size of readable bytes and consumes them. Returns
+  // the number copied (> 0), 0 at EOF (writer closed and ring drained, or this
+  // side shut down reading) or when iov is empty, -EAGAIN if empty,
+  // -ECONNRESET if the writer reset, -EIO on corrupt shared state.
+  int64_t Read(const struct iovec* iov, int iovcnt);
+  int64_t Read(void* buf, size_t len);
+  // Like Read but starts `offset` bytes past the head and consumes nothing.
+  // Returns -EAGAIN if fewer than offset+1 bytes are readable (and no EOF).
+  int64_t Peek(size_t offset, const struct iovec* iov, int iovcnt);
+  // Zero-copy: exposes up to `max` readable bytes (return value and span as
+  // Read). The bytes stay in shared memory that the peer can still write:
+  // treat them as untrusted and volatile. Consumed by Release.
+  int64_t Acquire(size_t max, RingSpan* span);
+  // Consumes the first n acquired bytes (n <= acquired, else -EINVAL) and
+  // wakes a sleeping producer. Returns 0 or -EIO.
+  int Release(size_t n);
+  // Readable bytes (>= 0) or -EIO. Does not look at the shutdown state.
+  int64_t Readable();
+  // Marks the read side closed (the writer gets EPIPE) or reset (the writer
+  // gets ECONNRESET), and wakes everyone waiting.
+  void ShutdownRead(bool reset);
+
+  // ------------------------------------------------------------------ both
+  // Peer gone (its process died): mark the *peer's* half as closed so that the
+  // normal semantics follow (reader: data then EOF; writer: EPIPE). Only moves
+  // a state from open to closed; idempotent.
+  void MarkWriterGone();
+  void MarkReaderGone();
+
+  // Readiness predicates used by the waits (wait.h); seq_cst loads (D2).
+  // ReadReady: Read would not return -EAGAIN. WriteReady: Write of `min`
+  // bytes (clamped to capacity) would not return -EAGAIN.
+  bool ReadReady() const;
+  bool WriteReady(size_t min) const;
+
+  // Wakes every waiter of the given kind, unconditionally (for local events
+  // such as a close by another thread of this process).
+  void WakeConsumers();
+  void WakeProducers();
+
+ private:
+  // Loads the own index and the peer's index and checks 0 <= tail-head <= cap.
+  int64_t LoadUsedForProducer(uint64_t* tail, size_t want);
+  int64_t LoadAvailForConsumer(uint64_t* head, size_t want);
+  int CheckWriteState() const;
+  int64_t EmptyResult();
+  void PublishTail(uint64_t tail);
+  void PublishHead(uint64_t head);
+  void Corrupt() const;
+
+  internal::RingControl* ctrl_ = nullptr;
+  std::byte* data_ = nullptr;
+  uint64_t cap_ = 0;
+  uint64_t mask_ = 0;
+  // Process-local caches of the peer's index: monotonic, so a stale value is
+  // a safe lower bound (less free space / less data than really present).
+  uint64_t cached_head_ = 0;  // producer's view of cons.index
+  uint64_t cached_tail_ = 0;  // consumer's view of prod.index
+  uint64_t reserved_ = 0;     // outstanding Reserve (producer)
+  uint64_t acquired_ = 0;     // outstanding Acquire (consumer)
+  RingStats* stats_ = nullptr;
+};
+
+// Wakes waiters of `w` if any are registered. The caller has just done a
+// seq_cst store (D1) of the state the waiters wait for.
+void WakeIfWaiting(internal::WaitLine& w, RingStats* stats);
+
+}  // namespace doorway::transport

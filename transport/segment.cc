@@ -1,0 +1,396 @@
+#include "transport/segment.h"
+
+#include <fcntl.h>
+#include <numa.h>
+#include <numaif.h>
+#include <sched.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <utility>
+
+#include "transport/internal/check.h"
+#include "transport/internal/layout.h"
+
+namespace doorway::transport {
+
+namespace {
+
+using internal::kRingCount;
+using internal::RingControl;
+using internal::RingControlOffset;
+using internal::SegmentHeader;
+using internal::SegmentPrefix;
+
+constexpr uint64_t kSmallPage = 4096;
+constexpr unsigned kRequiredSeals = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
+
+constexpr bool IsPow2(uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
+constexpr uint64_t AlignUp(uint64_t v, uint64_t a) { return (v + a - 1) & ~(a - 1); }
+
+// Reads a small text file into buf (NUL-terminated). Returns length or -1.
+// Raw open/read: no stdio, no allocation.
+ssize_t ReadSmallFile(const char* path, char* buf, size_t cap) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  ssize_t n = read(fd, buf, cap - 1);
+  close(fd);
+  if (n < 0) return -1;
+  buf[n] = '\0';
+  return n;
+}
+
+// Value of "Key:   123 kB" in /proc/meminfo text, in bytes when the line
+// ends in kB. 0 if absent.
+uint64_t MeminfoValue(const char* text, const char* key) {
+  const char* p = std::strstr(text, key);
+  if (p == nullptr) return 0;
+  p += std::strlen(key);
+  while (*p == ' ' || *p == '\t' || *p == ':') ++p;
+  char* end = nullptr;
+  unsigned long long v = std::strtoull(p, &end, 10);
+  while (end != nullptr && *end == ' ') ++end;
+  if (end != nullptr && end[0] == 'k' && end[1] == 'B') v *= 1024;
+  return v;
+}
+
+}  // namespace
+
+const char* PageKindName(PageKind k) {
+  switch (k) {
+    case PageKind::kSmall:
+      return "small";
+    case PageKind::kTransparentHuge:
+      return "thp";
+    case PageKind::kHugeTlb:
+      return "hugetlb";
+  }
+  return "?";
+}
+
+PageSupport DetectPageSupport() {
+  PageSupport s;
+  char buf[8192];
+  if (ReadSmallFile("/proc/meminfo", buf, sizeof buf) > 0) {
+    s.hugetlb_free_pages = MeminfoValue(buf, "HugePages_Free");
+    s.hugetlb_page_size = MeminfoValue(buf, "Hugepagesize");
+  }
+  // The selected mode is bracketed: "always within_size advise [never] deny force".
+  if (ReadSmallFile("/sys/kernel/mm/transparent_hugepage/shmem_enabled", buf, 256) > 0) {
+    const char* open = std::strchr(buf, '[');
+    if (open != nullptr) {
+      s.shmem_thp = std::strncmp(open, "[always]", 8) == 0 ||
+                    std::strncmp(open, "[within_size]", 13) == 0 ||
+                    std::strncmp(open, "[advise]", 8) == 0 || std::strncmp(open, "[force]", 7) == 0;
+    }
+  }
+  return s;
+}
+
+int ComputeLayout(const uint64_t capacity[2], uint64_t data_align, uint64_t total_align,
+                  SegmentLayout* out) {
+  if (!IsPow2(data_align) || !IsPow2(total_align) || data_align < kSmallPage) return -EINVAL;
+  for (uint32_t i = 0; i < kRingCount; ++i) {
+    if (!IsPow2(capacity[i]) || capacity[i] < kMinRingCapacity || capacity[i] > kMaxRingCapacity)
+      return -EINVAL;
+  }
+  SegmentLayout l;
+  uint64_t off = AlignUp(sizeof(SegmentPrefix), data_align);
+  for (uint32_t i = 0; i < kRingCount; ++i) {
+    l.ring_capacity[i] = capacity[i];
+    l.ring_data_offset[i] = off;
+    off = AlignUp(off + capacity[i], data_align);
+  }
+  l.segment_size = AlignUp(off, total_align);
+  if (l.segment_size > kMaxSegmentSize) return -EINVAL;
+  *out = l;
+  return 0;
+}
+
+int CreateSegmentMemfd(uint64_t size, bool hugetlb, int* fd_out) {
+  unsigned flags = MFD_CLOEXEC | MFD_ALLOW_SEALING | (hugetlb ? MFD_HUGETLB : 0u);
+  int fd = memfd_create("doorway", flags);
+  if (fd < 0) return -errno;
+  if (ftruncate(fd, static_cast<off_t>(size)) != 0) {
+    int e = errno;
+    close(fd);
+    return -e;
+  }
+  *fd_out = fd;
+  return 0;
+}
+
+int SealSegmentFd(int fd) {
+  if (fcntl(fd, F_ADD_SEALS, kRequiredSeals) != 0) return -errno;
+  return 0;
+}
+
+int CheckSegmentFd(int fd, uint64_t* size_out, uint64_t* block_out) {
+  int seals = fcntl(fd, F_GET_SEALS);
+  if (seals < 0) return errno == EINVAL ? -EINVAL : -errno;  // EINVAL: not a memfd
+  if ((static_cast<unsigned>(seals) & kRequiredSeals) != kRequiredSeals) return -EINVAL;
+#ifdef F_SEAL_FUTURE_WRITE
+  if (seals & F_SEAL_FUTURE_WRITE) return -EINVAL;
+#endif
+  if (seals & F_SEAL_WRITE) return -EINVAL;
+  struct stat st;
+  if (fstat(fd, &st) != 0) return -errno;
+  if (!S_ISREG(st.st_mode)) return -EINVAL;
+  uint64_t size = static_cast<uint64_t>(st.st_size);
+  uint64_t block = st.st_blksize > 0 ? static_cast<uint64_t>(st.st_blksize) : kSmallPage;
+  if (!IsPow2(block) || block < kSmallPage) return -EINVAL;
+  if (size < sizeof(SegmentPrefix) || size > kMaxSegmentSize || size % block != 0) return -EINVAL;
+  *size_out = size;
+  if (block_out != nullptr) *block_out = block;
+  return 0;
+}
+
+int MapSegmentFd(int fd, uint64_t size, void** base_out) {
+  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) return -errno;
+  *base_out = p;
+  return 0;
+}
+
+void InitializeSegment(void* base, const SegmentLayout& layout, PageKind kind) {
+  auto* prefix = static_cast<SegmentPrefix*>(base);
+  // Fresh memfd pages are zero already; clear anyway (a caller may reuse memory).
+  std::memset(static_cast<void*>(prefix), 0, sizeof(SegmentPrefix));
+  for (uint32_t i = 0; i < kRingCount; ++i) {
+    RingControl& rc = prefix->ring[i];
+    rc.meta.capacity = layout.ring_capacity[i];
+    rc.meta.data_offset = layout.ring_data_offset[i];
+    prefix->header.ring_control_offset[i] = RingControlOffset(i);
+  }
+  prefix->header.version = internal::kSegmentVersion;
+  prefix->header.prefix_size = sizeof(SegmentPrefix);
+  prefix->header.segment_size = layout.segment_size;
+  prefix->header.ring_count = kRingCount;
+  prefix->header.page_kind = static_cast<uint32_t>(kind);
+  // The magic last; the segment is handed over with SCM_RIGHTS afterwards,
+  // which orders these plain stores before the peer's reads.
+  prefix->header.magic = internal::kSegmentMagic;
+}
+
+int ValidateSegmentHeader(const void* base, uint64_t size, SegmentLayout* out) {
+  if (size < sizeof(SegmentPrefix) || size > kMaxSegmentSize) return -EINVAL;
+  // One copy of everything we use: the peer may change the shared bytes while
+  // we look at them, so validate and use only the local copy.
+  SegmentHeader h;
+  std::memcpy(&h, base, sizeof h);
+  if (h.magic != internal::kSegmentMagic) return -EPROTO;
+  if (h.version != internal::kSegmentVersion) return -EPROTO;
+  if (h.prefix_size != sizeof(SegmentPrefix)) return -EINVAL;
+  if (h.segment_size != size) return -EINVAL;
+  if (h.ring_count != kRingCount) return -EINVAL;
+  SegmentLayout l;
+  l.segment_size = size;
+  for (uint32_t i = 0; i < kRingCount; ++i) {
+    if (h.ring_control_offset[i] != RingControlOffset(i)) return -EINVAL;
+    internal::RingMeta m;
+    std::memcpy(&m, static_cast<const std::byte*>(base) + RingControlOffset(i), sizeof m);
+    if (!IsPow2(m.capacity) || m.capacity < kMinRingCapacity || m.capacity > kMaxRingCapacity)
+      return -EINVAL;
+    if (m.data_offset % kSmallPage != 0) return -EINVAL;
+    if (m.data_offset < sizeof(SegmentPrefix)) return -EINVAL;
+    if (m.data_offset > size || m.capacity > size - m.data_offset) return -EINVAL;
+    l.ring_capacity[i] = m.capacity;
+    l.ring_data_offset[i] = m.data_offset;
+  }
+  // Disjoint data areas (each already lies after the prefix and inside).
+  uint64_t a0 = l.ring_data_offset[0], a1 = l.ring_data_offset[1];
+  if (a0 < a1 + l.ring_capacity[1] && a1 < a0 + l.ring_capacity[0]) return -EINVAL;
+  *out = l;
+  return 0;
+}
+
+int BindRingToNode(void* base, const SegmentLayout& layout, uint32_t ring, int node,
+                   Placement* placement) {
+  DOORWAY_CHECK(ring < kRingCount);
+  placement->numa_available = numa_available() >= 0;
+  if (!placement->numa_available) {
+    placement->numa_error[ring] = ENOSYS;
+    return -ENOSYS;
+  }
+  if (node < 0) {
+    int cpu = sched_getcpu();
+    node = cpu >= 0 ? numa_node_of_cpu(cpu) : -1;
+    if (node < 0) node = 0;
+  }
+  if (node > numa_max_node()) {
+    placement->numa_error[ring] = EINVAL;
+    return -EINVAL;
+  }
+  unsigned long mask[16] = {};
+  if (static_cast<size_t>(node) >= sizeof(mask) * 8) {
+    placement->numa_error[ring] = EINVAL;
+    return -EINVAL;
+  }
+  mask[node / (8 * sizeof(unsigned long))] |= 1ul << (node % (8 * sizeof(unsigned long)));
+  void* start = static_cast<std::byte*>(base) + layout.ring_data_offset[ring];
+  long r = mbind(start, layout.ring_capacity[ring], MPOL_PREFERRED, mask, sizeof(mask) * 8,
+                 MPOL_MF_MOVE);
+  if (r != 0) {
+    int e = errno;
+    placement->numa_error[ring] = e;
+    placement->numa_node[ring] = -1;
+    return -e;
+  }
+  placement->numa_error[ring] = 0;
+  placement->numa_node[ring] = node;
+  return 0;
+}
+
+// ------------------------------------------------------------------ Segment
+
+Segment::~Segment() {
+  if (base_ != nullptr) munmap(base_, size_);
+  if (fd_ >= 0) close(fd_);
+}
+
+Segment::Segment(Segment&& o) noexcept
+    : fd_(std::exchange(o.fd_, -1)),
+      base_(std::exchange(o.base_, nullptr)),
+      size_(std::exchange(o.size_, 0)),
+      layout_(o.layout_),
+      placement_(o.placement_) {}
+
+Segment& Segment::operator=(Segment&& o) noexcept {
+  if (this != &o) {
+    this->~Segment();
+    new (this) Segment(std::move(o));
+  }
+  return *this;
+}
+
+namespace {
+
+int TryCreate(const SegmentOptions& opts, bool hugetlb, uint64_t huge_page, int* fd_out,
+              void** base_out, SegmentLayout* layout) {
+  uint64_t total_align = hugetlb ? huge_page : kSmallPage;
+  // Rings of at least a huge page get huge-page aligned data (so each can be
+  // NUMA-bound on its own); smaller ones are packed into shared pages.
+  uint64_t data_align = kSmallPage;
+  if (hugetlb && opts.ring_capacity[0] >= huge_page && opts.ring_capacity[1] >= huge_page)
+    data_align = huge_page;
+  int rc = ComputeLayout(opts.ring_capacity, data_align, total_align, layout);
+  if (rc != 0) return rc;
+  int fd = -1;
+  rc = CreateSegmentMemfd(layout->segment_size, hugetlb, &fd);
+  if (rc != 0) return rc;
+  rc = SealSegmentFd(fd);
+  if (rc == 0) rc = MapSegmentFd(fd, layout->segment_size, base_out);
+  if (rc != 0) {
+    close(fd);
+    return rc;
+  }
+  *fd_out = fd;
+  return 0;
+}
+
+}  // namespace
+
+int Segment::Create(const SegmentOptions& opts, Segment* out) {
+  PageSupport sup = DetectPageSupport();
+  int fd = -1;
+  void* base = nullptr;
+  SegmentLayout layout;
+  Placement pl;
+  int rc = -ENOMEM;
+  bool want_hugetlb = opts.pages == PagePolicy::kHugeTlb ||
+                      (opts.pages == PagePolicy::kAuto && sup.hugetlb_free_pages > 0);
+  if (want_hugetlb && sup.hugetlb_page_size >= kSmallPage && IsPow2(sup.hugetlb_page_size)) {
+    rc = TryCreate(opts, true, sup.hugetlb_page_size, &fd, &base, &layout);
+    if (rc == 0) {
+      pl.pages = PageKind::kHugeTlb;
+      pl.page_size = sup.hugetlb_page_size;
+    }
+  }
+  if (rc != 0) {
+    if (opts.pages == PagePolicy::kHugeTlb) return rc == -EINVAL ? rc : -ENOMEM;
+    rc = TryCreate(opts, false, 0, &fd, &base, &layout);
+    if (rc != 0) return rc;
+    pl.pages = PageKind::kSmall;
+    pl.page_size = kSmallPage;
+    if (opts.pages != PagePolicy::kSmall && sup.shmem_thp &&
+        madvise(base, layout.segment_size, MADV_HUGEPAGE) == 0) {
+      pl.pages = PageKind::kTransparentHuge;
+    }
+  }
+  InitializeSegment(base, layout, pl.pages);
+  pl.numa_available = numa_available() >= 0;
+  Segment s;
+  s.fd_ = fd;
+  s.base_ = base;
+  s.size_ = layout.segment_size;
+  s.layout_ = layout;
+  s.placement_ = pl;
+  *out = std::move(s);
+  return 0;
+}
+
+int Segment::Attach(int fd, Segment* out) {
+  uint64_t size = 0, block = 0;
+  int rc = CheckSegmentFd(fd, &size, &block);
+  if (rc != 0) return rc;
+  void* base = nullptr;
+  rc = MapSegmentFd(fd, size, &base);
+  if (rc != 0) return rc;
+  SegmentLayout layout;
+  rc = ValidateSegmentHeader(base, size, &layout);
+  if (rc != 0) {
+    munmap(base, size);
+    return rc;
+  }
+  Placement pl;
+  if (block > kSmallPage) {
+    pl.pages = PageKind::kHugeTlb;
+    pl.page_size = block;
+  } else if (DetectPageSupport().shmem_thp && madvise(base, size, MADV_HUGEPAGE) == 0) {
+    pl.pages = PageKind::kTransparentHuge;
+  }
+  pl.numa_available = numa_available() >= 0;
+  Segment s;
+  s.fd_ = fd;
+  s.base_ = base;
+  s.size_ = size;
+  s.layout_ = layout;
+  s.placement_ = pl;
+  *out = std::move(s);
+  return 0;
+}
+
+int Segment::BindIncomingRing(Role self, int node) {
+  DOORWAY_CHECK(valid());
+  return BindRingToNode(base_, layout_, RxRingIndex(self), node, &placement_);
+}
+
+Ring Segment::MakeRing(uint32_t ring, RingStats* stats) const {
+  DOORWAY_CHECK(valid() && ring < kRingCount);
+  auto* prefix = static_cast<SegmentPrefix*>(base_);
+  return Ring(&prefix->ring[ring], static_cast<std::byte*>(base_) + layout_.ring_data_offset[ring],
+              layout_.ring_capacity[ring], stats);
+}
+
+ShmMutex Segment::ProducerLock(uint32_t ring) const {
+  DOORWAY_CHECK(valid() && ring < kRingCount);
+  return ShmMutex(&static_cast<SegmentPrefix*>(base_)->ring[ring].prod_lock.word);
+}
+
+ShmMutex Segment::ConsumerLock(uint32_t ring) const {
+  DOORWAY_CHECK(valid() && ring < kRingCount);
+  return ShmMutex(&static_cast<SegmentPrefix*>(base_)->ring[ring].cons_lock.word);
+}
+
+void Segment::MarkPeerGone(Role self) const {
+  Ring rx = MakeRxRing(self, nullptr);
+  Ring tx = MakeTxRing(self, nullptr);
+  rx.MarkWriterGone();
+  tx.MarkReaderGone();
+}
+
+}  // namespace doorway::transport

@@ -1,0 +1,167 @@
+// A connection's shared-memory segment: one sealed memfd holding a header and
+// two byte rings, ring 0 client->server and ring 1 server->client
+// (internal/layout.h has the byte layout).
+//
+// Life cycle:
+//   creator (the connecting side)            receiver (the accepting side)
+//   Segment::Create(opts) ------- fd via SCM_RIGHTS ------> Segment::Attach(fd)
+//     CreateSegmentMemfd  (memfd_create, ftruncate)          CheckSegmentFd   (seals, size)
+//     SealSegmentFd       (F_SEAL_SHRINK|GROW|SEAL)          MapSegmentFd
+//     MapSegmentFd        (mmap MAP_SHARED)                  ValidateSegmentHeader (untrusted)
+//     InitializeSegment   (header, control blocks)
+//   then each side: BindIncomingRing (NUMA node of the consumer) and
+//   MakeTxRing/MakeRxRing for its Ring views.
+//
+// The memfd has no name in any file system: when both processes have closed
+// it (or died), the kernel frees it. Nothing is left in /dev/shm.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "transport/ring.h"
+#include "transport/shm_mutex.h"
+
+namespace doorway::transport {
+
+enum class Role : uint8_t { kClient = 0, kServer = 1 };
+inline constexpr uint32_t kClientToServer = 0;  // ring index
+inline constexpr uint32_t kServerToClient = 1;
+inline constexpr uint32_t TxRingIndex(Role r) { return r == Role::kClient ? 0 : 1; }
+inline constexpr uint32_t RxRingIndex(Role r) { return r == Role::kClient ? 1 : 0; }
+
+// Ring capacity limits, and the default (docs/transport.md: measured).
+inline constexpr uint64_t kMinRingCapacity = 4096;
+inline constexpr uint64_t kMaxRingCapacity = uint64_t{1} << 30;
+inline constexpr uint64_t kDefaultRingCapacity = uint64_t{256} << 10;
+inline constexpr uint64_t kMaxSegmentSize = uint64_t{3} << 30;
+
+enum class PageKind : uint8_t {
+  kSmall = 0,            // 4 KiB pages
+  kTransparentHuge = 1,  // shmem THP requested with MADV_HUGEPAGE
+  kHugeTlb = 2,          // MFD_HUGETLB from the huge-page pool
+};
+const char* PageKindName(PageKind k);
+
+enum class PagePolicy : uint8_t {
+  kAuto = 0,       // hugetlb if a pool has free pages, else THP if shmem allows, else small
+  kSmall = 1,      // always 4 KiB pages
+  kNoHugeTlb = 2,  // THP if allowed, else small
+  kHugeTlb = 3,    // hugetlb or fail (-ENOMEM)
+};
+
+// What the system offers (read from /proc and /sys each call).
+struct PageSupport {
+  uint64_t hugetlb_free_pages = 0;  // HugePages_Free
+  uint64_t hugetlb_page_size = 0;   // Hugepagesize, bytes
+  bool shmem_thp = false;           // shmem_enabled is always/within_size/advise/force
+};
+PageSupport DetectPageSupport();
+
+// What a segment got. Process-local (the creator's and the receiver's views
+// may differ in the NUMA part: each side binds the ring it consumes).
+struct Placement {
+  PageKind pages = PageKind::kSmall;
+  uint64_t page_size = 4096;  // mapping granularity
+  bool numa_available = false;
+  int numa_node[2] = {-1, -1};  // node a ring's data was bound to, -1 = not bound
+  int numa_error[2] = {0, 0};   // errno of a failed mbind, 0 = ok / not tried
+};
+
+struct SegmentOptions {
+  uint64_t ring_capacity[2] = {kDefaultRingCapacity, kDefaultRingCapacity};
+  PagePolicy pages = PagePolicy::kAuto;
+};
+
+// Validated geometry, copied out of the header once (never re-read).
+struct SegmentLayout {
+  uint64_t segment_size = 0;
+  uint64_t ring_capacity[2] = {0, 0};
+  uint64_t ring_data_offset[2] = {0, 0};
+};
+
+// ---- building blocks (each tested on its own) ----
+
+// Computes the layout for the given capacities (powers of two within limits,
+// else -EINVAL): data areas aligned to `data_align`, the total rounded up to
+// `total_align` (the page size of the memfd).
+int ComputeLayout(const uint64_t capacity[2], uint64_t data_align, uint64_t total_align,
+                  SegmentLayout* out);
+// memfd_create(MFD_CLOEXEC | MFD_ALLOW_SEALING [| MFD_HUGETLB]) + ftruncate.
+int CreateSegmentMemfd(uint64_t size, bool hugetlb, int* fd_out);
+// Applies F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL.
+int SealSegmentFd(int fd);
+// Checks an fd from an untrusted peer: a memfd (F_GET_SEALS works) carrying
+// SHRINK, GROW and SEAL but no write seals, a regular file whose size is a
+// multiple of its block size (4 KiB, or the huge page size for hugetlb) and
+// within limits. Returns 0 and the size and block size, or -EINVAL/-errno.
+int CheckSegmentFd(int fd, uint64_t* size_out, uint64_t* block_out);
+// mmap(PROT_READ|PROT_WRITE, MAP_SHARED). Returns 0 or -errno.
+int MapSegmentFd(int fd, uint64_t size, void** base_out);
+// Writes the header and zeroes the control blocks (creator only; does not
+// touch the data areas, so they get their pages on first use by the side that
+// touches them, after NUMA binding).
+void InitializeSegment(void* base, const SegmentLayout& layout, PageKind kind);
+// Validates a mapped segment of `size` bytes from an untrusted peer: magic,
+// version, prefix size, segment size, ring count, control offsets, capacities
+// (power of two, limits), data offsets (aligned, inside, disjoint from each
+// other and from the prefix). Reads the header once into a local copy.
+// Returns 0 and the layout, or -EPROTO (bad magic/version) / -EINVAL.
+int ValidateSegmentHeader(const void* base, uint64_t size, SegmentLayout* out);
+// Binds the data pages of `ring` to `node` (mbind MPOL_PREFERRED, moving pages
+// already faulted). node < 0: the node of the calling CPU. Returns 0 or
+// -errno (-ENOSYS without NUMA support); records the result in *placement.
+int BindRingToNode(void* base, const SegmentLayout& layout, uint32_t ring, int node,
+                   Placement* placement);
+
+// ---- the owning object ----
+
+class Segment {
+ public:
+  Segment() = default;
+  ~Segment();
+  Segment(Segment&& o) noexcept;
+  Segment& operator=(Segment&& o) noexcept;
+  Segment(const Segment&) = delete;
+  Segment& operator=(const Segment&) = delete;
+
+  // Creates, seals, maps and initialises a new segment, picking pages by
+  // opts.pages with fallback (hugetlb -> THP -> small, for kAuto).
+  static int Create(const SegmentOptions& opts, Segment* out);
+  // Validates and maps a segment received from a peer. Takes ownership of fd
+  // on success only (on failure the caller still owns it).
+  static int Attach(int fd, Segment* out);
+
+  bool valid() const { return base_ != nullptr; }
+  int fd() const { return fd_; }
+  void* base() const { return base_; }
+  const SegmentLayout& layout() const { return layout_; }
+  const Placement& placement() const { return placement_; }
+
+  // Binds the ring that `self` consumes to `node` (< 0: current CPU's node).
+  int BindIncomingRing(Role self, int node = -1);
+
+  // Views of the rings. A Ring keeps process-local caches: make one per end
+  // and keep it (threads sharing it serialise with the lock of that end).
+  Ring MakeRing(uint32_t ring, RingStats* stats) const;
+  Ring MakeTxRing(Role self, RingStats* stats) const { return MakeRing(TxRingIndex(self), stats); }
+  Ring MakeRxRing(Role self, RingStats* stats) const { return MakeRing(RxRingIndex(self), stats); }
+  ShmMutex ProducerLock(uint32_t ring) const;
+  ShmMutex ConsumerLock(uint32_t ring) const;
+
+  // The peer is gone (its door socket hung up): its writer becomes closed
+  // (EOF after our Reads drain the data) and its reader too (our Writes get
+  // -EPIPE), and our waiters are woken.
+  void MarkPeerGone(Role self) const;
+
+ private:
+  int fd_ = -1;
+  void* base_ = nullptr;
+  uint64_t size_ = 0;
+  SegmentLayout layout_;
+  Placement placement_;
+};
+
+}  // namespace doorway::transport

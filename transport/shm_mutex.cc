@@ -1,0 +1,117 @@
+#include "transport/shm_mutex.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include "transport/internal/futex.h"
+
+namespace doorway::transport {
+
+namespace {
+
+// Incremented in the child after fork, so that cached tids are refreshed.
+constinit std::atomic<uint32_t> g_fork_generation{1};
+
+void OnForkChild() { g_fork_generation.fetch_add(1, std::memory_order_relaxed); }
+
+struct TidCache {
+  uint32_t generation = 0;
+  uint32_t tid = 0;
+};
+thread_local TidCache t_tid;
+
+bool OwnerAlive(uint32_t tid) {
+  if (tid == 0) return false;
+  if (kill(static_cast<pid_t>(tid), 0) == 0) return true;
+  return errno != ESRCH;  // EPERM: exists, belongs to someone else
+}
+
+}  // namespace
+
+uint32_t ShmMutex::SelfTid() {
+  static const int registered = pthread_atfork(nullptr, nullptr, OnForkChild);
+  (void)registered;
+  uint32_t gen = g_fork_generation.load(std::memory_order_relaxed);
+  if (t_tid.generation != gen) {
+    t_tid.tid = static_cast<uint32_t>(syscall(SYS_gettid)) & kTidMask;
+    t_tid.generation = gen;
+  }
+  return t_tid.tid;
+}
+
+int ShmMutex::TryLock() {
+  uint32_t tid = SelfTid();
+  uint32_t expected = 0;
+  // Acquire on success pairs with the release in Unlock (the previous
+  // holder's ring operations happen before ours).
+  if (word_->compare_exchange_strong(expected, tid, std::memory_order_acquire,
+                                     std::memory_order_relaxed))
+    return 0;
+  return -EBUSY;
+}
+
+int ShmMutex::Lock(const WaitOptions& opts) {
+  const uint32_t tid = SelfTid();
+  uint32_t cur = 0;
+  // Fast path: one uncontended CAS (acquire pairs with Unlock's release).
+  if (word_->compare_exchange_strong(cur, tid, std::memory_order_acquire,
+                                     std::memory_order_relaxed))
+    return 0;
+  if (opts.timeout_ns == 0) return -EAGAIN;
+  const int64_t start = internal::MonotonicNs();
+  const int64_t deadline = opts.timeout_ns < 0 ? INT64_MAX : start + opts.timeout_ns;
+  // Short bounded spin: critical sections are one memcpy.
+  for (int i = 0; i < 200; ++i) {
+    internal::CpuRelax();
+    cur = word_->load(std::memory_order_relaxed);
+    if (cur == 0 && word_->compare_exchange_weak(cur, tid, std::memory_order_acquire,
+                                                 std::memory_order_relaxed))
+      return 0;
+  }
+  const int64_t interval =
+      opts.liveness_interval_ns > 0 ? opts.liveness_interval_ns : kDefaultLivenessIntervalNs;
+  for (;;) {
+    cur = word_->load(std::memory_order_relaxed);
+    if (cur == 0) {
+      // We may have slept with others: keep the waiters bit so Unlock wakes them.
+      if (word_->compare_exchange_weak(cur, tid | kWaitersBit, std::memory_order_acquire,
+                                       std::memory_order_relaxed))
+        return 0;
+      continue;
+    }
+    if (!(cur & kWaitersBit)) {
+      if (!word_->compare_exchange_weak(cur, cur | kWaitersBit, std::memory_order_relaxed,
+                                        std::memory_order_relaxed))
+        continue;
+      cur |= kWaitersBit;
+    }
+    int64_t now = internal::MonotonicNs();
+    if (now >= deadline) return -ETIMEDOUT;
+    int64_t slice = deadline - now;
+    if (slice > interval) slice = interval;
+    int rc = internal::FutexWait(word_, cur, slice);
+    if (rc == -EINTR) return -EINTR;
+    if (rc == -ETIMEDOUT) {
+      uint32_t owner = cur & kTidMask;
+      if (owner != tid && !OwnerAlive(owner)) {
+        // Take over from a dead owner (acquire: whatever it published).
+        if (word_->compare_exchange_strong(cur, tid | kWaitersBit, std::memory_order_acquire,
+                                           std::memory_order_relaxed))
+          return kOwnerDied;
+      }
+    }
+  }
+}
+
+int ShmMutex::Unlock() {
+  // Release pairs with the acquire CAS in Lock/TryLock.
+  uint32_t prev = word_->exchange(0, std::memory_order_release);
+  if (prev & kWaitersBit) internal::FutexWake(word_, 1);
+  return (prev & kTidMask) == SelfTid() ? 0 : -EPERM;
+}
+
+}  // namespace doorway::transport

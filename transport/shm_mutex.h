@@ -1,0 +1,78 @@
+// A cross-process mutex on one 32-bit word in shared memory, serialising the
+// threads and processes (after fork) that share one end of a ring
+// (DESIGN.md §5). The rings themselves are SPSC; this lock makes an end
+// "single" again.
+//
+// Word: 0 = free; otherwise (owner tid) | kWaitersBit when someone may sleep.
+//   Lock:    CAS 0 -> tid                       (one uncontended atomic)
+//   Unlock:  exchange(0); FUTEX_WAKE only if kWaitersBit was set
+//   Slow:    set kWaitersBit, FUTEX_WAIT (shared futex) in bounded slices.
+//
+// Holder death: when a slice expires, the waiter checks whether the owner tid
+// still exists (kill(tid, 0) == ESRCH). If it does not, the waiter takes the
+// lock over and Lock returns kOwnerDied. This is safe for the rings because a
+// ring operation publishes its index only at the very end: a holder that died
+// mid-copy leaves the ring consistent (its uncommitted bytes are simply not
+// published). Caveats, documented in docs/transport.md: tids are compared in
+// the caller's pid namespace, a recycled tid delays recovery until it exits,
+// and a peer (which can write the whole segment) can hold or corrupt our lock
+// word. That only stalls this connection, bounded by the caller's timeout and
+// liveness fd like any other wait, which is no worse than a peer that stops
+// reading.
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <cstdint>
+
+#include "transport/wait.h"
+
+namespace doorway::transport {
+
+inline constexpr int kOwnerDied = 1;
+
+class ShmMutex {
+ public:
+  static constexpr uint32_t kWaitersBit = 0x80000000u;
+  static constexpr uint32_t kTidMask = 0x3fffffffu;
+
+  ShmMutex() = default;
+  explicit ShmMutex(std::atomic<uint32_t>* word) : word_(word) {}
+
+  // 0 when acquired, kOwnerDied when acquired from a dead owner, -EBUSY.
+  int TryLock();
+  // 0 / kOwnerDied when acquired; -EAGAIN (opts.timeout_ns == 0), -ETIMEDOUT,
+  // -EINTR (a signal handler ran while asleep). liveness_fd in opts is not
+  // used; liveness_interval_ns bounds the owner-death check interval.
+  int Lock(const WaitOptions& opts);
+  // Async-signal-safe. Returns 0, or -EPERM if the word did not hold our tid
+  // (corrupted by the peer, or a caller bug); the lock is released anyway.
+  int Unlock();
+
+  std::atomic<uint32_t>* word() const { return word_; }
+
+  // The calling thread's tid, cached per thread and refreshed after fork.
+  static uint32_t SelfTid();
+
+ private:
+  std::atomic<uint32_t>* word_ = nullptr;
+};
+
+// RAII helper for the common case (blocking lock, no timeout).
+class ShmMutexLock {
+ public:
+  explicit ShmMutexLock(ShmMutex m) : m_(m) { rc_ = m_.Lock(WaitOptions{}); }
+  ~ShmMutexLock() {
+    if (rc_ >= 0) m_.Unlock();
+  }
+  ShmMutexLock(const ShmMutexLock&) = delete;
+  ShmMutexLock& operator=(const ShmMutexLock&) = delete;
+  int status() const { return rc_; }
+
+ private:
+  ShmMutex m_;
+  int rc_;
+};
+
+}  // namespace doorway::transport

@@ -1,0 +1,137 @@
+#include "transport/wait.h"
+
+#include <poll.h>
+#include <sched.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+
+#include "transport/internal/futex.h"
+
+namespace doorway::transport {
+
+SpinPolicy::SpinPolicy(int64_t initial_ns, int64_t max_ns, int64_t min_ns)
+    : budget_ns_(std::clamp(initial_ns, min_ns, max_ns)), max_ns_(max_ns), min_ns_(min_ns) {}
+
+void SpinPolicy::OnSpinSuccess(int64_t spent_ns) {
+  int64_t b = budget_ns();
+  int64_t want = std::min(max_ns_, std::max(b, 2 * spent_ns));
+  if (want != b) budget_ns_.store(want, std::memory_order_relaxed);
+}
+
+void SpinPolicy::OnSlept(int64_t waited_ns) {
+  if (max_ns_ <= 0) return;
+  int64_t b = budget_ns();
+  int64_t next;
+  if (waited_ns <= max_ns_) {
+    // The event came soon after we gave up: spinning longer would have paid.
+    next = std::min(max_ns_, std::max<int64_t>(2 * b, 1000));
+  } else {
+    next = std::max(min_ns_, b / 2);
+  }
+  if (next != b) budget_ns_.store(next, std::memory_order_relaxed);
+}
+
+bool PeerGone(int fd) {
+  if (fd < 0) return false;
+  struct pollfd p = {fd, POLLRDHUP, 0};
+  int r = poll(&p, 1, 0);
+  if (r <= 0) return false;
+  return (p.revents & (POLLHUP | POLLERR | POLLRDHUP | POLLNVAL)) != 0;
+}
+
+namespace {
+
+template <typename Ready>
+int WaitOn(Ring& ring, internal::WaitLine& wl, Ready ready, bool consumer, const WaitOptions& opts,
+           SpinPolicy* spin) {
+  if (ready()) return 0;
+  if (opts.timeout_ns == 0) return -EAGAIN;
+  RingStats* stats = ring.stats();
+  const int64_t start = internal::MonotonicNs();
+  const int64_t deadline = opts.timeout_ns < 0 ? INT64_MAX : start + opts.timeout_ns;
+
+  // ---- spin phase: bounded in time (budget) and therefore in count.
+  int64_t budget = spin != nullptr ? spin->budget_ns() : 0;
+  if (opts.timeout_ns > 0 && budget > opts.timeout_ns) budget = opts.timeout_ns;
+  if (budget > 0) {
+    const int64_t spin_end = start + budget;
+    int64_t next_yield = start + kSpinYieldNs;
+    for (uint32_t i = 1;; ++i) {
+      internal::CpuRelax();
+      if (ready()) {
+        StatAdd(stats->spin_hits);
+        spin->OnSpinSuccess(internal::MonotonicNs() - start);
+        return 0;
+      }
+      if ((i & 15) == 0) {
+        int64_t now = internal::MonotonicNs();
+        if (now >= spin_end) break;
+        if (now >= next_yield) {
+          sched_yield();  // let a partner that shares this core run
+          next_yield = now + kSpinYieldNs;
+        }
+      }
+    }
+  }
+  StatAdd(stats->spin_misses);
+
+  // ---- sleep phase: each iteration sleeps at most one slice.
+  for (;;) {
+    // seq_cst: see the protocol in wait.h (the load must not move after W1).
+    uint32_t seq = wl.seq.load(std::memory_order_seq_cst);
+    wl.waiters.fetch_add(1, std::memory_order_seq_cst);    // W1 pairs with D1 in WakeIfWaiting
+    if (ready()) {                                         // D2
+      wl.waiters.fetch_sub(1, std::memory_order_relaxed);  // relaxed: only a hint for wakers
+      break;
+    }
+    int64_t now = internal::MonotonicNs();
+    if (now >= deadline) {
+      wl.waiters.fetch_sub(1, std::memory_order_relaxed);
+      return -ETIMEDOUT;
+    }
+    int64_t slice = opts.timeout_ns < 0 ? -1 : deadline - now;
+    if (opts.liveness_fd >= 0) {
+      int64_t iv = opts.liveness_interval_ns > 0 ? opts.liveness_interval_ns : 1'000'000;
+      if (slice < 0 || slice > iv) slice = iv;
+    }
+    int rc = internal::FutexWait(&wl.seq, seq, slice);
+    // relaxed: the count is a hint for wakers; a stale "1" costs one spare
+    // FUTEX_WAKE, never a lost wake-up (which W1 + D2 rule out).
+    wl.waiters.fetch_sub(1, std::memory_order_relaxed);
+    StatAdd(stats->futex_waits);
+    if (rc == -EINTR) {
+      if (ready()) break;
+      return -EINTR;
+    }
+    if (ready()) break;
+    if (rc == -ETIMEDOUT && opts.liveness_fd >= 0 && PeerGone(opts.liveness_fd)) {
+      if (consumer) {
+        ring.MarkWriterGone();
+      } else {
+        ring.MarkReaderGone();
+      }
+      return 0;
+    }
+    // 0 (woken, maybe spuriously or for another waiter), -EAGAIN (seq moved),
+    // -ETIMEDOUT (slice or deadline): loop; the deadline check is at the top.
+  }
+  if (spin != nullptr) spin->OnSlept(internal::MonotonicNs() - start);
+  return 0;
+}
+
+}  // namespace
+
+int WaitReadable(Ring& ring, const WaitOptions& opts, SpinPolicy* spin) {
+  return WaitOn(
+      ring, ring.control()->data_wait, [&ring] { return ring.ReadReady(); }, true, opts, spin);
+}
+
+int WaitWritable(Ring& ring, size_t min_bytes, const WaitOptions& opts, SpinPolicy* spin) {
+  return WaitOn(
+      ring, ring.control()->space_wait, [&ring, min_bytes] { return ring.WriteReady(min_bytes); },
+      false, opts, spin);
+}
+
+}  // namespace doorway::transport
