@@ -1,0 +1,22 @@
+// doorway's own exported functions (abi/doorway.h).
+// Fortified glibc headers (Bazel's opt mode sets _FORTIFY_SOURCE) declare
+// read/recv/poll as inline wrappers that would clash with our definitions.
+#undef _FORTIFY_SOURCE
+
+#include "abi/doorway.h"
+#include "abi/internal/trampoline.h"
+
+namespace rt = doorway::runtime;
+
+DOORWAY_EXPORT int doorway_fd_info(int fd, struct doorway_fd_info* info) {
+  rt::SocketFile f;
+  if (!rt::Describe(fd, &f)) return -1;
+  info->domain = f.domain;
+  info->type = f.type;
+  info->protocol = f.protocol;
+  info->origin = static_cast<int>(f.origin);
+  info->accelerated = 0;
+  return 0;
+}
+
+DOORWAY_EXPORT const char* doorway_version(void) { return "0.1.0"; }

@@ -1,0 +1,97 @@
+// Data calls. Nothing is accelerated yet, so every call goes to libc; the
+// accelerated-socket layer dispatches here on the fd's table entry.
+// Fortified glibc headers (Bazel's opt mode sets _FORTIFY_SOURCE) declare
+// read/recv/poll as inline wrappers that would clash with our definitions.
+#undef _FORTIFY_SOURCE
+
+#include <poll.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "abi/internal/trampoline.h"
+
+using doorway::abi::Ret;
+namespace rt = doorway::runtime;
+
+extern "C" [[noreturn]] void __chk_fail(void);
+
+DOORWAY_EXPORT ssize_t read(int fd, void* buf, size_t n) { return DOORWAY_REAL(read)(fd, buf, n); }
+
+DOORWAY_EXPORT ssize_t __read_chk(int fd, void* buf, size_t n, size_t buflen) {
+  if (n > buflen) __chk_fail();
+  return DOORWAY_REAL(read)(fd, buf, n);
+}
+
+DOORWAY_EXPORT ssize_t readv(int fd, const iovec* iov, int iovcnt) {
+  return DOORWAY_REAL(readv)(fd, iov, iovcnt);
+}
+
+DOORWAY_EXPORT ssize_t write(int fd, const void* buf, size_t n) {
+  return DOORWAY_REAL(write)(fd, buf, n);
+}
+
+DOORWAY_EXPORT ssize_t writev(int fd, const iovec* iov, int iovcnt) {
+  return DOORWAY_REAL(writev)(fd, iov, iovcnt);
+}
+
+DOORWAY_EXPORT ssize_t recv(int fd, void* buf, size_t n, int flags) {
+  return DOORWAY_REAL(recv)(fd, buf, n, flags);
+}
+
+DOORWAY_EXPORT ssize_t __recv_chk(int fd, void* buf, size_t n, size_t buflen, int flags) {
+  if (n > buflen) __chk_fail();
+  return DOORWAY_REAL(recv)(fd, buf, n, flags);
+}
+
+DOORWAY_EXPORT ssize_t recvfrom(int fd, void* buf, size_t n, int flags, sockaddr* addr,
+                                socklen_t* len) {
+  return DOORWAY_REAL(recvfrom)(fd, buf, n, flags, addr, len);
+}
+
+DOORWAY_EXPORT ssize_t __recvfrom_chk(int fd, void* buf, size_t n, size_t buflen, int flags,
+                                      sockaddr* addr, socklen_t* len) {
+  if (n > buflen) __chk_fail();
+  return DOORWAY_REAL(recvfrom)(fd, buf, n, flags, addr, len);
+}
+
+// recvmsg and recvmmsg go through the runtime: descriptors that arrive in
+// SCM_RIGHTS control messages are entered in the table.
+DOORWAY_EXPORT ssize_t recvmsg(int fd, msghdr* msg, int flags) {
+  return Ret(rt::Recvmsg(fd, msg, flags));
+}
+
+DOORWAY_EXPORT int recvmmsg(int fd, mmsghdr* msgs, unsigned int n, int flags, timespec* timeout) {
+  return Ret(rt::Recvmmsg(fd, msgs, n, flags, timeout));
+}
+
+DOORWAY_EXPORT ssize_t send(int fd, const void* buf, size_t n, int flags) {
+  return DOORWAY_REAL(send)(fd, buf, n, flags);
+}
+
+DOORWAY_EXPORT ssize_t sendto(int fd, const void* buf, size_t n, int flags, const sockaddr* addr,
+                              socklen_t len) {
+  return DOORWAY_REAL(sendto)(fd, buf, n, flags, addr, len);
+}
+
+DOORWAY_EXPORT ssize_t sendmsg(int fd, const msghdr* msg, int flags) {
+  return DOORWAY_REAL(sendmsg)(fd, msg, flags);
+}
+
+DOORWAY_EXPORT int sendmmsg(int fd, mmsghdr* msgs, unsigned int n, int flags) {
+  return DOORWAY_REAL(sendmmsg)(fd, msgs, n, flags);
+}
+
+DOORWAY_EXPORT ssize_t sendfile(int out_fd, int in_fd, off_t* offset, size_t count) {
+  return DOORWAY_REAL(sendfile)(out_fd, in_fd, offset, count);
+}
+
+DOORWAY_EXPORT ssize_t sendfile64(int out_fd, int in_fd, off64_t* offset, size_t count) {
+  return DOORWAY_REAL(sendfile64)(out_fd, in_fd, offset, count);
+}
+
+DOORWAY_EXPORT ssize_t splice(int fd_in, loff_t* off_in, int fd_out, loff_t* off_out, size_t len,
+                              unsigned int flags) {
+  return DOORWAY_REAL(splice)(fd_in, off_in, fd_out, off_out, len, flags);
+}

@@ -1,0 +1,118 @@
+// fork, exec and spawn. The shadow table is ordinary memory, so a fork child
+// inherits it exactly as it inherits the kernel's fd table; after exec the
+// new program's runtime rebuilds it by scanning its inherited fds.
+// Fortified glibc headers (Bazel's opt mode sets _FORTIFY_SOURCE) declare
+// read/recv/poll as inline wrappers that would clash with our definitions.
+#undef _FORTIFY_SOURCE
+
+#include <spawn.h>
+#include <unistd.h>
+
+#include <cstdarg>
+
+#include "abi/internal/trampoline.h"
+
+using doorway::abi::Ret;
+namespace rt = doorway::runtime;
+
+extern "C" char** environ;
+
+DOORWAY_EXPORT pid_t fork(void) { return Ret(rt::Fork()); }
+
+// A vfork wrapper cannot return into its caller's frame from the child
+// without corrupting the parent's stack, so vfork is served by fork: POSIX
+// allows it, and a correct vfork child only calls exec or _exit.
+DOORWAY_EXPORT pid_t vfork(void) { return Ret(rt::Fork()); }
+
+DOORWAY_EXPORT int execve(const char* path, char* const argv[], char* const envp[]) {
+  return DOORWAY_REAL(execve)(path, argv, envp);
+}
+
+DOORWAY_EXPORT int execv(const char* path, char* const argv[]) {
+  return DOORWAY_REAL(execv)(path, argv);
+}
+
+DOORWAY_EXPORT int execvp(const char* file, char* const argv[]) {
+  return DOORWAY_REAL(execvp)(file, argv);
+}
+
+DOORWAY_EXPORT int execvpe(const char* file, char* const argv[], char* const envp[]) {
+  return DOORWAY_REAL(execvpe)(file, argv, envp);
+}
+
+DOORWAY_EXPORT int fexecve(int fd, char* const argv[], char* const envp[]) {
+  return DOORWAY_REAL(fexecve)(fd, argv, envp);
+}
+
+DOORWAY_EXPORT int execveat(int dirfd, const char* path, char* const argv[], char* const envp[],
+                            int flags) {
+  return DOORWAY_REAL(execveat)(dirfd, path, argv, envp, flags);
+}
+
+// The execl family: glibc implements them with its internal execve, which we
+// cannot see, so they are rebuilt here on the execv family.
+namespace {
+// Counts the arguments after `first` up to and including the NULL.
+size_t CountArgs(va_list ap) {
+  size_t n = 1;
+  while (va_arg(ap, const char*) != nullptr) ++n;
+  return n;
+}
+void FillArgs(const char** argv, const char* first, va_list ap, size_t n) {
+  argv[0] = first;
+  for (size_t i = 1; i < n; ++i) argv[i] = va_arg(ap, const char*);
+  argv[n] = nullptr;
+}
+}  // namespace
+
+DOORWAY_EXPORT int execl(const char* path, const char* arg, ...) {
+  va_list ap, count;
+  va_start(ap, arg);
+  va_copy(count, ap);
+  size_t n = CountArgs(count);
+  va_end(count);
+  const char** argv = static_cast<const char**>(__builtin_alloca((n + 1) * sizeof(char*)));
+  FillArgs(argv, arg, ap, n);
+  va_end(ap);
+  return execv(path, const_cast<char* const*>(argv));
+}
+
+DOORWAY_EXPORT int execlp(const char* file, const char* arg, ...) {
+  va_list ap, count;
+  va_start(ap, arg);
+  va_copy(count, ap);
+  size_t n = CountArgs(count);
+  va_end(count);
+  const char** argv = static_cast<const char**>(__builtin_alloca((n + 1) * sizeof(char*)));
+  FillArgs(argv, arg, ap, n);
+  va_end(ap);
+  return execvp(file, const_cast<char* const*>(argv));
+}
+
+DOORWAY_EXPORT int execle(const char* path, const char* arg, ...) {
+  va_list ap, count;
+  va_start(ap, arg);
+  va_copy(count, ap);
+  size_t n = CountArgs(count);
+  va_end(count);
+  const char** argv = static_cast<const char**>(__builtin_alloca((n + 1) * sizeof(char*)));
+  FillArgs(argv, arg, ap, n);
+  (void)va_arg(ap, const char*);  // the NULL that ends the arguments
+  char* const* envp = va_arg(ap, char* const*);
+  va_end(ap);
+  return execve(path, const_cast<char* const*>(argv), envp);
+}
+
+DOORWAY_EXPORT int posix_spawn(pid_t* pid, const char* path,
+                               const posix_spawn_file_actions_t* actions,
+                               const posix_spawnattr_t* attr, char* const argv[],
+                               char* const envp[]) {
+  return DOORWAY_REAL(posix_spawn)(pid, path, actions, attr, argv, envp);
+}
+
+DOORWAY_EXPORT int posix_spawnp(pid_t* pid, const char* file,
+                                const posix_spawn_file_actions_t* actions,
+                                const posix_spawnattr_t* attr, char* const argv[],
+                                char* const envp[]) {
+  return DOORWAY_REAL(posix_spawnp)(pid, file, actions, attr, argv, envp);
+}
