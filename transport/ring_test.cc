@@ -1,0 +1,283 @@
+#include "transport/ring.h"
+
+#include <sys/uio.h>
+
+#include <cerrno>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "transport/internal/layout.h"
+#include "transport/internal/test_util.h"
+#include "transport/segment.h"
+
+namespace doorway::transport {
+namespace {
+
+using internal::RingControl;
+
+// A segment with two rings of `cap` bytes; producer and consumer views of
+// ring 0 (client -> server).
+class RingTest : public ::testing::Test {
+ protected:
+  void Make(uint64_t cap) {
+    SegmentOptions o;
+    o.ring_capacity[0] = o.ring_capacity[1] = cap;
+    o.pages = PagePolicy::kSmall;
+    ASSERT_EQ(Segment::Create(o, &seg_), 0);
+    prod_ = seg_.MakeTxRing(Role::kClient, &pstats_);
+    cons_ = seg_.MakeRxRing(Role::kServer, &cstats_);
+  }
+  void SetUp() override { Make(4096); }
+  RingControl* ctrl() { return prod_.control(); }
+
+  Segment seg_;
+  RingStats pstats_, cstats_;
+  Ring prod_, cons_;
+};
+
+std::string Bytes(size_t n, uint64_t seed) {
+  testing::Rng r(seed);
+  std::string s(n, '\0');
+  for (auto& c : s) c = static_cast<char>(r.Next());
+  return s;
+}
+
+TEST_F(RingTest, EmptyAndSimple) {
+  char buf[16];
+  EXPECT_EQ(cons_.Read(buf, sizeof buf), -EAGAIN);
+  EXPECT_EQ(cons_.Readable(), 0);
+  EXPECT_EQ(prod_.Writable(), 4096);
+  EXPECT_EQ(prod_.Write("hello", 5), 5);
+  EXPECT_EQ(cons_.Readable(), 5);
+  EXPECT_EQ(cons_.Read(buf, sizeof buf), 5);
+  EXPECT_EQ(std::string(buf, 5), "hello");
+  EXPECT_EQ(cons_.Read(buf, sizeof buf), -EAGAIN);
+  EXPECT_EQ(prod_.Write(buf, 0), 0);
+  EXPECT_EQ(cons_.Read(buf, 0), 0);
+}
+
+TEST_F(RingTest, FullPartialAndCapacityEdges) {
+  std::string a = Bytes(5000, 1);
+  EXPECT_EQ(prod_.Write(a.data(), a.size()), 4096);  // partial: only capacity fits
+  EXPECT_EQ(prod_.Writable(), 0);
+  EXPECT_EQ(prod_.Write(a.data(), 1), -EAGAIN);
+  std::string out(8192, '\0');
+  EXPECT_EQ(cons_.Read(out.data(), 100), 100);
+  EXPECT_EQ(prod_.Writable(), 100);
+  EXPECT_EQ(prod_.Write(a.data() + 4096, 904), 100);
+  EXPECT_EQ(cons_.Read(out.data() + 100, out.size() - 100), 4096);
+  EXPECT_EQ(out.substr(0, 4196), a.substr(0, 4196));
+}
+
+TEST_F(RingTest, WraparoundManySizes) {
+  std::string sent, got;
+  testing::Rng r(7);
+  uint64_t pos = 0;
+  for (int i = 0; i < 2000; ++i) {
+    size_t n = r.Uniform(1, 4096);
+    std::string chunk = Bytes(n, i);
+    int64_t w = prod_.Write(chunk.data(), n);
+    if (w == -EAGAIN) w = 0;
+    ASSERT_GE(w, 0);
+    sent.append(chunk, 0, w);
+    std::string buf(r.Uniform(1, 5000), '\0');
+    int64_t rd = cons_.Read(buf.data(), buf.size());
+    if (rd == -EAGAIN) rd = 0;
+    ASSERT_GE(rd, 0);
+    got.append(buf, 0, rd);
+    pos += w;
+  }
+  char tail[4096];
+  int64_t rd;
+  while ((rd = cons_.Read(tail, sizeof tail)) > 0) got.append(tail, rd);
+  EXPECT_EQ(got, sent);
+  EXPECT_GT(pos, 4u * 4096);  // wrapped several times
+}
+
+TEST_F(RingTest, IovecInAndOut) {
+  std::string a = "abc", b = "", c = "defghij";
+  struct iovec in[3] = {{a.data(), a.size()}, {b.data(), 0}, {c.data(), c.size()}};
+  // Put the write across the wrap point.
+  std::string fill(4090, 'x');
+  char sink[4096];
+  ASSERT_EQ(prod_.Write(fill.data(), fill.size()), 4090);
+  ASSERT_EQ(cons_.Read(sink, sizeof sink), 4090);
+  EXPECT_EQ(prod_.Write(in, 3), 10);
+  char o1[2], o2[5], o3[10];
+  struct iovec out[3] = {{o1, 2}, {o2, 5}, {o3, 10}};
+  EXPECT_EQ(cons_.Read(out, 3), 10);
+  EXPECT_EQ(std::string(o1, 2) + std::string(o2, 5) + std::string(o3, 3), "abcdefghij");
+}
+
+TEST_F(RingTest, PeekWithOffset) {
+  std::string fill(4000, 'x');
+  char sink[4096];
+  ASSERT_EQ(prod_.Write(fill.data(), fill.size()), 4000);
+  ASSERT_EQ(cons_.Read(sink, sizeof sink), 4000);
+  ASSERT_EQ(prod_.Write("0123456789abcdefghijklmnopqrstuvwxyz", 36), 36);  // wraps
+  char buf[64];
+  struct iovec iov = {buf, 10};
+  EXPECT_EQ(cons_.Peek(0, &iov, 1), 10);
+  EXPECT_EQ(std::string(buf, 10), "0123456789");
+  EXPECT_EQ(cons_.Peek(30, &iov, 1), 6);
+  EXPECT_EQ(std::string(buf, 6), "uvwxyz");
+  EXPECT_EQ(cons_.Peek(36, &iov, 1), -EAGAIN);
+  EXPECT_EQ(cons_.Peek(1 << 30, &iov, 1), -EAGAIN);
+  EXPECT_EQ(cons_.Readable(), 36);  // nothing consumed
+  prod_.ShutdownWrite(false);
+  EXPECT_EQ(cons_.Peek(36, &iov, 1), 0);  // EOF beyond the data
+  EXPECT_EQ(cons_.Read(buf, sizeof buf), 36);
+  EXPECT_EQ(cons_.Peek(0, &iov, 1), 0);
+}
+
+TEST_F(RingTest, ReserveCommitAcrossWrap) {
+  std::string fill(4000, 'x');
+  char sink[4096];
+  ASSERT_EQ(prod_.Write(fill.data(), fill.size()), 4000);
+  ASSERT_EQ(cons_.Read(sink, sizeof sink), 4000);
+  RingSpan span;
+  ASSERT_EQ(prod_.Reserve(200, &span), 200);
+  EXPECT_EQ(span.len[0], 96u);
+  EXPECT_EQ(span.len[1], 104u);
+  for (size_t i = 0; i < span.len[0]; ++i) span.data[0][i] = std::byte(i);
+  for (size_t i = 0; i < span.len[1]; ++i) span.data[1][i] = std::byte(96 + i);
+  EXPECT_EQ(cons_.Readable(), 0);  // not yet published
+  EXPECT_EQ(prod_.Commit(201), -EINVAL);
+  EXPECT_EQ(prod_.Commit(150), 0);
+  EXPECT_EQ(prod_.Commit(50), 0);
+  EXPECT_EQ(prod_.Commit(1), -EINVAL);
+  RingSpan in;
+  ASSERT_EQ(cons_.Acquire(1000, &in), 200);
+  ASSERT_EQ(in.size(), 200u);
+  for (size_t i = 0; i < 200; ++i) {
+    std::byte b = i < in.len[0] ? in.data[0][i] : in.data[1][i - in.len[0]];
+    ASSERT_EQ(b, std::byte(i)) << i;
+  }
+  EXPECT_EQ(cons_.Release(201), -EINVAL);
+  EXPECT_EQ(cons_.Release(120), 0);
+  EXPECT_EQ(cons_.Readable(), 80);
+  EXPECT_EQ(cons_.Release(80), 0);
+  EXPECT_EQ(cons_.Readable(), 0);
+  EXPECT_EQ(cons_.Acquire(10, &in), -EAGAIN);
+  EXPECT_EQ(prod_.Reserve(0, &span), 0);
+  ASSERT_EQ(prod_.Reserve(1 << 20, &span), 4096);
+  EXPECT_EQ(span.size(), 4096u);
+}
+
+TEST_F(RingTest, ShutdownWriteGivesEofAfterDrain) {
+  ASSERT_EQ(prod_.Write("abc", 3), 3);
+  prod_.ShutdownWrite(false);
+  EXPECT_EQ(prod_.Write("d", 1), -EPIPE);
+  RingSpan s;
+  EXPECT_EQ(prod_.Reserve(1, &s), -EPIPE);
+  char buf[8];
+  EXPECT_EQ(cons_.Read(buf, sizeof buf), 3);
+  EXPECT_EQ(cons_.Read(buf, sizeof buf), 0);
+  EXPECT_EQ(cons_.Read(buf, sizeof buf), 0);
+  EXPECT_EQ(cons_.Acquire(8, &s), 0);
+}
+
+TEST_F(RingTest, ResetDiscards) {
+  ASSERT_EQ(prod_.Write("abc", 3), 3);
+  prod_.ShutdownWrite(true);
+  char buf[8];
+  EXPECT_EQ(cons_.Read(buf, sizeof buf), -ECONNRESET);
+  // Reset never goes back to a plain close.
+  prod_.ShutdownWrite(false);
+  EXPECT_EQ(cons_.Read(buf, sizeof buf), -ECONNRESET);
+}
+
+TEST_F(RingTest, ShutdownReadGivesEpipeOrReset) {
+  cons_.ShutdownRead(false);
+  EXPECT_EQ(prod_.Write("a", 1), -EPIPE);
+  char buf[4];
+  EXPECT_EQ(cons_.Read(buf, sizeof buf), 0);  // own read side shut down: EOF
+  cons_.ShutdownRead(true);
+  EXPECT_EQ(prod_.Write("a", 1), -ECONNRESET);
+}
+
+TEST_F(RingTest, PeerGoneMarks) {
+  ASSERT_EQ(prod_.Write("xy", 2), 2);
+  cons_.MarkWriterGone();
+  char buf[4];
+  EXPECT_EQ(cons_.Read(buf, sizeof buf), 2);
+  EXPECT_EQ(cons_.Read(buf, sizeof buf), 0);
+  prod_.MarkReaderGone();
+  EXPECT_EQ(prod_.Write("a", 1), -EPIPE);
+}
+
+TEST_F(RingTest, CorruptTailIsEio) {
+  char buf[8];
+  ASSERT_EQ(prod_.Write("abc", 3), 3);
+  ctrl()->prod.index.store(4096 + 1);  // more than capacity ahead of the head
+  EXPECT_EQ(cons_.Read(buf, sizeof buf), -EIO);
+  EXPECT_EQ(cons_.Readable(), -EIO);
+  RingSpan s;
+  EXPECT_EQ(cons_.Acquire(8, &s), -EIO);
+  struct iovec iov = {buf, 8};
+  EXPECT_EQ(cons_.Peek(0, &iov, 1), -EIO);
+  EXPECT_GE(cstats_.corruptions.load(), 1u);
+  ctrl()->prod.index.store(3);
+  EXPECT_EQ(cons_.Read(buf, sizeof buf), 3);
+  // Tail behind the head.
+  ctrl()->prod.index.store(1);
+  EXPECT_EQ(cons_.Read(buf, sizeof buf), -EIO);
+  EXPECT_TRUE(cons_.ReadReady());  // so that a waiter returns and Read reports it
+}
+
+TEST_F(RingTest, CorruptHeadIsEio) {
+  ASSERT_EQ(prod_.Write("abc", 3), 3);
+  ctrl()->cons.index.store(10);  // head beyond tail
+  // The producer re-reads the head when its cached view does not show enough
+  // space; a small write may still use the (validated) cached head.
+  EXPECT_EQ(prod_.Writable(), -EIO);
+  std::string big(4096, 'z');
+  EXPECT_EQ(prod_.Write(big.data(), big.size()), -EIO);
+  RingSpan s;
+  EXPECT_EQ(prod_.Reserve(4096, &s), -EIO);
+  EXPECT_TRUE(prod_.WriteReady(1));
+  ctrl()->cons.index.store(uint64_t{1} << 40);  // far ahead
+  EXPECT_EQ(prod_.Write(big.data(), big.size()), -EIO);
+  ctrl()->cons.index.store(0);
+  EXPECT_EQ(prod_.Writable(), 4093);
+}
+
+TEST_F(RingTest, CorruptStateIsEio) {
+  char buf[4];
+  ctrl()->state.writer.store(7);
+  EXPECT_EQ(cons_.Read(buf, sizeof buf), -EIO);
+  ctrl()->state.writer.store(0);
+  ctrl()->state.reader.store(0xdeadbeef);
+  EXPECT_EQ(prod_.Write("a", 1), -EIO);
+}
+
+TEST_F(RingTest, NoWakeWithoutWaiters) {
+  char buf[64] = {};
+  for (int i = 0; i < 1000; ++i) {
+    ASSERT_EQ(prod_.Write(buf, sizeof buf), 64);
+    ASSERT_EQ(cons_.Read(buf, sizeof buf), 64);
+  }
+  EXPECT_EQ(pstats_.futex_wakes.load(), 0u);
+  EXPECT_EQ(cstats_.futex_wakes.load(), 0u);
+  EXPECT_EQ(pstats_.bytes.load(), 64000u);
+  EXPECT_EQ(cstats_.ops.load(), 1000u);
+  // A registered waiter makes the next publish wake it (exactly one syscall).
+  ctrl()->data_wait.waiters.store(1);
+  ASSERT_EQ(prod_.Write(buf, 1), 1);
+  EXPECT_EQ(pstats_.futex_wakes.load(), 1u);
+  ctrl()->data_wait.waiters.store(0);
+}
+
+TEST_F(RingTest, LargestCapacityLayout) {
+  Make(1 << 20);
+  std::string big = Bytes(3 << 19, 3);
+  EXPECT_EQ(prod_.Write(big.data(), big.size()), 1 << 20);
+  std::string out(1 << 20, '\0');
+  EXPECT_EQ(cons_.Read(out.data(), out.size()), 1 << 20);
+  EXPECT_EQ(out, big.substr(0, 1 << 20));
+}
+
+}  // namespace
+}  // namespace doorway::transport

@@ -1,0 +1,355 @@
+#include "transport/segment.h"
+
+#include <fcntl.h>
+#include <numa.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "gtest/gtest.h"
+#include "transport/internal/layout.h"
+
+namespace doorway::transport {
+namespace {
+
+using internal::SegmentHeader;
+using internal::SegmentPrefix;
+
+SegmentOptions SmallOptions(uint64_t cap = 64 << 10) {
+  SegmentOptions o;
+  o.ring_capacity[0] = o.ring_capacity[1] = cap;
+  o.pages = PagePolicy::kSmall;
+  return o;
+}
+
+TEST(ComputeLayout, AlignsAndRejects) {
+  SegmentLayout l;
+  uint64_t caps[2] = {4096, 1 << 20};
+  ASSERT_EQ(ComputeLayout(caps, 4096, 4096, &l), 0);
+  EXPECT_EQ(l.ring_data_offset[0], 4096u);
+  EXPECT_EQ(l.ring_data_offset[1], 8192u);
+  EXPECT_EQ(l.segment_size, 8192u + (1 << 20));
+  ASSERT_EQ(ComputeLayout(caps, 4096, 2 << 20, &l), 0);
+  EXPECT_EQ(l.segment_size, 2u << 20);
+  uint64_t bad1[2] = {4096, 5000};
+  EXPECT_EQ(ComputeLayout(bad1, 4096, 4096, &l), -EINVAL);
+  uint64_t bad2[2] = {2048, 4096};
+  EXPECT_EQ(ComputeLayout(bad2, 4096, 4096, &l), -EINVAL);
+  uint64_t bad3[2] = {uint64_t{1} << 31, 4096};
+  EXPECT_EQ(ComputeLayout(bad3, 4096, 4096, &l), -EINVAL);
+  EXPECT_EQ(ComputeLayout(caps, 1000, 4096, &l), -EINVAL);
+}
+
+TEST(Segment, CreateSealsAndMaps) {
+  Segment s;
+  ASSERT_EQ(Segment::Create(SmallOptions(), &s), 0);
+  ASSERT_TRUE(s.valid());
+  int seals = fcntl(s.fd(), F_GET_SEALS);
+  ASSERT_GE(seals, 0);
+  EXPECT_EQ(seals & (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL),
+            F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
+  EXPECT_EQ(seals & F_SEAL_WRITE, 0);
+  struct stat st;
+  ASSERT_EQ(fstat(s.fd(), &st), 0);
+  EXPECT_EQ(static_cast<uint64_t>(st.st_size), s.layout().segment_size);
+  // Sealed: cannot shrink or grow, and cannot be unsealed.
+  EXPECT_NE(ftruncate(s.fd(), 4096), 0);
+  EXPECT_NE(ftruncate(s.fd(), st.st_size * 2), 0);
+  EXPECT_NE(fcntl(s.fd(), F_ADD_SEALS, F_SEAL_WRITE), 0);
+  // CLOEXEC, and no name in any file system (an anonymous memfd).
+  EXPECT_TRUE(fcntl(s.fd(), F_GETFD) & FD_CLOEXEC);
+  char link[256] = {};
+  std::string path = "/proc/self/fd/" + std::to_string(s.fd());
+  ASSERT_GT(readlink(path.c_str(), link, sizeof link - 1), 0);
+  EXPECT_EQ(std::string(link).rfind("/memfd:doorway", 0), 0u) << link;
+  EXPECT_EQ(s.placement().pages, PageKind::kSmall);
+  SegmentLayout l;
+  EXPECT_EQ(ValidateSegmentHeader(s.base(), s.layout().segment_size, &l), 0);
+  EXPECT_EQ(l.ring_capacity[0], 64u << 10);
+}
+
+TEST(Segment, AttachSharesData) {
+  Segment a, b;
+  ASSERT_EQ(Segment::Create(SmallOptions(), &a), 0);
+  int fd = dup(a.fd());
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(Segment::Attach(fd, &b), 0);
+  EXPECT_NE(a.base(), b.base());
+  RingStats st;
+  Ring tx = a.MakeTxRing(Role::kClient, &st);
+  Ring rx = b.MakeRxRing(Role::kServer, &st);
+  Ring tx2 = b.MakeTxRing(Role::kServer, &st);
+  Ring rx2 = a.MakeRxRing(Role::kClient, &st);
+  ASSERT_EQ(tx.Write("ping", 4), 4);
+  ASSERT_EQ(tx2.Write("pong!", 5), 5);
+  char buf[8];
+  ASSERT_EQ(rx.Read(buf, sizeof buf), 4);
+  EXPECT_EQ(std::string(buf, 4), "ping");
+  ASSERT_EQ(rx2.Read(buf, sizeof buf), 5);
+  EXPECT_EQ(std::string(buf, 5), "pong!");
+  b.MarkPeerGone(Role::kServer);  // the client died, from the server's view
+  EXPECT_EQ(rx.Read(buf, sizeof buf), 0);
+  EXPECT_EQ(tx2.Write("x", 1), -EPIPE);
+}
+
+TEST(Segment, MoveKeepsOwnership) {
+  Segment a;
+  ASSERT_EQ(Segment::Create(SmallOptions(), &a), 0);
+  int fd = a.fd();
+  Segment b(std::move(a));
+  EXPECT_FALSE(a.valid());
+  EXPECT_EQ(b.fd(), fd);
+  Segment c;
+  c = std::move(b);
+  EXPECT_EQ(c.fd(), fd);
+  EXPECT_GE(fcntl(fd, F_GETFD), 0);
+}
+
+// Builds an fd holding a copy of a valid segment, then lets `mutate` change
+// the header bytes, `seal` choose the seals, and `extra` grow the file.
+int MakeFd(void (*mutate)(std::byte*), unsigned seals, uint64_t extra = 0, bool memfd = true) {
+  Segment s;
+  if (Segment::Create(SmallOptions(4096), &s) != 0) return -1;
+  uint64_t size = s.layout().segment_size;
+  int fd;
+  if (memfd) {
+    fd = memfd_create("test", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  } else {
+    char tmpl[] = "/tmp/doorway_segment_test_XXXXXX";
+    fd = mkstemp(tmpl);
+    unlink(tmpl);
+  }
+  if (fd < 0 || ftruncate(fd, size + extra) != 0) return -1;
+  std::vector<std::byte> copy(size);
+  std::memcpy(copy.data(), s.base(), size);
+  if (mutate != nullptr) mutate(copy.data());
+  if (pwrite(fd, copy.data(), size, 0) != static_cast<ssize_t>(size)) return -1;
+  if (seals != 0 && fcntl(fd, F_ADD_SEALS, seals) != 0) return -1;
+  return fd;
+}
+
+constexpr unsigned kGoodSeals = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
+
+int AttachResult(int fd) {
+  Segment s;
+  int rc = Segment::Attach(fd, &s);
+  if (rc != 0) close(fd);
+  return rc;
+}
+
+TEST(SegmentValidate, AcceptsGoodCopy) {
+  int fd = MakeFd(nullptr, kGoodSeals);
+  ASSERT_GE(fd, 0);
+  EXPECT_EQ(AttachResult(fd), 0);
+}
+
+TEST(SegmentValidate, RejectsUnsealed) {
+  EXPECT_EQ(AttachResult(MakeFd(nullptr, 0)), -EINVAL);
+  EXPECT_EQ(AttachResult(MakeFd(nullptr, F_SEAL_SHRINK)), -EINVAL);
+  EXPECT_EQ(AttachResult(MakeFd(nullptr, F_SEAL_SHRINK | F_SEAL_GROW)), -EINVAL);
+  EXPECT_EQ(AttachResult(MakeFd(nullptr, kGoodSeals | F_SEAL_WRITE)), -EINVAL);
+}
+
+TEST(SegmentValidate, RejectsNonMemfd) {
+  EXPECT_EQ(AttachResult(MakeFd(nullptr, 0, 0, /*memfd=*/false)), -EINVAL);
+  int p[2];
+  ASSERT_EQ(pipe(p), 0);
+  EXPECT_EQ(AttachResult(p[0]), -EINVAL);
+  close(p[1]);
+}
+
+TEST(SegmentValidate, RejectsWrongSize) {
+  // File larger than the header says.
+  EXPECT_EQ(AttachResult(MakeFd(nullptr, kGoodSeals, 4096)), -EINVAL);
+  // Header says larger than the file.
+  EXPECT_EQ(AttachResult(MakeFd(
+                [](std::byte* b) { reinterpret_cast<SegmentHeader*>(b)->segment_size += 4096; },
+                kGoodSeals)),
+            -EINVAL);
+  // Too small to hold the prefix.
+  int fd = memfd_create("tiny", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(fcntl(fd, F_ADD_SEALS, kGoodSeals), 0);
+  EXPECT_EQ(AttachResult(fd), -EINVAL);
+}
+
+TEST(SegmentValidate, RejectsBadMagicAndVersion) {
+  EXPECT_EQ(AttachResult(MakeFd(
+                [](std::byte* b) { reinterpret_cast<SegmentHeader*>(b)->magic ^= 1; }, kGoodSeals)),
+            -EPROTO);
+  EXPECT_EQ(
+      AttachResult(MakeFd([](std::byte* b) { reinterpret_cast<SegmentHeader*>(b)->version = 99; },
+                          kGoodSeals)),
+      -EPROTO);
+  EXPECT_EQ(
+      AttachResult(MakeFd(
+          [](std::byte* b) { reinterpret_cast<SegmentHeader*>(b)->prefix_size = 64; }, kGoodSeals)),
+      -EINVAL);
+  EXPECT_EQ(
+      AttachResult(MakeFd([](std::byte* b) { reinterpret_cast<SegmentHeader*>(b)->ring_count = 3; },
+                          kGoodSeals)),
+      -EINVAL);
+  EXPECT_EQ(
+      AttachResult(MakeFd(
+          [](std::byte* b) { reinterpret_cast<SegmentHeader*>(b)->ring_control_offset[1] += 64; },
+          kGoodSeals)),
+      -EINVAL);
+}
+
+internal::RingMeta* Meta(std::byte* b, int i) {
+  return &reinterpret_cast<SegmentPrefix*>(b)->ring[i].meta;
+}
+
+TEST(SegmentValidate, RejectsBadRingGeometry) {
+  // Capacity not a power of two / too small / too large.
+  EXPECT_EQ(AttachResult(MakeFd([](std::byte* b) { Meta(b, 0)->capacity = 6000; }, kGoodSeals)),
+            -EINVAL);
+  EXPECT_EQ(AttachResult(MakeFd([](std::byte* b) { Meta(b, 1)->capacity = 64; }, kGoodSeals)),
+            -EINVAL);
+  EXPECT_EQ(
+      AttachResult(MakeFd([](std::byte* b) { Meta(b, 1)->capacity = 1ull << 40; }, kGoodSeals)),
+      -EINVAL);
+  // Data outside the segment, unaligned, inside the prefix, overlapping, overflowing.
+  EXPECT_EQ(AttachResult(MakeFd([](std::byte* b) { Meta(b, 1)->data_offset += 4096; }, kGoodSeals)),
+            -EINVAL);
+  EXPECT_EQ(AttachResult(MakeFd([](std::byte* b) { Meta(b, 0)->data_offset += 8; }, kGoodSeals)),
+            -EINVAL);
+  EXPECT_EQ(AttachResult(MakeFd([](std::byte* b) { Meta(b, 0)->data_offset = 0; }, kGoodSeals)),
+            -EINVAL);
+  EXPECT_EQ(
+      AttachResult(MakeFd([](std::byte* b) { Meta(b, 1)->data_offset = Meta(b, 0)->data_offset; },
+                          kGoodSeals)),
+      -EINVAL);
+  EXPECT_EQ(AttachResult(MakeFd([](std::byte* b) { Meta(b, 1)->data_offset = ~0ull & ~4095ull; },
+                                kGoodSeals)),
+            -EINVAL);
+}
+
+TEST(SegmentValidate, HeaderFunctionDirectly) {
+  SegmentLayout l;
+  std::vector<std::byte> junk(8192, std::byte{0x5a});
+  EXPECT_EQ(ValidateSegmentHeader(junk.data(), junk.size(), &l), -EPROTO);
+  EXPECT_EQ(ValidateSegmentHeader(junk.data(), 64, &l), -EINVAL);
+}
+
+TEST(Placement, NumaBindingOfIncomingRing) {
+  Segment s;
+  ASSERT_EQ(Segment::Create(SmallOptions(), &s), 0);
+  if (numa_available() < 0) {
+    EXPECT_EQ(s.BindIncomingRing(Role::kServer), -ENOSYS);
+    GTEST_SKIP() << "no NUMA support";
+  }
+  EXPECT_EQ(s.BindIncomingRing(Role::kServer), 0);
+  EXPECT_GE(s.placement().numa_node[kClientToServer], 0);
+  EXPECT_EQ(s.placement().numa_error[kClientToServer], 0);
+  EXPECT_EQ(s.BindIncomingRing(Role::kClient, 0), 0);
+  EXPECT_EQ(s.placement().numa_node[kServerToClient], 0);
+  EXPECT_EQ(s.BindIncomingRing(Role::kClient, numa_max_node() + 1), -EINVAL);
+  // Data still flows after binding.
+  RingStats st;
+  Ring tx = s.MakeTxRing(Role::kClient, &st);
+  Ring rx = s.MakeRxRing(Role::kServer, &st);
+  char buf[4];
+  ASSERT_EQ(tx.Write("abc", 3), 3);
+  ASSERT_EQ(rx.Read(buf, sizeof buf), 3);
+}
+
+TEST(Placement, TransparentHugePagesWhenShmemAllows) {
+  SegmentOptions o = SmallOptions(2 << 20);
+  o.pages = PagePolicy::kNoHugeTlb;
+  Segment s;
+  ASSERT_EQ(Segment::Create(o, &s), 0);
+  if (DetectPageSupport().shmem_thp) {
+    EXPECT_EQ(s.placement().pages, PageKind::kTransparentHuge);
+  } else {
+    EXPECT_EQ(s.placement().pages, PageKind::kSmall);
+  }
+  o.pages = PagePolicy::kSmall;
+  Segment t;
+  ASSERT_EQ(Segment::Create(o, &t), 0);
+  EXPECT_EQ(t.placement().pages, PageKind::kSmall);
+  EXPECT_STREQ(PageKindName(t.placement().pages), "small");
+}
+
+// Reserves a few huge pages as root for the duration of a test, restoring the
+// previous pool size afterwards.
+class HugePagePool {
+ public:
+  explicit HugePagePool(int extra) {
+    FILE* f = fopen(kPath, "r");
+    if (f == nullptr) return;
+    if (fscanf(f, "%ld", &old_) != 1) old_ = -1;
+    fclose(f);
+    if (old_ < 0 || geteuid() != 0) return;
+    if (!Write(old_ + extra)) return;
+    changed_ = true;
+  }
+  ~HugePagePool() {
+    if (changed_) Write(old_);
+  }
+  bool changed() const { return changed_; }
+
+ private:
+  static constexpr const char* kPath = "/proc/sys/vm/nr_hugepages";
+  static bool Write(long v) {
+    FILE* f = fopen(kPath, "w");
+    if (f == nullptr) return false;
+    bool ok = fprintf(f, "%ld\n", v) > 0;
+    ok = (fclose(f) == 0) && ok;
+    return ok;
+  }
+  long old_ = -1;
+  bool changed_ = false;
+};
+
+TEST(Placement, HugeTlbWithAPool) {
+  std::unique_ptr<HugePagePool> pool;
+  if (DetectPageSupport().hugetlb_free_pages < 4) pool = std::make_unique<HugePagePool>(4);
+  PageSupport sup = DetectPageSupport();
+  if (sup.hugetlb_free_pages < 4) {
+    GTEST_SKIP() << "no huge-page pool and cannot reserve one (needs root)";
+  }
+  SegmentOptions o = SmallOptions(64 << 10);
+  o.pages = PagePolicy::kHugeTlb;
+  {
+    Segment s;
+    ASSERT_EQ(Segment::Create(o, &s), 0);
+    EXPECT_EQ(s.placement().pages, PageKind::kHugeTlb);
+    EXPECT_EQ(s.placement().page_size, sup.hugetlb_page_size);
+    EXPECT_EQ(s.layout().segment_size % sup.hugetlb_page_size, 0u);
+    Segment r;
+    int fd = dup(s.fd());
+    ASSERT_EQ(Segment::Attach(fd, &r), 0);
+    EXPECT_EQ(r.placement().pages, PageKind::kHugeTlb);
+    RingStats st;
+    Ring tx = s.MakeTxRing(Role::kClient, &st);
+    Ring rx = r.MakeRxRing(Role::kServer, &st);
+    char buf[4];
+    ASSERT_EQ(tx.Write("abc", 3), 3);
+    ASSERT_EQ(rx.Read(buf, sizeof buf), 3);
+    // kAuto picks hugetlb when the pool has free pages.
+    Segment a;
+    o.pages = PagePolicy::kAuto;
+    ASSERT_EQ(Segment::Create(o, &a), 0);
+    EXPECT_EQ(a.placement().pages, PageKind::kHugeTlb);
+  }
+}
+
+TEST(Placement, HugeTlbRequiredWithoutPoolFails) {
+  if (DetectPageSupport().hugetlb_free_pages > 0) GTEST_SKIP() << "a pool exists";
+  SegmentOptions o = SmallOptions();
+  o.pages = PagePolicy::kHugeTlb;
+  Segment s;
+  EXPECT_EQ(Segment::Create(o, &s), -ENOMEM);
+  o.pages = PagePolicy::kAuto;
+  ASSERT_EQ(Segment::Create(o, &s), 0);
+  EXPECT_NE(s.placement().pages, PageKind::kHugeTlb);
+}
+
+}  // namespace
+}  // namespace doorway::transport
