@@ -4,7 +4,7 @@
  * It exists so that tests and tools can ask the runtime what it knows about
  * an fd, and so that a program can tell whether doorway is loaded:
  *
- *   int (*info)(int, struct doorway_fd_info*) =
+ *   int (*info)(int, struct doorway_socket_info*) =
  *       dlsym(RTLD_DEFAULT, "doorway_fd_info");   // NULL: not loaded
  */
 #ifndef DOORWAY_ABI_DOORWAY_H_
@@ -24,7 +24,7 @@ enum doorway_origin {
   DOORWAY_ORIGIN_DISCOVERED = 6,
 };
 
-struct doorway_fd_info {
+struct doorway_socket_info {
   int domain;      /* AF_* */
   int type;        /* SOCK_STREAM, ... (no SOCK_NONBLOCK/SOCK_CLOEXEC) */
   int protocol;    /* as SO_PROTOCOL reports it */
@@ -33,7 +33,7 @@ struct doorway_fd_info {
 };
 
 /* 0 and *info filled if doorway tracks fd as a socket; -1 otherwise. */
-int doorway_fd_info(int fd, struct doorway_fd_info* info);
+int doorway_fd_info(int fd, struct doorway_socket_info* info);
 
 /* The runtime's version, e.g. "0.1.0". */
 const char* doorway_version(void);

@@ -8,7 +8,7 @@
 
 namespace rt = doorway::runtime;
 
-DOORWAY_EXPORT int doorway_fd_info(int fd, struct doorway_fd_info* info) {
+DOORWAY_EXPORT int doorway_fd_info(int fd, struct doorway_socket_info* info) {
   rt::SocketFile f;
   if (!rt::Describe(fd, &f)) return -1;
   info->domain = f.domain;

@@ -1,0 +1,513 @@
+// Socket conformance suite: written once, run natively and under the
+// preload (see BUILD). Each case asserts the exact return values and errno
+// that Linux gives for the connection kind; the preloaded run must agree.
+// Later issues add accelerated kinds to kKinds.
+#include <arpa/inet.h>
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "abi/doorway.h"
+#include "gtest/gtest.h"
+
+namespace {
+
+enum class Kind { kTcp4, kTcp6, kUnix };
+
+std::string KindName(const testing::TestParamInfo<Kind>& info) {
+  switch (info.param) {
+    case Kind::kTcp4:
+      return "Tcp4";
+    case Kind::kTcp6:
+      return "Tcp6";
+    case Kind::kUnix:
+      return "Unix";
+  }
+  return "?";
+}
+
+using InfoFn = int (*)(int, doorway_socket_info*);
+
+// doorway's introspection hook if the runtime is loaded, else nullptr.
+InfoFn DoorwayInfo() { return reinterpret_cast<InfoFn>(dlsym(RTLD_DEFAULT, "doorway_fd_info")); }
+
+bool ExpectLoaded() {
+  const char* v = getenv("DOORWAY_EXPECT_LOADED");
+  return v != nullptr && strcmp(v, "1") == 0;
+}
+
+// Under the preload, every socket the test makes must be in doorway's
+// table with the expected origin; natively there is nothing to check.
+void ExpectTracked(int fd, int origin) {
+  InfoFn info = DoorwayInfo();
+  if (info == nullptr) return;
+  doorway_socket_info i{};
+  ASSERT_EQ(info(fd, &i), 0) << "fd " << fd << " not tracked by doorway";
+  EXPECT_EQ(i.origin, origin);
+  EXPECT_EQ(i.type, SOCK_STREAM);
+}
+
+TEST(Environment, DoorwayPresenceAsExpected) {
+  EXPECT_EQ(DoorwayInfo() != nullptr, ExpectLoaded())
+      << "DOORWAY_EXPECT_LOADED=" << (ExpectLoaded() ? 1 : 0);
+}
+
+class Conformance : public testing::TestWithParam<Kind> {
+ protected:
+  void SetUp() override {
+    Kind k = GetParam();
+    if (k == Kind::kTcp6) {
+      int probe = socket(AF_INET6, SOCK_STREAM, 0);
+      sockaddr_in6 a{};
+      a.sin6_family = AF_INET6;
+      a.sin6_addr = in6addr_loopback;
+      bool ok = probe >= 0 && bind(probe, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0;
+      if (probe >= 0) close(probe);
+      if (!ok) GTEST_SKIP() << "no IPv6 loopback on this machine";
+    }
+    listener_ = MakeListener();
+  }
+
+  void TearDown() override {
+    for (int fd : {listener_, client_, server_}) {
+      if (fd >= 0) close(fd);
+    }
+    if (!unix_path_.empty()) unlink(unix_path_.c_str());
+  }
+
+  int Domain() const {
+    switch (GetParam()) {
+      case Kind::kTcp4:
+        return AF_INET;
+      case Kind::kTcp6:
+        return AF_INET6;
+      case Kind::kUnix:
+        return AF_UNIX;
+    }
+    return -1;
+  }
+  bool IsTcp() const { return GetParam() != Kind::kUnix; }
+
+  int MakeListener() {
+    int fd = socket(Domain(), SOCK_STREAM | SOCK_CLOEXEC, 0);
+    EXPECT_GE(fd, 0);
+    if (GetParam() == Kind::kUnix) {
+      sockaddr_un a{};
+      a.sun_family = AF_UNIX;
+      // Not under TEST_TMPDIR: sun_path holds only 108 bytes.
+      unix_path_ =
+          "/tmp/doorway-conf." + std::to_string(getpid()) + "." + std::to_string(counter_++);
+      unlink(unix_path_.c_str());
+      strncpy(a.sun_path, unix_path_.c_str(), sizeof(a.sun_path) - 1);
+      addr_len_ = sizeof(a);
+      memcpy(&addr_, &a, sizeof(a));
+    } else if (GetParam() == Kind::kTcp4) {
+      sockaddr_in a{};
+      a.sin_family = AF_INET;
+      a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      addr_len_ = sizeof(a);
+      memcpy(&addr_, &a, sizeof(a));
+    } else {
+      sockaddr_in6 a{};
+      a.sin6_family = AF_INET6;
+      a.sin6_addr = in6addr_loopback;
+      addr_len_ = sizeof(a);
+      memcpy(&addr_, &a, sizeof(a));
+    }
+    EXPECT_EQ(bind(fd, Addr(), addr_len_), 0) << strerror(errno);
+    EXPECT_EQ(listen(fd, 16), 0);
+    socklen_t len = sizeof(addr_);
+    EXPECT_EQ(getsockname(fd, Addr(), &len), 0);
+    if (GetParam() != Kind::kUnix) {
+      EXPECT_EQ(len, addr_len_);
+    }
+    return fd;
+  }
+
+  sockaddr* Addr() { return reinterpret_cast<sockaddr*>(&addr_); }
+
+  // client_ connected to server_ (accepted).
+  void Connect() {
+    client_ = socket(Domain(), SOCK_STREAM, 0);
+    ASSERT_GE(client_, 0);
+    ASSERT_EQ(connect(client_, Addr(), addr_len_), 0) << strerror(errno);
+    server_ = accept(listener_, nullptr, nullptr);
+    ASSERT_GE(server_, 0);
+  }
+
+  // Waits (bounded) until fd is readable.
+  static void WaitReadable(int fd) {
+    pollfd p{fd, POLLIN, 0};
+    ASSERT_EQ(poll(&p, 1, 5000), 1);
+  }
+
+  int listener_ = -1;
+  int client_ = -1;
+  int server_ = -1;
+  sockaddr_storage addr_{};
+  socklen_t addr_len_ = 0;
+  std::string unix_path_;
+  static inline int counter_ = 0;
+};
+
+TEST_P(Conformance, ConnectAcceptAddresses) {
+  client_ = socket(Domain(), SOCK_STREAM, 0);
+  ASSERT_GE(client_, 0);
+  ExpectTracked(client_, DOORWAY_ORIGIN_SOCKET);
+  ASSERT_EQ(connect(client_, Addr(), addr_len_), 0);
+  sockaddr_storage peer{};
+  socklen_t peer_len = sizeof(peer);
+  server_ = accept4(listener_, reinterpret_cast<sockaddr*>(&peer), &peer_len,
+                    SOCK_NONBLOCK | SOCK_CLOEXEC);
+  ASSERT_GE(server_, 0);
+  ExpectTracked(server_, DOORWAY_ORIGIN_ACCEPT);
+  EXPECT_EQ(fcntl(server_, F_GETFL) & O_NONBLOCK, O_NONBLOCK);
+  EXPECT_EQ(fcntl(server_, F_GETFD), FD_CLOEXEC);
+  EXPECT_EQ(fcntl(client_, F_GETFD), 0);
+  EXPECT_EQ(peer.ss_family, Domain());
+  sockaddr_storage local{};
+  socklen_t local_len = sizeof(local);
+  ASSERT_EQ(getsockname(client_, reinterpret_cast<sockaddr*>(&local), &local_len), 0);
+  if (IsTcp()) {
+    EXPECT_EQ(peer_len, local_len);
+    EXPECT_EQ(memcmp(&peer, &local, peer_len), 0) << "accept's peer address != client's name";
+    sockaddr_storage srv_peer{};
+    socklen_t srv_peer_len = sizeof(srv_peer);
+    ASSERT_EQ(getpeername(client_, reinterpret_cast<sockaddr*>(&srv_peer), &srv_peer_len), 0);
+    EXPECT_EQ(srv_peer_len, addr_len_);
+    EXPECT_EQ(memcmp(&srv_peer, &addr_, addr_len_), 0);
+  } else {
+    EXPECT_EQ(peer_len, sizeof(sa_family_t));  // unnamed client
+  }
+  int v = -1;
+  socklen_t vl = sizeof(v);
+  ASSERT_EQ(getsockopt(server_, SOL_SOCKET, SO_TYPE, &v, &vl), 0);
+  EXPECT_EQ(v, SOCK_STREAM);
+  ASSERT_EQ(getsockopt(server_, SOL_SOCKET, SO_DOMAIN, &v, &vl), 0);
+  EXPECT_EQ(v, Domain());
+  ASSERT_EQ(getsockopt(server_, SOL_SOCKET, SO_PROTOCOL, &v, &vl), 0);
+  EXPECT_EQ(v, IsTcp() ? IPPROTO_TCP : 0);
+  ASSERT_EQ(getsockopt(server_, SOL_SOCKET, SO_ERROR, &v, &vl), 0);
+  EXPECT_EQ(v, 0);
+}
+
+TEST_P(Conformance, PartialReads) {
+  Connect();
+  char out[100];
+  for (int i = 0; i < 100; ++i) out[i] = static_cast<char>(i);
+  ASSERT_EQ(write(client_, out, sizeof(out)), 100);
+  char in[100] = {};
+  size_t got = 0;
+  // The first read may return fewer than 40 only if the data is not all
+  // there yet; loopback delivers before write() returns, so it is exact.
+  WaitReadable(server_);
+  ASSERT_EQ(read(server_, in, 40), 40);
+  got = 40;
+  ASSERT_EQ(read(server_, in + got, sizeof(in) - got), 60);
+  EXPECT_EQ(memcmp(in, out, sizeof(out)), 0);
+}
+
+TEST_P(Conformance, PeekDoesNotConsume) {
+  Connect();
+  ASSERT_EQ(send(client_, "hello", 5, 0), 5);
+  WaitReadable(server_);
+  char buf[16] = {};
+  ASSERT_EQ(recv(server_, buf, 3, MSG_PEEK), 3);
+  EXPECT_EQ(std::string(buf, 3), "hel");
+  ASSERT_EQ(recv(server_, buf, sizeof(buf), MSG_PEEK), 5);
+  ASSERT_EQ(recv(server_, buf, sizeof(buf), 0), 5);
+  EXPECT_EQ(std::string(buf, 5), "hello");
+  EXPECT_EQ(recv(server_, buf, sizeof(buf), MSG_DONTWAIT), -1);
+  EXPECT_EQ(errno, EAGAIN);
+}
+
+TEST_P(Conformance, NonBlockingReadsGiveEagain) {
+  Connect();
+  char buf[8];
+  errno = 0;
+  EXPECT_EQ(recv(server_, buf, sizeof(buf), MSG_DONTWAIT), -1);
+  EXPECT_EQ(errno, EAGAIN);
+  int on = 1;
+  ASSERT_EQ(ioctl(server_, FIONBIO, &on), 0);
+  EXPECT_EQ(fcntl(server_, F_GETFL) & O_NONBLOCK, O_NONBLOCK);
+  errno = 0;
+  EXPECT_EQ(read(server_, buf, sizeof(buf)), -1);
+  EXPECT_EQ(errno, EAGAIN);
+  ASSERT_EQ(fcntl(server_, F_SETFL, 0), 0);
+  EXPECT_EQ(fcntl(server_, F_GETFL) & O_NONBLOCK, 0);
+}
+
+TEST_P(Conformance, ShutdownWriteIsHalfClose) {
+  Connect();
+  ASSERT_EQ(write(client_, "abc", 3), 3);
+  ASSERT_EQ(shutdown(client_, SHUT_WR), 0);
+  char buf[8];
+  ASSERT_EQ(read(server_, buf, sizeof(buf)), 3);
+  EXPECT_EQ(read(server_, buf, sizeof(buf)), 0);  // EOF
+  EXPECT_EQ(read(server_, buf, sizeof(buf)), 0);  // and stays EOF
+  // The other direction still works.
+  ASSERT_EQ(write(server_, "xyz", 3), 3);
+  ASSERT_EQ(read(client_, buf, sizeof(buf)), 3);
+  EXPECT_EQ(std::string(buf, 3), "xyz");
+  // Writing after our own SHUT_WR is EPIPE.
+  signal(SIGPIPE, SIG_IGN);
+  errno = 0;
+  EXPECT_EQ(write(client_, "q", 1), -1);
+  EXPECT_EQ(errno, EPIPE);
+  signal(SIGPIPE, SIG_DFL);
+  EXPECT_EQ(shutdown(client_, 42), -1);
+  EXPECT_EQ(errno, EINVAL);
+}
+
+TEST_P(Conformance, ReceiveTimeout) {
+  Connect();
+  timeval tv{0, 20000};
+  ASSERT_EQ(setsockopt(server_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), 0);
+  timeval back{};
+  socklen_t len = sizeof(back);
+  ASSERT_EQ(getsockopt(server_, SOL_SOCKET, SO_RCVTIMEO, &back, &len), 0);
+  EXPECT_EQ(back.tv_sec, 0);
+  EXPECT_EQ(back.tv_usec, 20000);
+  char buf[4];
+  errno = 0;
+  EXPECT_EQ(read(server_, buf, sizeof(buf)), -1);
+  EXPECT_EQ(errno, EAGAIN);
+}
+
+TEST_P(Conformance, FionreadCountsPendingBytes) {
+  Connect();
+  int n = -1;
+  ASSERT_EQ(ioctl(server_, FIONREAD, &n), 0);
+  EXPECT_EQ(n, 0);
+  std::vector<char> data(1234, 'z');
+  ASSERT_EQ(write(client_, data.data(), data.size()), 1234);
+  WaitReadable(server_);
+  ASSERT_EQ(ioctl(server_, FIONREAD, &n), 0);
+  EXPECT_EQ(n, 1234);
+  char buf[34];
+  ASSERT_EQ(read(server_, buf, sizeof(buf)), 34);
+  ASSERT_EQ(ioctl(server_, FIONREAD, &n), 0);
+  EXPECT_EQ(n, 1200);
+}
+
+TEST_P(Conformance, EofAfterPeerClose) {
+  Connect();
+  ASSERT_EQ(write(client_, "bye", 3), 3);
+  ASSERT_EQ(close(client_), 0);
+  client_ = -1;
+  char buf[8];
+  ASSERT_EQ(read(server_, buf, sizeof(buf)), 3);
+  EXPECT_EQ(read(server_, buf, sizeof(buf)), 0);
+  pollfd p{server_, POLLIN | POLLRDHUP, 0};
+  ASSERT_EQ(poll(&p, 1, 0), 1);
+  EXPECT_TRUE(p.revents & POLLIN);
+  EXPECT_TRUE(p.revents & POLLRDHUP);
+}
+
+std::atomic<int> g_sigpipes{0};
+
+TEST_P(Conformance, WriteToClosedPeerIsEpipeWithSigpipe) {
+  Connect();
+  ASSERT_EQ(close(server_), 0);
+  server_ = -1;
+  struct sigaction sa {};
+  sa.sa_handler = [](int) { g_sigpipes.fetch_add(1); };
+  struct sigaction old {};
+  ASSERT_EQ(sigaction(SIGPIPE, &sa, &old), 0);
+  g_sigpipes = 0;
+  // TCP accepts the first write after the peer's FIN (the peer answers it
+  // with RST); Unix sockets fail at once. Either way EPIPE arrives within a
+  // few writes.
+  ssize_t r = 0;
+  int tries = 0;
+  for (; tries < 200; ++tries) {
+    r = send(client_, "x", 1, MSG_NOSIGNAL);
+    if (r < 0) break;
+    usleep(1000);
+  }
+  ASSERT_EQ(r, -1);
+  EXPECT_EQ(errno, EPIPE);
+  EXPECT_EQ(g_sigpipes.load(), 0);  // MSG_NOSIGNAL
+  errno = 0;
+  EXPECT_EQ(write(client_, "x", 1), -1);
+  EXPECT_EQ(errno, EPIPE);
+  EXPECT_EQ(g_sigpipes.load(), 1);
+  ASSERT_EQ(sigaction(SIGPIPE, &old, nullptr), 0);
+}
+
+TEST_P(Conformance, CloseWithUnreadDataResetsPeer) {
+  Connect();
+  ASSERT_EQ(write(client_, "unread", 6), 6);
+  WaitReadable(server_);
+  ASSERT_EQ(close(server_), 0);
+  server_ = -1;
+  char buf[8];
+  pollfd p{client_, POLLIN, 0};
+  ASSERT_EQ(poll(&p, 1, 5000), 1);
+  errno = 0;
+  EXPECT_EQ(read(client_, buf, sizeof(buf)), -1);
+  EXPECT_EQ(errno, ECONNRESET);
+  EXPECT_EQ(read(client_, buf, sizeof(buf)), 0);
+}
+
+TEST_P(Conformance, WaitallCollectsEveryByte) {
+  Connect();
+  std::thread writer([&] {
+    for (int i = 0; i < 4; ++i) {
+      usleep(2000);
+      ASSERT_EQ(write(client_, "0123456789", 10), 10);
+    }
+  });
+  char buf[40];
+  EXPECT_EQ(recv(server_, buf, sizeof(buf), MSG_WAITALL), 40);
+  writer.join();
+  EXPECT_EQ(std::string(buf, 10), "0123456789");
+}
+
+TEST_P(Conformance, NonBlockingWritesArePartialThenEagain) {
+  Connect();
+  int sz = 16384;
+  ASSERT_EQ(setsockopt(client_, SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz)), 0);
+  ASSERT_EQ(fcntl(client_, F_SETFL, O_NONBLOCK), 0);
+  auto pattern = [](size_t pos) { return static_cast<char>((pos * 7) ^ (pos >> 9)); };
+  std::vector<char> chunk(65536);
+  size_t sent = 0;
+  ssize_t r = 0;
+  for (int i = 0; i < 10000; ++i) {
+    for (size_t j = 0; j < chunk.size(); ++j) chunk[j] = pattern(sent + j);
+    r = write(client_, chunk.data(), chunk.size());
+    if (r < 0) break;
+    sent += static_cast<size_t>(r);
+  }
+  ASSERT_EQ(r, -1);
+  EXPECT_EQ(errno, EAGAIN);
+  EXPECT_GT(sent, 0u);
+  // Everything accepted arrives, in order.
+  std::vector<char> in(65536);
+  size_t got = 0;
+  while (got < sent) {
+    ssize_t n = read(server_, in.data(), in.size());
+    ASSERT_GT(n, 0);
+    for (ssize_t i = 0; i < n; ++i) ASSERT_EQ(in[i], pattern(got + i)) << "at " << got + i;
+    got += static_cast<size_t>(n);
+  }
+  EXPECT_EQ(got, sent);
+}
+
+TEST_P(Conformance, NonBlockingConnect) {
+  client_ = socket(Domain(), SOCK_STREAM | SOCK_NONBLOCK, 0);
+  ASSERT_GE(client_, 0);
+  int r = connect(client_, Addr(), addr_len_);
+  // TCP says EINPROGRESS (even on loopback); Unix completes at once.
+  if (IsTcp()) {
+    ASSERT_EQ(r, -1);
+    ASSERT_EQ(errno, EINPROGRESS);
+  } else {
+    ASSERT_EQ(r, 0);
+  }
+  pollfd p{client_, POLLOUT, 0};
+  ASSERT_EQ(poll(&p, 1, 5000), 1);
+  EXPECT_EQ(p.revents, POLLOUT);
+  int err = -1;
+  socklen_t len = sizeof(err);
+  ASSERT_EQ(getsockopt(client_, SOL_SOCKET, SO_ERROR, &err, &len), 0);
+  EXPECT_EQ(err, 0);
+  // After EINPROGRESS, Linux reports the completed connection once with 0;
+  // from then on connect() says EISCONN.
+  if (IsTcp()) EXPECT_EQ(connect(client_, Addr(), addr_len_), 0);
+  errno = 0;
+  EXPECT_EQ(connect(client_, Addr(), addr_len_), -1);
+  EXPECT_EQ(errno, EISCONN);
+}
+
+TEST_P(Conformance, ConnectToNobodyIsRefused) {
+  close(listener_);
+  listener_ = -1;
+  client_ = socket(Domain(), SOCK_STREAM, 0);
+  errno = 0;
+  EXPECT_EQ(connect(client_, Addr(), addr_len_), -1);
+  EXPECT_EQ(errno, ECONNREFUSED);
+}
+
+TEST_P(Conformance, DupSharesTheConnection) {
+  Connect();
+  int d = dup(client_);
+  ASSERT_GE(d, 0);
+  ExpectTracked(d, DOORWAY_ORIGIN_SOCKET);
+  ASSERT_EQ(close(client_), 0);
+  client_ = d;
+  ASSERT_EQ(write(d, "dup", 3), 3);
+  char buf[4];
+  ASSERT_EQ(read(server_, buf, sizeof(buf)), 3);
+  int d2 = fcntl(server_, F_DUPFD_CLOEXEC, 50);
+  ASSERT_GE(d2, 50);
+  ExpectTracked(d2, DOORWAY_ORIGIN_ACCEPT);
+  EXPECT_EQ(fcntl(d2, F_GETFD), FD_CLOEXEC);
+  ASSERT_EQ(write(d2, "ok", 2), 2);
+  ASSERT_EQ(read(client_, buf, sizeof(buf)), 2);
+  close(d2);
+}
+
+TEST_P(Conformance, ReadvWritevSendmsgRecvmsg) {
+  Connect();
+  char a[] = "abc", b[] = "defgh";
+  iovec out[2] = {{a, 3}, {b, 5}};
+  ASSERT_EQ(writev(client_, out, 2), 8);
+  msghdr m{};
+  m.msg_iov = out;
+  m.msg_iovlen = 2;
+  ASSERT_EQ(sendmsg(client_, &m, 0), 8);
+  char x[5] = {}, y[11] = {};
+  iovec in[2] = {{x, 5}, {y, 11}};
+  WaitReadable(server_);
+  ASSERT_EQ(readv(server_, in, 2), 16);
+  EXPECT_EQ(std::string(x, 5) + std::string(y, 11), "abcdefghabcdefgh");
+  ASSERT_EQ(send(client_, "zz", 2, 0), 2);
+  msghdr rm{};
+  iovec ri{x, 5};
+  rm.msg_iov = &ri;
+  rm.msg_iovlen = 1;
+  WaitReadable(server_);
+  ASSERT_EQ(recvmsg(server_, &rm, 0), 2);
+  EXPECT_EQ(rm.msg_flags, 0);
+}
+
+TEST_P(Conformance, BadDescriptors) {
+  char buf[4];
+  errno = 0;
+  EXPECT_EQ(read(-1, buf, 1), -1);
+  EXPECT_EQ(errno, EBADF);
+  EXPECT_EQ(send(-1, buf, 1, 0), -1);
+  EXPECT_EQ(errno, EBADF);
+  int p[2];
+  ASSERT_EQ(pipe(p), 0);
+  EXPECT_EQ(send(p[1], buf, 1, 0), -1);
+  EXPECT_EQ(errno, ENOTSOCK);
+  EXPECT_EQ(accept(p[0], nullptr, nullptr), -1);
+  EXPECT_EQ(errno, ENOTSOCK);
+  close(p[0]);
+  close(p[1]);
+  EXPECT_EQ(close(1 << 20), -1);
+  EXPECT_EQ(errno, EBADF);
+}
+
+INSTANTIATE_TEST_SUITE_P(Kinds, Conformance, testing::Values(Kind::kTcp4, Kind::kTcp6, Kind::kUnix),
+                         KindName);
+
+}  // namespace
