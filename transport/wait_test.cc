@@ -1,0 +1,236 @@
+#include "transport/wait.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <thread>
+
+#include "gtest/gtest.h"
+#include "transport/internal/futex.h"
+#include "transport/internal/layout.h"
+#include "transport/internal/test_util.h"
+#include "transport/segment.h"
+
+namespace doorway::transport {
+namespace {
+
+class WaitTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    SegmentOptions o;
+    o.ring_capacity[0] = o.ring_capacity[1] = 4096;
+    o.pages = PagePolicy::kSmall;
+    ASSERT_EQ(Segment::Create(o, &seg_), 0);
+    prod_ = seg_.MakeTxRing(Role::kClient, &pstats_);
+    cons_ = seg_.MakeRxRing(Role::kServer, &cstats_);
+  }
+  // Bounded wait (<= 10 s) until a thread has registered as a waiter.
+  static bool WaitForWaiter(internal::WaitLine& w) {
+    for (int i = 0; i < 10000; ++i) {
+      if (w.waiters.load() != 0) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    return false;
+  }
+  Segment seg_;
+  RingStats pstats_, cstats_;
+  Ring prod_, cons_;
+};
+
+TEST_F(WaitTest, ReadyReturnsAtOnce) {
+  ASSERT_EQ(prod_.Write("a", 1), 1);
+  SpinPolicy spin;
+  EXPECT_EQ(WaitReadable(cons_, WaitOptions{}, &spin), 0);
+  EXPECT_EQ(WaitWritable(prod_, 100, WaitOptions{}, &spin), 0);
+  EXPECT_EQ(cstats_.futex_waits.load(), 0u);
+}
+
+TEST_F(WaitTest, NonBlockingAndTimeout) {
+  WaitOptions nb;
+  nb.timeout_ns = 0;
+  EXPECT_EQ(WaitReadable(cons_, nb, nullptr), -EAGAIN);
+  WaitOptions t;
+  t.timeout_ns = 20'000'000;
+  SpinPolicy spin(5'000, 5'000, 0);
+  EXPECT_EQ(WaitReadable(cons_, t, &spin), -ETIMEDOUT);
+  EXPECT_GE(cstats_.futex_waits.load(), 1u);
+  EXPECT_EQ(cstats_.spin_misses.load(), 1u);
+  // Registration is undone after a timeout.
+  EXPECT_EQ(prod_.control()->data_wait.waiters.load(), 0u);
+  // Writable with a full ring.
+  std::string fill(4096, 'x');
+  ASSERT_EQ(prod_.Write(fill.data(), fill.size()), 4096);
+  EXPECT_EQ(WaitWritable(prod_, 1, t, nullptr), -ETIMEDOUT);
+  EXPECT_EQ(WaitWritable(prod_, 1, nb, nullptr), -EAGAIN);
+}
+
+TEST_F(WaitTest, SleepingConsumerIsWokenOnce) {
+  SpinPolicy none = SpinPolicy::Disabled();
+  std::atomic<int> rc{1};
+  std::thread waiter([&] { rc = WaitReadable(cons_, WaitOptions{}, &none); });
+  ASSERT_TRUE(WaitForWaiter(prod_.control()->data_wait));
+  ASSERT_EQ(prod_.Write("x", 1), 1);
+  waiter.join();
+  EXPECT_EQ(rc.load(), 0);
+  EXPECT_EQ(pstats_.futex_wakes.load(), 1u);
+  EXPECT_GE(cstats_.futex_waits.load(), 1u);
+  char c;
+  EXPECT_EQ(cons_.Read(&c, 1), 1);
+  // Nobody waits any more: no more wake-ups.
+  for (int i = 0; i < 100; ++i) ASSERT_EQ(prod_.Write("y", 1), 1);
+  EXPECT_EQ(pstats_.futex_wakes.load(), 1u);
+}
+
+TEST_F(WaitTest, SleepingProducerIsWokenBySpace) {
+  std::string fill(4096, 'x');
+  ASSERT_EQ(prod_.Write(fill.data(), fill.size()), 4096);
+  std::atomic<int> rc{1};
+  std::thread waiter([&] { rc = WaitWritable(prod_, 1000, WaitOptions{}, nullptr); });
+  ASSERT_TRUE(WaitForWaiter(prod_.control()->space_wait));
+  char buf[512];
+  ASSERT_EQ(cons_.Read(buf, sizeof buf), 512);  // not enough for 1000 yet
+  ASSERT_EQ(cons_.Read(buf, sizeof buf), 512);
+  waiter.join();
+  EXPECT_EQ(rc.load(), 0);
+  EXPECT_GE(cstats_.futex_wakes.load(), 1u);
+  EXPECT_GE(prod_.Writable(), 1000);
+}
+
+TEST_F(WaitTest, ShutdownWakesReaderAndWriter) {
+  std::atomic<int> rc{1};
+  std::thread waiter([&] { rc = WaitReadable(cons_, WaitOptions{}, nullptr); });
+  ASSERT_TRUE(WaitForWaiter(prod_.control()->data_wait));
+  prod_.ShutdownWrite(false);
+  waiter.join();
+  EXPECT_EQ(rc.load(), 0);
+  char c;
+  EXPECT_EQ(cons_.Read(&c, 1), 0);
+
+  // Ring 1 (server -> client): writer blocked on a full ring, reader closes.
+  RingStats s1, s2;
+  Ring tx = seg_.MakeTxRing(Role::kServer, &s1);
+  Ring rx = seg_.MakeRxRing(Role::kClient, &s2);
+  std::string fill(4096, 'x');
+  ASSERT_EQ(tx.Write(fill.data(), fill.size()), 4096);
+  std::thread w2([&] { rc = WaitWritable(tx, 1, WaitOptions{}, nullptr); });
+  ASSERT_TRUE(WaitForWaiter(tx.control()->space_wait));
+  rx.ShutdownRead(false);
+  w2.join();
+  EXPECT_EQ(rc.load(), 0);
+  EXPECT_EQ(tx.Write("a", 1), -EPIPE);
+}
+
+std::atomic<int> g_signals{0};
+void OnSignal(int) { g_signals.fetch_add(1); }
+
+TEST_F(WaitTest, SignalInterruptsWithEintr) {
+  struct sigaction sa = {}, old = {};
+  sa.sa_handler = OnSignal;
+  sa.sa_flags = 0;  // no SA_RESTART
+  sigemptyset(&sa.sa_mask);
+  ASSERT_EQ(sigaction(SIGUSR1, &sa, &old), 0);
+  for (int64_t timeout : {int64_t{-1}, int64_t{10'000'000'000}}) {
+    std::atomic<int> rc{1};
+    std::atomic<bool> done{false};
+    std::thread waiter([&] {
+      WaitOptions o;
+      o.timeout_ns = timeout;
+      rc = WaitReadable(cons_, o, nullptr);
+      done = true;
+    });
+    ASSERT_TRUE(WaitForWaiter(prod_.control()->data_wait));
+    // Keep signalling until the waiter returns (bounded: 10 s).
+    for (int i = 0; i < 1000 && !done.load(); ++i) {
+      pthread_kill(waiter.native_handle(), SIGUSR1);
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    waiter.join();
+    EXPECT_EQ(rc.load(), -EINTR) << "timeout " << timeout;
+  }
+  EXPECT_GE(g_signals.load(), 2);
+  sigaction(SIGUSR1, &old, nullptr);
+}
+
+TEST_F(WaitTest, PeerDeathThroughLivenessFd) {
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  ASSERT_EQ(prod_.Write("last", 4), 4);
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    // The "peer": holds its end of the door socket, then dies abruptly.
+    close(sv[0]);
+    pause();
+    _exit(0);
+  }
+  close(sv[1]);
+  EXPECT_FALSE(PeerGone(sv[0]));
+  char buf[8];
+  ASSERT_EQ(cons_.Read(buf, sizeof buf), 4);
+  std::atomic<int> rc{1};
+  std::thread waiter([&] {
+    WaitOptions o;
+    o.liveness_fd = sv[0];
+    o.liveness_interval_ns = 5'000'000;
+    rc = WaitReadable(cons_, o, nullptr);
+  });
+  ASSERT_TRUE(WaitForWaiter(prod_.control()->data_wait));
+  kill(child, SIGKILL);
+  EXPECT_EQ(testing::WaitChild(child), 128 + SIGKILL);
+  waiter.join();
+  EXPECT_EQ(rc.load(), 0);
+  EXPECT_TRUE(PeerGone(sv[0]));
+  EXPECT_EQ(cons_.Read(buf, sizeof buf), 0);  // EOF
+  // The writer side of the other ring sees EPIPE after its peer is marked gone.
+  RingStats s;
+  Ring tx = seg_.MakeTxRing(Role::kServer, &s);
+  std::string fill(4096, 'x');
+  ASSERT_EQ(tx.Write(fill.data(), fill.size()), 4096);
+  WaitOptions o;
+  o.liveness_fd = sv[0];
+  o.liveness_interval_ns = 1'000'000;
+  EXPECT_EQ(WaitWritable(tx, 1, o, nullptr), 0);
+  EXPECT_EQ(tx.Write("a", 1), -EPIPE);
+  close(sv[0]);
+}
+
+TEST(SpinPolicy, Adapts) {
+  SpinPolicy p(10'000, 50'000, 0);
+  EXPECT_EQ(p.budget_ns(), 10'000);
+  p.OnSpinSuccess(1'000);
+  EXPECT_EQ(p.budget_ns(), 10'000);  // a quick success keeps the budget
+  p.OnSpinSuccess(8'000);
+  EXPECT_EQ(p.budget_ns(), 16'000);  // >= 2x the time it took
+  p.OnSlept(30'000);                 // came soon after: spin longer
+  EXPECT_EQ(p.budget_ns(), 32'000);
+  p.OnSlept(30'000);
+  EXPECT_EQ(p.budget_ns(), 50'000);  // capped
+  p.OnSlept(10'000'000);             // long idle: back off
+  EXPECT_EQ(p.budget_ns(), 25'000);
+  for (int i = 0; i < 40; ++i) p.OnSlept(10'000'000);
+  EXPECT_EQ(p.budget_ns(), 0);
+  p.OnSlept(20'000);  // recovers from zero
+  EXPECT_EQ(p.budget_ns(), 1'000);
+  SpinPolicy d = SpinPolicy::Disabled();
+  d.OnSlept(1);
+  EXPECT_EQ(d.budget_ns(), 0);
+}
+
+TEST_F(WaitTest, SpinCatchesAQuickWriter) {
+  // Not a timing assertion: either the spin or the futex path must deliver.
+  SpinPolicy spin(50'000, 50'000, 0);
+  std::atomic<int> rc{1};
+  std::thread waiter([&] { rc = WaitReadable(cons_, WaitOptions{}, &spin); });
+  ASSERT_EQ(prod_.Write("x", 1), 1);
+  waiter.join();
+  EXPECT_EQ(rc.load(), 0);
+  EXPECT_LE(cstats_.spin_hits.load() + cstats_.spin_misses.load(), 1u);  // 0: ready at once
+}
+
+}  // namespace
+}  // namespace doorway::transport
