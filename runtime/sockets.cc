@@ -41,6 +41,24 @@ class ErrnoSaver {
 int Neg(int r) { return r < 0 ? -errno : r; }
 ssize_t Neg(ssize_t r) { return r < 0 ? -errno : r; }
 
+const char* OriginName(Origin o) {
+  switch (o) {
+    case Origin::kSocket:
+      return "new";
+    case Origin::kSocketpair:
+      return "socketpair";
+    case Origin::kAccept:
+      return "accepted";
+    case Origin::kInherited:
+      return "inherited";
+    case Origin::kReceived:
+      return "received";
+    case Origin::kDiscovered:
+      return "discovered";
+  }
+  return "?";
+}
+
 void Track(int fd, const SocketFile& file) {
   if (!TrackingEnabled()) return;
   bool ok = false;
@@ -48,7 +66,12 @@ void Track(int fd, const SocketFile& file) {
   // Displaced entries are stale (the kernel reused a number we missed the
   // close of, e.g. a raw close syscall); drop them.
   GlobalTable().Install(fd, std::move(obj), &ok).Reset();
-  if (!ok) DOORWAY_LOG(kWarn, "cannot track fd %d (out of table space)", fd);
+  if (!ok) {
+    DOORWAY_LOG(kWarn, "cannot track fd %d (out of table space)", fd);
+    return;
+  }
+  DOORWAY_LOG(kDebug, "fd %d: %s socket (domain %d, type %d, protocol %d)", fd,
+              OriginName(file.origin), file.domain, file.type, file.protocol);
 }
 
 void TrackAs(int fd, int domain, int type, int protocol, Origin origin) {
