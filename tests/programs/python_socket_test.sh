@@ -1,0 +1,23 @@
+#!/bin/bash
+# A python client and server exchange random data, both under doorway.
+source "$(dirname "$0")/lib.sh" "$1"
+script="$2"
+port="$(free_port)"
+export DATA_BYTES=$((32 * 1024 * 1024 + 4321))
+under_doorway server python3 "$script" server "$port" >"$WORK/server.out" 2>&1 &
+PIDS+=($!)
+wait_port_file() {
+  for _ in $(seq 1 200); do
+    grep -q listening "$WORK/server.out" 2>/dev/null && return 0
+    sleep 0.05
+  done
+  fail "python server did not start"
+}
+wait_port_file
+timeout 120 env LD_PRELOAD="$DOORWAY_SO" DOORWAY_LOG=debug DOORWAY_LOG_FILE="$WORK/client.log" \
+  python3 "$script" client "$port" 7 || fail "python client exited $?"
+wait "${PIDS[0]}" || fail "python server exited $?"
+PIDS=()
+expect_log client "new socket \(domain 2, type 1"
+expect_log server "accepted socket \(domain 2, type 1"
+echo "PASS: python socket exchange through doorway"
