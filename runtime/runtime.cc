@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 
 #include "runtime/config.h"
 #include "runtime/log.h"
@@ -42,8 +43,8 @@ void Initialise() {
   SetConfig(config);
   SetTrackingEnabled(!config.disabled);
   int inherited = config.disabled ? 0 : ScanInheritedSockets();
-  DOORWAY_LOG(kInfo, "loaded%s; %d inherited socket(s)", config.disabled ? " (disabled)" : "",
-              inherited);
+  DOORWAY_LOG(kInfo, "loaded into %s%s; %d inherited socket(s)", program_invocation_short_name,
+              config.disabled ? " (disabled)" : "", inherited);
   // A1: release pairs with the acquire in Initialised().
   g_init_state.store(2, std::memory_order_release);
 }
