@@ -51,14 +51,18 @@ void Ring::Corrupt() const { StatAdd(stats_->corruptions); }
 
 void WakeIfWaiting(internal::WaitLine& w, RingStats* stats) {
   // D1: the caller's seq_cst store (R1/R2/R3) precedes this seq_cst load in
-  // the single total order; the waiter's W1 (waiters += 1) precedes its own
-  // seq_cst recheck. So either we see waiters != 0 here, or the waiter's
+  // the single total order; the waiter's W1 (sleeping = 1) precedes its own
+  // seq_cst recheck. So either we see sleeping != 0 here, or the waiter's
   // recheck sees our store. Cache hit in the common case: the line is
   // written only when somebody goes to sleep.
-  if (w.waiters.load(std::memory_order_seq_cst) == 0) return;
+  if (w.sleeping.load(std::memory_order_seq_cst) == 0) return;
+  // Only the waker that clears the flag makes the syscall: the sleeper may
+  // take ~20 µs to run again, and the operations in between must not each
+  // pay a FUTEX_WAKE.
+  if (w.sleeping.exchange(0, std::memory_order_seq_cst) == 0) return;
   // Change the futex word, so that a waiter that registered but has not yet
   // entered FUTEX_WAIT returns -EAGAIN from it instead of sleeping (no lost
-  // wake-up). seq_cst: ordered after the state change in the total order.
+  // wake-up); wake all sleepers, since they all registered through one flag.
   w.seq.fetch_add(1, std::memory_order_seq_cst);
   internal::FutexWake(&w.seq, INT_MAX);
   if (stats != nullptr) StatAdd(stats->futex_wakes);

@@ -26,7 +26,7 @@
 //   A3  state.load(acquire)                pairs with R3 (EOF seen only after the last data)
 //   D1/D2  the seq_cst parts of R1/R2/R3 and the waiter count form the Dekker
 //       pair with the waiter's registration W1 (wait.cc): either the waker
-//       sees waiters != 0, or the waiter's recheck sees the new index/state.
+//       sees sleeping != 0, or the waiter's recheck sees the new index/state.
 #pragma once
 
 #include <sys/uio.h>
@@ -162,8 +162,8 @@ class Ring {
   RingStats* stats_ = nullptr;
 };
 
-// Wakes waiters of `w` if any are registered. The caller has just done a
-// seq_cst store (D1) of the state the waiters wait for.
+// Wakes the sleepers of `w` if one registered since the last wake. The caller
+// has just done a seq_cst store (D1) of the state the sleepers wait for.
 void WakeIfWaiting(internal::WaitLine& w, RingStats* stats);
 
 }  // namespace doorway::transport

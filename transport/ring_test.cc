@@ -264,10 +264,12 @@ TEST_F(RingTest, NoWakeWithoutWaiters) {
   EXPECT_EQ(pstats_.bytes.load(), 64000u);
   EXPECT_EQ(cstats_.ops.load(), 1000u);
   // A registered waiter makes the next publish wake it (exactly one syscall).
-  ctrl()->data_wait.waiters.store(1);
+  ctrl()->data_wait.sleeping.store(1);
   ASSERT_EQ(prod_.Write(buf, 1), 1);
   EXPECT_EQ(pstats_.futex_wakes.load(), 1u);
-  ctrl()->data_wait.waiters.store(0);
+  EXPECT_EQ(ctrl()->data_wait.sleeping.load(), 0u);  // cleared by the waker
+  ASSERT_EQ(prod_.Write(buf, 1), 1);
+  EXPECT_EQ(pstats_.futex_wakes.load(), 1u);
 }
 
 TEST_F(RingTest, LargestCapacityLayout) {

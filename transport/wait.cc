@@ -81,25 +81,19 @@ int WaitOn(Ring& ring, internal::WaitLine& wl, Ready ready, bool consumer, const
   for (;;) {
     // seq_cst: see the protocol in wait.h (the load must not move after W1).
     uint32_t seq = wl.seq.load(std::memory_order_seq_cst);
-    wl.waiters.fetch_add(1, std::memory_order_seq_cst);    // W1 pairs with D1 in WakeIfWaiting
-    if (ready()) {                                         // D2
-      wl.waiters.fetch_sub(1, std::memory_order_relaxed);  // relaxed: only a hint for wakers
-      break;
-    }
+    // W1 pairs with D1 in WakeIfWaiting. Skip the store (and the line
+    // transfer) when the flag is already set by us or a sibling.
+    if (wl.sleeping.load(std::memory_order_seq_cst) == 0)
+      wl.sleeping.store(1, std::memory_order_seq_cst);
+    if (ready()) break;  // D2
     int64_t now = internal::MonotonicNs();
-    if (now >= deadline) {
-      wl.waiters.fetch_sub(1, std::memory_order_relaxed);
-      return -ETIMEDOUT;
-    }
+    if (now >= deadline) return -ETIMEDOUT;
     int64_t slice = opts.timeout_ns < 0 ? -1 : deadline - now;
     if (opts.liveness_fd >= 0) {
       int64_t iv = opts.liveness_interval_ns > 0 ? opts.liveness_interval_ns : 1'000'000;
       if (slice < 0 || slice > iv) slice = iv;
     }
     int rc = internal::FutexWait(&wl.seq, seq, slice);
-    // relaxed: the count is a hint for wakers; a stale "1" costs one spare
-    // FUTEX_WAKE, never a lost wake-up (which W1 + D2 rule out).
-    wl.waiters.fetch_sub(1, std::memory_order_relaxed);
     StatAdd(stats->futex_waits);
     if (rc == -EINTR) {
       if (ready()) break;

@@ -9,14 +9,19 @@
 // Protocol (no lost wake-up, a syscall only when someone sleeps):
 //   waiter                                   waker
 //   s = seq.load()                           index/state.store(seq_cst)   (R1/R2/R3, D1)
-//   waiters += 1            (seq_cst, W1)    if (waiters.load(seq_cst))  (D1)
-//   if (ready()) {waiters -= 1; done}  (D2)    { seq += 1; FUTEX_WAKE(seq) }
-//   FUTEX_WAIT(seq, s, slice)
-//   waiters -= 1
-// All four of W1, the ready() loads, the waker's store and its waiters load
-// are seq_cst, so in their single total order either the waker sees
-// waiters != 0 or the waiter's recheck sees the new index. A wake between the
-// recheck and FUTEX_WAIT changed seq, so FUTEX_WAIT returns at once.
+//   sleeping = 1            (seq_cst, W1)    if (sleeping.load(seq_cst) &&           (D1)
+//   if (ready()) done                  (D2)      sleeping.exchange(0))
+//   FUTEX_WAIT(seq, s, slice)                  { seq += 1; FUTEX_WAKE(seq, all) }
+// W1, the ready() loads, the waker's store and its flag load are all seq_cst,
+// so in their single total order either the waker sees the flag or the
+// waiter's recheck sees the new index. A wake between the recheck and
+// FUTEX_WAIT changed seq, so FUTEX_WAIT returns at once. Only the waker that
+// clears the flag calls FUTEX_WAKE (one syscall per sleep, not one per
+// operation while the sleeper is being scheduled), and it wakes every
+// sleeper, because several threads of one end may have registered through
+// the same flag. A waiter never clears the flag (that could hide another
+// sleeper's registration); a flag left set after a timeout costs the other
+// side one spare FUTEX_WAKE.
 //
 // Spin policy (docs/transport.md has the measurements): before registering as
 // a waiter, the thread spins up to SpinPolicy::budget_ns() with a pause

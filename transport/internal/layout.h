@@ -66,12 +66,14 @@ struct alignas(kCacheLine) StateLine {
   std::atomic<uint32_t> reader;  // written by the consumer side
 };
 
-// A semaphore-like wake-up channel: `seq` is the futex word, `waiters` counts
-// threads that are (about to be) asleep on it. Wakers bump `seq` and call
-// FUTEX_WAKE only when `waiters` != 0 (see wait.h for the protocol).
+// A semaphore-like wake-up channel: `seq` is the futex word; `sleeping` is
+// set by a thread that is about to sleep on it and cleared by the waker that
+// wakes it. Wakers bump `seq` and call FUTEX_WAKE only when they clear a set
+// flag, so a sleep costs the other side exactly one syscall, however many
+// operations happen before the sleeper runs again (see wait.h).
 struct alignas(kCacheLine) WaitLine {
   std::atomic<uint32_t> seq;
-  std::atomic<uint32_t> waiters;
+  std::atomic<uint32_t> sleeping;
 };
 
 // A cross-process mutex word (see shm_mutex.h) serialising the threads and
