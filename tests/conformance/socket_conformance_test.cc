@@ -430,7 +430,9 @@ TEST_P(Conformance, NonBlockingConnect) {
   EXPECT_EQ(err, 0);
   // After EINPROGRESS, Linux reports the completed connection once with 0;
   // from then on connect() says EISCONN.
-  if (IsTcp()) EXPECT_EQ(connect(client_, Addr(), addr_len_), 0);
+  if (IsTcp()) {
+    EXPECT_EQ(connect(client_, Addr(), addr_len_), 0);
+  }
   errno = 0;
   EXPECT_EQ(connect(client_, Addr(), addr_len_), -1);
   EXPECT_EQ(errno, EISCONN);
