@@ -1,5 +1,5 @@
-// Data calls. Nothing is accelerated yet, so every call goes to libc; the
-// accelerated-socket layer dispatches here on the fd's table entry.
+// Data calls. An accelerated fd is served by the runtime; every other fd
+// takes the fallback path (runtime/fallback.h). Nothing is accelerated yet.
 // Fortified glibc headers (Bazel's opt mode sets _FORTIFY_SOURCE) declare
 // read/recv/poll as inline wrappers that would clash with our definitions.
 #undef _FORTIFY_SOURCE
@@ -11,49 +11,50 @@
 #include <unistd.h>
 
 #include "abi/internal/trampoline.h"
+#include "runtime/fallback.h"
 
 using doorway::abi::Ret;
 namespace rt = doorway::runtime;
 
 extern "C" [[noreturn]] void __chk_fail(void);
 
-DOORWAY_EXPORT ssize_t read(int fd, void* buf, size_t n) { return DOORWAY_REAL(read)(fd, buf, n); }
+DOORWAY_EXPORT ssize_t read(int fd, void* buf, size_t n) { return rt::fallback::Read(fd, buf, n); }
 
 DOORWAY_EXPORT ssize_t __read_chk(int fd, void* buf, size_t n, size_t buflen) {
   if (n > buflen) __chk_fail();
-  return DOORWAY_REAL(read)(fd, buf, n);
+  return rt::fallback::Read(fd, buf, n);
 }
 
 DOORWAY_EXPORT ssize_t readv(int fd, const iovec* iov, int iovcnt) {
-  return DOORWAY_REAL(readv)(fd, iov, iovcnt);
+  return rt::fallback::Readv(fd, iov, iovcnt);
 }
 
 DOORWAY_EXPORT ssize_t write(int fd, const void* buf, size_t n) {
-  return DOORWAY_REAL(write)(fd, buf, n);
+  return rt::fallback::Write(fd, buf, n);
 }
 
 DOORWAY_EXPORT ssize_t writev(int fd, const iovec* iov, int iovcnt) {
-  return DOORWAY_REAL(writev)(fd, iov, iovcnt);
+  return rt::fallback::Writev(fd, iov, iovcnt);
 }
 
 DOORWAY_EXPORT ssize_t recv(int fd, void* buf, size_t n, int flags) {
-  return DOORWAY_REAL(recv)(fd, buf, n, flags);
+  return rt::fallback::Recv(fd, buf, n, flags);
 }
 
 DOORWAY_EXPORT ssize_t __recv_chk(int fd, void* buf, size_t n, size_t buflen, int flags) {
   if (n > buflen) __chk_fail();
-  return DOORWAY_REAL(recv)(fd, buf, n, flags);
+  return rt::fallback::Recv(fd, buf, n, flags);
 }
 
 DOORWAY_EXPORT ssize_t recvfrom(int fd, void* buf, size_t n, int flags, sockaddr* addr,
                                 socklen_t* len) {
-  return DOORWAY_REAL(recvfrom)(fd, buf, n, flags, addr, len);
+  return rt::fallback::Recvfrom(fd, buf, n, flags, addr, len);
 }
 
 DOORWAY_EXPORT ssize_t __recvfrom_chk(int fd, void* buf, size_t n, size_t buflen, int flags,
                                       sockaddr* addr, socklen_t* len) {
   if (n > buflen) __chk_fail();
-  return DOORWAY_REAL(recvfrom)(fd, buf, n, flags, addr, len);
+  return rt::fallback::Recvfrom(fd, buf, n, flags, addr, len);
 }
 
 // recvmsg and recvmmsg go through the runtime: descriptors that arrive in
@@ -67,16 +68,16 @@ DOORWAY_EXPORT int recvmmsg(int fd, mmsghdr* msgs, unsigned int n, int flags, ti
 }
 
 DOORWAY_EXPORT ssize_t send(int fd, const void* buf, size_t n, int flags) {
-  return DOORWAY_REAL(send)(fd, buf, n, flags);
+  return rt::fallback::Send(fd, buf, n, flags);
 }
 
 DOORWAY_EXPORT ssize_t sendto(int fd, const void* buf, size_t n, int flags, const sockaddr* addr,
                               socklen_t len) {
-  return DOORWAY_REAL(sendto)(fd, buf, n, flags, addr, len);
+  return rt::fallback::Sendto(fd, buf, n, flags, addr, len);
 }
 
 DOORWAY_EXPORT ssize_t sendmsg(int fd, const msghdr* msg, int flags) {
-  return DOORWAY_REAL(sendmsg)(fd, msg, flags);
+  return rt::fallback::Sendmsg(fd, msg, flags);
 }
 
 DOORWAY_EXPORT int sendmmsg(int fd, mmsghdr* msgs, unsigned int n, int flags) {

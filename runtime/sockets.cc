@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstdlib>
 
+#include "runtime/fallback.h"
 #include "runtime/log.h"
 #include "runtime/real.h"
 
@@ -289,7 +290,7 @@ int Fcntl(int fd, int cmd, unsigned long arg, bool fcntl64) {
 }
 
 ssize_t Recvmsg(int fd, msghdr* msg, int flags) {
-  ssize_t r = DOORWAY_REAL(recvmsg)(fd, msg, flags);
+  ssize_t r = fallback::Recvmsg(fd, msg, flags);
   if (r < 0) return -errno;
   if (TrackingEnabled()) TrackReceivedRights(msg);
   return r;
