@@ -129,9 +129,11 @@ int64_t Ring::Write(const struct iovec* iov, int iovcnt) {
   if (n > total) n = total;
   uint64_t done = 0;
   for (int i = 0; done < n; ++i) {
+    DOORWAY_CHECK(i < iovcnt);  // n <= the iovec total, so this cannot fire
     const std::byte* src = static_cast<const std::byte*>(iov[i].iov_base);
     uint64_t len = iov[i].iov_len;
     if (len > n - done) len = n - done;
+    if (len == 0) continue;  // iov_base may be null
     uint64_t pos = (tail + done) & mask_;
     uint64_t first = cap_ - pos;  // room before the end of the data area
     if (first > len) first = len;
@@ -294,9 +296,11 @@ int64_t Ring::Read(const struct iovec* iov, int iovcnt) {
   uint64_t n = static_cast<uint64_t>(avail) < total ? static_cast<uint64_t>(avail) : total;
   uint64_t done = 0;
   for (int i = 0; done < n; ++i) {
+    DOORWAY_CHECK(i < iovcnt);  // n <= the iovec total, so this cannot fire
     std::byte* dst = static_cast<std::byte*>(iov[i].iov_base);
     uint64_t len = iov[i].iov_len;
     if (len > n - done) len = n - done;
+    if (len == 0) continue;  // iov_base may be null
     uint64_t pos = (head + done) & mask_;
     uint64_t first = cap_ - pos;
     if (first > len) first = len;
@@ -338,9 +342,11 @@ int64_t Ring::Peek(size_t offset, const struct iovec* iov, int iovcnt) {
   if (n > total) n = total;
   uint64_t done = 0;
   for (int i = 0; done < n; ++i) {
+    DOORWAY_CHECK(i < iovcnt);  // n <= the iovec total, so this cannot fire
     std::byte* dst = static_cast<std::byte*>(iov[i].iov_base);
     uint64_t len = iov[i].iov_len;
     if (len > n - done) len = n - done;
+    if (len == 0) continue;  // iov_base may be null
     uint64_t pos = (head + offset + done) & mask_;
     uint64_t first = cap_ - pos;
     if (first > len) first = len;

@@ -9,7 +9,10 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <memory>
+#include <new>
 #include <string>
+#include <vector>
 
 #include "gtest/gtest.h"
 #include "transport/internal/layout.h"
@@ -125,10 +128,13 @@ int MakeFd(void (*mutate)(std::byte*), unsigned seals, uint64_t extra = 0, bool 
     unlink(tmpl);
   }
   if (fd < 0 || ftruncate(fd, size + extra) != 0) return -1;
-  std::vector<std::byte> copy(size);
-  std::memcpy(copy.data(), s.base(), size);
-  if (mutate != nullptr) mutate(copy.data());
-  if (pwrite(fd, copy.data(), size, 0) != static_cast<ssize_t>(size)) return -1;
+  // Page-aligned copy: the header types are 64-byte aligned.
+  std::unique_ptr<std::byte, void (*)(std::byte*)> copy(
+      static_cast<std::byte*>(::operator new (size, std::align_val_t{4096})),
+      [](std::byte* p) { ::operator delete (p, std::align_val_t{4096}); });
+  std::memcpy(copy.get(), s.base(), size);
+  if (mutate != nullptr) mutate(copy.get());
+  if (pwrite(fd, copy.get(), size, 0) != static_cast<ssize_t>(size)) return -1;
   if (seals != 0 && fcntl(fd, F_ADD_SEALS, seals) != 0) return -1;
   return fd;
 }

@@ -68,7 +68,7 @@ int Produce(Ring& r, uint64_t total, uint64_t seed, uint64_t* checksum) {
         w = r.Reserve(n, &sp);
         if (w > 0) {
           std::memcpy(sp.data[0], src, sp.len[0]);
-          std::memcpy(sp.data[1], src + sp.len[0], sp.len[1]);
+          if (sp.len[1] != 0) std::memcpy(sp.data[1], src + sp.len[0], sp.len[1]);
           uint64_t c = rng.Uniform(1, static_cast<uint64_t>(w));  // partial commit
           if (r.Commit(c) != 0) return __LINE__;
           w = static_cast<int64_t>(c);
@@ -122,7 +122,7 @@ int Consume(Ring& r, uint64_t total, uint64_t seed, uint64_t* checksum) {
           uint64_t c = rng.Uniform(1, static_cast<uint64_t>(got));  // partial release
           uint64_t c0 = c < sp.len[0] ? c : sp.len[0];
           std::memcpy(buf.data(), sp.data[0], c0);
-          std::memcpy(buf.data() + c0, sp.data[1], c - c0);
+          if (c > c0) std::memcpy(buf.data() + c0, sp.data[1], c - c0);
           if (r.Release(c) != 0) return __LINE__;
           got = static_cast<int64_t>(c);
         }
