@@ -71,15 +71,16 @@ Ref FdTable::Get(int fd) const {
   if (fd < 0 || fd >= kMaxFds) return Ref();
   Bucket* b = buckets_[fd / kSlotsPerBucket].load(std::memory_order_acquire);  // B1
   if (b == nullptr) return Ref();
-  const std::atomic<Node*>& slot = b->slots[fd % kSlotsPerBucket];
+  const std::atomic<std::uintptr_t>& slot = b->slots[fd % kSlotsPerBucket];
   for (;;) {
     // S1: acquire pairs with the release half of the exchange in Install (S2).
-    Node* node = slot.load(std::memory_order_acquire);
+    std::uintptr_t v = slot.load(std::memory_order_acquire);
+    Node* node = NodeOf(v);
     if (node == nullptr) return Ref();
     if (!TryRef(node)) continue;  // dying: the slot has moved on or will
     // The node may have been freed and reused since we loaded it; if the
     // slot still holds it, our reference is to the installed object.
-    if (slot.load(std::memory_order_acquire) == node) return Ref(node);
+    if (NodeOf(slot.load(std::memory_order_acquire)) == node) return Ref(node);
     Ref(node).Reset();
   }
 }
@@ -88,23 +89,33 @@ bool FdTable::Occupied(int fd) const {
   if (fd < 0 || fd >= kMaxFds) return false;
   Bucket* b = buckets_[fd / kSlotsPerBucket].load(std::memory_order_acquire);  // B1
   // Relaxed: a hint only; the caller takes a reference with Get() to act on it.
-  return b != nullptr && b->slots[fd % kSlotsPerBucket].load(std::memory_order_relaxed) != nullptr;
+  return b != nullptr && b->slots[fd % kSlotsPerBucket].load(std::memory_order_relaxed) != 0;
 }
 
-Ref FdTable::Install(int fd, Ref obj, bool* ok) {
+std::uint32_t FdTable::Tag(int fd) const {
+  if (fd < 0 || fd >= kMaxFds) return 0;
+  Bucket* b = buckets_[fd / kSlotsPerBucket].load(std::memory_order_acquire);  // B1
+  if (b == nullptr) return 0;
+  // Relaxed: a routing hint; see Occupied.
+  return static_cast<std::uint32_t>(b->slots[fd % kSlotsPerBucket].load(std::memory_order_relaxed) &
+                                    kTagMask);
+}
+
+Ref FdTable::Install(int fd, Ref obj, bool* ok, std::uint32_t tag) {
   Bucket* b = (fd >= 0 && fd < kMaxFds) ? BucketFor(fd, true) : nullptr;
   if (ok != nullptr) *ok = b != nullptr;
   if (b == nullptr) return obj;
   // S2: release publishes the object to readers (S1); acquire so that the
   // displaced reference is handed back with its writer's history.
-  Node* old = b->slots[fd % kSlotsPerBucket].exchange(obj.Release(), std::memory_order_acq_rel);
-  return Ref(old);
+  std::uintptr_t v = reinterpret_cast<std::uintptr_t>(obj.Release());
+  if (v != 0) v |= tag & kTagMask;
+  return Ref(NodeOf(b->slots[fd % kSlotsPerBucket].exchange(v, std::memory_order_acq_rel)));
 }
 
 Ref FdTable::Remove(int fd) {
   Bucket* b = (fd >= 0 && fd < kMaxFds) ? BucketFor(fd, false) : nullptr;
   if (b == nullptr) return Ref();
-  return Ref(b->slots[fd % kSlotsPerBucket].exchange(nullptr, std::memory_order_acq_rel));
+  return Ref(NodeOf(b->slots[fd % kSlotsPerBucket].exchange(0, std::memory_order_acq_rel)));
 }
 
 }  // namespace doorway::fdtable

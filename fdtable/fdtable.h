@@ -89,6 +89,10 @@ Ref Make(Args&&... args) {
 
 class FdTable {
  public:
+  // A few bits stored beside each entry, readable with one load (Tag()) so
+  // that hot paths can decide how to route an fd without taking a reference.
+  static constexpr std::uint32_t kTagMask = 0x3ff;
+
   static constexpr int kSlotsPerBucket = 512;  // one 4 KiB page of slots
   static constexpr int kMaxFds = 1 << 20;      // Linux's default fs.nr_open
 
@@ -96,23 +100,35 @@ class FdTable {
 
   // The object installed at fd, or an empty Ref. Lock-free.
   Ref Get(int fd) const;
-  // Puts obj at fd; returns what was there. Fails (returns obj back, with
-  // *ok = false) only for fds beyond kMaxFds or when memory is exhausted.
-  Ref Install(int fd, Ref obj, bool* ok = nullptr);
+  // Puts obj at fd, with `tag` (< kTagMask) beside it; returns what was
+  // there. Fails (returns obj back, with *ok = false) only for fds beyond
+  // kMaxFds or when memory is exhausted.
+  Ref Install(int fd, Ref obj, bool* ok = nullptr, std::uint32_t tag = 0);
   // Empties the slot; returns what was there.
   Ref Remove(int fd);
   // Whether something is installed at fd: one load, no reference taken, so
   // the answer may be stale by the time the caller acts on it.
   bool Occupied(int fd) const;
+  // The tag installed with fd's entry, 0 if none; one load, no reference, so
+  // possibly stale (see Occupied).
+  std::uint32_t Tag(int fd) const;
+  // Calls fn(fd, const Ref&) for every entry, in fd order. Entries installed
+  // or removed concurrently may or may not be visited.
+  template <class Fn>
+  void ForEach(Fn&& fn) const;
   // Empties every slot in [first, last] (close_range); calls fn(fd, Ref&&)
   // for each removed object.
   template <class Fn>
   void RemoveRange(int first, int last, Fn&& fn);
 
  private:
+  // Each slot holds a Node pointer (1 KiB aligned) or'ed with its tag.
   struct Bucket {
-    std::atomic<Node*> slots[kSlotsPerBucket];
+    std::atomic<std::uintptr_t> slots[kSlotsPerBucket];
   };
+  static Node* NodeOf(std::uintptr_t v) {
+    return reinterpret_cast<Node*>(v & ~std::uintptr_t{kTagMask});
+  }
   static constexpr int kBuckets = kMaxFds / kSlotsPerBucket;
 
   Bucket* BucketFor(int fd, bool create);
@@ -133,9 +149,21 @@ void FdTable::RemoveRange(int first, int last, Fn&& fn) {
       fd = (fd / kSlotsPerBucket + 1) * kSlotsPerBucket;
       continue;
     }
-    Node* n = b->slots[fd % kSlotsPerBucket].exchange(nullptr, std::memory_order_acq_rel);
+    Node* n = NodeOf(b->slots[fd % kSlotsPerBucket].exchange(0, std::memory_order_acq_rel));
     if (n != nullptr) fn(fd, Ref(n));
     ++fd;
+  }
+}
+
+template <class Fn>
+void FdTable::ForEach(Fn&& fn) const {
+  for (int bi = 0; bi < kBuckets; ++bi) {
+    if (buckets_[bi].load(std::memory_order_acquire) == nullptr) continue;
+    for (int i = 0; i < kSlotsPerBucket; ++i) {
+      int fd = bi * kSlotsPerBucket + i;
+      Ref r = Get(fd);
+      if (r) fn(fd, static_cast<const Ref&>(r));
+    }
   }
 }
 

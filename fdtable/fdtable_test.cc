@@ -1,6 +1,7 @@
 #include "fdtable/fdtable.h"
 
 #include <atomic>
+#include <vector>
 
 #include "gtest/gtest.h"
 
@@ -98,6 +99,28 @@ TEST(FdTable, HighFdsAndRemoveRange) {
   t.RemoveRange(0, 0x7fffffff, [&](int, Ref) { ++removed; });
   EXPECT_EQ(removed, 6);
   EXPECT_EQ(g_live.load(), before);
+}
+
+TEST(FdTable, TagsTravelWithEntries) {
+  FdTable t;
+  EXPECT_EQ(t.Tag(9), 0u);
+  t.Install(9, Make<Thing>(9), nullptr, 5).Reset();
+  EXPECT_EQ(t.Tag(9), 5u);
+  EXPECT_EQ(t.Get(9).As<Thing>()->value, 9);
+  Ref old = t.Install(9, Make<Thing>(10));
+  EXPECT_EQ(old.As<Thing>()->value, 9);
+  EXPECT_EQ(t.Tag(9), 0u);
+  t.Install(700, Make<Thing>(700), nullptr, FdTable::kTagMask).Reset();
+  EXPECT_EQ(t.Tag(700), FdTable::kTagMask);
+  std::vector<int> seen;
+  t.ForEach([&](int fd, const Ref& r) {
+    seen.push_back(fd);
+    EXPECT_EQ(r.As<Thing>()->value, fd == 9 ? 10 : fd);
+  });
+  EXPECT_EQ(seen, (std::vector<int>{9, 700}));
+  t.Remove(700).Reset();
+  t.Remove(9).Reset();
+  EXPECT_EQ(t.Tag(700), 0u);
 }
 
 TEST(FdTable, CloneKeepsAlive) {

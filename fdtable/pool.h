@@ -24,9 +24,10 @@
 
 namespace doorway::fdtable {
 
-inline constexpr std::size_t kPayloadBytes = 448;
+inline constexpr std::size_t kPayloadBytes = 960;
 
-struct alignas(64) Node {
+// 1 KiB aligned: FdTable keeps a few tag bits in the low bits of a slot.
+struct alignas(1024) Node {
   // Zero while free (or being constructed); TryRef only succeeds from > 0.
   std::atomic<std::uint32_t> refs;
   // Index of the next free node + 1 (0 = end); only meaningful while free.
@@ -37,7 +38,7 @@ struct alignas(64) Node {
   void (*destroy)(void* payload);
   alignas(16) unsigned char payload[kPayloadBytes];
 };
-static_assert(sizeof(Node) == 512, "Node layout changed; check kPayloadBytes");
+static_assert(sizeof(Node) == 1024, "Node layout changed; check kPayloadBytes");
 static_assert(offsetof(Node, payload) % 16 == 0);
 
 // Allocates and frees Nodes. Process-wide; constant-initialised so it is usable
@@ -57,8 +58,8 @@ class Pool {
   }
 
  private:
-  static constexpr std::uint32_t kNodesPerChunk = 128;  // 64 KiB per chunk
-  static constexpr std::uint32_t kMaxChunks = 16384;    // up to 2 M nodes
+  static constexpr std::uint32_t kNodesPerChunk = 64;  // 64 KiB per chunk
+  static constexpr std::uint32_t kMaxChunks = 32768;   // up to 2 M nodes
 
   Node* NodeAt(std::uint32_t index) const;
   bool Grow();
