@@ -1,5 +1,6 @@
 #include "runtime/config.h"
 
+#include <cstdlib>
 #include <cstring>
 
 namespace doorway::runtime {
@@ -54,6 +55,29 @@ Config ParseConfig(const char* const* envp) {
   }
   if (const char* v = Lookup(envp, "DOORWAY_LOG_FILE"); v != nullptr && v[0] != '\0') {
     c.log_file = v;
+  }
+  if (const char* v = Lookup(envp, "DOORWAY_DIR"); v != nullptr && v[0] != '\0') {
+    if (v[0] == '/') {
+      c.door_dir = v;
+    } else {
+      RawLog(LogLevel::kWarn, "DOORWAY_DIR=%s is not an absolute path; using the default", v);
+    }
+  }
+  if (const char* v = Lookup(envp, "DOORWAY_ALLOW_UIDS"); v != nullptr && v[0] != '\0') {
+    const char* p = v;
+    while (*p != '\0') {
+      char* end = nullptr;
+      unsigned long uid = strtoul(p, &end, 10);
+      if (end == p || (*end != ',' && *end != '\0') || uid > 0xfffffffeul) {
+        RawLog(LogLevel::kWarn, "DOORWAY_ALLOW_UIDS=%s: not a comma-separated list of uids; ignored", v);
+        c.allowed_uid_count = 0;
+        break;
+      }
+      if (c.allowed_uid_count < Config::kMaxAllowedUids) {
+        c.allowed_uids[c.allowed_uid_count++] = static_cast<unsigned>(uid);
+      }
+      p = *end == ',' ? end + 1 : end;
+    }
   }
   return c;
 }

@@ -14,6 +14,15 @@ struct Config {
   LogLevel log_level = LogLevel::kOff;
   // DOORWAY_LOG_FILE=path: append log lines there instead of stderr.
   const char* log_file = nullptr;
+  // DOORWAY_DIR=path: the door directory (default /tmp/doorway-<uid>). When
+  // set, a door for the exact destination address is tried for any address,
+  // so containers sharing the directory find each other across namespaces.
+  const char* door_dir = nullptr;
+  // DOORWAY_ALLOW_UIDS=uid,uid,...: peers of these uids are accelerated too
+  // (default: only our own uid).
+  static constexpr int kMaxAllowedUids = 16;
+  unsigned allowed_uids[kMaxAllowedUids] = {};
+  int allowed_uid_count = 0;
 };
 
 // Parses the environment. A bad value is reported once on stderr and the

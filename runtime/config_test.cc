@@ -23,6 +23,19 @@ TEST(Config, Values) {
   EXPECT_STREQ(c.log_file, "/tmp/x");
 }
 
+TEST(Config, DoorSettings) {
+  const char* env[] = {"DOORWAY_DIR=/run/shared/doors", "DOORWAY_ALLOW_UIDS=1000,2001", nullptr};
+  Config c = ParseConfig(env);
+  EXPECT_STREQ(c.door_dir, "/run/shared/doors");
+  ASSERT_EQ(c.allowed_uid_count, 2);
+  EXPECT_EQ(c.allowed_uids[0], 1000u);
+  EXPECT_EQ(c.allowed_uids[1], 2001u);
+  const char* bad[] = {"DOORWAY_DIR=relative", "DOORWAY_ALLOW_UIDS=12,x", nullptr};
+  Config b = ParseConfig(bad);
+  EXPECT_EQ(b.door_dir, nullptr);
+  EXPECT_EQ(b.allowed_uid_count, 0);
+}
+
 TEST(Config, BadValuesFallBackToDefaults) {
   const char* env[] = {"DOORWAY_DISABLE=maybe", "DOORWAY_LOG=loud", nullptr};
   Config c = ParseConfig(env);
