@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "transport/internal/check.h"
+#include "transport/internal/copy.h"
 #include "transport/internal/futex.h"
 
 namespace doorway::transport {
@@ -137,8 +138,8 @@ int64_t Ring::Write(const struct iovec* iov, int iovcnt) {
     uint64_t pos = (tail + done) & mask_;
     uint64_t first = cap_ - pos;  // room before the end of the data area
     if (first > len) first = len;
-    std::memcpy(data_ + pos, src, first);
-    std::memcpy(data_, src + first, len - first);
+    internal::CopyBytes(data_ + pos, src, first);
+    if (len > first) internal::CopyBytes(data_, src + first, len - first);
     done += len;
   }
   PublishTail(tail + n);
@@ -304,8 +305,8 @@ int64_t Ring::Read(const struct iovec* iov, int iovcnt) {
     uint64_t pos = (head + done) & mask_;
     uint64_t first = cap_ - pos;
     if (first > len) first = len;
-    std::memcpy(dst, data_ + pos, first);
-    std::memcpy(dst + first, data_, len - first);
+    internal::CopyBytes(dst, data_ + pos, first);
+    if (len > first) internal::CopyBytes(dst + first, data_, len - first);
     done += len;
   }
   PublishHead(head + n);
@@ -350,8 +351,8 @@ int64_t Ring::Peek(size_t offset, const struct iovec* iov, int iovcnt) {
     uint64_t pos = (head + offset + done) & mask_;
     uint64_t first = cap_ - pos;
     if (first > len) first = len;
-    std::memcpy(dst, data_ + pos, first);
-    std::memcpy(dst + first, data_, len - first);
+    internal::CopyBytes(dst, data_ + pos, first);
+    if (len > first) internal::CopyBytes(dst + first, data_, len - first);
     done += len;
   }
   return static_cast<int64_t>(n);
@@ -420,13 +421,15 @@ void Ring::MarkWriterGone() {
 // ------------------------------------------------------------------- both
 
 bool Ring::ReadReady() const {
-  // D2: seq_cst loads, after the waiter's W1 in the total order.
-  uint32_t w = ctrl_->state.writer.load(std::memory_order_seq_cst);
-  uint32_t r = ctrl_->state.reader.load(std::memory_order_seq_cst);
-  if (w != kStateOpen || r != kStateOpen) return true;  // EOF, reset or corrupt: Read answers
+  // D2: seq_cst loads, after the waiter's W1 in the total order. The tail
+  // first: it is the value that changes in the common case (and the one a
+  // spinning waiter polls); the own head is an L1 hit.
   uint64_t tail = ctrl_->prod.index.load(std::memory_order_seq_cst);
   uint64_t head = ctrl_->cons.index.load(std::memory_order_seq_cst);
-  return tail != head;  // includes corrupt indices: Read returns -EIO
+  if (tail != head) return true;  // data, or corrupt indices: Read answers either way
+  uint32_t w = ctrl_->state.writer.load(std::memory_order_seq_cst);
+  uint32_t r = ctrl_->state.reader.load(std::memory_order_seq_cst);
+  return w != kStateOpen || r != kStateOpen;  // EOF, reset or corrupt: Read answers
 }
 
 bool Ring::WriteReady(size_t min) const {

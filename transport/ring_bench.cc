@@ -3,7 +3,8 @@
 // program. Not a test (it asserts nothing); results go to docs/transport.md.
 //
 //   bazel run -c opt //transport:ring_bench            # full run
-//   bazel run -c opt //transport:ring_bench -- --quick # smaller counts
+//   bazel run -c opt //transport:ring_bench -- --quick # smaller counts, one round
+//   bazel run -c opt //transport:ring_bench -- --rounds=9
 //
 // Every wait loop is bounded in time (a partner that died makes the bench
 // abort, not spin), and children die with the parent (PR_SET_PDEATHSIG).
@@ -21,6 +22,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdint>
@@ -31,6 +33,7 @@
 #include <string>
 #include <vector>
 
+#include "transport/internal/copy.h"
 #include "transport/internal/futex.h"
 #include "transport/segment.h"
 #include "transport/wait.h"
@@ -42,6 +45,14 @@ using dt::internal::MonotonicNs;
 namespace {
 
 bool g_quick = false;
+int g_rounds = 5;
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+double Min(const std::vector<double>& v) { return *std::min_element(v.begin(), v.end()); }
+double Max(const std::vector<double>& v) { return *std::max_element(v.begin(), v.end()); }
 int g_cpu_parent = 0, g_cpu_child = 1;
 constexpr int64_t kStallNs = 20'000'000'000;  // a partner silent this long = failure
 
@@ -168,15 +179,29 @@ double FloorFutexNs(uint64_t n) {
       });
 }
 
-double MemcpyGBps(size_t chunk, uint64_t total) {
-  std::vector<char> src(chunk, 1), dst(chunk);
+// Single-core copy bandwidth of `chunk`-byte copies between page-aligned
+// buffers, the destination `skew` bytes further into its page than the
+// source. glibc's memcpy (rep movsb here) is the floor the targets refer to;
+// the ring's own CopyBytes is shown too (see internal/copy.h for why).
+double CopyGBps(bool ring_copy, size_t chunk, uint64_t total, size_t skew) {
+  char* src = static_cast<char*>(aligned_alloc(4096, chunk + 4096));
+  char* dst = static_cast<char*>(aligned_alloc(4096, chunk + 4096));
+  std::memset(src, 1, chunk + 4096);
+  std::memset(dst, 2, chunk + 4096);
   uint64_t reps = total / chunk;
   int64_t t0 = MonotonicNs();
   for (uint64_t i = 0; i < reps; ++i) {
-    std::memcpy(dst.data(), src.data(), chunk);
-    asm volatile("" : : "r"(dst.data()) : "memory");
+    if (ring_copy) {
+      dt::internal::CopyBytes(dst + skew, src, chunk);
+    } else {
+      std::memcpy(dst + skew, src, chunk);
+    }
+    asm volatile("" : : "r"(dst) : "memory");
   }
-  return double(reps * chunk) / (MonotonicNs() - t0);
+  double r = double(reps * chunk) / (MonotonicNs() - t0);
+  free(src);
+  free(dst);
+  return r;
 }
 
 // ---------------------------------------------------------------- rings
@@ -266,18 +291,21 @@ double RingStreamGBps(uint64_t cap, size_t chunk, uint64_t total) {
         dt::RingStats st;
         dt::Ring tx = seg.MakeTxRing(dt::Role::kServer, &st);
         dt::SpinPolicy spin;
-        std::vector<char> buf(chunk, 7);
-        for (uint64_t sent = 0; sent < total; sent += chunk) WriteAll(tx, buf.data(), chunk, &spin);
+        char* buf = static_cast<char*>(aligned_alloc(4096, chunk));
+        std::memset(buf, 7, chunk);
+        for (uint64_t sent = 0; sent < total; sent += chunk) WriteAll(tx, buf, chunk, &spin);
+        free(buf);
       },
       [&seg, chunk, total] {
         dt::RingStats st;
         dt::Ring rx = seg.MakeRxRing(dt::Role::kClient, &st);
         dt::SpinPolicy spin;
-        std::vector<char> buf(chunk);
+        char* buf = static_cast<char*>(aligned_alloc(4096, chunk));
+        std::memset(buf, 0, chunk);
         int64_t t0 = MonotonicNs();
         uint64_t got = 0;
         while (got < total) {
-          int64_t g = rx.Read(buf.data(), chunk);
+          int64_t g = rx.Read(buf, chunk);
           if (g == -EAGAIN) {
             if (dt::WaitReadable(rx, Bounded(), &spin) != 0) Die("stream wait");
             continue;
@@ -285,7 +313,9 @@ double RingStreamGBps(uint64_t cap, size_t chunk, uint64_t total) {
           if (g <= 0) Die("stream read");
           got += g;
         }
-        return double(total) / (MonotonicNs() - t0);
+        double r = double(total) / (MonotonicNs() - t0);
+        free(buf);
+        return r;
       });
 }
 
@@ -381,6 +411,7 @@ double SocketStreamGBps(int domain, size_t chunk, uint64_t total) {
 int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) g_quick = true;
+    if (std::strncmp(argv[i], "--rounds=", 9) == 0) g_rounds = std::max(1, atoi(argv[i] + 9));
   }
   setvbuf(stdout, nullptr, _IOLBF, 0);
   g_sh = static_cast<Shared*>(
@@ -412,45 +443,77 @@ int main(int argc, char** argv) {
            static_cast<unsigned long long>(dt::kDefaultRingCapacity >> 10));
   }
   const uint64_t q = g_quick ? 10 : 1;
+  const int rounds = g_quick ? 1 : g_rounds;
+  printf(
+      "each figure is the median of %d rounds; in each round the floor and the rings run "
+      "back to back\n",
+      rounds);
 
-  double floor_ns = FloorHandoffNs(2'000'000 / q);
-  double futex_ns = FloorFutexNs(20'000 / q);
-  PingPong spin = RingPingPongNs(1'000'000 / q, true);
-  PingPong nospin = RingPingPongNs(20'000 / q, false);
+  std::vector<double> floor_v, futex_v, spin_v, nospin_v;
+  uint64_t nospin_wakes = 0;
+  for (int r = 0; r < rounds; ++r) {
+    floor_v.push_back(FloorHandoffNs(400'000 / q));
+    spin_v.push_back(RingPingPongNs(400'000 / q, true).rtt_ns);
+    futex_v.push_back(FloorFutexNs(5'000 / q));
+    PingPong np = RingPingPongNs(5'000 / q, false);
+    nospin_v.push_back(np.rtt_ns);
+    nospin_wakes = np.wakes;
+  }
+  double floor_ns = Median(floor_v), futex_ns = Median(futex_v);
+  double spin_ns = Median(spin_v), nospin_ns = Median(nospin_v);
   printf("\n%-52s %12s %12s %10s\n", "64 B ping-pong round trip", "ns", "floor ns", "ratio");
-  printf("%-52s %12.0f\n", "floor: cache-line handoff (spin)", floor_ns);
-  printf("%-52s %12.0f\n", "floor: futex wait/wake ping-pong", futex_ns);
-  printf("%-52s %12.0f %12.0f %9.2fx  (target <= 2x)\n", "rings, adaptive spin", spin.rtt_ns,
-         floor_ns, spin.rtt_ns / floor_ns);
-  printf("%-52s %12.0f %12.0f %9.2fx  (target <= 1.1x; %llu FUTEX_WAKEs)\n",
-         "rings, spin disabled (futex only)", nospin.rtt_ns, futex_ns, nospin.rtt_ns / futex_ns,
-         static_cast<unsigned long long>(nospin.wakes));
+  printf("%-52s %12.0f   (min %.0f, max %.0f)\n", "floor: cache-line handoff (spin)", floor_ns,
+         Min(floor_v), Max(floor_v));
+  printf("%-52s %12.0f   (min %.0f, max %.0f)\n", "floor: futex wait/wake ping-pong", futex_ns,
+         Min(futex_v), Max(futex_v));
+  printf("%-52s %12.0f %12.0f %9.2fx  (target <= 2x)\n", "rings, adaptive spin", spin_ns, floor_ns,
+         spin_ns / floor_ns);
+  printf("%-52s %12.0f %12.0f %9.2fx  (target <= 1.1x; %llu FUTEX_WAKEs in %llu round trips)\n",
+         "rings, spin disabled (futex only)", nospin_ns, futex_ns, nospin_ns / futex_ns,
+         static_cast<unsigned long long>(nospin_wakes), static_cast<unsigned long long>(5'000 / q));
 
   const size_t kChunk = 64 << 10;
-  const uint64_t kStream = (4ull << 30) / q;
-  double mc = MemcpyGBps(kChunk, (8ull << 30) / q);
-  double tcp = SocketStreamGBps(AF_INET, kChunk, (1ull << 30) / q);
-  double uds = SocketStreamGBps(AF_UNIX, kChunk, (1ull << 30) / q);
+  const uint64_t kStream = (2ull << 30) / q;
+  const uint64_t caps[] = {uint64_t{256} << 10, uint64_t{512} << 10, uint64_t{1} << 20,
+                           uint64_t{4} << 20};
+  std::vector<double> mc_v, tcp_v, uds_v, ring_v[4];
+  double mc_skew = CopyGBps(false, kChunk, (1ull << 30) / q, 16);
+  double rc = CopyGBps(true, kChunk, (4ull << 30) / q, 0);
+  double rc_skew = CopyGBps(true, kChunk, (4ull << 30) / q, 16);
+  for (int r = 0; r < rounds; ++r) {
+    mc_v.push_back(CopyGBps(false, kChunk, (4ull << 30) / q, 0));
+    tcp_v.push_back(SocketStreamGBps(AF_INET, kChunk, (512ull << 20) / q));
+    uds_v.push_back(SocketStreamGBps(AF_UNIX, kChunk, (512ull << 20) / q));
+    for (int c = 0; c < 4; ++c) ring_v[c].push_back(RingStreamGBps(caps[c], kChunk, kStream));
+  }
+  double mc = Median(mc_v), tcp = Median(tcp_v), uds = Median(uds_v);
   printf("\n%-52s %12s %12s %12s\n", "streaming, 64 KiB chunks", "GB/s", "/memcpy", "/TCP");
-  printf("%-52s %12.2f\n", "floor: single-core memcpy 64 KiB", mc);
+  printf("%-52s %12.2f\n", "floor: single-core glibc memcpy 64 KiB (aligned)", mc);
+  printf("%-52s %12.2f %12.2f\n", "  glibc memcpy, destination +16 B in its page", mc_skew,
+         mc_skew / mc);
+  printf("%-52s %12.2f %12.2f\n", "  ring CopyBytes (aligned)", rc, rc / mc);
+  printf("%-52s %12.2f %12.2f\n", "  ring CopyBytes, destination +16 B", rc_skew, rc_skew / mc);
   printf("%-52s %12.2f %12.2f\n", "kernel TCP loopback", tcp, tcp / mc);
   printf("%-52s %12.2f %12.2f %12.2f\n", "kernel Unix stream socket", uds, uds / mc, uds / tcp);
-  for (uint64_t cap :
-       {uint64_t{128} << 10, uint64_t{256} << 10, uint64_t{1} << 20, uint64_t{4} << 20}) {
-    double g = RingStreamGBps(cap, kChunk, kStream);
+  for (int c = 0; c < 4; ++c) {
+    double g = Median(ring_v[c]);
     char name[80];
     snprintf(name, sizeof name, "rings, capacity %llu KiB%s",
-             static_cast<unsigned long long>(cap >> 10),
-             cap == dt::kDefaultRingCapacity ? " (default)" : "");
+             static_cast<unsigned long long>(caps[c] >> 10),
+             caps[c] == dt::kDefaultRingCapacity ? " (default)" : "");
     printf("%-52s %12.2f %12.2f %12.2f%s\n", name, g, g / mc, g / tcp,
-           cap == dt::kDefaultRingCapacity ? "  (targets >= 0.3x, >= 8x)" : "");
+           caps[c] == dt::kDefaultRingCapacity ? "  (targets >= 0.3x, >= 8x)" : "");
   }
 
-  const uint64_t kMsgs = 20'000'000 / q;
-  double mps = RingPipelinedMps(kMsgs, 64, false);
-  double mps_batch = RingPipelinedMps(kMsgs, 64, true);
+  const uint64_t kMsgs = 10'000'000 / q;
+  std::vector<double> mps_v, mpsb_v;
+  for (int r = 0; r < rounds; ++r) {
+    mps_v.push_back(RingPipelinedMps(kMsgs, 64, false));
+    mpsb_v.push_back(RingPipelinedMps(kMsgs, 64, true));
+  }
   printf("\n%-52s %12s\n", "64 B messages, pipelined", "M msg/s");
-  printf("%-52s %12.1f  (target >= 20)\n", "rings, one Write and one Read per message", mps);
-  printf("%-52s %12.1f\n", "rings, one Write per message, reader batches 64 KiB", mps_batch);
+  printf("%-52s %12.1f  (target >= 20; min %.1f, max %.1f)\n",
+         "rings, one Write and one Read per message", Median(mps_v), Min(mps_v), Max(mps_v));
+  printf("%-52s %12.1f\n", "rings, one Write per message, reader batches 64 KiB", Median(mpsb_v));
   return 0;
 }
