@@ -79,6 +79,15 @@ Config ParseConfig(const char* const* envp) {
       p = *end == ',' ? end + 1 : end;
     }
   }
+  if (const char* v = Lookup(envp, "DOORWAY_FALLBACK"); v != nullptr && v[0] != '\0') {
+    if (strcmp(v, "passthrough") == 0) {
+      c.fallback = FallbackMode::kPassthrough;
+    } else if (strcmp(v, "uring") == 0) {
+      c.fallback = FallbackMode::kUring;
+    } else {
+      RawLog(LogLevel::kWarn, "DOORWAY_FALLBACK=%s is not passthrough|uring; using passthrough", v);
+    }
+  }
   return c;
 }
 

@@ -7,6 +7,12 @@
 
 namespace doorway::runtime {
 
+// How the I/O of sockets that are not accelerated is carried (DESIGN §8).
+enum class FallbackMode : int {
+  kPassthrough = 0,  // the direct libc call
+  kUring = 1,        // the io_uring engine (transport/uring)
+};
+
 struct Config {
   // DOORWAY_DISABLE=1: track nothing, accelerate nothing; pure pass-through.
   bool disabled = false;
@@ -23,6 +29,9 @@ struct Config {
   static constexpr int kMaxAllowedUids = 16;
   unsigned allowed_uids[kMaxAllowedUids] = {};
   int allowed_uid_count = 0;
+  // DOORWAY_FALLBACK=passthrough|uring: the path of kernel sockets that are
+  // not accelerated. Default chosen by measurement (docs/fallback.md).
+  FallbackMode fallback = FallbackMode::kPassthrough;
 };
 
 // Parses the environment. A bad value is reported once on stderr and the

@@ -36,6 +36,17 @@ TEST(Config, DoorSettings) {
   EXPECT_EQ(b.allowed_uid_count, 0);
 }
 
+TEST(Config, FallbackMode) {
+  const char* none[] = {nullptr};
+  EXPECT_EQ(ParseConfig(none).fallback, FallbackMode::kPassthrough);
+  const char* uring[] = {"DOORWAY_FALLBACK=uring", nullptr};
+  EXPECT_EQ(ParseConfig(uring).fallback, FallbackMode::kUring);
+  const char* pass[] = {"DOORWAY_FALLBACK=passthrough", nullptr};
+  EXPECT_EQ(ParseConfig(pass).fallback, FallbackMode::kPassthrough);
+  const char* bad[] = {"DOORWAY_FALLBACK=epoll", nullptr};
+  EXPECT_EQ(ParseConfig(bad).fallback, FallbackMode::kPassthrough);
+}
+
 TEST(Config, BadValuesFallBackToDefaults) {
   const char* env[] = {"DOORWAY_DISABLE=maybe", "DOORWAY_LOG=loud", nullptr};
   Config c = ParseConfig(env);

@@ -8,6 +8,7 @@
 #include <cerrno>
 
 #include "runtime/config.h"
+#include "runtime/fallback.h"
 #include "runtime/log.h"
 #include "runtime/real.h"
 #include "runtime/sockets.h"
@@ -42,6 +43,7 @@ void Initialise() {
   g_log_level.store(static_cast<int>(config.log_level), std::memory_order_relaxed);
   SetConfig(config);
   SetTrackingEnabled(!config.disabled);
+  fallback::Configure(config.disabled ? FallbackMode::kPassthrough : config.fallback);
   int inherited = config.disabled ? 0 : ScanInheritedSockets();
   DOORWAY_LOG(kInfo, "loaded into %s%s; %d inherited socket(s)", program_invocation_short_name,
               config.disabled ? " (disabled)" : "", inherited);
