@@ -38,6 +38,7 @@ DOORWAY_EXPORT int fcntl(int fd, int cmd, ...) {
   va_start(ap, cmd);
   unsigned long arg = va_arg(ap, unsigned long);
   va_end(ap);
+  if (doorway::abi::Managed(fd)) return Ret(rt::ManagedFcntl(fd, cmd, arg, false));
   return Ret(rt::Fcntl(fd, cmd, arg, false));
 }
 
@@ -46,6 +47,7 @@ DOORWAY_EXPORT int fcntl64(int fd, int cmd, ...) {
   va_start(ap, cmd);
   unsigned long arg = va_arg(ap, unsigned long);
   va_end(ap);
+  if (doorway::abi::Managed(fd)) return Ret(rt::ManagedFcntl(fd, cmd, arg, true));
   return Ret(rt::Fcntl(fd, cmd, arg, true));
 }
 
@@ -54,5 +56,6 @@ DOORWAY_EXPORT int ioctl(int fd, unsigned long request, ...) {
   va_start(ap, request);
   void* arg = va_arg(ap, void*);
   va_end(ap);
+  if (doorway::abi::Managed(fd)) return Ret(rt::ManagedIoctl(fd, request, arg));
   return DOORWAY_REAL(ioctl)(fd, request, arg);
 }

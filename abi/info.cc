@@ -10,12 +10,13 @@ namespace rt = doorway::runtime;
 
 DOORWAY_EXPORT int doorway_fd_info(int fd, struct doorway_socket_info* info) {
   rt::SocketFile f;
-  if (!rt::Describe(fd, &f)) return -1;
+  bool accelerated = false;
+  if (!rt::Describe(fd, &f, &accelerated)) return -1;
   info->domain = f.domain;
   info->type = f.type;
   info->protocol = f.protocol;
   info->origin = static_cast<int>(f.origin);
-  info->accelerated = 0;
+  info->accelerated = accelerated ? 1 : 0;
   return 0;
 }
 

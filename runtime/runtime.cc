@@ -8,6 +8,7 @@
 #include <cerrno>
 
 #include "runtime/config.h"
+#include "runtime/endpoint.h"
 #include "runtime/fallback.h"
 #include "runtime/log.h"
 #include "runtime/real.h"
@@ -45,6 +46,7 @@ void Initialise() {
   SetTrackingEnabled(!config.disabled);
   fallback::Configure(config.disabled ? FallbackMode::kPassthrough : config.fallback);
   int inherited = config.disabled ? 0 : ScanInheritedSockets();
+  if (!config.disabled) LocalAddressesRefresh();
   DOORWAY_LOG(kInfo, "loaded into %s%s; %d inherited socket(s)", program_invocation_short_name,
               config.disabled ? " (disabled)" : "", inherited);
   // A1: release pairs with the acquire in Initialised().

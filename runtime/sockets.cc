@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstdlib>
 
+#include "runtime/accel.h"
 #include "runtime/fallback.h"
 #include "runtime/log.h"
 #include "runtime/real.h"
@@ -66,7 +67,8 @@ void Track(int fd, const SocketFile& file) {
   Ref obj = Make<SocketFile>(file);
   // Displaced entries are stale (the kernel reused a number we missed the
   // close of, e.g. a raw close syscall); drop them.
-  GlobalTable().Install(fd, std::move(obj), &ok).Reset();
+  Ref old = GlobalTable().Install(fd, std::move(obj), &ok);
+  if (old) OnFdDetached(old);
   if (!ok) {
     DOORWAY_LOG(kWarn, "cannot track fd %d (out of table space)", fd);
     return;
@@ -101,12 +103,16 @@ void TrackClassified(int fd, Origin origin) {
 // fd now refers to what `from` refers to (dup family).
 void TrackDuplicate(int from, int fd) {
   if (!TrackingEnabled()) return;
+  std::uint32_t tag = GlobalTable().Tag(from);
   Ref src = GlobalTable().Get(from);
+  Ref old;
   if (src) {
-    GlobalTable().Install(fd, std::move(src)).Reset();
+    OnFdAttached(src);
+    old = GlobalTable().Install(fd, std::move(src), nullptr, tag);
   } else {
-    GlobalTable().Remove(fd).Reset();
+    old = GlobalTable().Remove(fd);
   }
+  if (old) OnFdDetached(old);
 }
 
 void TrackReceivedRights(const msghdr* msg) {
@@ -236,7 +242,10 @@ int Close(int fd) {
   // Remove first, close second: once the kernel has closed the fd it may
   // hand the number to another thread's socket(), whose entry we must not
   // drop. The reference is released after the kernel call.
+  // An accelerated connection shuts its rings down before the kernel closes
+  // the door socket, so the peer sees the reset before the hang-up.
   Ref old = GlobalTable().Remove(fd);
+  if (old) OnFdDetached(old);
   return Neg(DOORWAY_REAL(close)(fd));
 }
 
@@ -307,18 +316,37 @@ int Recvmmsg(int fd, mmsghdr* msgs, unsigned n, int flags, timespec* timeout) {
 
 pid_t Fork() {
   // The table lives in ordinary memory, so the child inherits it as the
-  // kernel's fd table is inherited: nothing to do yet on either side.
+  // kernel's fd table is inherited. Accelerated connections become shared:
+  // a close in one process must not shut them down under the other.
+  MarkAllShared();
   pid_t pid = DOORWAY_REAL(fork)();
   if (pid < 0) return -errno;
   return pid;
 }
 
-bool Describe(int fd, SocketFile* out) {
+bool Describe(int fd, SocketFile* out, bool* accelerated) {
   Ref r = GlobalTable().Get(fd);
-  const SocketFile* f = r.As<SocketFile>();
-  if (f == nullptr) return false;
-  *out = *f;
-  return true;
+  if (accelerated != nullptr) *accelerated = false;
+  if (const SocketFile* f = r.As<SocketFile>(); f != nullptr) {
+    *out = *f;
+    return true;
+  }
+  if (const Connection* c = r.As<Connection>(); c != nullptr) {
+    out->domain = c->local.family;
+    out->type = SOCK_STREAM;
+    out->protocol = IPPROTO_TCP;
+    out->origin = c->role == transport::Role::kClient ? Origin::kSocket : Origin::kAccept;
+    if (accelerated != nullptr) *accelerated = true;
+    return true;
+  }
+  if (const Listener* l = r.As<Listener>(); l != nullptr) {
+    out->domain = l->domain;
+    out->type = SOCK_STREAM;
+    out->protocol = IPPROTO_TCP;
+    out->origin = Origin::kSocket;
+    return true;
+  }
+  return false;
 }
 
 }  // namespace doorway::runtime

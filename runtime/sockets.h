@@ -73,8 +73,9 @@ ssize_t Recvmsg(int fd, msghdr* msg, int flags);
 int Recvmmsg(int fd, mmsghdr* msgs, unsigned n, int flags, timespec* timeout);
 pid_t Fork();
 
-// For doorway_fd_info() and tests: a copy of fd's entry, if tracked.
-bool Describe(int fd, SocketFile* out);
+// For doorway_fd_info() and tests: what the table knows of fd, if anything
+// (*accelerated: it is an accelerated connection).
+bool Describe(int fd, SocketFile* out, bool* accelerated = nullptr);
 
 }  // namespace doorway::runtime
 

@@ -8,6 +8,8 @@
 
 #include <cerrno>
 
+#include "fdtable/fdtable.h"
+#include "runtime/accel.h"
 #include "runtime/real.h"
 #include "runtime/runtime.h"
 #include "runtime/sockets.h"
@@ -24,6 +26,10 @@ inline T Ret(T r) {
   }
   return r;
 }
+
+// Whether fd is one the runtime manages (accelerated connection or
+// listener): one load from the fd table, no reference taken.
+inline bool Managed(int fd) { return fdtable::GlobalTable().Tag(fd) != runtime::kTagPlain; }
 
 inline void EnsureInitialised() {
   if (__builtin_expect(!runtime::Initialised(), 0)) runtime::Initialise();

@@ -54,13 +54,16 @@ bool ExpectLoaded() {
 
 // Under the preload, every socket the test makes must be in doorway's
 // table with the expected origin; natively there is nothing to check.
-void ExpectTracked(int fd, int origin) {
+// accelerated: 1 if the connection must travel over shared memory, 0 if it
+// must not, -1 if either is fine (a socket before connect).
+void ExpectTracked(int fd, int origin, int accelerated = -1) {
   InfoFn info = DoorwayInfo();
   if (info == nullptr) return;
   doorway_socket_info i{};
   ASSERT_EQ(info(fd, &i), 0) << "fd " << fd << " not tracked by doorway";
   EXPECT_EQ(i.origin, origin);
   EXPECT_EQ(i.type, SOCK_STREAM);
+  if (accelerated >= 0) EXPECT_EQ(i.accelerated, accelerated) << "fd " << fd;
 }
 
 TEST(Environment, DoorwayPresenceAsExpected) {
@@ -176,7 +179,10 @@ TEST_P(Conformance, ConnectAcceptAddresses) {
   server_ = accept4(listener_, reinterpret_cast<sockaddr*>(&peer), &peer_len,
                     SOCK_NONBLOCK | SOCK_CLOEXEC);
   ASSERT_GE(server_, 0);
-  ExpectTracked(server_, DOORWAY_ORIGIN_ACCEPT);
+  // Under doorway, loopback TCP between two doorway sockets is accelerated;
+  // Unix sockets never are.
+  ExpectTracked(client_, DOORWAY_ORIGIN_SOCKET, IsTcp() ? 1 : 0);
+  ExpectTracked(server_, DOORWAY_ORIGIN_ACCEPT, IsTcp() ? 1 : 0);
   EXPECT_EQ(fcntl(server_, F_GETFL) & O_NONBLOCK, O_NONBLOCK);
   EXPECT_EQ(fcntl(server_, F_GETFD), FD_CLOEXEC);
   EXPECT_EQ(fcntl(client_, F_GETFD), 0);

@@ -1,0 +1,1240 @@
+#include "runtime/accel.h"
+
+#include <fcntl.h>
+#include <linux/sockios.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "runtime/config.h"
+#include "runtime/log.h"
+#include "runtime/real.h"
+#include "runtime/sockets.h"
+
+namespace doorway::runtime {
+
+using fdtable::GlobalTable;
+using fdtable::Make;
+using fdtable::Ref;
+using transport::Role;
+
+namespace {
+
+// ---------------------------------------------------------------- options
+
+struct OptDesc {
+  int level;
+  int name;
+};
+constexpr OptDesc kOpts[OptionSnapshot::kCount] = {
+    {SOL_SOCKET, SO_KEEPALIVE},
+    {SOL_SOCKET, SO_REUSEADDR},
+    {SOL_SOCKET, SO_REUSEPORT},
+    {SOL_SOCKET, SO_SNDBUF},
+    {SOL_SOCKET, SO_RCVBUF},
+    {SOL_SOCKET, SO_OOBINLINE},
+    {SOL_SOCKET, SO_PRIORITY},
+    {SOL_SOCKET, SO_RCVLOWAT},
+    {SOL_SOCKET, SO_SNDLOWAT},
+    {SOL_SOCKET, SO_DONTROUTE},
+    {IPPROTO_TCP, TCP_NODELAY},
+    {IPPROTO_TCP, TCP_CORK},
+    {IPPROTO_TCP, TCP_KEEPIDLE},
+    {IPPROTO_TCP, TCP_KEEPINTVL},
+    {IPPROTO_TCP, TCP_KEEPCNT},
+    {IPPROTO_TCP, TCP_MAXSEG},
+    {IPPROTO_TCP, TCP_USER_TIMEOUT},
+    {IPPROTO_TCP, TCP_NOTSENT_LOWAT},
+    {IPPROTO_IP, IP_TOS},
+    {IPPROTO_IP, IP_TTL},
+};
+constexpr int kSndbufIndex = 3;
+constexpr int kRcvbufIndex = 4;
+
+int OptIndex(int level, int name) {
+  for (int i = 0; i < OptionSnapshot::kCount; ++i) {
+    if (kOpts[i].level == level && kOpts[i].name == name) return i;
+  }
+  return -1;
+}
+
+std::int64_t TimevalToNs(const timeval& tv) {
+  return static_cast<std::int64_t>(tv.tv_sec) * 1000000000 + tv.tv_usec * 1000;
+}
+
+timeval NsToTimeval(std::int64_t ns) {
+  timeval tv;
+  tv.tv_sec = ns / 1000000000;
+  tv.tv_usec = (ns % 1000000000) / 1000;
+  return tv;
+}
+
+// getsockopt's copy-out rule: at most *len bytes, *len becomes what was copied.
+int PutOpt(const void* v, socklen_t size, void* value, socklen_t* len) {
+  if (len == nullptr) return -EFAULT;
+  if (static_cast<int>(*len) < 0) return -EINVAL;
+  socklen_t n = *len < size ? *len : size;
+  if (n > 0 && value == nullptr) return -EFAULT;
+  if (n > 0) memcpy(value, v, n);
+  *len = n;
+  return 0;
+}
+
+std::int64_t NowNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+// ---------------------------------------------------------------- helpers
+
+// The door handshake message (client -> server, with the segment's memfd).
+struct Hello {
+  static constexpr std::uint32_t kMagic = 0x4F4C4548;  // "HELO"
+  static constexpr std::uint32_t kVersion = 1;
+  std::uint32_t magic;
+  std::uint32_t version;
+  Endpoint client;  // the client's TCP-level address
+  Endpoint server;  // the address the client connected to
+};
+
+// The ConnArea sits in the segment's first page, after the transport's
+// prefix and before the first ring's data (which starts on a page boundary:
+// checked for segments from a peer before use).
+constexpr std::uint64_t kConnAreaOffset = 3072;
+static_assert(sizeof(transport::internal::SegmentPrefix) <= kConnAreaOffset);
+static_assert(kConnAreaOffset + sizeof(ConnArea) <= 4096);
+
+bool AreaFits(const transport::Segment& s) {
+  const transport::SegmentLayout& l = s.layout();
+  return l.ring_data_offset[0] >= 4096 && l.ring_data_offset[1] >= 4096;
+}
+
+ConnArea* AreaOf(const transport::Segment& s) {
+  return reinterpret_cast<ConnArea*>(static_cast<std::byte*>(s.base()) + kConnAreaOffset);
+}
+
+long RawSend(int fd, const void* buf, size_t n, int flags) {
+  return syscall(SYS_sendto, fd, buf, n, flags, nullptr, 0);
+}
+
+long RawRecv(int fd, void* buf, size_t n, int flags) {
+  return syscall(SYS_recvfrom, fd, buf, n, flags, nullptr, nullptr);
+}
+
+// Writer side of the doorbell protocol: after publishing data (or a
+// shutdown) on tx, make sure the reader's socket holds a doorbell.
+// B1: the seq_cst load/CAS of the flag come after the ring's seq_cst
+// publication (R1/R3 in transport/ring.h) and pair with B2 below: either we
+// see the flag cleared and ring, or the reader's recheck sees our data.
+void RingBell(Connection& c, int fd) {
+  std::atomic<std::uint32_t>& b = c.area->bell[transport::TxRingIndex(c.role)];
+  if (b.load(std::memory_order_seq_cst) != 0) return;
+  std::uint32_t expected = 0;
+  if (!b.compare_exchange_strong(expected, 1, std::memory_order_seq_cst)) return;
+  char x = 'b';
+  (void)RawSend(fd, &x, 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+}
+
+// Reader side: after consuming from rx, if nothing is left to report (no
+// data, no EOF), take the doorbell back so that poll stops saying readable.
+// B2: clear the flag (seq_cst), recheck the ring (seq_cst loads); if the
+// writer published meanwhile, re-raise the flag and keep the doorbell.
+void SettleBell(Connection& c, int fd) {
+  std::atomic<std::uint32_t>& b = c.area->bell[transport::RxRingIndex(c.role)];
+  if (b.load(std::memory_order_seq_cst) != 1) return;
+  if (c.rx.ReadReady()) return;
+  b.store(0, std::memory_order_seq_cst);
+  if (c.rx.ReadReady()) {
+    std::uint32_t expected = 0;
+    if (b.compare_exchange_strong(expected, 1, std::memory_order_seq_cst)) return;
+    // The writer raised it too and sent a second doorbell: drop ours.
+  }
+  char x;
+  (void)RawRecv(fd, &x, 1, MSG_DONTWAIT);
+}
+
+void RaiseSigpipe(int flags) {
+  if ((flags & MSG_NOSIGNAL) == 0) {
+    // The kernel sends SIGPIPE to the calling thread.
+    syscall(SYS_tgkill, getpid(), syscall(SYS_gettid), SIGPIPE);
+  }
+}
+
+std::size_t IovLen(const iovec* iov, int iovcnt) {
+  std::size_t n = 0;
+  for (int i = 0; i < iovcnt; ++i) n += iov[i].iov_len;
+  return n;
+}
+
+// Advances (iov, iovcnt) by n bytes into scratch (which must hold iovcnt).
+int Advance(const iovec* iov, int iovcnt, std::size_t n, iovec* scratch) {
+  int out = 0;
+  for (int i = 0; i < iovcnt; ++i) {
+    if (n >= iov[i].iov_len) {
+      n -= iov[i].iov_len;
+      continue;
+    }
+    scratch[out].iov_base = static_cast<char*>(iov[i].iov_base) + n;
+    scratch[out].iov_len = iov[i].iov_len - n;
+    n = 0;
+    ++out;
+  }
+  return out;
+}
+
+constexpr int kMaxIov = 1024;  // IOV_MAX
+
+transport::WaitOptions WaitFor(int fd, std::int64_t timeout_ns, std::int64_t start_ns) {
+  transport::WaitOptions w;
+  w.liveness_fd = fd;
+  if (timeout_ns > 0) {
+    std::int64_t left = timeout_ns - (NowNs() - start_ns);
+    w.timeout_ns = left > 0 ? left : 1;
+  } else {
+    w.timeout_ns = -1;
+  }
+  return w;
+}
+
+// ---------------------------------------------------------------- data path
+
+ssize_t ConnRecv(Connection& c, int fd, const iovec* iov, int iovcnt, int flags) {
+  if (iovcnt < 0 || iovcnt > kMaxIov) return -EINVAL;
+  if (flags & MSG_OOB) return -EINVAL;  // no urgent data ever arrives
+  if (flags & MSG_ERRQUEUE) return -EAGAIN;
+  std::size_t want = IovLen(iov, iovcnt);
+  if (want == 0) return 0;
+  bool peek = (flags & MSG_PEEK) != 0;
+  bool waitall = (flags & MSG_WAITALL) != 0 && !peek;
+  bool dontwait = (flags & MSG_DONTWAIT) != 0 || c.nonblocking.load(std::memory_order_relaxed);
+  std::int64_t timeout = c.opts.rcvtimeo_ns.load(std::memory_order_relaxed);
+  std::int64_t start = timeout > 0 ? NowNs() : 0;
+
+  transport::ShmMutex lock = c.seg.ConsumerLock(transport::RxRingIndex(c.role));
+  int lrc = lock.Lock(transport::WaitOptions{});
+  if (lrc < 0) return lrc;
+
+  iovec scratch[kMaxIov];
+  std::size_t got = 0;
+  ssize_t result = 0;
+  for (;;) {
+    std::int64_t r;
+    if (peek) {
+      r = c.rx.Peek(0, iov, iovcnt);
+    } else {
+      int n = Advance(iov, iovcnt, got, scratch);
+      r = c.rx.Read(scratch, n);
+    }
+    if (r > 0) {
+      got += static_cast<std::size_t>(r);
+      if (!waitall || got >= want) break;
+      continue;
+    }
+    if (r == 0) break;  // EOF
+    if (r == -EAGAIN) {
+      if (c.shut_rd.load(std::memory_order_relaxed)) break;
+      if (dontwait) {
+        if (got == 0) result = -EAGAIN;
+        break;
+      }
+      int w = transport::WaitReadable(c.rx, WaitFor(fd, timeout, start), &c.rx_spin);
+      if (w == -ETIMEDOUT || w == -EAGAIN) {
+        if (got == 0) result = -EAGAIN;
+        break;
+      }
+      if (w == -EINTR) {
+        if (got == 0) result = -EINTR;
+        break;
+      }
+      continue;
+    }
+    if (r == -ECONNRESET || r == -EIO) {
+      if (r == -EIO) DOORWAY_LOG(kWarn, "fd %d: corrupt shared memory from the peer; reset", fd);
+      if (got > 0) break;
+      // Like TCP: ECONNRESET once, then EOF.
+      if (!c.reset_reported.exchange(true)) result = -ECONNRESET;
+      break;
+    }
+    if (got == 0) result = r;
+    break;
+  }
+  if (!peek) SettleBell(c, fd);
+  lock.Unlock();
+  return result < 0 ? result : static_cast<ssize_t>(got);
+}
+
+ssize_t ConnSend(Connection& c, int fd, const iovec* iov, int iovcnt, int flags) {
+  if (iovcnt < 0 || iovcnt > kMaxIov) return -EINVAL;
+  if (flags & MSG_OOB) return -EOPNOTSUPP;
+  if (c.shut_wr.load(std::memory_order_relaxed)) {
+    RaiseSigpipe(flags);
+    return -EPIPE;
+  }
+  std::size_t want = IovLen(iov, iovcnt);
+  if (want == 0) return 0;
+  bool dontwait = (flags & MSG_DONTWAIT) != 0 || c.nonblocking.load(std::memory_order_relaxed);
+  std::int64_t timeout = c.opts.sndtimeo_ns.load(std::memory_order_relaxed);
+  std::int64_t start = timeout > 0 ? NowNs() : 0;
+
+  transport::ShmMutex lock = c.seg.ProducerLock(transport::TxRingIndex(c.role));
+  int lrc = lock.Lock(transport::WaitOptions{});
+  if (lrc < 0) return lrc;
+
+  iovec scratch[kMaxIov];
+  std::size_t sent = 0;
+  ssize_t result = 0;
+  for (;;) {
+    int n = Advance(iov, iovcnt, sent, scratch);
+    std::int64_t r = c.tx.Write(scratch, n);
+    if (r > 0) {
+      sent += static_cast<std::size_t>(r);
+      RingBell(c, fd);
+      if (sent >= want) break;
+      continue;
+    }
+    if (r == -EAGAIN) {
+      if (dontwait) {
+        if (sent == 0) result = -EAGAIN;
+        break;
+      }
+      int w = transport::WaitWritable(c.tx, 1, WaitFor(fd, timeout, start), &c.tx_spin);
+      if (w == -ETIMEDOUT || w == -EAGAIN) {
+        if (sent == 0) result = -EAGAIN;
+        break;
+      }
+      if (w == -EINTR) {
+        if (sent == 0) result = -EINTR;
+        break;
+      }
+      continue;
+    }
+    if (sent > 0) break;
+    if (r == -EPIPE) {
+      RaiseSigpipe(flags);
+      result = -EPIPE;
+    } else if (r == -ECONNRESET || r == -EIO) {
+      // TCP reports the reset once, then EPIPE.
+      if (!c.reset_reported.exchange(true)) {
+        result = -ECONNRESET;
+      } else {
+        RaiseSigpipe(flags);
+        result = -EPIPE;
+      }
+    } else {
+      result = r;
+    }
+    break;
+  }
+  lock.Unlock();
+  return result < 0 ? result : static_cast<ssize_t>(sent);
+}
+
+void ConnShutdownWrite(Connection& c, int fd, bool reset) {
+  if (c.shut_wr.exchange(true) && !reset) return;
+  c.tx.ShutdownWrite(reset);
+  if (fd >= 0) RingBell(c, fd);
+}
+
+// The last fd of c in this process is going away.
+void ConnRelease(Connection& c) {
+  if (c.shared.load(std::memory_order_relaxed)) return;
+  bool unread = c.rx.Readable() > 0;
+  c.shut_wr.store(true, std::memory_order_relaxed);
+  c.tx.ShutdownWrite(unread);
+  c.rx.ShutdownRead(unread);
+}
+
+// ---------------------------------------------------------------- setup
+
+std::uint64_t RingCapacityFor(int bytes, int kernel_default) {
+  if (bytes <= 0 || bytes == kernel_default) return transport::kDefaultRingCapacity;
+  std::uint64_t cap = transport::kMinRingCapacity;
+  while (cap < static_cast<std::uint64_t>(bytes) && cap < (std::uint64_t{16} << 20)) cap <<= 1;
+  return cap;
+}
+
+// A fresh TCP socket's SO_SNDBUF/SO_RCVBUF: what "not set by the program" looks like.
+void KernelDefaultBuffers(int* snd, int* rcv) {
+  static std::atomic<int> s{-1}, r{-1};
+  if (s.load(std::memory_order_relaxed) < 0) {
+    int fd = DOORWAY_REAL(socket)(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int v = 0;
+    socklen_t len = sizeof(v);
+    if (fd >= 0 && DOORWAY_REAL(getsockopt)(fd, SOL_SOCKET, SO_SNDBUF, &v, &len) == 0) s = v;
+    len = sizeof(v);
+    if (fd >= 0 && DOORWAY_REAL(getsockopt)(fd, SOL_SOCKET, SO_RCVBUF, &v, &len) == 0) r = v;
+    if (fd >= 0) DOORWAY_REAL(close)(fd);
+  }
+  *snd = s.load(std::memory_order_relaxed);
+  *rcv = r.load(std::memory_order_relaxed);
+}
+
+void InitConnection(Connection& c, transport::Segment seg, Role role) {
+  c.seg = std::move(seg);
+  c.role = role;
+  c.tx = c.seg.MakeTxRing(role, &c.tx_stats);
+  c.rx = c.seg.MakeRxRing(role, &c.rx_stats);
+  c.area = AreaOf(c.seg);
+  (void)c.seg.BindIncomingRing(role);
+}
+
+// Presents ep in the family of a socket of `domain` (a v6 socket sees v4
+// peers as ::ffff:a.b.c.d).
+Endpoint AsDomain(const Endpoint& ep, int domain) {
+  if (domain != AF_INET6 || ep.family != AF_INET) return ep;
+  Endpoint m;
+  m.family = AF_INET6;
+  m.port = ep.port;
+  m.addr[10] = 0xff;
+  m.addr[11] = 0xff;
+  memcpy(m.addr + 12, ep.addr, 4);
+  return m;
+}
+
+// The address the kernel would pick as the source for a local destination.
+Endpoint SourceFor(const Endpoint& dest_in, int domain) {
+  Endpoint dest = Unmapped(dest_in);
+  Endpoint src;
+  src.family = dest.family;
+  if (IsLoopback(dest)) {
+    if (dest.family == AF_INET) {
+      src.addr[0] = 127;
+      src.addr[3] = 1;
+    } else {
+      src.addr[15] = 1;
+    }
+  } else if (IsLocalInterfaceAddress(dest)) {
+    memcpy(src.addr, dest.addr, 16);
+  }
+  return AsDomain(src, domain);
+}
+
+// Binds the client's TCP socket to an ephemeral port on the source address,
+// so that the connection has a unique, plausible local address. Returns it.
+bool ClaimLocalAddress(int fd, const Endpoint& dest, int domain, Endpoint* local) {
+  sockaddr_storage ss;
+  socklen_t len = sizeof(ss);
+  if (DOORWAY_REAL(getsockname)(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return false;
+  Endpoint cur;
+  if (!EndpointFromSockaddr(reinterpret_cast<sockaddr*>(&ss), len, &cur)) return false;
+  if (cur.port == 0) {
+    Endpoint want = SourceFor(dest, domain);
+    socklen_t wl = EndpointToSockaddr(want, &ss);
+    if (DOORWAY_REAL(bind)(fd, reinterpret_cast<sockaddr*>(&ss), wl) != 0) {
+      // e.g. IPV6_V6ONLY with a mapped source: any address will do.
+      Endpoint any;
+      any.family = static_cast<std::uint16_t>(domain);
+      wl = EndpointToSockaddr(any, &ss);
+      if (DOORWAY_REAL(bind)(fd, reinterpret_cast<sockaddr*>(&ss), wl) != 0) return false;
+    }
+    len = sizeof(ss);
+    if (DOORWAY_REAL(getsockname)(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return false;
+    if (!EndpointFromSockaddr(reinterpret_cast<sockaddr*>(&ss), len, &cur)) return false;
+    if (IsWildcard(cur)) {
+      Endpoint src = SourceFor(dest, domain);
+      memcpy(cur.addr, src.addr, 16);
+      cur.family = src.family;
+    }
+  }
+  *local = cur;
+  return true;
+}
+
+int SendHello(int door, const Hello& hello, int memfd) {
+  iovec iov{const_cast<Hello*>(&hello), sizeof(hello)};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  cmsghdr* cm = CMSG_FIRSTHDR(&msg);
+  cm->cmsg_level = SOL_SOCKET;
+  cm->cmsg_type = SCM_RIGHTS;
+  cm->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(cm), &memfd, sizeof(int));
+  ssize_t n = DOORWAY_REAL(sendmsg)(door, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+  if (n != static_cast<ssize_t>(sizeof(hello))) return n < 0 ? -errno : -EPROTO;
+  return 0;
+}
+
+// Receives the Hello and the memfd from an accepted door connection.
+// Returns the memfd or -errno.
+int ReceiveHello(int conn, Hello* hello) {
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    iovec iov{hello, sizeof(*hello)};
+    alignas(cmsghdr) char control[CMSG_SPACE(4 * sizeof(int))] = {};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof(control);
+    ssize_t n = DOORWAY_REAL(recvmsg)(conn, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    if (n < 0 && errno == EAGAIN && attempt == 0) {
+      // The client sends its Hello right after connecting; it may be a few
+      // microseconds behind the connection itself.
+      pollfd p{conn, POLLIN, 0};
+      (void)DOORWAY_REAL(poll)(&p, 1, 200);
+      continue;
+    }
+    if (n < 0) return -errno;
+    int memfd = -1;
+    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+      size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (size_t i = 0; i < count; ++i) {
+        int fd;
+        memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+        if (memfd < 0) {
+          memfd = fd;
+        } else {
+          DOORWAY_REAL(close)(fd);  // a hostile client's extras
+        }
+      }
+    }
+    if (n != static_cast<ssize_t>(sizeof(*hello)) || (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) ||
+        hello->magic != Hello::kMagic || hello->version != Hello::kVersion || memfd < 0 ||
+        (hello->client.family != AF_INET && hello->client.family != AF_INET6) ||
+        (hello->server.family != AF_INET && hello->server.family != AF_INET6)) {
+      if (memfd >= 0) DOORWAY_REAL(close)(memfd);
+      return -EPROTO;
+    }
+    return memfd;
+  }
+  return -EAGAIN;
+}
+
+void Install(int fd, Ref obj, std::uint32_t tag) {
+  OnFdAttached(obj);
+  bool ok = false;
+  Ref old = GlobalTable().Install(fd, std::move(obj), &ok, tag);
+  if (old) OnFdDetached(old);
+}
+
+// One connection from a door, or -EAGAIN if none is pending (or the one
+// pending was unusable: it is dropped and the client sees a reset).
+int AcceptDoor(Listener& l, int door, sockaddr* addr, socklen_t* len, int flags) {
+  int conn = DOORWAY_REAL(accept4)(door, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+  if (conn < 0) return errno == EAGAIN ? -EAGAIN : -errno;
+  ucred cred{};
+  socklen_t cl = sizeof(cred);
+  Hello hello{};
+  int memfd = -1;
+  transport::Segment seg;
+  const char* why = nullptr;
+  if (DOORWAY_REAL(getsockopt)(conn, SOL_SOCKET, SO_PEERCRED, &cred, &cl) != 0 ||
+      !UidAllowed(cred.uid)) {
+    why = "peer uid not allowed";
+  } else if ((memfd = ReceiveHello(conn, &hello)) < 0) {
+    why = "bad hello";
+  } else if (int rc = transport::Segment::Attach(memfd, &seg); rc != 0) {
+    DOORWAY_REAL(close)(memfd);
+    why = "segment rejected";
+  } else if (!AreaFits(seg)) {
+    why = "segment layout leaves no room";
+  }
+  Ref obj;
+  if (why == nullptr) {
+    obj = Make<Connection>();
+    if (!obj) why = "out of memory";
+  }
+  if (why != nullptr) {
+    DOORWAY_LOG(kDebug, "door connection from pid %d dropped: %s", static_cast<int>(cred.pid), why);
+    DOORWAY_REAL(close)(conn);
+    return -EAGAIN;
+  }
+  Connection& c = *obj.As<Connection>();
+  InitConnection(c, std::move(seg), Role::kServer);
+  c.local = AsDomain(hello.server, l.domain);
+  c.peer = AsDomain(hello.client, l.domain);
+  c.opts.CopyFrom(l.opts);
+  bool nonblock = (flags & SOCK_NONBLOCK) != 0;
+  c.nonblocking.store(nonblock, std::memory_order_relaxed);
+  if (!nonblock) DOORWAY_REAL(fcntl)(conn, F_SETFL, O_RDWR);
+  if ((flags & SOCK_CLOEXEC) == 0) DOORWAY_REAL(fcntl)(conn, F_SETFD, 0);
+  Endpoint peer = c.peer;
+  Install(conn, std::move(obj), kTagConnection);
+  CopyOut(peer, addr, len);
+  DOORWAY_LOG(kDebug, "fd %d: accelerated connection accepted (peer pid %d)", conn,
+              static_cast<int>(cred.pid));
+  return conn;
+}
+
+int WaitListener(Listener& l, std::int64_t timeout_ns) {
+  pollfd p[3];
+  int n = 0;
+  p[n++] = {l.tcp_fd, POLLIN, 0};
+  for (int d : l.door_fd) {
+    if (d >= 0) p[n++] = {d, POLLIN, 0};
+  }
+  int ms = timeout_ns > 0 ? static_cast<int>((timeout_ns + 999999) / 1000000) : -1;
+  int r = DOORWAY_REAL(poll)(p, static_cast<nfds_t>(n), ms);
+  if (r < 0) return -errno;
+  if (r == 0) return -EAGAIN;
+  return 0;
+}
+
+bool IsTcpSocket(const SocketFile* f) {
+  return f != nullptr && f->type == SOCK_STREAM &&
+         (f->domain == AF_INET || f->domain == AF_INET6) && f->protocol == IPPROTO_TCP;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- objects
+
+void OptionSnapshot::CopyFrom(const OptionSnapshot& o) {
+  for (int i = 0; i < kCount; ++i) {
+    value[i].store(o.value[i].load(std::memory_order_relaxed), std::memory_order_relaxed);
+    known[i].store(o.known[i].load(std::memory_order_relaxed), std::memory_order_relaxed);
+  }
+  rcvtimeo_ns.store(o.rcvtimeo_ns.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  sndtimeo_ns.store(o.sndtimeo_ns.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  linger_onoff.store(o.linger_onoff.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  linger_secs.store(o.linger_secs.load(std::memory_order_relaxed), std::memory_order_relaxed);
+}
+
+void OptionSnapshot::ReadFrom(int fd) {
+  for (int i = 0; i < kCount; ++i) {
+    int v = 0;
+    socklen_t len = sizeof(v);
+    bool ok = DOORWAY_REAL(getsockopt)(fd, kOpts[i].level, kOpts[i].name, &v, &len) == 0;
+    value[i].store(v, std::memory_order_relaxed);
+    known[i].store(ok, std::memory_order_relaxed);
+  }
+  timeval tv{};
+  socklen_t len = sizeof(tv);
+  if (DOORWAY_REAL(getsockopt)(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, &len) == 0) {
+    rcvtimeo_ns.store(TimevalToNs(tv), std::memory_order_relaxed);
+  }
+  len = sizeof(tv);
+  if (DOORWAY_REAL(getsockopt)(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, &len) == 0) {
+    sndtimeo_ns.store(TimevalToNs(tv), std::memory_order_relaxed);
+  }
+  linger lg{};
+  len = sizeof(lg);
+  if (DOORWAY_REAL(getsockopt)(fd, SOL_SOCKET, SO_LINGER, &lg, &len) == 0) {
+    linger_onoff.store(lg.l_onoff, std::memory_order_relaxed);
+    linger_secs.store(lg.l_linger, std::memory_order_relaxed);
+  }
+}
+
+Connection::~Connection() = default;
+
+Listener::~Listener() {
+  if (tcp_fd >= 0) DOORWAY_REAL(close)(tcp_fd);
+  for (int i = 0; i < 2; ++i) {
+    if (door_fd[i] < 0) continue;
+    // Only the process that opened a door removes it, and only if no
+    // forked process may still be accepting from it.
+    if (!shared.load(std::memory_order_relaxed) && creator == getpid()) unlink(door_path[i]);
+    DOORWAY_REAL(close)(door_fd[i]);
+  }
+}
+
+void OnFdAttached(const Ref& ref) {
+  if (Connection* c = ref.As<Connection>()) c->fds.fetch_add(1, std::memory_order_relaxed);
+  if (Listener* l = ref.As<Listener>()) l->fds.fetch_add(1, std::memory_order_relaxed);
+}
+
+void OnFdDetached(const Ref& ref) {
+  if (Connection* c = ref.As<Connection>()) {
+    // acq_rel: the thread that releases the last fd sees every other
+    // thread's use of the connection before shutting it down.
+    if (c->fds.fetch_sub(1, std::memory_order_acq_rel) == 1) ConnRelease(*c);
+  }
+  // A listener's hidden fds close when the object dies (its destructor):
+  // a thread blocked in accept() still holds a reference.
+}
+
+void MarkAllShared() {
+  GlobalTable().ForEach([](int, const Ref& r) {
+    if (Connection* c = r.As<Connection>()) c->shared.store(true, std::memory_order_relaxed);
+    if (Listener* l = r.As<Listener>()) l->shared.store(true, std::memory_order_relaxed);
+  });
+}
+
+bool IsAccelerated(int fd) { return GlobalTable().Tag(fd) == kTagConnection; }
+
+// ---------------------------------------------------------------- listen
+
+int Listen(int fd, int backlog) {
+  std::uint32_t tag = GlobalTable().Tag(fd);
+  if (tag != kTagPlain) {
+    Ref r = GlobalTable().Get(fd);
+    if (Listener* l = r.As<Listener>()) {
+      return DOORWAY_REAL(listen)(l->tcp_fd, backlog) == 0 ? 0 : -errno;
+    }
+    if (r.As<Connection>() != nullptr) return -EINVAL;
+  }
+  if (DOORWAY_REAL(listen)(fd, backlog) != 0) return -errno;
+  if (!TrackingEnabled() || GetConfig().disabled) return 0;
+  Ref r = GlobalTable().Get(fd);
+  const SocketFile* f = r.As<SocketFile>();
+  if (!IsTcpSocket(f)) return 0;
+  int domain = f->domain;
+  sockaddr_storage ss;
+  socklen_t len = sizeof(ss);
+  Endpoint local;
+  if (DOORWAY_REAL(getsockname)(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0 ||
+      !EndpointFromSockaddr(reinterpret_cast<sockaddr*>(&ss), len, &local)) {
+    return 0;
+  }
+  Ref obj = Make<Listener>();
+  if (!obj) return 0;
+  Listener& l = *obj.As<Listener>();
+  l.domain = domain;
+  l.local = local;
+  l.creator = getpid();
+  Endpoint door_ep = Unmapped(local);
+  int d0 = OpenDoor(door_ep, l.door_path[0], sizeof(l.door_path[0]));
+  if (d0 < 0) {
+    DOORWAY_LOG(kDebug, "fd %d: listening without a door (%s)", fd, strerror(-d0));
+    return 0;
+  }
+  l.door_fd[0] = d0;
+  if (domain == AF_INET6 && IsWildcard(local)) {
+    int v6only = 0;
+    socklen_t vl = sizeof(v6only);
+    DOORWAY_REAL(getsockopt)(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &vl);
+    if (!v6only) {
+      Endpoint any4;
+      any4.family = AF_INET;
+      any4.port = local.port;
+      int d1 = OpenDoor(any4, l.door_path[1], sizeof(l.door_path[1]));
+      if (d1 >= 0) l.door_fd[1] = d1;
+    }
+  }
+  int fd_flags = DOORWAY_REAL(fcntl)(fd, F_GETFD);
+  int fl_flags = DOORWAY_REAL(fcntl)(fd, F_GETFL);
+  int tcp = DOORWAY_REAL(fcntl)(fd, F_DUPFD_CLOEXEC, 0);
+  int ep = DOORWAY_REAL(epoll_create1)(EPOLL_CLOEXEC);
+  bool ok = tcp >= 0 && ep >= 0;
+  if (ok) {
+    l.tcp_fd = tcp;
+    DOORWAY_REAL(fcntl)(tcp, F_SETFL, (fl_flags & ~O_ACCMODE) | O_NONBLOCK);
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ok = DOORWAY_REAL(epoll_ctl)(ep, EPOLL_CTL_ADD, tcp, &ev) == 0;
+    for (int d : l.door_fd) {
+      if (ok && d >= 0) ok = DOORWAY_REAL(epoll_ctl)(ep, EPOLL_CTL_ADD, d, &ev) == 0;
+    }
+  }
+  if (ok && (fl_flags & O_NONBLOCK)) DOORWAY_REAL(fcntl)(ep, F_SETFL, O_NONBLOCK);
+  // The epoll fd takes the program's fd number; the kernel listener lives
+  // on at tcp_fd. dup3 is atomic: no moment where fd is closed.
+  if (ok) ok = DOORWAY_REAL(dup3)(ep, fd, (fd_flags & FD_CLOEXEC) ? O_CLOEXEC : 0) == fd;
+  if (ep >= 0) DOORWAY_REAL(close)(ep);
+  if (!ok) {
+    // The destructor closes tcp and the doors (and unlinks them).
+    return 0;
+  }
+  l.opts.ReadFrom(tcp);
+  char name[64];
+  DoorName(door_ep, name, sizeof(name));
+  DOORWAY_LOG(kDebug, "fd %d: accelerated listener (door %s%s)", fd, name,
+              l.door_fd[1] >= 0 ? " + tcp4 wildcard" : "");
+  Install(fd, std::move(obj), kTagListener);
+  return 0;
+}
+
+// ---------------------------------------------------------------- connect
+
+int Connect(int fd, const sockaddr* addr, socklen_t len) {
+  std::uint32_t tag = GlobalTable().Tag(fd);
+  if (tag != kTagPlain) {
+    Ref r = GlobalTable().Get(fd);
+    if (Connection* c = r.As<Connection>()) {
+      // A non-blocking connect said EINPROGRESS; the next connect reports
+      // the completion once, as Linux does; after that, EISCONN.
+      int expected = 1;
+      if (c->connect_state.compare_exchange_strong(expected, 2)) return 0;
+      return -EISCONN;
+    }
+    if (Listener* l = r.As<Listener>()) {
+      return DOORWAY_REAL(connect)(l->tcp_fd, addr, len) == 0 ? 0 : -errno;
+    }
+  }
+  auto kernel = [&] { return DOORWAY_REAL(connect)(fd, addr, len) == 0 ? 0 : -errno; };
+  Endpoint dest;
+  if (!TrackingEnabled() || GetConfig().disabled || !EndpointFromSockaddr(addr, len, &dest) ||
+      !MayHaveDoor(dest)) {
+    return kernel();
+  }
+  Ref r = GlobalTable().Get(fd);
+  const SocketFile* f = r.As<SocketFile>();
+  if (!IsTcpSocket(f) || addr->sa_family != f->domain) return kernel();
+  int domain = f->domain;
+  // Only a socket that has never started connecting may take the door.
+  tcp_info ti{};
+  socklen_t til = sizeof(ti);
+  if (DOORWAY_REAL(getsockopt)(fd, IPPROTO_TCP, TCP_INFO, &ti, &til) != 0 ||
+      ti.tcpi_state != TCP_CLOSE) {
+    return kernel();
+  }
+  int door = KnockDoor(dest);
+  if (door < 0) return kernel();
+
+  Endpoint local;
+  transport::Segment seg;
+  Ref obj;
+  const char* why = nullptr;
+  int snd_default = 0, rcv_default = 0;
+  KernelDefaultBuffers(&snd_default, &rcv_default);
+  OptionSnapshot* opts = nullptr;
+  if (!ClaimLocalAddress(fd, dest, domain, &local)) {
+    why = "no local address";
+  } else if (!(obj = Make<Connection>())) {
+    why = "out of memory";
+  } else {
+    opts = &obj.As<Connection>()->opts;
+    opts->ReadFrom(fd);
+    transport::SegmentOptions so;
+    so.ring_capacity[transport::kClientToServer] =
+        RingCapacityFor(opts->value[kSndbufIndex].load(std::memory_order_relaxed), snd_default);
+    so.ring_capacity[transport::kServerToClient] =
+        RingCapacityFor(opts->value[kRcvbufIndex].load(std::memory_order_relaxed), rcv_default);
+    if (int rc = transport::Segment::Create(so, &seg); rc != 0) {
+      why = "cannot create segment";
+    } else if (!AreaFits(seg)) {
+      why = "segment layout leaves no room";
+    } else {
+      Hello hello{};
+      hello.magic = Hello::kMagic;
+      hello.version = Hello::kVersion;
+      hello.client = Unmapped(local);
+      hello.server = Unmapped(dest);
+      if (SendHello(door, hello, seg.fd()) != 0) why = "handshake failed";
+    }
+  }
+  if (why != nullptr) {
+    DOORWAY_LOG(kDebug, "fd %d: door found but %s; using TCP", fd, why);
+    DOORWAY_REAL(close)(door);
+    return kernel();
+  }
+  Connection& c = *obj.As<Connection>();
+  InitConnection(c, std::move(seg), Role::kClient);
+  c.local = AsDomain(local, domain);
+  c.peer = AsDomain(Unmapped(dest), domain);
+  int fd_flags = DOORWAY_REAL(fcntl)(fd, F_GETFD);
+  int fl_flags = DOORWAY_REAL(fcntl)(fd, F_GETFL);
+  bool nonblock = (fl_flags & O_NONBLOCK) != 0;
+  c.nonblocking.store(nonblock, std::memory_order_relaxed);
+  // The door connection takes the program's fd number (the TCP socket,
+  // which never connected, goes away). From here on the connection exists:
+  // the server will find the Hello when it accepts.
+  if (DOORWAY_REAL(dup3)(door, fd, (fd_flags & FD_CLOEXEC) ? O_CLOEXEC : 0) != fd) {
+    int e = errno;
+    DOORWAY_REAL(close)(door);
+    DOORWAY_LOG(kWarn, "fd %d: dup3 failed (%s) after the door handshake", fd, strerror(e));
+    return -ECONNREFUSED;
+  }
+  DOORWAY_REAL(close)(door);
+  DOORWAY_REAL(fcntl)(fd, F_SETFL, nonblock ? O_NONBLOCK : 0);
+  if (nonblock) c.connect_state.store(1, std::memory_order_relaxed);
+  Install(fd, std::move(obj), kTagConnection);
+  DOORWAY_LOG(kDebug, "fd %d: accelerated connection to port %u", fd, dest.port);
+  return nonblock ? -EINPROGRESS : 0;
+}
+
+// ---------------------------------------------------------------- accept
+
+int ManagedAccept(int fd, sockaddr* addr, socklen_t* len, int flags, bool accept4) {
+  Ref r = GlobalTable().Get(fd);
+  Listener* l = r.As<Listener>();
+  if (l == nullptr) {
+    int rc =
+        accept4 ? DOORWAY_REAL(accept4)(fd, addr, len, flags) : DOORWAY_REAL(accept)(fd, addr, len);
+    return rc < 0 ? -errno : rc;
+  }
+  if (accept4 && (flags & ~(SOCK_NONBLOCK | SOCK_CLOEXEC)) != 0) return -EINVAL;
+  if (!accept4) flags = 0;
+  if (addr != nullptr && len == nullptr) return -EFAULT;
+  if (len != nullptr && static_cast<int>(*len) < 0) return -EINVAL;
+  int fl = DOORWAY_REAL(fcntl)(fd, F_GETFL);
+  bool nonblock = fl >= 0 && (fl & O_NONBLOCK) != 0;
+  std::int64_t timeout = l->opts.rcvtimeo_ns.load(std::memory_order_relaxed);
+  std::int64_t start = timeout > 0 ? NowNs() : 0;
+  for (;;) {
+    unsigned turn = l->turn.fetch_add(1, std::memory_order_relaxed);
+    for (unsigned k = 0; k < 2; ++k) {
+      if (((turn + k) & 1) == 0) {
+        for (int d : l->door_fd) {
+          if (d < 0) continue;
+          int c = AcceptDoor(*l, d, addr, len, flags);
+          if (c != -EAGAIN) return c;
+        }
+      } else {
+        int c = DOORWAY_REAL(accept4)(l->tcp_fd, addr, len, flags);
+        if (c >= 0) {
+          SocketFile sf;
+          sf.domain = l->domain;
+          sf.type = SOCK_STREAM;
+          sf.protocol = IPPROTO_TCP;
+          sf.origin = Origin::kAccept;
+          GlobalTable().Install(c, Make<SocketFile>(sf)).Reset();
+          return c;
+        }
+        if (errno != EAGAIN) return -errno;
+      }
+    }
+    if (nonblock) return -EAGAIN;
+    std::int64_t left = -1;
+    if (timeout > 0) {
+      left = timeout - (NowNs() - start);
+      if (left <= 0) return -EAGAIN;
+    }
+    int w = WaitListener(*l, left);
+    if (w == -EINTR) return -EINTR;
+  }
+}
+
+// ---------------------------------------------------------------- data calls
+
+ssize_t ManagedRecv(int fd, const iovec* iov, int iovcnt, int flags, msghdr* msg) {
+  Ref r = GlobalTable().Get(fd);
+  if (Connection* c = r.As<Connection>()) {
+    ssize_t n = ConnRecv(*c, fd, iov, iovcnt, flags);
+    if (msg != nullptr && n >= 0) {
+      msg->msg_namelen = 0;
+      msg->msg_controllen = 0;
+      msg->msg_flags = 0;
+    }
+    return n;
+  }
+  Listener* l = r.As<Listener>();
+  msghdr m{};
+  m.msg_iov = const_cast<iovec*>(iov);
+  m.msg_iovlen = static_cast<size_t>(iovcnt);
+  ssize_t n =
+      DOORWAY_REAL(recvmsg)(l != nullptr ? l->tcp_fd : fd, msg != nullptr ? msg : &m, flags);
+  return n < 0 ? -errno : n;
+}
+
+ssize_t ManagedSend(int fd, const iovec* iov, int iovcnt, int flags) {
+  Ref r = GlobalTable().Get(fd);
+  if (Connection* c = r.As<Connection>()) return ConnSend(*c, fd, iov, iovcnt, flags);
+  Listener* l = r.As<Listener>();
+  msghdr m{};
+  m.msg_iov = const_cast<iovec*>(iov);
+  m.msg_iovlen = static_cast<size_t>(iovcnt);
+  ssize_t n = DOORWAY_REAL(sendmsg)(l != nullptr ? l->tcp_fd : fd, &m, flags);
+  return n < 0 ? -errno : n;
+}
+
+int ManagedRecvmmsg(int fd, mmsghdr* msgs, unsigned n, int flags, timespec* timeout) {
+  (void)timeout;  // like the kernel, checked only between messages
+  unsigned done = 0;
+  for (; done < n; ++done) {
+    msghdr& h = msgs[done].msg_hdr;
+    int f = flags & ~MSG_WAITFORONE;
+    if (done > 0 && (flags & MSG_WAITFORONE)) f |= MSG_DONTWAIT;
+    ssize_t r = ManagedRecv(fd, h.msg_iov, static_cast<int>(h.msg_iovlen), f, &h);
+    if (r < 0) {
+      if (done == 0) return static_cast<int>(r);
+      break;
+    }
+    msgs[done].msg_len = static_cast<unsigned>(r);
+    if (r == 0) {
+      ++done;
+      break;
+    }
+  }
+  return static_cast<int>(done);
+}
+
+int ManagedSendmmsg(int fd, mmsghdr* msgs, unsigned n, int flags) {
+  unsigned done = 0;
+  for (; done < n; ++done) {
+    msghdr& h = msgs[done].msg_hdr;
+    ssize_t r = ManagedSend(fd, h.msg_iov, static_cast<int>(h.msg_iovlen), flags);
+    if (r < 0) {
+      if (done == 0) return static_cast<int>(r);
+      break;
+    }
+    msgs[done].msg_len = static_cast<unsigned>(r);
+  }
+  return static_cast<int>(done);
+}
+
+ssize_t ManagedSendfile(int out_fd, int in_fd, off_t* offset, size_t count) {
+  Ref r = GlobalTable().Get(out_fd);
+  Connection* c = r.As<Connection>();
+  if (c == nullptr) {
+    ssize_t n = DOORWAY_REAL(sendfile)(out_fd, in_fd, offset, count);
+    return n < 0 ? -errno : n;
+  }
+  // Through a bounce buffer into the ring: one copy from the page cache,
+  // with the write path's blocking, signal and error semantics.
+  char buf[65536];
+  size_t total = 0;
+  off_t pos = offset != nullptr ? *offset : 0;
+  while (total < count) {
+    size_t chunk = count - total < sizeof(buf) ? count - total : sizeof(buf);
+    ssize_t got =
+        offset != nullptr ? pread(in_fd, buf, chunk, pos) : DOORWAY_REAL(read)(in_fd, buf, chunk);
+    if (got < 0) {
+      if (total == 0) return -errno;
+      break;
+    }
+    if (got == 0) break;
+    iovec iov{buf, static_cast<size_t>(got)};
+    ssize_t put = ConnSend(*c, out_fd, &iov, 1, 0);
+    if (put < 0) {
+      if (offset == nullptr) lseek(in_fd, -got, SEEK_CUR);
+      if (total == 0) return put;
+      break;
+    }
+    total += static_cast<size_t>(put);
+    pos += put;
+    if (put < got) {
+      if (offset == nullptr) lseek(in_fd, put - got, SEEK_CUR);
+      break;
+    }
+  }
+  if (offset != nullptr) *offset = pos;
+  return static_cast<ssize_t>(total);
+}
+
+ssize_t ManagedSplice(int fd_in, loff_t* off_in, int fd_out, loff_t* off_out, size_t len,
+                      unsigned flags) {
+  Ref rin = GlobalTable().Get(fd_in);
+  Ref rout = GlobalTable().Get(fd_out);
+  Connection* cin = rin.As<Connection>();
+  Connection* cout = rout.As<Connection>();
+  if (cin == nullptr && cout == nullptr) {
+    ssize_t n = DOORWAY_REAL(splice)(fd_in, off_in, fd_out, off_out, len, flags);
+    return n < 0 ? -errno : n;
+  }
+  // splice moves pages between a pipe and a socket; here the socket side is
+  // a ring, so the bytes go through a bounce buffer. One end must be a pipe
+  // (as for the kernel), and sockets take no offset.
+  if ((cin != nullptr && off_in != nullptr) || (cout != nullptr && off_out != nullptr)) {
+    return -ESPIPE;
+  }
+  char buf[65536];
+  size_t chunk = len < sizeof(buf) ? len : sizeof(buf);
+  int nb = (flags & SPLICE_F_NONBLOCK) ? MSG_DONTWAIT : 0;
+  if (cin != nullptr) {
+    iovec iov{buf, chunk};
+    ssize_t got = ConnRecv(*cin, fd_in, &iov, 1, nb | MSG_PEEK);
+    if (got <= 0) return got;
+    ssize_t put = off_out != nullptr ? pwrite(fd_out, buf, static_cast<size_t>(got), *off_out)
+                                     : DOORWAY_REAL(write)(fd_out, buf, static_cast<size_t>(got));
+    if (put < 0) return -errno;
+    if (off_out != nullptr) *off_out += put;
+    iovec drop{buf, static_cast<size_t>(put)};
+    (void)ConnRecv(*cin, fd_in, &drop, 1, MSG_DONTWAIT);
+    return put;
+  }
+  ssize_t got =
+      off_in != nullptr ? pread(fd_in, buf, chunk, *off_in) : DOORWAY_REAL(read)(fd_in, buf, chunk);
+  if (got <= 0) return got < 0 ? -errno : 0;
+  iovec iov{buf, static_cast<size_t>(got)};
+  ssize_t put = ConnSend(*cout, fd_out, &iov, 1, nb);
+  if (put >= 0 && off_in != nullptr) *off_in += put;
+  return put;
+}
+
+int ManagedShutdown(int fd, int how) {
+  Ref r = GlobalTable().Get(fd);
+  Connection* c = r.As<Connection>();
+  if (c == nullptr) {
+    Listener* l = r.As<Listener>();
+    return DOORWAY_REAL(shutdown)(l != nullptr ? l->tcp_fd : fd, how) == 0 ? 0 : -errno;
+  }
+  if (how != SHUT_RD && how != SHUT_WR && how != SHUT_RDWR) return -EINVAL;
+  if (how != SHUT_WR) {
+    c->shut_rd.store(true, std::memory_order_relaxed);
+    c->rx.WakeConsumers();
+  }
+  if (how != SHUT_RD) ConnShutdownWrite(*c, fd, false);
+  return 0;
+}
+
+int ManagedGetsockname(int fd, sockaddr* addr, socklen_t* len, bool peer) {
+  Ref r = GlobalTable().Get(fd);
+  if (Connection* c = r.As<Connection>()) {
+    if (len == nullptr) return -EFAULT;
+    if (static_cast<int>(*len) < 0) return -EINVAL;
+    CopyOut(peer ? c->peer : c->local, addr, len);
+    return 0;
+  }
+  Listener* l = r.As<Listener>();
+  int k = l != nullptr ? l->tcp_fd : fd;
+  int rc = peer ? DOORWAY_REAL(getpeername)(k, addr, len) : DOORWAY_REAL(getsockname)(k, addr, len);
+  return rc == 0 ? 0 : -errno;
+}
+
+int ManagedGetsockopt(int fd, int level, int name, void* value, socklen_t* len) {
+  Ref r = GlobalTable().Get(fd);
+  Connection* c = r.As<Connection>();
+  if (c == nullptr) {
+    Listener* l = r.As<Listener>();
+    int k = l != nullptr ? l->tcp_fd : fd;
+    return DOORWAY_REAL(getsockopt)(k, level, name, value, len) == 0 ? 0 : -errno;
+  }
+  int v = 0;
+  if (level == SOL_SOCKET) {
+    switch (name) {
+      case SO_TYPE:
+        v = SOCK_STREAM;
+        return PutOpt(&v, sizeof(v), value, len);
+      case SO_DOMAIN:
+        v = c->local.family;
+        return PutOpt(&v, sizeof(v), value, len);
+      case SO_PROTOCOL:
+        v = IPPROTO_TCP;
+        return PutOpt(&v, sizeof(v), value, len);
+      case SO_ERROR:
+      case SO_ACCEPTCONN:
+        return PutOpt(&v, sizeof(v), value, len);
+      case SO_RCVTIMEO:
+      case SO_SNDTIMEO: {
+        timeval tv = NsToTimeval(name == SO_RCVTIMEO ? c->opts.rcvtimeo_ns.load()
+                                                     : c->opts.sndtimeo_ns.load());
+        return PutOpt(&tv, sizeof(tv), value, len);
+      }
+      case SO_LINGER: {
+        linger lg{c->opts.linger_onoff.load(), c->opts.linger_secs.load()};
+        return PutOpt(&lg, sizeof(lg), value, len);
+      }
+      default:
+        break;
+    }
+  }
+  if (level == IPPROTO_TCP && name == TCP_INFO) {
+    tcp_info ti{};
+    ti.tcpi_state = TCP_ESTABLISHED;
+    ti.tcpi_snd_mss = 65483;
+    ti.tcpi_rcv_mss = 65483;
+    ti.tcpi_rtt = 1;
+    ti.tcpi_snd_cwnd = 10;
+    return PutOpt(&ti, sizeof(ti), value, len);
+  }
+  int i = OptIndex(level, name);
+  if (i < 0 || !c->opts.known[i].load(std::memory_order_relaxed)) return -ENOPROTOOPT;
+  v = c->opts.value[i].load(std::memory_order_relaxed);
+  return PutOpt(&v, sizeof(v), value, len);
+}
+
+int ManagedSetsockopt(int fd, int level, int name, const void* value, socklen_t len) {
+  Ref r = GlobalTable().Get(fd);
+  Connection* c = r.As<Connection>();
+  if (c == nullptr) {
+    Listener* l = r.As<Listener>();
+    if (l != nullptr) {
+      if (DOORWAY_REAL(setsockopt)(l->tcp_fd, level, name, value, len) != 0) return -errno;
+      l->opts.ReadFrom(l->tcp_fd);
+      return 0;
+    }
+    return DOORWAY_REAL(setsockopt)(fd, level, name, value, len) == 0 ? 0 : -errno;
+  }
+  if (static_cast<int>(len) < 0) return -EINVAL;
+  if (level == SOL_SOCKET && (name == SO_RCVTIMEO || name == SO_SNDTIMEO)) {
+    if (len < sizeof(timeval)) return -EINVAL;
+    timeval tv;
+    memcpy(&tv, value, sizeof(tv));
+    if (tv.tv_usec < 0 || tv.tv_usec >= 1000000) return -EDOM;
+    std::int64_t ns = tv.tv_sec < 0 ? 0 : TimevalToNs(tv);
+    (name == SO_RCVTIMEO ? c->opts.rcvtimeo_ns : c->opts.sndtimeo_ns).store(ns);
+    return 0;
+  }
+  if (level == SOL_SOCKET && name == SO_LINGER) {
+    if (len < sizeof(linger)) return -EINVAL;
+    linger lg;
+    memcpy(&lg, value, sizeof(lg));
+    c->opts.linger_onoff.store(lg.l_onoff);
+    c->opts.linger_secs.store(lg.l_linger);
+    return 0;
+  }
+  int i = OptIndex(level, name);
+  if (i >= 0) {
+    if (len < sizeof(int)) return -EINVAL;
+    int v;
+    memcpy(&v, value, sizeof(v));
+    // As the kernel does: buffer sizes are doubled (bookkeeping overhead).
+    if (i == kSndbufIndex) v = v < 2304 ? 4608 : v * 2;
+    if (i == kRcvbufIndex) v = v < 1152 ? 2304 : v * 2;
+    if ((level == IPPROTO_TCP && name == TCP_NODELAY) ||
+        (level == SOL_SOCKET && name == SO_KEEPALIVE)) {
+      v = v != 0 ? 1 : 0;
+    }
+    c->opts.value[i].store(v, std::memory_order_relaxed);
+    c->opts.known[i].store(true, std::memory_order_relaxed);
+    return 0;
+  }
+  // Options that only steer the kernel's TCP (congestion control, marks,
+  // fast open...) have nothing to steer here; accept them as TCP would.
+  if (level == SOL_SOCKET || level == IPPROTO_TCP || level == IPPROTO_IP || level == IPPROTO_IPV6) {
+    return 0;
+  }
+  return -ENOPROTOOPT;
+}
+
+int ManagedIoctl(int fd, unsigned long request, void* arg) {
+  Ref r = GlobalTable().Get(fd);
+  Connection* c = r.As<Connection>();
+  Listener* l = r.As<Listener>();
+  if (c != nullptr) {
+    switch (request) {
+      case FIONREAD: {  // == SIOCINQ
+        std::int64_t n = c->rx.Readable();
+        int v = n < 0 ? 0 : (n > 0x7fffffff ? 0x7fffffff : static_cast<int>(n));
+        memcpy(arg, &v, sizeof(v));
+        return 0;
+      }
+      case SIOCOUTQ:
+      case SIOCOUTQNSD: {
+        std::int64_t free_bytes = c->tx.Writable();
+        std::int64_t used =
+            free_bytes < 0 ? 0 : static_cast<std::int64_t>(c->tx.capacity()) - free_bytes;
+        int v = static_cast<int>(used);
+        memcpy(arg, &v, sizeof(v));
+        return 0;
+      }
+      case FIONBIO: {
+        int on;
+        memcpy(&on, arg, sizeof(on));
+        c->nonblocking.store(on != 0, std::memory_order_relaxed);
+        break;  // and mirror it on the kernel file below
+      }
+      default:
+        break;
+    }
+  }
+  int k = fd;
+  if (l != nullptr && request != FIONBIO) k = l->tcp_fd;
+  return DOORWAY_REAL(ioctl)(k, request, arg) == 0 ? 0 : -errno;
+}
+
+int ManagedFcntl(int fd, int cmd, unsigned long arg, bool fcntl64) {
+  if (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) return Fcntl(fd, cmd, arg, fcntl64);
+  if (cmd == F_SETFL) {
+    Ref r = GlobalTable().Get(fd);
+    if (Connection* c = r.As<Connection>()) {
+      c->nonblocking.store((arg & O_NONBLOCK) != 0, std::memory_order_relaxed);
+    }
+  }
+  int rc = fcntl64 ? DOORWAY_REAL(fcntl64)(fd, cmd, arg) : DOORWAY_REAL(fcntl)(fd, cmd, arg);
+  return rc < 0 ? -errno : rc;
+}
+
+int ManagedBind(int fd, const sockaddr* addr, socklen_t len) {
+  Ref r = GlobalTable().Get(fd);
+  if (r.As<Connection>() != nullptr) return -EINVAL;
+  Listener* l = r.As<Listener>();
+  return DOORWAY_REAL(bind)(l != nullptr ? l->tcp_fd : fd, addr, len) == 0 ? 0 : -errno;
+}
+
+}  // namespace doorway::runtime

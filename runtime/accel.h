@@ -1,0 +1,151 @@
+// Accelerated TCP: connections whose bytes travel through a shared-memory
+// segment (//transport) instead of the loopback stack, and the listeners
+// that accept them (DESIGN §4-§6).
+//
+// How the pieces fit:
+//   listen(fd)   The kernel listener moves to a hidden fd; a door (door.h)
+//                opens beside it; an epoll fd watching both takes the
+//                program's fd number, so poll/select/epoll on the listener
+//                wake for either kind of connection without doorway being
+//                involved in the wait. The Listener object is installed at
+//                the fd with tag kTagListener.
+//   connect(fd)  To an address with a door: knock (door.h), create a segment,
+//                send a Hello with the segment's memfd (SCM_RIGHTS), and put
+//                the door connection's Unix socket on the program's fd number
+//                (dup3), replacing the TCP socket. The connection is usable at
+//                once; the server maps the segment when it accepts. Without a
+//                door, or if anything fails, the kernel's connect.
+//   accept(fd)   Door connections and TCP connections, whichever is pending.
+//   data         Connection::Read/Write move bytes through the rings; a
+//                blocking call spins, then sleeps on the ring's futex
+//                (transport/wait.h), watching the Unix socket for the peer's
+//                death. Doorbells keep the kernel's view true: while a ring
+//                holds data (or EOF), its reader's Unix socket holds one
+//                doorbell message, so poll/epoll see the fd readable.
+//   close        The last fd of a Connection in this process shuts its rings
+//                down (reset if unread data remained), unless the connection
+//                is shared with another process since a fork: then the peer
+//                learns of the close when the last process closes the Unix
+//                socket (POLLHUP on the door connection).
+#ifndef DOORWAY_RUNTIME_ACCEL_H_
+#define DOORWAY_RUNTIME_ACCEL_H_
+
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include <atomic>
+#include <cstdint>
+
+#include "fdtable/fdtable.h"
+#include "runtime/door.h"
+#include "runtime/endpoint.h"
+#include "transport/segment.h"
+#include "transport/wait.h"
+
+namespace doorway::runtime {
+
+// Routing tags beside fd table entries (fdtable::FdTable::Tag).
+enum FdTag : std::uint32_t {
+  kTagPlain = 0,       // a kernel socket doorway only tracks
+  kTagConnection = 1,  // an accelerated connection
+  kTagListener = 2,    // an accelerated listener
+};
+
+// Socket options that are answered from a snapshot taken from the kernel
+// (the client's TCP socket at connect, the listener at listen) and updated
+// by setsockopt.
+struct OptionSnapshot {
+  static constexpr int kCount = 20;
+  std::atomic<int> value[kCount];
+  std::atomic<bool> known[kCount];
+  std::atomic<std::int64_t> rcvtimeo_ns{0};  // 0 = none
+  std::atomic<std::int64_t> sndtimeo_ns{0};
+  std::atomic<int> linger_onoff{0};
+  std::atomic<int> linger_secs{0};
+  void CopyFrom(const OptionSnapshot& o);
+  void ReadFrom(int kernel_fd);  // getsockopt on a kernel TCP socket
+};
+
+// Per-segment state of this layer, in the first page of the segment after
+// the transport's prefix (untrusted like all shared memory).
+struct ConnArea {
+  std::atomic<std::uint32_t> bell[2];  // per ring: a doorbell is in its reader's socket
+};
+
+struct Connection {
+  static constexpr std::uint32_t kTypeTag = 0x434F4E4E;  // "CONN"
+  Connection() = default;
+  ~Connection();
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  transport::Segment seg;
+  transport::Role role = transport::Role::kClient;
+  transport::RingStats tx_stats, rx_stats;
+  transport::Ring tx, rx;
+  transport::SpinPolicy rx_spin, tx_spin;
+  ConnArea* area = nullptr;
+  Endpoint local, peer;
+  OptionSnapshot opts;
+  std::atomic<int> fds{0};  // fd numbers of this process that refer to it
+  std::atomic<bool> nonblocking{false};
+  std::atomic<bool> shut_rd{false};
+  std::atomic<bool> shut_wr{false};
+  std::atomic<bool> reset_reported{false};
+  std::atomic<bool> shared{false};    // another process may hold it (fork)
+  std::atomic<int> connect_state{0};  // 1: EINPROGRESS reported, 2: completion reported
+};
+
+struct Listener {
+  static constexpr std::uint32_t kTypeTag = 0x4C53544E;  // "LSTN"
+  Listener() = default;
+  ~Listener();
+  Listener(const Listener&) = delete;
+  Listener& operator=(const Listener&) = delete;
+
+  int tcp_fd = -1;            // the kernel listener (hidden, non-blocking)
+  int door_fd[2] = {-1, -1};  // doors (hidden); [1] only for dual-stack [::]
+  char door_path[2][kDoorPathMax] = {};
+  Endpoint local;
+  int domain = 0;
+  pid_t creator = 0;
+  OptionSnapshot opts;  // inherited by accepted connections
+  std::atomic<int> fds{0};
+  std::atomic<bool> shared{false};
+  std::atomic<unsigned> turn{0};  // alternates door/TCP so neither starves
+};
+
+// Called by the bookkeeping in sockets.cc when an fd number stops or starts
+// referring to a managed object (close, dup2 over it, close_range; dup).
+void OnFdAttached(const fdtable::Ref& ref);
+void OnFdDetached(const fdtable::Ref& ref);
+// Before fork: every managed object becomes shared between the processes.
+void MarkAllShared();
+
+// ---- the calls abi/ routes here; each returns the result or -errno ----
+int Listen(int fd, int backlog);
+int Connect(int fd, const sockaddr* addr, socklen_t len);
+// For fds whose tag is not kTagPlain:
+int ManagedAccept(int fd, sockaddr* addr, socklen_t* len, int flags, bool accept4);
+ssize_t ManagedRecv(int fd, const iovec* iov, int iovcnt, int flags, msghdr* msg);
+ssize_t ManagedSend(int fd, const iovec* iov, int iovcnt, int flags);
+int ManagedRecvmmsg(int fd, mmsghdr* msgs, unsigned n, int flags, timespec* timeout);
+int ManagedSendmmsg(int fd, mmsghdr* msgs, unsigned n, int flags);
+ssize_t ManagedSendfile(int out_fd, int in_fd, off_t* offset, size_t count);
+ssize_t ManagedSplice(int fd_in, loff_t* off_in, int fd_out, loff_t* off_out, size_t len,
+                      unsigned flags);
+int ManagedShutdown(int fd, int how);
+int ManagedGetsockname(int fd, sockaddr* addr, socklen_t* len, bool peer);
+int ManagedGetsockopt(int fd, int level, int name, void* value, socklen_t* len);
+int ManagedSetsockopt(int fd, int level, int name, const void* value, socklen_t len);
+int ManagedIoctl(int fd, unsigned long request, void* arg);
+int ManagedFcntl(int fd, int cmd, unsigned long arg, bool fcntl64);
+int ManagedBind(int fd, const sockaddr* addr, socklen_t len);
+
+// For doorway_fd_info and tests.
+bool IsAccelerated(int fd);
+
+}  // namespace doorway::runtime
+
+#endif  // DOORWAY_RUNTIME_ACCEL_H_

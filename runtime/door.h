@@ -1,0 +1,51 @@
+// Doors: the Unix-domain rendezvous beside each accelerated TCP listener
+// (DESIGN §4).
+//
+// A listener on address A, port P opens a SOCK_SEQPACKET listener named
+// "<door dir>/tcp4-A-P" (or tcp6-[A]-P); a dual-stack listener on [::] also
+// opens tcp4-0.0.0.0-P. A client connecting to A:P tries the door of A, then
+// the wildcard door of A's family. The door directory is DOORWAY_DIR or
+// /tmp/doorway-<uid>; it is trusted only if it is a real directory (not a
+// symlink) owned by us or an allowed uid and not writable by others, and a
+// door only if it is a socket owned by an allowed uid. After connecting, the
+// kernel's SO_PEERCRED must name an allowed uid too. A door whose listener
+// died refuses connections (ECONNREFUSED): clients skip it, and the next
+// listener on the same address removes it.
+#ifndef DOORWAY_RUNTIME_DOOR_H_
+#define DOORWAY_RUNTIME_DOOR_H_
+
+#include <sys/types.h>
+
+#include <cstddef>
+
+#include "runtime/endpoint.h"
+
+namespace doorway::runtime {
+
+inline constexpr std::size_t kDoorPathMax = 108;  // sizeof(sockaddr_un::sun_path)
+
+// Our uid, or one listed in DOORWAY_ALLOW_UIDS.
+bool UidAllowed(uid_t uid);
+
+// Fills out with the trusted door directory, creating it (mode 0700) if
+// needed. Returns 0 or -errno (-EPERM: exists but is not trustworthy).
+int DoorDirectory(char* out, std::size_t size);
+
+// Server side: binds and listens on the door for ep. Returns the door fd
+// (non-blocking, close-on-exec) and its path, or -errno: -EADDRINUSE if a
+// live door already has that name (another process listens with
+// SO_REUSEPORT), -ENAMETOOLONG, -EPERM (untrusted directory).
+int OpenDoor(const Endpoint& ep, char* path, std::size_t size);
+
+// Client side: connects to a door that can serve dest. Returns a connected
+// Unix socket (non-blocking, close-on-exec) whose peer is an allowed uid, or
+// -ENOENT when no usable door exists (the caller then uses TCP).
+int KnockDoor(const Endpoint& dest);
+
+// Whether a destination is worth looking for a door at all: a loopback or
+// local interface address, or any address when DOORWAY_DIR is set.
+bool MayHaveDoor(const Endpoint& dest);
+
+}  // namespace doorway::runtime
+
+#endif  // DOORWAY_RUNTIME_DOOR_H_
