@@ -60,6 +60,15 @@ uint64_t MeminfoValue(const char* text, const char* key) {
 
 }  // namespace
 
+uint64_t RingCapacityFor(uint64_t requested) {
+  if (requested == 0) return kDefaultRingCapacity;
+  if (requested <= kMinRingCapacity) return kMinRingCapacity;
+  if (requested >= kMaxRingCapacity) return kMaxRingCapacity;
+  uint64_t c = kMinRingCapacity;
+  while (c < requested) c <<= 1;
+  return c;
+}
+
 const char* PageKindName(PageKind k) {
   switch (k) {
     case PageKind::kSmall:

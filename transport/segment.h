@@ -38,6 +38,11 @@ inline constexpr uint64_t kMaxRingCapacity = uint64_t{1} << 30;
 inline constexpr uint64_t kDefaultRingCapacity = uint64_t{256} << 10;
 inline constexpr uint64_t kMaxSegmentSize = uint64_t{3} << 30;
 
+// The ring capacity for a requested buffer size (SO_SNDBUF/SO_RCVBUF):
+// rounded up to a power of two and clamped to [kMinRingCapacity,
+// kMaxRingCapacity]; 0 gives the default.
+uint64_t RingCapacityFor(uint64_t requested_bytes);
+
 enum class PageKind : uint8_t {
   kSmall = 0,            // 4 KiB pages
   kTransparentHuge = 1,  // shmem THP requested with MADV_HUGEPAGE

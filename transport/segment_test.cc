@@ -48,6 +48,15 @@ TEST(ComputeLayout, AlignsAndRejects) {
   EXPECT_EQ(ComputeLayout(caps, 1000, 4096, &l), -EINVAL);
 }
 
+TEST(RingCapacityFor, RoundsAndClamps) {
+  EXPECT_EQ(RingCapacityFor(0), kDefaultRingCapacity);
+  EXPECT_EQ(RingCapacityFor(1), kMinRingCapacity);
+  EXPECT_EQ(RingCapacityFor(4096), 4096u);
+  EXPECT_EQ(RingCapacityFor(4097), 8192u);
+  EXPECT_EQ(RingCapacityFor(212992), 262144u);  // Linux's default SO_RCVBUF
+  EXPECT_EQ(RingCapacityFor(uint64_t{1} << 40), kMaxRingCapacity);
+}
+
 TEST(Segment, CreateSealsAndMaps) {
   Segment s;
   ASSERT_EQ(Segment::Create(SmallOptions(), &s), 0);

@@ -52,6 +52,9 @@ constexpr std::uint32_t kFutex2Private = 128;   // FUTEX2_PRIVATE
 constexpr unsigned kRingEntries = 8;  // at most 3 requests are ever in flight
 constexpr int kMaxIov = 64;           // larger vectors take the direct syscall
 
+// Returned by the Run* helpers when the kernel refused the submission.
+constexpr int kRefused = -0x7fff;
+
 // user_data tags. At most one request of each kind is in flight per ring.
 constexpr std::uint64_t kTagOp = 1;
 constexpr std::uint64_t kTagWake = 2;
@@ -296,13 +299,36 @@ void CancelAndDrain(ThreadRing* t, Pending* p) {
   Drain(&t->ring, p);
 }
 
+// Submits the queued SQEs (and waits for wait_nr completions). If the
+// kernel refuses the submission itself (e.g. a vfork child, which has no
+// registered ring, or ENOMEM), nothing is in flight: the queued SQEs are
+// withdrawn and false is returned, so that the caller can decline the call.
+bool Submit(io_uring* ring, unsigned wait_nr) {
+  for (int i = 0; i < 100; ++i) {  // bounded: EINTR/EAGAIN before submission
+    int r = wait_nr > 0 ? io_uring_submit_and_wait(ring, wait_nr) : io_uring_submit(ring);
+    if (r >= 0) return true;
+    // S1: acquire pairs with the kernel's release of the SQ head: the kernel
+    // has consumed every SQE below it.
+    unsigned head = __atomic_load_n(ring->sq.khead, __ATOMIC_ACQUIRE);
+    if (head == *ring->sq.ktail) return true;  // submitted; only the wait failed
+    if (r != -EINTR && r != -EAGAIN) break;
+  }
+  unsigned head = __atomic_load_n(ring->sq.khead, __ATOMIC_ACQUIRE);
+  if (head == *ring->sq.ktail) return true;
+  // Nothing past head was consumed (the kernel takes SQEs in order and
+  // refused): withdraw them.
+  __atomic_store_n(ring->sq.ktail, head, __ATOMIC_RELEASE);
+  ring->sq.sqe_head = ring->sq.sqe_tail = head;
+  return false;
+}
+
 // The op with MSG_DONTWAIT: completes inline.
 int RunNonblocking(ThreadRing* t, Op& op) {
   io_uring_sqe* sqe = io_uring_get_sqe(&t->ring);  // the ring is idle: never null
   op.Prep(sqe, op.flags | MSG_DONTWAIT);
   Pending p;
   p.op = true;
-  io_uring_submit_and_wait(&t->ring, 1);
+  if (!Submit(&t->ring, 1)) return kRefused;
   Drain(&t->ring, &p);
   return p.op_res;
 }
@@ -329,7 +355,7 @@ int RunBlockingFutex(ThreadRing* t, Op& op) {
   wake->user_data = kTagWake;
   Pending p;
   p.op = p.wake = true;
-  io_uring_submit(ring);
+  if (!Submit(ring, 0)) return kRefused;
   ++t->stats.blocked;
   for (;;) {
     // F1: acquire pairs with the kernel's release store of the CQ tail when
@@ -363,7 +389,7 @@ int RunBlockingTimeout(ThreadRing* t, Op& op, long deadline_ns) {
   op.Prep(sqe, op.flags);
   Pending p;
   p.op = true;
-  io_uring_submit(ring);
+  if (!Submit(ring, 0)) return kRefused;
   ++t->stats.blocked;
   int why = 0;
   for (;;) {
@@ -427,6 +453,7 @@ long Block(ThreadRing* t, Op& op) {
     } else {
       r = RunBlockingFutex(t, op);
     }
+    if (r == kRefused) r = RunDirect(op);  // the ring refused: the syscall
     if (r < 0) return done > 0 ? done : r;
     done += r;
     if (r == 0 || !more) return done;
@@ -454,6 +481,10 @@ ssize_t Execute(Op& op) {
   ++t->stats.calls;
   size_t total = op.Remaining();
   long r = RunNonblocking(t, op);
+  if (r == kRefused) {
+    Release();
+    return kNotHandled;
+  }
   bool partial = r >= 0 && static_cast<size_t>(r) < total &&
                  (op.IsSend() || ((op.flags & MSG_WAITALL) != 0 && r > 0));
   if ((op.flags & MSG_DONTWAIT) != 0 || (r != -EAGAIN && !partial) || NonBlockingFile(op.fd)) {
