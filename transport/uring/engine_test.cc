@@ -394,6 +394,29 @@ TEST_P(Engine, ForkChildBuildsItsOwnRing) {
   EXPECT_EQ(c, 'q');
 }
 
+// A vfork child shares the parent's memory (and so its ThreadRing) but not
+// its registered ring: the kernel refuses the submission, the engine
+// withdraws it and declines, and the parent's ring is unharmed.
+TEST_P(Engine, VforkChildIsDeclinedWithoutHarm) {
+  ASSERT_EQ(Send(a_, "p", 1, 0), 1);
+  char c;
+  ASSERT_EQ(Recv(b_, &c, 1, 0), 1);
+  static volatile ssize_t child_result = 0;
+  child_result = 0;
+  pid_t pid = vfork();
+  if (pid == 0) {
+    child_result = Send(a_, "v", 1, 0);
+    _exit(0);
+  }
+  ASSERT_GT(pid, 0);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  EXPECT_EQ(child_result, kNotHandled);
+  EXPECT_EQ(Send(a_, "q", 1, 0), 1);
+  EXPECT_EQ(Recv(b_, &c, 1, 0), 1);
+  EXPECT_EQ(c, 'q');
+}
+
 INSTANTIATE_TEST_SUITE_P(Kinds, Engine, testing::Values(Kind::kTcp, Kind::kUnix),
                          [](const testing::TestParamInfo<Kind>& i) {
                            return i.param == Kind::kTcp ? "Tcp" : "Unix";
