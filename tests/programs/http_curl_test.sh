@@ -6,9 +6,8 @@ command -v curl >/dev/null || fail "curl not installed (tools/setup.sh installs 
 mkdir -p "$WORK/www"
 head -c $((8 * 1024 * 1024 + 12345)) /dev/urandom >"$WORK/www/blob.bin"
 port="$(free_port)"
-under_doorway server python3 -m http.server "$port" --bind 127.0.0.1 --directory "$WORK/www" \
-  >"$WORK/server.out" 2>&1 &
-PIDS+=($!)
+spawn server "$WORK/server.out" python3 -m http.server "$port" --bind 127.0.0.1 \
+  --directory "$WORK/www"
 wait_port "$port"
 
 under_doorway client curl -sS --max-time 60 -o "$WORK/got.bin" "http://127.0.0.1:$port/blob.bin" ||

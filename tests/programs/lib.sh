@@ -5,6 +5,11 @@ set -euo pipefail
 DOORWAY_SO="$(realpath "$1")"
 WORK="${TEST_TMPDIR:-$(mktemp -d)}"
 PIDS=()
+# A door directory of this test's own (short: a Unix socket path holds only
+# 108 bytes), so that tests running in parallel never see each other's doors.
+DOORS="$(mktemp -d /tmp/doorway-test.XXXXXX)"
+chmod 700 "$DOORS"
+export DOORWAY_DIR="$DOORS"
 
 cleanup() {
   for p in "${PIDS[@]:-}"; do
@@ -13,6 +18,7 @@ cleanup() {
   for p in "${PIDS[@]:-}"; do
     [ -n "$p" ] && wait "$p" 2>/dev/null || true
   done
+  rm -rf "$DOORS"
 }
 trap cleanup EXIT
 
@@ -31,6 +37,17 @@ under_doorway() {
   LD_PRELOAD="$DOORWAY_SO" DOORWAY_LOG=debug DOORWAY_LOG_FILE="$WORK/$name.log" "$@"
 }
 
+# Starts "$@" in the background under doorway, output to $out, and adds it
+# to PIDS. $! is the program itself (env execs it), not a subshell, so that
+# kill reaches the program.
+spawn() {  # name out cmd...
+  local name="$1" out="$2"
+  shift 2
+  env LD_PRELOAD="$DOORWAY_SO" DOORWAY_LOG=debug DOORWAY_LOG_FILE="$WORK/$name.log" "$@" \
+    >"$out" 2>&1 &
+  PIDS+=($!)
+}
+
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
@@ -47,6 +64,21 @@ wait_port() {
 }
 
 sha() { sha256sum "$1" | cut -d' ' -f1; }
+
+# Asserts that the door directory is empty (every listener removed its door).
+expect_no_doors() {
+  local left
+  left="$(ls -A "$DOORS")"
+  [ -z "$left" ] || fail "doors left behind: $left"
+}
+
+# Asserts that log $1 has no line matching $2.
+expect_no_log() {
+  local log="$WORK/$1.log"
+  if [ -f "$log" ] && grep -qE "$2" "$log"; then
+    fail "$log: unexpected line matching '$2'"
+  fi
+}
 
 # Asserts that the doorway log $1 exists, shows the runtime loaded, and
 # contains the pattern $2.

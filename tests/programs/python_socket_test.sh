@@ -5,8 +5,7 @@ script="$2"
 port="$(free_port)"
 # At least 1 GiB each way, in random chunk sizes (issue 4).
 export DATA_BYTES=$((1024 * 1024 * 1024 + 4321))
-under_doorway server python3 "$script" server "$port" >"$WORK/server.out" 2>&1 &
-PIDS+=($!)
+spawn server "$WORK/server.out" python3 "$script" server "$port"
 wait_port_file() {
   for _ in $(seq 1 200); do
     grep -q listening "$WORK/server.out" 2>/dev/null && return 0

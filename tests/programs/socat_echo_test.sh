@@ -5,9 +5,7 @@ command -v socat >/dev/null || fail "socat not installed (tools/setup.sh install
 
 head -c $((4 * 1024 * 1024 + 777)) /dev/urandom >"$WORK/in.bin"
 port="$(free_port)"
-under_doorway server socat "TCP-LISTEN:$port,bind=127.0.0.1,reuseaddr,fork" PIPE \
-  2>"$WORK/server.err" &
-PIDS+=($!)
+spawn server "$WORK/server.err" socat "TCP-LISTEN:$port,bind=127.0.0.1,reuseaddr,fork" PIPE
 wait_port "$port"
 
 timeout 60 env LD_PRELOAD="$DOORWAY_SO" DOORWAY_LOG=debug DOORWAY_LOG_FILE="$WORK/client.log" \
