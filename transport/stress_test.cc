@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "transport/internal/layout.h"
 #include "transport/internal/test_util.h"
 #include "transport/segment.h"
 #include "transport/wait.h"
@@ -309,6 +310,98 @@ TEST(Stress, SharedWriterEndKeepsRecordsWhole) {
   EXPECT_EQ(err, 0);
   EXPECT_EQ(bad.load(), 0);
   EXPECT_EQ(total, writers * kRecords);
+}
+
+// A hostile peer process scribbles random values over both rings' control
+// blocks (indices, states, wait flags, futex words, locks) while this process
+// keeps using both ends with short timeouts: every call must return one of
+// its documented results, promptly, and nothing may crash.
+TEST(Stress, HostilePeerCannotCrashOrHang) {
+  if (testing::kUnderTsan) GTEST_SKIP() << "fork under TSAN";
+  SegmentOptions o;
+  o.ring_capacity[0] = o.ring_capacity[1] = 4096;
+  Segment seg;
+  ASSERT_EQ(Segment::Create(o, &seg), 0);
+  auto* stop = static_cast<std::atomic<int>*>(
+      mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  ASSERT_NE(static_cast<void*>(stop), MAP_FAILED);
+  stop->store(0);
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    stop->store(2);  // started
+    Rng rng(99);
+    auto* base = static_cast<std::byte*>(seg.base());
+    const size_t lo = internal::RingControlOffset(0);
+    const size_t span = 2 * sizeof(internal::RingControl);
+    for (uint64_t i = 0; i < 500'000'000 && stop->load() != 1; ++i) {
+      size_t off = lo + rng.Uniform(0, span / 4 - 1) * 4;
+      uint32_t v = static_cast<uint32_t>(rng.Next());
+      if (rng.Next() % 4 != 0) v &= 1;  // mostly plausible small values
+      reinterpret_cast<std::atomic<uint32_t>*>(base + off)->store(v, std::memory_order_relaxed);
+      if (i % 8 == 7) usleep(20);  // bursts, so that the rings also work in between
+    }
+    _exit(0);
+  }
+  for (int i = 0; i < 10000 && stop->load() != 2; ++i) usleep(1000);  // child running
+  RingStats st;
+  Ring tx = seg.MakeTxRing(Role::kClient, &st);
+  Ring rx = seg.MakeRxRing(Role::kClient, &st);
+  Ring peer_rx = seg.MakeRxRing(Role::kServer, &st);  // we also drain "their" side
+  ShmMutex lock = seg.ProducerLock(kClientToServer);
+  WaitOptions wo;
+  wo.timeout_ns = 1'000'000;
+  wo.liveness_interval_ns = 1'000'000;
+  SpinPolicy spin(2'000, 2'000, 0);
+  std::vector<uint8_t> buf(8192, 0x5a);
+  Rng rng(7);
+  int bad = 0;
+  const int kOps = testing::kUnderSanitizer ? 5000 : 100000;
+  for (int i = 0; i < kOps && bad == 0; ++i) {
+    size_t n = rng.Uniform(0, 6000);
+    int64_t r;
+    switch (rng.Next() % 6) {
+      case 0:
+        r = tx.Write(buf.data(), n);
+        if (!(r >= 0 || r == -EAGAIN || r == -EPIPE || r == -ECONNRESET || r == -EIO))
+          bad = __LINE__;
+        if (r > static_cast<int64_t>(n)) bad = __LINE__;
+        break;
+      case 1:
+        r = rx.Read(buf.data(), n);
+        if (!(r >= 0 || r == -EAGAIN || r == -ECONNRESET || r == -EIO)) bad = __LINE__;
+        if (r > static_cast<int64_t>(n)) bad = __LINE__;
+        break;
+      case 2:
+        r = peer_rx.Read(buf.data(), n);
+        if (r > static_cast<int64_t>(n)) bad = __LINE__;
+        break;
+      case 3:
+        r = WaitReadable(rx, wo, &spin);
+        if (!(r == 0 || r == -ETIMEDOUT)) bad = __LINE__;
+        break;
+      case 4:
+        r = WaitWritable(tx, n, wo, &spin);
+        if (!(r == 0 || r == -ETIMEDOUT)) bad = __LINE__;
+        break;
+      default:
+        r = lock.Lock(wo);
+        if (r >= 0) {
+          lock.Unlock();
+        } else if (r != -ETIMEDOUT) {
+          bad = __LINE__;
+        }
+        break;
+    }
+  }
+  stop->store(1);
+  EXPECT_EQ(testing::WaitChild(child), 0);
+  EXPECT_EQ(bad, 0);
+  EXPECT_GT(st.corruptions.load(), 0u);  // the scribbles were seen
+  printf("hostile peer: %llu corruptions detected, %llu bytes moved\n",
+         static_cast<unsigned long long>(st.corruptions.load()),
+         static_cast<unsigned long long>(st.bytes.load()));
+  munmap(stop, 4096);
 }
 
 }  // namespace
