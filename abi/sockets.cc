@@ -76,5 +76,7 @@ DOORWAY_EXPORT int getsockopt(int fd, int level, int name, void* value, socklen_
 DOORWAY_EXPORT int setsockopt(int fd, int level, int name, const void* value, socklen_t len) {
   if (Managed(fd)) return Ret(rt::ManagedSetsockopt(fd, level, name, value, len));
   rt::Discover(fd);
-  return DOORWAY_REAL(setsockopt)(fd, level, name, value, len);
+  int rc = DOORWAY_REAL(setsockopt)(fd, level, name, value, len);
+  if (rc == 0) rt::NoteOptionSet(fd, level, name);
+  return rc;
 }

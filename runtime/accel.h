@@ -65,7 +65,13 @@ struct OptionSnapshot {
   std::atomic<int> linger_secs{0};
   void CopyFrom(const OptionSnapshot& o);
   void ReadFrom(int kernel_fd);  // getsockopt on a kernel TCP socket
+  // Kernel defaults for a fresh socket of `domain`, then the options in
+  // `mask` (OptionBit) read from kernel_fd.
+  void ReadChanged(int kernel_fd, int domain, std::uint32_t mask);
 };
+
+// The bit NoteOptionSet records for (level, name).
+std::uint32_t OptionBit(int level, int name);
 
 // Per-segment state of this layer, in the first page of the segment after
 // the transport's prefix (untrusted like all shared memory).

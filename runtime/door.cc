@@ -28,9 +28,9 @@ bool MakeAddr(const char* path, sockaddr_un* sun, socklen_t* len) {
   return true;
 }
 
-int DoorPath(const Endpoint& ep, char* out, size_t size) {
+int DoorPath(const Endpoint& ep, char* out, size_t size, bool for_listener) {
   char dir[kDoorPathMax];
-  int rc = DoorDirectory(dir, sizeof(dir));
+  int rc = DoorDirectory(dir, sizeof(dir), for_listener);
   if (rc != 0) return rc;
   char name[80];
   if (!DoorName(ep, name, sizeof(name))) return -ENAMETOOLONG;
@@ -56,8 +56,17 @@ int ConnectUnix(const char* path) {
 
 }  // namespace
 
+namespace {
+// geteuid() costs a system call; doorway does not follow a process that
+// changes its uid after start (its doors would be another user's anyway).
+uid_t Euid() {
+  static const uid_t euid = geteuid();
+  return euid;
+}
+}  // namespace
+
 bool UidAllowed(uid_t uid) {
-  if (uid == geteuid()) return true;
+  if (uid == Euid()) return true;
   const Config& c = GetConfig();
   for (int i = 0; i < c.allowed_uid_count; ++i) {
     if (c.allowed_uids[i] == uid) return true;
@@ -65,12 +74,17 @@ bool UidAllowed(uid_t uid) {
   return false;
 }
 
-int DoorDirectory(char* out, size_t size) {
+int DoorDirectory(char* out, size_t size, bool for_listener) {
   const char* configured = GetConfig().door_dir;
   int n = configured != nullptr
               ? snprintf(out, size, "%s", configured)
-              : snprintf(out, size, "/tmp/doorway-%u", static_cast<unsigned>(geteuid()));
+              : snprintf(out, size, "/tmp/doorway-%u", static_cast<unsigned>(Euid()));
   if (n < 0 || static_cast<size_t>(n) >= size) return -ENAMETOOLONG;
+  // Checked once per process while it stays good: a directory that was
+  // trustworthy stays so unless its owner (us) changes it. Listeners, which
+  // create it, check every time (it may have been removed meanwhile).
+  static std::atomic<bool> trusted{false};
+  if (trusted.load(std::memory_order_relaxed) && !for_listener) return 0;
   if (mkdir(out, 0700) != 0 && errno != EEXIST) return -errno;
   struct stat st;
   if (lstat(out, &st) != 0) return -errno;
@@ -87,11 +101,12 @@ int DoorDirectory(char* out, size_t size) {
     }
     return -EPERM;
   }
+  trusted.store(true, std::memory_order_relaxed);
   return 0;
 }
 
 int OpenDoor(const Endpoint& ep, char* path, size_t size) {
-  int rc = DoorPath(ep, path, size);
+  int rc = DoorPath(ep, path, size, true);
   if (rc != 0) return rc;
   sockaddr_un sun;
   socklen_t len;
@@ -153,7 +168,7 @@ int KnockDoor(const Endpoint& in) {
   }
   for (int i = 0; i < n; ++i) {
     char path[kDoorPathMax];
-    if (DoorPath(candidates[i], path, sizeof(path)) != 0) return -ENOENT;
+    if (DoorPath(candidates[i], path, sizeof(path), false) != 0) return -ENOENT;
     struct stat st;
     if (lstat(path, &st) != 0) continue;
     if (!S_ISSOCK(st.st_mode) || !UidAllowed(st.st_uid)) {

@@ -29,7 +29,8 @@ bool UidAllowed(uid_t uid);
 
 // Fills out with the trusted door directory, creating it (mode 0700) if
 // needed. Returns 0 or -errno (-EPERM: exists but is not trustworthy).
-int DoorDirectory(char* out, std::size_t size);
+// Clients rely on an earlier successful check; listeners check every time.
+int DoorDirectory(char* out, std::size_t size, bool for_listener);
 
 // Server side: binds and listens on the door for ep. Returns the door fd
 // (non-blocking, close-on-exec) and its path, or -errno: -EADDRINUSE if a

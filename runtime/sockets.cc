@@ -324,6 +324,13 @@ pid_t Fork() {
   return pid;
 }
 
+void NoteOptionSet(int fd, int level, int name) {
+  Ref r = GlobalTable().Get(fd);
+  if (SocketFile* f = r.As<SocketFile>(); f != nullptr) {
+    f->options_set.fetch_or(OptionBit(level, name), std::memory_order_relaxed);
+  }
+}
+
 bool Describe(int fd, SocketFile* out, bool* accelerated) {
   Ref r = GlobalTable().Get(fd);
   if (accelerated != nullptr) *accelerated = false;

@@ -19,6 +19,7 @@
 #include <sys/socket.h>
 #include <sys/types.h>
 
+#include <atomic>
 #include <cstdint>
 
 #include "fdtable/fdtable.h"
@@ -36,11 +37,28 @@ enum class Origin : std::uint8_t {
 
 struct SocketFile {
   static constexpr std::uint32_t kTypeTag = 0x534F434B;  // "SOCK"
+  SocketFile() = default;
+  SocketFile(const SocketFile& o)
+      : domain(o.domain), type(o.type), protocol(o.protocol), origin(o.origin) {}
+  SocketFile& operator=(const SocketFile& o) {
+    domain = o.domain;
+    type = o.type;
+    protocol = o.protocol;
+    origin = o.origin;
+    return *this;
+  }
   int domain = 0;
   int type = 0;  // without SOCK_NONBLOCK/SOCK_CLOEXEC
   int protocol = 0;
   Origin origin = Origin::kSocket;
+  // Which socket options the program has set (bits from accel.cc's option
+  // list; bit 31: one outside it), so that an accelerated connect copies
+  // only those from the kernel socket instead of asking for every option.
+  std::atomic<std::uint32_t> options_set{0};
 };
+
+// Records that the program set (level, name) on the plain socket fd.
+void NoteOptionSet(int fd, int level, int name);
 
 // Reads domain, type and protocol of fd from the kernel; false if fd is not
 // a socket. errno is preserved.

@@ -4,6 +4,11 @@
 //
 //   pingpong server PORT                    echo one connection, then exit
 //   pingpong client HOST PORT SIZE ITERS    print RTT statistics
+//   pingpong sink PORT                      accept one connection, read to EOF,
+//                                           print the throughput
+//   pingpong stream HOST PORT SIZE SECONDS  write SIZE-byte chunks for SECONDS
+//   pingpong acceptor PORT N                accept and close N connections
+//   pingpong connector HOST PORT N          connect+close N times, print rate
 //   pingpong calls SIZE ITERS               per-call cost of write+read on a
 //                                           socketpair in one thread (the
 //                                           interposition overhead, without
@@ -121,6 +126,85 @@ int Client(const char* host, int port, size_t size, long iters) {
   return 0;
 }
 
+int Listener(int port) {
+  int l = socket(AF_INET, SOCK_STREAM, 0);
+  int one = 1;
+  setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (bind(l, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 || listen(l, 128) != 0) {
+    perror("pingpong: bind/listen");
+    exit(1);
+  }
+  printf("listening\n");
+  fflush(stdout);
+  return l;
+}
+
+int Dial(const char* host, int port) {
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  if (inet_pton(AF_INET, host, &a.sin_addr) != 1) exit(2);
+  int c = socket(AF_INET, SOCK_STREAM, 0);
+  if (connect(c, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
+    perror("pingpong: connect");
+    exit(1);
+  }
+  return c;
+}
+
+int Sink(int port) {
+  int l = Listener(port);
+  int c = accept(l, nullptr, nullptr);
+  std::vector<char> buf(1 << 20);
+  long total = 0, t0 = 0;
+  for (;;) {
+    ssize_t r = read(c, buf.data(), buf.size());
+    if (r <= 0) break;
+    if (t0 == 0) t0 = NowNs();
+    total += r;
+  }
+  long dt = NowNs() - t0;
+  printf("bytes=%ld ns=%ld gbps=%.3f\n", total, dt,
+         static_cast<double>(total) / static_cast<double>(dt));
+  return 0;
+}
+
+int Stream(const char* host, int port, size_t size, double seconds) {
+  int c = Dial(host, port);
+  std::vector<char> buf(size, 's');
+  long end = NowNs() + static_cast<long>(seconds * 1e9);
+  while (NowNs() < end) {
+    for (int i = 0; i < 16; ++i) {
+      if (!WriteFull(c, buf.data(), size)) return 1;
+    }
+  }
+  close(c);
+  return 0;
+}
+
+int Acceptor(int port, long n) {
+  int l = Listener(port);
+  for (long i = 0; i < n; ++i) {
+    int c = accept(l, nullptr, nullptr);
+    if (c < 0) return 1;
+    close(c);
+  }
+  return 0;
+}
+
+int Connector(const char* host, int port, long n) {
+  long t0 = NowNs();
+  for (long i = 0; i < n; ++i) close(Dial(host, port));
+  long dt = NowNs() - t0;
+  printf("conns=%ld ns=%ld per_s=%.0f\n", n, dt,
+         static_cast<double>(n) * 1e9 / static_cast<double>(dt));
+  return 0;
+}
+
 int Calls(size_t size, long iters) {
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) return 1;
@@ -149,11 +233,20 @@ int main(int argc, char** argv) {
   if (argc == 6 && strcmp(argv[1], "client") == 0) {
     return Client(argv[2], atoi(argv[3]), static_cast<size_t>(atol(argv[4])), atol(argv[5]));
   }
+  if (argc == 3 && strcmp(argv[1], "sink") == 0) return Sink(atoi(argv[2]));
+  if (argc == 6 && strcmp(argv[1], "stream") == 0) {
+    return Stream(argv[2], atoi(argv[3]), static_cast<size_t>(atol(argv[4])), atof(argv[5]));
+  }
+  if (argc == 4 && strcmp(argv[1], "acceptor") == 0) return Acceptor(atoi(argv[2]), atol(argv[3]));
+  if (argc == 5 && strcmp(argv[1], "connector") == 0) {
+    return Connector(argv[2], atoi(argv[3]), atol(argv[4]));
+  }
   if (argc == 4 && strcmp(argv[1], "calls") == 0) {
     return Calls(static_cast<size_t>(atol(argv[2])), atol(argv[3]));
   }
   fprintf(stderr,
-          "usage: pingpong server PORT | pingpong client HOST PORT SIZE ITERS |"
-          " pingpong calls SIZE ITERS\n");
+          "usage: pingpong server PORT | client HOST PORT SIZE ITERS | sink PORT |"
+          " stream HOST PORT SIZE SECONDS | acceptor PORT N | connector HOST PORT N |"
+          " calls SIZE ITERS\n");
   return 2;
 }
