@@ -96,15 +96,18 @@ def fields(text):
 
 
 def io_run(ctx, tool, path, mode, argv_client):
-    port = ctx.next_port()
     srv_ns, cli_ns, addr = (path["server_ns"], path["client_ns"], path["server_addr"])
-    srv = subprocess.Popen(
-        command(srv_ns, 1, ctx.env_vars(mode, "server"), [tool, "server", addr, str(port)]),
-        env=clean_env(), stdout=subprocess.PIPE, text=True)
+    for _ in range(20):  # bounded: a port someone else holds -> the next one
+        port = ctx.next_port()
+        srv = subprocess.Popen(
+            command(srv_ns, 1, ctx.env_vars(mode, "server"), [tool, "server", addr, str(port)]),
+            env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        if srv.stdout.readline().strip() == "listening":
+            break
+        srv.wait(timeout=30)
+    else:
+        sys.exit("server did not start")
     try:
-        line = srv.stdout.readline().strip()
-        if line != "listening":
-            sys.exit(f"server did not start ({line!r})")
         out = subprocess.run(
             command(cli_ns, 0, ctx.env_vars(mode, "client"),
                     [tool] + [argv_client[0], addr, str(port)] + argv_client[1:]),

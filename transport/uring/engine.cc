@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <liburing.h>
 #include <linux/futex.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -45,6 +46,7 @@ inline long Sys(long nr, long a = 0, long b = 0, long c = 0, long d = 0, long e 
 #endif
 
 // Opcodes and flags newer than liburing 2.3's headers.
+constexpr std::uint8_t kOpFutexWait = 51;       // IORING_OP_FUTEX_WAIT, Linux 6.7
 constexpr std::uint8_t kOpFutexWake = 52;       // IORING_OP_FUTEX_WAKE, Linux 6.7
 constexpr std::uint32_t kFutex2SizeU32 = 0x02;  // FUTEX2_SIZE_U32
 constexpr std::uint32_t kFutex2Private = 128;   // FUTEX2_PRIVATE
@@ -59,6 +61,9 @@ constexpr int kRefused = -0x7fff;
 constexpr std::uint64_t kTagOp = 1;
 constexpr std::uint64_t kTagWake = 2;
 constexpr std::uint64_t kTagCancel = 3;
+constexpr std::uint64_t kTagPoll = 4;     // WaitFdOrFutex
+constexpr std::uint64_t kTagFutex = 5;    // WaitFdOrFutex
+constexpr std::uint64_t kTagCancel2 = 6;  // WaitFdOrFutex
 
 // Flags the engine carries; anything else takes the direct syscall.
 constexpr int kRecvFlags = MSG_DONTWAIT | MSG_WAITALL | MSG_PEEK;
@@ -78,6 +83,7 @@ static_assert(sizeof(ThreadRing) <= 4096);
 constinit std::atomic<int> g_init{0};  // 0 = not yet, 1 = ok, 2 = unsupported
 constinit Support g_support{};
 constinit bool g_futex_wake = false;
+constinit bool g_futex_wait = false;
 constinit pthread_key_t g_key = 0;
 
 // Initial-exec TLS: touching it never allocates (preload objects are loaded
@@ -526,6 +532,7 @@ Support Initialize() {
                io_uring_opcode_supported(probe, IORING_OP_RECVMSG) &&
                io_uring_opcode_supported(probe, IORING_OP_ASYNC_CANCEL);
     s.futex_wake = io_uring_opcode_supported(probe, kOpFutexWake);
+    s.futex_wait = io_uring_opcode_supported(probe, kOpFutexWait);
     io_uring_free_probe(probe);
     if (!ops) {
       s.reason = "kernel lacks IORING_OP_SEND/RECV/SENDMSG/RECVMSG/ASYNC_CANCEL";
@@ -539,6 +546,7 @@ Support Initialize() {
     // Build this thread's ring now, which also checks EXT_ARG and
     // registered ring fds.
     g_futex_wake = s.futex_wake;
+    g_futex_wait = s.futex_wait;
     g_init.store(1, std::memory_order_release);
     ThreadRing* t = Acquire();
     if (t == nullptr) {
@@ -613,6 +621,96 @@ ssize_t Sendmsg(int fd, const msghdr* msg, int flags) {
   op.msg.msg_control = msg->msg_control;
   op.msg.msg_controllen = msg->msg_controllen;
   return Execute(op);
+}
+
+int WaitFdOrFutex(int fd, short events, const std::uint32_t* word, std::uint32_t expected,
+                  int timeout_ms, short* revents, bool* woken) {
+  *revents = 0;
+  *woken = false;
+  if (!Usable() || !g_futex_wait) return -EOPNOTSUPP;
+  ThreadRing* t = Acquire();
+  if (t == nullptr) return -EBUSY;
+  io_uring* ring = &t->ring;
+  io_uring_sqe* poll = io_uring_get_sqe(ring);
+  io_uring_prep_poll_add(poll, fd, static_cast<unsigned>(static_cast<unsigned short>(events)));
+  poll->user_data = kTagPoll;
+  io_uring_sqe* fut = io_uring_get_sqe(ring);
+  // Shared futex: no FUTEX2_PRIVATE, so that another process's FUTEX_WAKE
+  // on the same shared page finds us.
+  io_uring_prep_rw(kOpFutexWait, fut, static_cast<int>(kFutex2SizeU32),
+                   const_cast<std::uint32_t*>(word), 0, expected);
+  fut->addr3 = FUTEX_BITSET_MATCH_ANY;
+  fut->user_data = kTagFutex;
+  if (!Submit(ring, 0)) {
+    Release();
+    return -EBUSY;
+  }
+  bool poll_pending = true, futex_pending = true;
+  int poll_res = -ECANCELED, futex_res = -ECANCELED;
+  auto reap = [&] {
+    io_uring_cqe* cqe = nullptr;
+    while (io_uring_peek_cqe(ring, &cqe) == 0 && cqe != nullptr) {
+      if (cqe->user_data == kTagPoll) {
+        poll_pending = false;
+        poll_res = cqe->res;
+      } else if (cqe->user_data == kTagFutex) {
+        futex_pending = false;
+        futex_res = cqe->res;
+      }
+      io_uring_cqe_seen(ring, cqe);
+    }
+  };
+  long deadline = timeout_ms >= 0 ? NowNs() + timeout_ms * 1000000L : 0;
+  int ret = 0;
+  for (;;) {
+    reap();
+    if (!poll_pending || !futex_pending) {
+      ret = 1;
+      break;
+    }
+    int r;
+    io_uring_cqe* cqe = nullptr;
+    if (timeout_ms >= 0) {
+      long left = deadline - NowNs();
+      if (left <= 0) break;  // timeout: ret 0
+      __kernel_timespec ts{left / 1000000000L, left % 1000000000L};
+      r = io_uring_wait_cqe_timeout(ring, &cqe, &ts);
+    } else {
+      r = io_uring_wait_cqe(ring, &cqe);
+    }
+    if (r == -EINTR) {
+      ret = -EINTR;
+      break;
+    }
+  }
+  // Cancel whichever is still armed, then wait until both are gone.
+  for (int i = 0; i < 2; ++i) {
+    bool pending = i == 0 ? poll_pending : futex_pending;
+    if (!pending) continue;
+    io_uring_sqe* c = io_uring_get_sqe(ring);
+    io_uring_prep_cancel64(c, i == 0 ? kTagPoll : kTagFutex, 0);
+    c->user_data = kTagCancel2;
+  }
+  Submit(ring, 0);
+  for (int i = 0; (poll_pending || futex_pending) && i < 1000000; ++i) {
+    io_uring_cqe* cqe = nullptr;
+    io_uring_wait_cqe(ring, &cqe);  // a cancelled poll/futex completes at once
+    reap();
+  }
+  {
+    io_uring_cqe* cqe = nullptr;  // the cancels' own completions
+    while (io_uring_peek_cqe(ring, &cqe) == 0 && cqe != nullptr) io_uring_cqe_seen(ring, cqe);
+  }
+  Release();
+  if (poll_res > 0) *revents = static_cast<short>(poll_res);
+  if (poll_res == -EBADF) *revents = POLLNVAL;  // as poll(2) reports it
+  // FUTEX_WAIT completes with 0 when woken and with -EAGAIN when the word
+  // already differed from `expected`; a cancelled one with -ECANCELED.
+  *woken = futex_res == 0 || futex_res == -EAGAIN;
+  if (ret == 1 && *revents == 0 && !*woken) {
+    ret = poll_res < 0 && poll_res != -ECANCELED ? poll_res : futex_res;
+  }
+  return ret;
 }
 
 ThreadStats GetThreadStats() {

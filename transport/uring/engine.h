@@ -78,6 +78,7 @@ inline constexpr ssize_t kNotHandled = std::numeric_limits<ssize_t>::min();
 struct Support {
   bool ok = false;          // the engine can run on this kernel
   bool futex_wake = false;  // IORING_OP_FUTEX_WAKE: blocking waits in io_uring
+  bool futex_wait = false;  // IORING_OP_FUTEX_WAIT: WaitFdOrFutex
   const char* reason = "";  // why not, when !ok (static string)
 };
 
@@ -97,6 +98,22 @@ ssize_t Sendto(int fd, const void* buf, size_t n, int flags, const sockaddr* add
 ssize_t Readv(int fd, const iovec* iov, int iovcnt);
 ssize_t Writev(int fd, const iovec* iov, int iovcnt);
 ssize_t Sendmsg(int fd, const msghdr* msg, int flags);
+
+// One wait on a kernel fd and a shared-memory futex word together — what a
+// poll/epoll over a mix of kernel sockets and doorway connections needs —
+// in one io_uring_enter: IORING_OP_POLL_ADD beside IORING_OP_FUTEX_WAIT
+// (Linux 6.7; liburing 2.3 has no helper, so the SQE is filled by hand).
+// The futex is a shared one (no FUTEX2_PRIVATE): the waker may be another
+// process that maps the same memory and calls FUTEX_WAKE on it.
+//   returns 1  something happened: *revents = the fd's poll events (0 if
+//              none), *woken = the futex was woken or *word != expected
+//           0  timeout (timeout_ms < 0: none)
+//          <0  -errno: -EINTR when a handled signal arrived (poll(2)
+//              semantics: never restarted), -EOPNOTSUPP without FUTEX_WAIT
+//              in the kernel, kNotHandled-like failures as -EBUSY (the
+//              thread is already inside the engine)
+int WaitFdOrFutex(int fd, short events, const std::uint32_t* word, std::uint32_t expected,
+                  int timeout_ms, short* revents, bool* woken);
 
 // Per-thread counters (for tests and the benchmark), reset in a fork child.
 struct ThreadStats {

@@ -7,12 +7,15 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/futex.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -457,6 +460,59 @@ TEST(EngineLifecycle, RingsHoldNoFdAndDieWithTheirThread) {
   EXPECT_EQ(CountFds(nullptr), fds_before);
   close(sv[0]);
   close(sv[1]);
+}
+
+// A kernel fd and a futex in shared memory, waited on together; the waker
+// of the futex is another process.
+TEST(EngineWait, FdOrSharedFutexAcrossProcesses) {
+  Support s = Initialize();
+  if (!s.ok || !s.futex_wait) GTEST_SKIP() << "no IORING_OP_FUTEX_WAIT here";
+  int p[2];
+  ASSERT_EQ(pipe(p), 0);
+  void* page = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(page, MAP_FAILED);
+  auto* word = static_cast<std::uint32_t*>(page);
+  *word = 0;
+  short rev = -1;
+  bool woken = true;
+  EXPECT_EQ(WaitFdOrFutex(p[0], POLLIN, word, 0, 10, &rev, &woken), 0);  // timeout
+  EXPECT_EQ(rev, 0);
+  EXPECT_FALSE(woken);
+  __atomic_store_n(word, 1, __ATOMIC_SEQ_CST);  // already changed: no sleep
+  EXPECT_EQ(WaitFdOrFutex(p[0], POLLIN, word, 0, 5000, &rev, &woken), 1);
+  EXPECT_TRUE(woken);
+  ASSERT_EQ(write(p[1], "x", 1), 1);  // the fd
+  EXPECT_EQ(WaitFdOrFutex(p[0], POLLIN, word, 1, 5000, &rev, &woken), 1);
+  EXPECT_TRUE(rev & POLLIN);
+  EXPECT_FALSE(woken);
+  char c;
+  ASSERT_EQ(read(p[0], &c, 1), 1);
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {  // another process wakes the shared futex
+    usleep(20000);
+    __atomic_store_n(word, 2, __ATOMIC_SEQ_CST);
+    syscall(SYS_futex, word, FUTEX_WAKE, 1, nullptr, nullptr, 0);
+    _exit(0);
+  }
+  EXPECT_EQ(WaitFdOrFutex(p[0], POLLIN, word, 1, 5000, &rev, &woken), 1);
+  EXPECT_TRUE(woken);
+  EXPECT_EQ(rev, 0);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  EXPECT_EQ(WaitFdOrFutex(-1, POLLIN, word, 2, 10, &rev, &woken), 1);  // bad fd
+  EXPECT_EQ(rev, POLLNVAL);
+  // The ring is clean for ordinary calls afterwards.
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  EXPECT_EQ(Send(sv[0], "ok", 2, 0), 2);
+  char buf[2];
+  EXPECT_EQ(Recv(sv[1], buf, 2, 0), 2);
+  close(sv[0]);
+  close(sv[1]);
+  close(p[0]);
+  close(p[1]);
+  munmap(page, 4096);
 }
 
 TEST(EngineLifecycle, UdpSendtoWithAddress) {
