@@ -10,7 +10,7 @@ PACKAGES=(
   # tests and the demo: real programs run under doorway
   curl socat python3 procps iproute2 util-linux coreutils
   # benchmarks
-  numactl redis-server redis-tools
+  numactl sockperf redis-server redis-tools
   # code hygiene
   clang-format clang-tidy
 )
