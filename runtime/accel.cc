@@ -753,7 +753,7 @@ int Listen(int fd, int backlog) {
     if (r.As<Connection>() != nullptr) return -EINVAL;
   }
   if (DOORWAY_REAL(listen)(fd, backlog) != 0) return -errno;
-  if (!TrackingEnabled() || GetConfig().disabled) return 0;
+  if (!TrackingEnabled() || !GetConfig().accelerate) return 0;
   Ref r = GlobalTable().Get(fd);
   const SocketFile* f = r.As<SocketFile>();
   if (!IsTcpSocket(f)) return 0;
@@ -842,7 +842,7 @@ int Connect(int fd, const sockaddr* addr, socklen_t len) {
   }
   auto kernel = [&] { return DOORWAY_REAL(connect)(fd, addr, len) == 0 ? 0 : -errno; };
   Endpoint dest;
-  if (!TrackingEnabled() || GetConfig().disabled || !EndpointFromSockaddr(addr, len, &dest) ||
+  if (!TrackingEnabled() || !GetConfig().accelerate || !EndpointFromSockaddr(addr, len, &dest) ||
       !MayHaveDoor(dest)) {
     return kernel();
   }

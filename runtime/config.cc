@@ -36,6 +36,7 @@ bool ParseBool(const char* name, const char* value, bool fallback) {
 Config ParseConfig(const char* const* envp) {
   Config c;
   c.disabled = ParseBool("DOORWAY_DISABLE", Lookup(envp, "DOORWAY_DISABLE"), false);
+  c.accelerate = ParseBool("DOORWAY_ACCELERATE", Lookup(envp, "DOORWAY_ACCELERATE"), true);
   if (const char* v = Lookup(envp, "DOORWAY_LOG"); v != nullptr) {
     static constexpr struct {
       const char* name;
@@ -69,7 +70,8 @@ Config ParseConfig(const char* const* envp) {
       char* end = nullptr;
       unsigned long uid = strtoul(p, &end, 10);
       if (end == p || (*end != ',' && *end != '\0') || uid > 0xfffffffeul) {
-        RawLog(LogLevel::kWarn, "DOORWAY_ALLOW_UIDS=%s: not a comma-separated list of uids; ignored", v);
+        RawLog(LogLevel::kWarn,
+               "DOORWAY_ALLOW_UIDS=%s: not a comma-separated list of uids; ignored", v);
         c.allowed_uid_count = 0;
         break;
       }

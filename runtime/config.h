@@ -16,6 +16,10 @@ enum class FallbackMode : int {
 struct Config {
   // DOORWAY_DISABLE=1: track nothing, accelerate nothing; pure pass-through.
   bool disabled = false;
+  // DOORWAY_ACCELERATE=0: interpose and track as usual, but open no doors
+  // and knock on none (every connection stays kernel TCP). For measuring
+  // the pass-through cost, and for ruling acceleration out when debugging.
+  bool accelerate = true;
   // DOORWAY_LOG=off|error|warn|info|debug.
   LogLevel log_level = LogLevel::kOff;
   // DOORWAY_LOG_FILE=path: append log lines there instead of stderr.

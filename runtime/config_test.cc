@@ -9,16 +9,18 @@ TEST(Config, Defaults) {
   const char* env[] = {"PATH=/bin", nullptr};
   Config c = ParseConfig(env);
   EXPECT_FALSE(c.disabled);
+  EXPECT_TRUE(c.accelerate);
   EXPECT_EQ(c.log_level, LogLevel::kOff);
   EXPECT_EQ(c.log_file, nullptr);
   EXPECT_FALSE(ParseConfig(nullptr).disabled);
 }
 
 TEST(Config, Values) {
-  const char* env[] = {"DOORWAY_DISABLE=1", "DOORWAY_LOG=debug", "DOORWAY_LOG_FILE=/tmp/x",
-                       "DOORWAY_DISABLEX=0", nullptr};
+  const char* env[] = {"DOORWAY_DISABLE=1",    "DOORWAY_LOG=debug",  "DOORWAY_LOG_FILE=/tmp/x",
+                       "DOORWAY_ACCELERATE=0", "DOORWAY_DISABLEX=0", nullptr};
   Config c = ParseConfig(env);
   EXPECT_TRUE(c.disabled);
+  EXPECT_FALSE(c.accelerate);
   EXPECT_EQ(c.log_level, LogLevel::kDebug);
   EXPECT_STREQ(c.log_file, "/tmp/x");
 }

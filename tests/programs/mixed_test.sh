@@ -51,6 +51,14 @@ expect_log c3 "disabled"
 expect_no_log s1 "accelerated connection accepted"
 echo "ok: DOORWAY_DISABLE=1 client over TCP"
 
+# 3b. both under doorway, the client has DOORWAY_ACCELERATE=0 (tracked, not accelerated).
+fetch "$p1" "$WORK/got3b" env DOORWAY_ACCELERATE=0 LD_PRELOAD="$DOORWAY_SO" DOORWAY_LOG=debug \
+  DOORWAY_LOG_FILE="$WORK/c3b.log"
+expect_log c3b "new socket"
+expect_no_log c3b "accelerated connection"
+expect_no_log s1 "accelerated connection accepted"
+echo "ok: DOORWAY_ACCELERATE=0 client over TCP"
+
 # 4. both under doorway, the client accelerated (control for 5).
 fetch "$p1" "$WORK/got4" under_doorway c4
 expect_log c4 "accelerated connection to port $p1"
