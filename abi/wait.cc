@@ -46,6 +46,17 @@ DOORWAY_EXPORT int epoll_create(int size) { return DOORWAY_REAL(epoll_create)(si
 DOORWAY_EXPORT int epoll_create1(int flags) { return DOORWAY_REAL(epoll_create1)(flags); }
 
 DOORWAY_EXPORT int epoll_ctl(int epfd, int op, int fd, epoll_event* event) {
+  // An accelerated listener's fd is an epoll fd (runtime/accel.h), and the
+  // kernel refuses EPOLLEXCLUSIVE on an epoll fd (EINVAL), which nginx asks
+  // for on its listeners. Without the flag every waiter is woken for a new
+  // connection and all but one find accept() saying EAGAIN: correct, just
+  // not exclusive.
+  if (event != nullptr && (event->events & EPOLLEXCLUSIVE) &&
+      doorway::fdtable::GlobalTable().Tag(fd) == doorway::runtime::kTagListener) {
+    epoll_event ev = *event;
+    ev.events &= ~EPOLLEXCLUSIVE;
+    return DOORWAY_REAL(epoll_ctl)(epfd, op, fd, &ev);
+  }
   return DOORWAY_REAL(epoll_ctl)(epfd, op, fd, event);
 }
 

@@ -164,6 +164,28 @@ void SettleBell(Connection& c, int fd) {
   (void)RawRecv(fd, &x, 1, MSG_DONTWAIT);
 }
 
+// After a signal interrupted a blocking call: would the kernel have
+// restarted it? Linux restarts socket calls when the handler has SA_RESTART
+// and the socket has no timeout (sock_intr_errno). We cannot tell which
+// signal it was, so restart only if every installed handler has SA_RESTART.
+// Rare path: one rt_sigaction per signal.
+bool RestartAfterSignal(std::int64_t timeout_ns) {
+  if (timeout_ns > 0) return false;
+  for (int sig = 1; sig <= 64; ++sig) {
+    struct kernel_sigaction {
+      void* handler;
+      unsigned long flags;
+      void* restorer;
+      unsigned long mask;
+    } ka{};
+    if (syscall(SYS_rt_sigaction, sig, nullptr, &ka, sizeof(ka.mask)) != 0) continue;
+    void* h = ka.handler;
+    if (h == reinterpret_cast<void*>(SIG_DFL) || h == reinterpret_cast<void*>(SIG_IGN)) continue;
+    if ((ka.flags & SA_RESTART) == 0) return false;
+  }
+  return true;
+}
+
 void RaiseSigpipe(int flags) {
   if ((flags & MSG_NOSIGNAL) == 0) {
     // The kernel sends SIGPIPE to the calling thread.
@@ -222,7 +244,10 @@ ssize_t ConnRecv(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
   std::int64_t start = timeout > 0 ? NowNs() : 0;
 
   transport::ShmMutex lock = c.seg.ConsumerLock(transport::RxRingIndex(c.role));
-  int lrc = lock.Lock(transport::WaitOptions{});
+  // The kernel's socket lock is not interruptible: neither is this one.
+  int lrc;
+  while ((lrc = lock.Lock(transport::WaitOptions{})) == -EINTR) {
+  }
   if (lrc < 0) return lrc;
 
   iovec scratch[kMaxIov];
@@ -254,6 +279,7 @@ ssize_t ConnRecv(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
         break;
       }
       if (w == -EINTR) {
+        if (got == 0 && RestartAfterSignal(timeout)) continue;
         if (got == 0) result = -EINTR;
         break;
       }
@@ -296,7 +322,9 @@ ssize_t ConnSend(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
   std::int64_t start = timeout > 0 ? NowNs() : 0;
 
   transport::ShmMutex lock = c.seg.ProducerLock(transport::TxRingIndex(c.role));
-  int lrc = lock.Lock(transport::WaitOptions{});
+  int lrc;
+  while ((lrc = lock.Lock(transport::WaitOptions{})) == -EINTR) {
+  }
   if (lrc < 0) return lrc;
 
   iovec scratch[kMaxIov];
@@ -322,6 +350,7 @@ ssize_t ConnSend(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
         break;
       }
       if (w == -EINTR) {
+        if (sent == 0 && RestartAfterSignal(timeout)) continue;
         if (sent == 0) result = -EINTR;
         break;
       }
@@ -971,7 +1000,7 @@ int ManagedAccept(int fd, sockaddr* addr, socklen_t* len, int flags, bool accept
       if (left <= 0) return -EAGAIN;
     }
     int w = WaitListener(*l, left);
-    if (w == -EINTR) return -EINTR;
+    if (w == -EINTR && !RestartAfterSignal(timeout)) return -EINTR;
   }
 }
 

@@ -11,6 +11,7 @@
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -494,6 +495,80 @@ TEST_P(Conformance, ReadvWritevSendmsgRecvmsg) {
   WaitReadable(server_);
   ASSERT_EQ(recvmsg(server_, &rm, 0), 2);
   EXPECT_EQ(rm.msg_flags, 0);
+}
+
+std::atomic<int> g_alarms{0};
+
+// A blocking read interrupted by a signal: restarted if the handler has
+// SA_RESTART and the socket has no timeout, EINTR otherwise (signal(7)).
+class SignalCase {
+ public:
+  SignalCase(int sa_flags) {
+    struct sigaction sa {};
+    sa.sa_handler = [](int) { g_alarms.fetch_add(1); };
+    sa.sa_flags = sa_flags;
+    sigaction(SIGALRM, &sa, &old_);
+    g_alarms = 0;
+  }
+  ~SignalCase() { sigaction(SIGALRM, &old_, nullptr); }
+
+  // Arms a one-shot SIGALRM for this thread's process and starts a thread
+  // (with SIGALRM blocked) that writes `data` to fd after the signal ran.
+  std::thread WriteAfterSignal(int fd, std::string data) {
+    sigset_t block, prev;
+    sigemptyset(&block);
+    sigaddset(&block, SIGALRM);
+    pthread_sigmask(SIG_BLOCK, &block, &prev);
+    std::thread t([fd, data] {
+      for (int i = 0; i < 5000 && g_alarms.load() == 0; ++i) usleep(1000);
+      usleep(20000);
+      EXPECT_EQ(write(fd, data.data(), data.size()), static_cast<ssize_t>(data.size()));
+    });
+    pthread_sigmask(SIG_SETMASK, &prev, nullptr);
+    itimerval it{};
+    it.it_value.tv_usec = 20000;
+    setitimer(ITIMER_REAL, &it, nullptr);
+    return t;
+  }
+
+ private:
+  struct sigaction old_ {};
+};
+
+TEST_P(Conformance, SignalWithRestartRestartsRead) {
+  Connect();
+  SignalCase sc(SA_RESTART);
+  std::thread t = sc.WriteAfterSignal(client_, "late");
+  char buf[8];
+  EXPECT_EQ(read(server_, buf, sizeof(buf)), 4);
+  t.join();
+  EXPECT_EQ(g_alarms.load(), 1);
+}
+
+TEST_P(Conformance, SignalWithoutRestartInterruptsRead) {
+  Connect();
+  SignalCase sc(0);
+  std::thread t = sc.WriteAfterSignal(client_, "late");
+  char buf[8];
+  errno = 0;
+  EXPECT_EQ(read(server_, buf, sizeof(buf)), -1);
+  EXPECT_EQ(errno, EINTR);
+  t.join();
+  EXPECT_EQ(read(server_, buf, sizeof(buf)), 4);  // nothing was lost
+}
+
+TEST_P(Conformance, SignalWithRestartButTimeoutInterruptsRead) {
+  Connect();
+  timeval tv{10, 0};
+  ASSERT_EQ(setsockopt(server_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), 0);
+  SignalCase sc(SA_RESTART);
+  std::thread t = sc.WriteAfterSignal(client_, "late");
+  char buf[8];
+  errno = 0;
+  EXPECT_EQ(read(server_, buf, sizeof(buf)), -1);
+  EXPECT_EQ(errno, EINTR);
+  t.join();
+  EXPECT_EQ(read(server_, buf, sizeof(buf)), 4);
 }
 
 TEST_P(Conformance, BadDescriptors) {
