@@ -8,7 +8,7 @@ PACKAGES=(
   bazel-bootstrap g++ clang libclang-rt-14-dev
   liburing-dev libnuma-dev libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
   # tests and the demo: real programs run under doorway
-  curl socat python3 procps iproute2 util-linux coreutils
+  curl socat python3 libpython3.11-testsuite procps iproute2 util-linux coreutils
   # benchmarks
   numactl sockperf redis-server redis-tools
   # code hygiene
