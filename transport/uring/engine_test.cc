@@ -267,6 +267,16 @@ void NestingHandler(int) {
   g_handled.fetch_add(1);
 }
 
+// ThreadSanitizer delivers asynchronous signals only when the thread next
+// passes through one of its interceptors; the engine blocks in raw futex and
+// io_uring_enter syscalls it cannot see, so handlers would not run while a
+// call is blocked. The signal cases are meaningful only without it.
+#if defined(__SANITIZE_THREAD__)
+#define SKIP_UNDER_TSAN() GTEST_SKIP() << "TSan defers signal handlers past raw syscalls"
+#else
+#define SKIP_UNDER_TSAN() (void)0
+#endif
+
 void Install(void (*fn)(int), int flags, struct sigaction* old) {
   struct sigaction sa {};
   sa.sa_handler = fn;
@@ -286,6 +296,7 @@ void SignalUntilHandled(pthread_t target) {
 }
 
 TEST_P(Engine, SignalWithoutSaRestartIsEintrAndLosesNothing) {
+  SKIP_UNDER_TSAN();
   struct sigaction old {};
   Install(CountingHandler, 0, &old);
   g_handled = 0;
@@ -304,6 +315,7 @@ TEST_P(Engine, SignalWithoutSaRestartIsEintrAndLosesNothing) {
 }
 
 TEST_P(Engine, SignalWithSaRestartResumesTheWait) {
+  SKIP_UNDER_TSAN();
   struct sigaction old {};
   Install(CountingHandler, SA_RESTART, &old);
   g_handled = 0;
@@ -324,6 +336,7 @@ TEST_P(Engine, SignalWithSaRestartResumesTheWait) {
 // signal(7): with SO_RCVTIMEO set, socket calls fail with EINTR even under
 // SA_RESTART.
 TEST_P(Engine, SignalDuringTimedWaitIsEintrEvenWithSaRestart) {
+  SKIP_UNDER_TSAN();
   struct sigaction old {};
   Install(CountingHandler, SA_RESTART, &old);
   g_handled = 0;
@@ -338,6 +351,7 @@ TEST_P(Engine, SignalDuringTimedWaitIsEintrEvenWithSaRestart) {
 }
 
 TEST_P(Engine, SignalAfterPartialWaitallReturnsThePart) {
+  SKIP_UNDER_TSAN();
   struct sigaction old {};
   Install(CountingHandler, 0, &old);
   g_handled = 0;
@@ -352,6 +366,7 @@ TEST_P(Engine, SignalAfterPartialWaitallReturnsThePart) {
 }
 
 TEST_P(Engine, HandlerReenteringTheEngineIsDeclined) {
+  SKIP_UNDER_TSAN();
   struct sigaction old {};
   Install(NestingHandler, SA_RESTART, &old);
   g_handled = 0;
@@ -401,6 +416,7 @@ TEST_P(Engine, ForkChildBuildsItsOwnRing) {
 // its registered ring: the kernel refuses the submission, the engine
 // withdraws it and declines, and the parent's ring is unharmed.
 TEST_P(Engine, VforkChildIsDeclinedWithoutHarm) {
+  SKIP_UNDER_TSAN();  // and TSan turns vfork into fork
   ASSERT_EQ(Send(a_, "p", 1, 0), 1);
   char c;
   ASSERT_EQ(Recv(b_, &c, 1, 0), 1);
