@@ -86,8 +86,11 @@ Config ParseConfig(const char* const* envp) {
       c.fallback = FallbackMode::kPassthrough;
     } else if (strcmp(v, "uring") == 0) {
       c.fallback = FallbackMode::kUring;
+    } else if (strcmp(v, "uring-sqpoll") == 0) {
+      c.fallback = FallbackMode::kUringSqpoll;
     } else {
-      RawLog(LogLevel::kWarn, "DOORWAY_FALLBACK=%s is not passthrough|uring; using passthrough", v);
+      RawLog(LogLevel::kWarn,
+             "DOORWAY_FALLBACK=%s is not passthrough|uring|uring-sqpoll; using passthrough", v);
     }
   }
   return c;

@@ -11,6 +11,7 @@ namespace doorway::runtime {
 enum class FallbackMode : int {
   kPassthrough = 0,  // the direct libc call
   kUring = 1,        // the io_uring engine (transport/uring)
+  kUringSqpoll = 2,  // the same with SQPOLL rings (opt-in; cores to spare)
 };
 
 struct Config {
@@ -33,8 +34,8 @@ struct Config {
   static constexpr int kMaxAllowedUids = 16;
   unsigned allowed_uids[kMaxAllowedUids] = {};
   int allowed_uid_count = 0;
-  // DOORWAY_FALLBACK=passthrough|uring: the path of kernel sockets that are
-  // not accelerated. Default chosen by measurement (docs/fallback.md).
+  // DOORWAY_FALLBACK=passthrough|uring|uring-sqpoll: the path of kernel sockets
+  // that are not accelerated. Default chosen by measurement (docs/fallback.md).
   FallbackMode fallback = FallbackMode::kPassthrough;
 };
 

@@ -45,6 +45,8 @@ TEST(Config, FallbackMode) {
   EXPECT_EQ(ParseConfig(uring).fallback, FallbackMode::kUring);
   const char* pass[] = {"DOORWAY_FALLBACK=passthrough", nullptr};
   EXPECT_EQ(ParseConfig(pass).fallback, FallbackMode::kPassthrough);
+  const char* sqpoll[] = {"DOORWAY_FALLBACK=uring-sqpoll", nullptr};
+  EXPECT_EQ(ParseConfig(sqpoll).fallback, FallbackMode::kUringSqpoll);
   const char* bad[] = {"DOORWAY_FALLBACK=epoll", nullptr};
   EXPECT_EQ(ParseConfig(bad).fallback, FallbackMode::kPassthrough);
 }

@@ -9,6 +9,10 @@ namespace doorway::runtime::fallback {
 
 namespace uring = ::doorway::transport::uring;
 
+namespace {
+constinit FallbackMode g_mode = FallbackMode::kPassthrough;  // written once, at initialisation
+}  // namespace
+
 namespace internal {
 
 constinit std::atomic<bool> g_uring{false};
@@ -66,25 +70,26 @@ ssize_t EngineSendmsg(int fd, const msghdr* msg, int flags) {
 }  // namespace internal
 
 FallbackMode Configure(FallbackMode requested) {
-  bool on = false;
-  if (requested == FallbackMode::kUring) {
-    uring::Support s = uring::Initialize();
+  FallbackMode mode = FallbackMode::kPassthrough;
+  if (requested == FallbackMode::kUring || requested == FallbackMode::kUringSqpoll) {
+    uring::Options options;
+    options.sqpoll = requested == FallbackMode::kUringSqpoll;
+    uring::Support s = uring::Initialize(options);
     if (s.ok) {
-      on = true;
-      DOORWAY_LOG(kInfo, "fallback: io_uring engine on (%s)",
+      mode = requested;
+      DOORWAY_LOG(kInfo, "fallback: io_uring engine on%s (%s)", options.sqpoll ? ", SQPOLL" : "",
                   s.futex_wake ? "blocking waits in io_uring"
                                : "no IORING_OP_FUTEX_WAKE: blocking waits by direct syscall");
     } else {
-      RawLog(LogLevel::kWarn, "DOORWAY_FALLBACK=uring: %s; using passthrough", s.reason);
+      RawLog(LogLevel::kWarn,
+             "DOORWAY_FALLBACK: io_uring engine unavailable: %s; using passthrough", s.reason);
     }
   }
-  internal::g_uring.store(on, std::memory_order_relaxed);
-  return CurrentMode();
+  g_mode = mode;
+  internal::g_uring.store(mode != FallbackMode::kPassthrough, std::memory_order_relaxed);
+  return mode;
 }
 
-FallbackMode CurrentMode() {
-  return internal::g_uring.load(std::memory_order_relaxed) ? FallbackMode::kUring
-                                                           : FallbackMode::kPassthrough;
-}
+FallbackMode CurrentMode() { return g_mode; }
 
 }  // namespace doorway::runtime::fallback

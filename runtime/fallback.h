@@ -11,6 +11,7 @@
 //                exactly as the syscall would or declines (then libc's
 //                function runs). Non-sockets — files, pipes, ttys — always
 //                take libc's function.
+//   uring-sqpoll the same with SQPOLL rings (opt-in, for spare cores).
 // The pass-through cost is one relaxed load of a flag that never changes
 // after initialisation, and a predictable branch.
 //

@@ -220,6 +220,7 @@ def main():
         paths.append({"name": "veth", "server_ns": veth[1], "client_ns": veth[0],
                       "server_addr": VETH_SERVER})
     res = {}  # (path, workload, metric) -> mode -> [values]
+    load0 = os.getloadavg()
 
     def add(path, workload, metric, mode, value):
         res.setdefault((path, workload, metric), {m: [] for m in MODES})[mode].append(value)
@@ -260,25 +261,32 @@ def main():
             cpu = m.group(1) if m else cpu
     except OSError:
         pass
+    load = os.getloadavg()
     lines = [
         f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
-        f"{cpu}, {os.cpu_count()} CPUs, Linux {os.uname().release}. "
+        f"{cpu}, {os.cpu_count()} CPUs, Linux {os.uname().release}; "
+        f"load average at start {load0[0]:.2f}, at end {load[0]:.2f}. "
         "Server side on CPU 1, client side on CPU 0 (taskset). "
-        f"{args.reps} runs per mode ({args.redis_reps} for redis), modes alternated; "
-        "medians, and the ratio of each median to native's "
-        "(for times lower is better, for rates higher is better).",
+        f"{args.reps} runs per mode ({args.redis_reps} for redis), modes alternated. "
+        "Columns: medians per mode; the ratio of medians to native's; and the ratio "
+        "of the best runs (lowest time, highest rate), which other load on the machine "
+        "disturbs least. For times lower is better, for rates higher is better.",
         "",
-        "| path | workload | metric | native | passthrough | uring | passthrough/native | uring/native |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| path | workload | metric | native | passthrough | uring | passthrough/native | "
+        "uring/native | best: passthrough/native | best: uring/native |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for (path, workload, metric), by_mode in res.items():
         med = {m: statistics.median(v) for m, v in by_mode.items() if v}
         if len(med) != 3:
             continue
+        rate = "/s" in metric
+        best = {m: (max(v) if rate else min(v)) for m, v in by_mode.items()}
         lines.append(
             f"| {path} | {workload} | {metric} | {med['native']:.2f} | {med['passthrough']:.2f} | "
             f"{med['uring']:.2f} | {med['passthrough'] / med['native']:.3f} | "
-            f"{med['uring'] / med['native']:.3f} |")
+            f"{med['uring'] / med['native']:.3f} | {best['passthrough'] / best['native']:.3f} | "
+            f"{best['uring'] / best['native']:.3f} |")
     if not veth:
         lines += ["", "veth pair: skipped (needs root and iproute2)."]
     if not have_redis:

@@ -45,6 +45,12 @@ inline long Sys(long nr, long a = 0, long b = 0, long c = 0, long d = 0, long e 
 }
 #endif
 
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
 // Opcodes and flags newer than liburing 2.3's headers.
 constexpr std::uint8_t kOpFutexWait = 51;       // IORING_OP_FUTEX_WAIT, Linux 6.7
 constexpr std::uint8_t kOpFutexWake = 52;       // IORING_OP_FUTEX_WAKE, Linux 6.7
@@ -84,6 +90,13 @@ constinit std::atomic<int> g_init{0};  // 0 = not yet, 1 = ok, 2 = unsupported
 constinit Support g_support{};
 constinit bool g_futex_wake = false;
 constinit bool g_futex_wait = false;
+constinit bool g_sqpoll = false;
+
+// SQPOLL: how long the kernel thread polls before it sleeps, and how many
+// pause rounds the caller spins for an inline completion before it waits
+// in io_uring_enter.
+constexpr unsigned kSqIdleMs = 50;
+constexpr int kSqSpin = 20000;
 constinit pthread_key_t g_key = 0;
 
 // Initial-exec TLS: touching it never allocates (preload objects are loaded
@@ -120,6 +133,10 @@ void DestroyThreadRing(void* p) {
 // interposed symbol (liburing 2.3 issues its own syscalls).
 bool SetupRing(ThreadRing* t) {
   io_uring_params p{};
+  if (g_sqpoll) {
+    p.flags |= IORING_SETUP_SQPOLL;
+    p.sq_thread_idle = kSqIdleMs;
+  }
   int r = io_uring_queue_init_params(kRingEntries, &t->ring, &p);
   if (r < 0) return false;
   if ((p.features & IORING_FEAT_EXT_ARG) == 0 || io_uring_register_ring_fd(&t->ring) != 1) {
@@ -287,7 +304,14 @@ void Reap(io_uring* ring, Pending* p) {
 void Drain(io_uring* ring, Pending* p) {
   Reap(ring, p);
   while (p->Any()) {
-    io_uring_submit_and_wait(ring, 1);  // -EINTR: a handler ran; wait again
+    int r = io_uring_submit_and_wait(ring, 1);  // -EINTR: a handler ran; wait again
+    if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY) {
+      // This task cannot enter the ring (a vfork child on an SQPOLL ring,
+      // whose requests the poller thread took): completions still arrive,
+      // so look again shortly instead of spinning on the failing call.
+      timespec ts{0, 100000};
+      Sys(SYS_nanosleep, reinterpret_cast<long>(&ts), 0);
+    }
     Reap(ring, p);
   }
 }
@@ -334,7 +358,16 @@ int RunNonblocking(ThreadRing* t, Op& op) {
   op.Prep(sqe, op.flags | MSG_DONTWAIT);
   Pending p;
   p.op = true;
-  if (!Submit(&t->ring, 1)) return kRefused;
+  if (g_sqpoll) {
+    // No system call unless the poller sleeps (liburing then wakes it).
+    if (!Submit(&t->ring, 0)) return kRefused;
+    for (int i = 0; i < kSqSpin && p.op; ++i) {  // bounded spin
+      Reap(&t->ring, &p);
+      CpuRelax();
+    }
+  } else if (!Submit(&t->ring, 1)) {
+    return kRefused;
+  }
   Drain(&t->ring, &p);
   return p.op_res;
 }
@@ -518,9 +551,10 @@ bool Usable() { return g_init.load(std::memory_order_acquire) == 1; }
 
 }  // namespace
 
-Support Initialize() {
+Support Initialize(const Options& options) {
   int state = g_init.load(std::memory_order_acquire);
   if (state != 0) return g_support;
+  g_sqpoll = options.sqpoll;
   Support s;
   io_uring_probe* probe = io_uring_get_probe();
   if (probe == nullptr) {

@@ -82,10 +82,19 @@ struct Support {
   const char* reason = "";  // why not, when !ok (static string)
 };
 
+struct Options {
+  // IORING_SETUP_SQPOLL: a kernel thread per ring takes submissions from
+  // shared memory, so the fast path makes no system call at all while that
+  // thread is awake (it sleeps after kSqIdleMs without work); the caller
+  // spins briefly for the completion. Costs a busy kernel thread per
+  // active application thread: only for machines with cores to spare.
+  bool sqpoll = false;
+};
+
 // Probes the kernel and prepares process-wide state (the thread-exit key).
 // Call once, at initialisation, not from a signal handler (the probe
-// allocates). Later calls return the first answer.
-Support Initialize();
+// allocates). Later calls return the first answer (and ignore options).
+Support Initialize(const Options& options = {});
 
 // Whether Initialize succeeded.
 bool Ready();
