@@ -32,10 +32,15 @@ inline constexpr uint32_t kServerToClient = 1;
 inline constexpr uint32_t TxRingIndex(Role r) { return r == Role::kClient ? 0 : 1; }
 inline constexpr uint32_t RxRingIndex(Role r) { return r == Role::kClient ? 1 : 0; }
 
-// Ring capacity limits, and the default (docs/transport.md: measured).
+// Ring capacity limits, and the default. 1 MiB per direction: in the
+// streaming benchmark (docs/transport.md §7, §9) 64 KiB chunks through a
+// 256 KiB ring reach less than half the throughput of a 1 MiB ring (the two
+// cores then hand the same lines back and forth through their L2s), and 4 MiB
+// gains nothing over 1 MiB. The cost is up to 2 MiB of shared memory per busy
+// connection (pages are allocated on first use).
 inline constexpr uint64_t kMinRingCapacity = 4096;
 inline constexpr uint64_t kMaxRingCapacity = uint64_t{1} << 30;
-inline constexpr uint64_t kDefaultRingCapacity = uint64_t{256} << 10;
+inline constexpr uint64_t kDefaultRingCapacity = uint64_t{1} << 20;
 inline constexpr uint64_t kMaxSegmentSize = uint64_t{3} << 30;
 
 // The ring capacity for a requested buffer size (SO_SNDBUF/SO_RCVBUF):
