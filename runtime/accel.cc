@@ -770,6 +770,51 @@ void MarkAllShared() {
 
 bool IsAccelerated(int fd) { return GlobalTable().Tag(fd) == kTagConnection; }
 
+short ConnPollEvents(Connection& c) {
+  short ev = 0;
+  char scratch;
+  iovec iov{&scratch, 1};
+  // Peek reports data (> 0), EOF (0), reset or corruption (< 0 other than
+  // -EAGAIN) without consuming anything.
+  std::int64_t rx = c.rx.Peek(0, &iov, 1);
+  bool rx_data = rx > 0;
+  bool rx_closed = rx == 0 || (rx < 0 && rx != -EAGAIN);
+  bool rx_reset = rx < 0 && rx != -EAGAIN;
+  if (rx_data || rx_closed || c.shut_rd.load(std::memory_order_relaxed)) ev |= POLLIN | POLLRDNORM;
+  if (rx_closed) ev |= POLLRDHUP;
+  std::int64_t tx = c.tx.Writable();
+  bool tx_broken = tx < 0;
+  bool shut_wr = c.shut_wr.load(std::memory_order_relaxed);
+  if (tx > 0 || tx_broken || shut_wr) ev |= POLLOUT | POLLWRNORM;
+  // As TCP: hang-up when both directions are done; error after a reset
+  // that has not been reported by a read or write yet.
+  if (rx_closed && (shut_wr || tx_broken)) ev |= POLLHUP;
+  if ((rx_reset || tx == -ECONNRESET || tx == -EIO) &&
+      !c.reset_reported.load(std::memory_order_relaxed)) {
+    ev |= POLLERR;
+  }
+  return ev;
+}
+
+void SettleDoorbell(Connection& c, int fd) {
+  // Under the consumer lock, as in ConnRecv; if a reader holds it, that
+  // reader settles the doorbell itself on its way out.
+  transport::ShmMutex lock = c.seg.ConsumerLock(transport::RxRingIndex(c.role));
+  if (lock.TryLock() < 0) return;
+  SettleBell(c, fd);
+  lock.Unlock();
+}
+
+int ConnWait(Connection& c, int fd, short events, std::int64_t timeout_ns) {
+  transport::WaitOptions w;
+  w.liveness_fd = fd;
+  w.timeout_ns = timeout_ns;
+  return (events & POLLIN) ? transport::WaitReadable(c.rx, w, &c.rx_spin)
+                           : transport::WaitWritable(c.tx, 1, w, &c.tx_spin);
+}
+
+void NotePeerHangup(Connection& c) { c.seg.MarkPeerGone(c.role); }
+
 // ---------------------------------------------------------------- listen
 
 int Listen(int fd, int backlog) {

@@ -152,6 +152,20 @@ int ManagedBind(int fd, const sockaddr* addr, socklen_t len);
 // For doorway_fd_info and tests.
 bool IsAccelerated(int fd);
 
+// ---- readiness, for the poll engine (runtime/poll.h) ----
+// The poll(2) events of an accelerated connection, computed from its rings:
+// POLLIN/POLLRDNORM, POLLOUT/POLLWRNORM, POLLRDHUP, POLLHUP, POLLERR.
+short ConnPollEvents(Connection& c);
+// Takes back a doorbell that announces nothing (the ring is empty and open),
+// e.g. one left by a racing reader; fd is the connection's fd.
+void SettleDoorbell(Connection& c, int fd);
+// Blocks (spin, then futex) until c has one of `events` (POLLIN or POLLOUT)
+// or timeout_ns passes (-ETIMEDOUT) or a signal arrives (-EINTR). fd is the
+// connection's fd (its Unix socket shows the peer's death).
+int ConnWait(Connection& c, int fd, short events, std::int64_t timeout_ns);
+// The peer's socket hung up: whatever the rings say, the peer is gone.
+void NotePeerHangup(Connection& c);
+
 }  // namespace doorway::runtime
 
 #endif  // DOORWAY_RUNTIME_ACCEL_H_

@@ -41,7 +41,6 @@ class ErrnoSaver {
 };
 
 int Neg(int r) { return r < 0 ? -errno : r; }
-ssize_t Neg(ssize_t r) { return r < 0 ? -errno : r; }
 
 const char* OriginName(Origin o) {
   switch (o) {
