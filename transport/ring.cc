@@ -69,6 +69,27 @@ void WakeIfWaiting(internal::WaitLine& w, RingStats* stats) {
   if (stats != nullptr) StatAdd(stats->futex_wakes);
 }
 
+void Ring::Notify(internal::WaitLine& w) {
+  WakeIfWaiting(w, stats_);
+  // D1 for the doorbell: the caller's seq_cst store precedes this load. The
+  // flag shares the wait line, so this is a hit when the line was just read.
+  if (w.armed.load(std::memory_order_seq_cst) != 0 &&
+      w.armed.exchange(0, std::memory_order_seq_cst) != 0) {
+    doorbell_pending_ = true;
+    StatAdd(stats_->doorbells);
+  }
+}
+
+bool Ring::ArmReadDoorbell() {
+  ctrl_->data_wait.armed.store(1, std::memory_order_seq_cst);  // W1 pairs with D1 in Notify
+  return ReadReady();                                          // D2
+}
+
+bool Ring::ArmWriteDoorbell(size_t min) {
+  ctrl_->space_wait.armed.store(1, std::memory_order_seq_cst);  // W1 pairs with D1 in Notify
+  return WriteReady(min);                                       // D2
+}
+
 // --------------------------------------------------------------- producer
 
 int Ring::CheckWriteState() const {
@@ -110,7 +131,7 @@ void Ring::PublishTail(uint64_t tail) {
   // copied above are visible before the new tail. seq_cst for D1 (Dekker with
   // the consumer's W1 in wait.cc); on x86 this is one xchg.
   ctrl_->prod.index.store(tail, std::memory_order_seq_cst);
-  WakeIfWaiting(ctrl_->data_wait, stats_);
+  Notify(ctrl_->data_wait);
 }
 
 int64_t Ring::Write(const void* buf, size_t len) {
@@ -206,8 +227,8 @@ bool RaiseState(std::atomic<uint32_t>& s, uint32_t to) {
 
 void Ring::ShutdownWrite(bool reset) {
   RaiseState(ctrl_->state.writer, reset ? kStateReset : kStateClosed);  // R3
-  WakeIfWaiting(ctrl_->data_wait, stats_);                              // the reader: EOF / reset
-  WakeIfWaiting(ctrl_->space_wait, stats_);  // other writers of this end: EPIPE
+  Notify(ctrl_->data_wait);                                             // the reader: EOF / reset
+  WakeIfWaiting(ctrl_->space_wait, stats_);  // other writers of this end (local): EPIPE
 }
 
 void Ring::MarkReaderGone() {
@@ -239,7 +260,7 @@ void Ring::PublishHead(uint64_t head) {
   // R2 pairs with A1: our reads of the consumed bytes happen before the
   // producer may overwrite them. seq_cst for D1 with the producer's W1.
   ctrl_->cons.index.store(head, std::memory_order_seq_cst);
-  WakeIfWaiting(ctrl_->space_wait, stats_);
+  Notify(ctrl_->space_wait);
 }
 
 int64_t Ring::EmptyResult() {
@@ -408,8 +429,8 @@ int64_t Ring::Readable() {
 
 void Ring::ShutdownRead(bool reset) {
   RaiseState(ctrl_->state.reader, reset ? kStateReset : kStateClosed);  // R3
-  WakeIfWaiting(ctrl_->space_wait, stats_);  // the writer: EPIPE / ECONNRESET
-  WakeIfWaiting(ctrl_->data_wait, stats_);   // other readers of this end: EOF
+  Notify(ctrl_->space_wait);                // the writer: EPIPE / ECONNRESET
+  WakeIfWaiting(ctrl_->data_wait, stats_);  // other readers of this end (local): EOF
 }
 
 void Ring::MarkWriterGone() {

@@ -50,6 +50,7 @@ struct RingStats {
   std::atomic<uint64_t> spin_hits{0};    // waits satisfied while spinning
   std::atomic<uint64_t> spin_misses{0};  // waits that went to sleep
   std::atomic<uint64_t> corruptions{0};  // -EIO results
+  std::atomic<uint64_t> doorbells{0};    // doorbells this side was asked to send
 };
 
 inline void StatAdd(std::atomic<uint64_t>& c, uint64_t v = 1) {
@@ -139,6 +140,29 @@ class Ring {
   void WakeConsumers();
   void WakeProducers();
 
+  // ------------------------------------------------------------ doorbells
+  // Kernel-visible readiness for poll/epoll (DESIGN.md §4, §7): before a side
+  // waits in poll/epoll on the door socket it arms the ring; the other side's
+  // next operation that makes the armed condition true clears the flag and
+  // reports (TakeDoorbell) that one byte must be sent on the door socket.
+  // Same Dekker pattern as the futex sleepers (W1/D1/D2): arming is a seq_cst
+  // store followed by a seq_cst recheck.
+  //
+  // Consumer: arm "data available". Returns true if Read would not return
+  // -EAGAIN already (then do not wait: the doorbell may never come).
+  bool ArmReadDoorbell();
+  // Producer: arm "space available" (for EPOLLOUT). Returns true if a Write
+  // of `min` bytes would not return -EAGAIN already.
+  bool ArmWriteDoorbell(size_t min);
+  // True once after one of this side's operations (Write/Commit/Read/Release/
+  // Shutdown*) consumed the peer's armed flag: the caller sends one byte on
+  // the door socket. Process-local; call it under the end's lock if shared.
+  bool TakeDoorbell() {
+    bool d = doorbell_pending_;
+    doorbell_pending_ = false;
+    return d;
+  }
+
  private:
   // Loads the own index and the peer's index and checks 0 <= tail-head <= cap.
   int64_t LoadUsedForProducer(uint64_t* tail, size_t want);
@@ -147,6 +171,7 @@ class Ring {
   int64_t EmptyResult();
   void PublishTail(uint64_t tail);
   void PublishHead(uint64_t head);
+  void Notify(internal::WaitLine& w);
   void Corrupt() const;
 
   internal::RingControl* ctrl_ = nullptr;
@@ -159,6 +184,7 @@ class Ring {
   uint64_t cached_tail_ = 0;  // consumer's view of prod.index
   uint64_t reserved_ = 0;     // outstanding Reserve (producer)
   uint64_t acquired_ = 0;     // outstanding Acquire (consumer)
+  bool doorbell_pending_ = false;
   RingStats* stats_ = nullptr;
 };
 

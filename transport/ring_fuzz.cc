@@ -165,6 +165,10 @@ void FuzzRing(Input in) {
         (void)cons.ReadReady();
         (void)prod.Writable();
         (void)cons.Readable();
+        (void)cons.ArmReadDoorbell();
+        (void)prod.ArmWriteDoorbell(n);
+        (void)prod.TakeDoorbell();
+        (void)cons.TakeDoorbell();
         break;
       case 9:
         FUZZ_CHECK(WaitReadable(cons, nb, nullptr) != -ETIMEDOUT);

@@ -281,5 +281,39 @@ TEST_F(RingTest, LargestCapacityLayout) {
   EXPECT_EQ(out, big.substr(0, 1 << 20));
 }
 
+TEST_F(RingTest, DoorbellsOnlyWhenArmed) {
+  char buf[64] = {};
+  ASSERT_EQ(prod_.Write(buf, 8), 8);
+  EXPECT_FALSE(prod_.TakeDoorbell());    // nobody armed
+  EXPECT_TRUE(cons_.ArmReadDoorbell());  // already readable: do not wait
+  ASSERT_EQ(cons_.Read(buf, sizeof buf), 8);
+  EXPECT_FALSE(cons_.TakeDoorbell());
+  EXPECT_FALSE(cons_.ArmReadDoorbell());  // empty: armed, wait in epoll
+  ASSERT_EQ(prod_.Write(buf, 1), 1);
+  EXPECT_TRUE(prod_.TakeDoorbell());  // one byte to send
+  EXPECT_FALSE(prod_.TakeDoorbell());
+  ASSERT_EQ(prod_.Write(buf, 1), 1);
+  EXPECT_FALSE(prod_.TakeDoorbell());  // one doorbell per arming
+  EXPECT_EQ(pstats_.doorbells.load(), 1u);
+  ASSERT_EQ(cons_.Read(buf, sizeof buf), 2);
+
+  // Space doorbell (EPOLLOUT) for a writer facing a full ring.
+  std::string fill(4096, 'x');
+  ASSERT_EQ(prod_.Write(fill.data(), fill.size()), 4096);
+  EXPECT_FALSE(prod_.ArmWriteDoorbell(100));
+  ASSERT_EQ(cons_.Read(buf, 50), 50);
+  EXPECT_TRUE(cons_.TakeDoorbell());  // reported on any freed space; the writer rechecks
+  EXPECT_TRUE(prod_.ArmWriteDoorbell(10));
+
+  // A FIN rings the reader's doorbell too.
+  std::string sink(8192, '\0');
+  ASSERT_GT(cons_.Read(sink.data(), sink.size()), 0);
+  (void)cons_.TakeDoorbell();
+  EXPECT_FALSE(cons_.ArmReadDoorbell());
+  prod_.ShutdownWrite(false);
+  EXPECT_TRUE(prod_.TakeDoorbell());
+  EXPECT_TRUE(cons_.ReadReady());
+}
+
 }  // namespace
 }  // namespace doorway::transport

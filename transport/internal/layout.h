@@ -71,9 +71,14 @@ struct alignas(kCacheLine) StateLine {
 // wakes it. Wakers bump `seq` and call FUTEX_WAKE only when they clear a set
 // flag, so a sleep costs the other side exactly one syscall, however many
 // operations happen before the sleeper runs again (see wait.h).
+//
+// `armed` is the same idea for waits outside this library: a side about to
+// wait in poll/epoll on its door socket arms the line; the other side's next
+// publish clears it and tells its caller to send a one-byte doorbell.
 struct alignas(kCacheLine) WaitLine {
   std::atomic<uint32_t> seq;
   std::atomic<uint32_t> sleeping;
+  std::atomic<uint32_t> armed;
 };
 
 // A cross-process mutex word (see shm_mutex.h) serialising the threads and

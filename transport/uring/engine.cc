@@ -96,7 +96,7 @@ constinit bool g_sqpoll = false;
 // pause rounds the caller spins for an inline completion before it waits
 // in io_uring_enter.
 constexpr unsigned kSqIdleMs = 50;
-constexpr int kSqSpin = 20000;
+constexpr int kSqSpin = 256;
 constinit pthread_key_t g_key = 0;
 
 // Initial-exec TLS: touching it never allocates (preload objects are loaded
