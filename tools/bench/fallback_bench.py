@@ -4,6 +4,7 @@ Three modes side by side, alternated within one run, REPS times each:
   native       the program without doorway
   passthrough  under doorway, DOORWAY_FALLBACK=passthrough (direct libc calls)
   uring        under doorway, DOORWAY_FALLBACK=uring (the io_uring engine)
+  uring-sqpoll under doorway, DOORWAY_FALLBACK=uring-sqpoll (SQPOLL rings)
 over two paths:
   loopback     127.0.0.1; the two sides get different DOORWAY_DIRs so that
                the client finds no door and the connection stays kernel TCP
@@ -34,7 +35,7 @@ import sys
 import tempfile
 import time
 
-MODES = ["native", "passthrough", "uring"]
+MODES = ["native", "passthrough", "uring", "uring-sqpoll"]
 VETH_SERVER = "10.213.8.2"
 VETH_CLIENT = "10.213.8.1"
 
@@ -227,7 +228,7 @@ def main():
 
     try:
         for rep in range(args.reps):
-            order = MODES[rep % 3:] + MODES[:rep % 3]
+            order = MODES[rep % len(MODES):] + MODES[:rep % len(MODES)]
             for path in paths:
                 for mode in order:
                     r = io_run(ctx, tool, path, mode, ["pingpong", "64", str(args.iters)])
@@ -239,10 +240,10 @@ def main():
                     print(f"rep {rep} {path['name']:8s} {mode:11s} done", file=sys.stderr)
             for mode in order:
                 add("socketpair", "write+read 64 B, one thread", "ns per pair", mode,
-                    calls_run(ctx, pingpong, mode, 200000))
+                    calls_run(ctx, pingpong, mode, 50000))
         if have_redis:
             for rep in range(args.redis_reps):
-                order = MODES[rep % 3:] + MODES[:rep % 3]
+                order = MODES[rep % len(MODES):] + MODES[:rep % len(MODES)]
                 for path in paths:
                     for mode in order:
                         for test, rps in redis_run(ctx, path, mode, args.redis_requests).items():
@@ -272,21 +273,21 @@ def main():
         "of the best runs (lowest time, highest rate), which other load on the machine "
         "disturbs least. For times lower is better, for rates higher is better.",
         "",
-        "| path | workload | metric | native | passthrough | uring | passthrough/native | "
-        "uring/native | best: passthrough/native | best: uring/native |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| path | workload | metric | " + " | ".join(MODES) + " | "
+        + " | ".join(f"{m}/native" for m in MODES[1:]) + " | "
+        + " | ".join(f"best: {m}/native" for m in MODES[1:]) + " |",
+        "|" + " --- |" * (3 + len(MODES) + 2 * (len(MODES) - 1)),
     ]
     for (path, workload, metric), by_mode in res.items():
-        med = {m: statistics.median(v) for m, v in by_mode.items() if v}
-        if len(med) != 3:
+        if any(not by_mode[m] for m in MODES):
             continue
+        med = {m: statistics.median(v) for m, v in by_mode.items()}
         rate = "/s" in metric
         best = {m: (max(v) if rate else min(v)) for m, v in by_mode.items()}
-        lines.append(
-            f"| {path} | {workload} | {metric} | {med['native']:.2f} | {med['passthrough']:.2f} | "
-            f"{med['uring']:.2f} | {med['passthrough'] / med['native']:.3f} | "
-            f"{med['uring'] / med['native']:.3f} | {best['passthrough'] / best['native']:.3f} | "
-            f"{best['uring'] / best['native']:.3f} |")
+        cells = [path, workload, metric] + [f"{med[m]:.2f}" for m in MODES]
+        cells += [f"{med[m] / med['native']:.3f}" for m in MODES[1:]]
+        cells += [f"{best[m] / best['native']:.3f}" for m in MODES[1:]]
+        lines.append("| " + " | ".join(cells) + " |")
     if not veth:
         lines += ["", "veth pair: skipped (needs root and iproute2)."]
     if not have_redis:
