@@ -6,13 +6,19 @@ set -euo pipefail
 
 here="${RUNFILES_DIR:-$0.runfiles}/doorway"
 [ -x "$here/tools/preload" ] || here="$(cd "$(dirname "$0")/.." && pwd)"
-PRELOAD="$here/tools/preload"
+PRELOAD="${DOORWAY_DEMO_PRELOAD:-$here/tools/preload}"
 [ -x "$PRELOAD" ] || { echo "demo: cannot find tools/preload" >&2; exit 1; }
 
 work="$(mktemp -d /tmp/doorway-demo.XXXXXX)"
+# The demo's own door directory, so that it does not depend on /tmp/doorway-$UID.
+export DOORWAY_DIR="$work/doors"
+mkdir -m 700 "$DOORWAY_DIR"
 server=""
 cleanup() {
-  [ -n "$server" ] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null
+  if [ -n "$server" ]; then
+    kill "$server" 2>/dev/null || true
+    wait "$server" 2>/dev/null || true
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -61,4 +67,9 @@ else
   echo "bytes: MISMATCH (want $want, got $got)"
   exit 1
 fi
-echo "transport: kernel TCP (pass-through; shared-memory acceleration is not built yet)"
+if grep -q "accelerated connection accepted" "$work/server.log" &&
+  grep -q "accelerated connection to port $port" "$work/client.log"; then
+  echo "transport: doorway shared memory (the connection never touched the loopback TCP stack)"
+else
+  echo "transport: kernel TCP (the connection was not accelerated)"
+fi
