@@ -45,6 +45,16 @@ ssize_t EngineReadv(int fd, const iovec* iov, int iovcnt) {
                 [&] { return DOORWAY_REAL(readv)(fd, iov, iovcnt); });
 }
 
+ssize_t EngineRecvfrom(int fd, void* buf, size_t n, int flags, sockaddr* addr, socklen_t* len) {
+  return Finish(uring::Recvfrom(fd, buf, n, flags, addr, len),
+                [&] { return DOORWAY_REAL(recvfrom)(fd, buf, n, flags, addr, len); });
+}
+
+ssize_t EngineRecvmsg(int fd, msghdr* msg, int flags) {
+  return Finish(uring::Recvmsg(fd, msg, flags),
+                [&] { return DOORWAY_REAL(recvmsg)(fd, msg, flags); });
+}
+
 ssize_t EngineSend(int fd, const void* buf, size_t n, int flags, bool is_write) {
   return Finish(uring::Send(fd, buf, n, flags), [&] {
     return is_write ? DOORWAY_REAL(write)(fd, buf, n) : DOORWAY_REAL(send)(fd, buf, n, flags);

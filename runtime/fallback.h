@@ -15,9 +15,9 @@
 // The pass-through cost is one relaxed load of a flag that never changes
 // after initialisation, and a predictable branch.
 //
-// Not carried by the engine in either mode (io_uring does not write back
-// msg_namelen/msg_controllen/msg_flags): recvmsg, and recvfrom with an
-// address buffer.
+// The engine declines (and libc's function runs) what it does not carry:
+// see transport/uring/engine.cc (e.g. MSG_WAITALL on recvmsg, unusual flags,
+// more than 64 iovecs, zero-length calls).
 #ifndef DOORWAY_RUNTIME_FALLBACK_H_
 #define DOORWAY_RUNTIME_FALLBACK_H_
 
@@ -53,6 +53,8 @@ inline bool UseEngine(int fd) {
 // The engine, with libc's function where it declines. libc's contract.
 ssize_t EngineRecv(int fd, void* buf, size_t n, int flags, bool is_read);
 ssize_t EngineReadv(int fd, const iovec* iov, int iovcnt);
+ssize_t EngineRecvfrom(int fd, void* buf, size_t n, int flags, sockaddr* addr, socklen_t* len);
+ssize_t EngineRecvmsg(int fd, msghdr* msg, int flags);
 ssize_t EngineSend(int fd, const void* buf, size_t n, int flags, bool is_write);
 ssize_t EngineWritev(int fd, const iovec* iov, int iovcnt);
 ssize_t EngineSendto(int fd, const void* buf, size_t n, int flags, const sockaddr* addr,
@@ -82,12 +84,11 @@ inline ssize_t Recv(int fd, void* buf, size_t n, int flags) {
   return DOORWAY_REAL(recv)(fd, buf, n, flags);
 }
 inline ssize_t Recvfrom(int fd, void* buf, size_t n, int flags, sockaddr* addr, socklen_t* len) {
-  if (addr == nullptr && internal::UseEngine(fd)) {
-    return internal::EngineRecv(fd, buf, n, flags, /*is_read=*/false);
-  }
+  if (internal::UseEngine(fd)) return internal::EngineRecvfrom(fd, buf, n, flags, addr, len);
   return DOORWAY_REAL(recvfrom)(fd, buf, n, flags, addr, len);
 }
 inline ssize_t Recvmsg(int fd, msghdr* msg, int flags) {
+  if (internal::UseEngine(fd)) return internal::EngineRecvmsg(fd, msg, flags);
   return DOORWAY_REAL(recvmsg)(fd, msg, flags);
 }
 inline ssize_t Send(int fd, const void* buf, size_t n, int flags) {

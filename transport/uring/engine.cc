@@ -204,7 +204,6 @@ void Release() {
 enum class Kind : std::uint8_t { kRecv, kSend, kRecvmsg, kSendmsg };
 
 struct Op {
-  // No value-initialisation of iov: it is filled only as far as used.
   Op(Kind k, int f, int fl) : kind(k), fd(f), flags(fl) {}
 
   Kind kind;
@@ -212,8 +211,10 @@ struct Op {
   int flags;
   char* buf = nullptr;  // kRecv, kSend
   size_t len = 0;
-  msghdr msg{};  // kRecvmsg, kSendmsg: msg.msg_iov points at iov
-  iovec iov[kMaxIov];
+  msghdr msg{};  // kRecvmsg, kSendmsg: msg.msg_iov points at the caller's
+                 // copy of the vector (Advance trims it), kept out of Op so
+                 // that read/write use little stack (handlers may run on a
+                 // small sigaltstack)
 
   bool IsSend() const { return kind == Kind::kSend || kind == Kind::kSendmsg; }
 
@@ -539,10 +540,11 @@ ssize_t Execute(Op& op) {
   return done + rest;
 }
 
-bool LoadIov(Op& op, const iovec* iov, size_t iovcnt) {
+// Copies the vector into storage[kMaxIov] (the engine trims its copy).
+bool LoadIov(Op& op, const iovec* iov, size_t iovcnt, iovec* storage) {
   if (iovcnt == 0 || iovcnt > static_cast<size_t>(kMaxIov)) return false;
-  memcpy(op.iov, iov, iovcnt * sizeof(iovec));
-  op.msg.msg_iov = op.iov;
+  memcpy(storage, iov, iovcnt * sizeof(iovec));
+  op.msg.msg_iov = storage;
   op.msg.msg_iovlen = iovcnt;
   return true;
 }
@@ -624,32 +626,82 @@ ssize_t Sendto(int fd, const void* buf, size_t n, int flags, const sockaddr* add
   if (addr == nullptr) return Send(fd, buf, n, flags);
   if (!Usable() || n == 0 || (flags & ~kSendFlags) != 0) return kNotHandled;
   Op op{Kind::kSendmsg, fd, flags};
-  op.iov[0] = {const_cast<void*>(buf), n};
-  op.msg.msg_iov = op.iov;
+  iovec one{const_cast<void*>(buf), n};
+  op.msg.msg_iov = &one;
   op.msg.msg_iovlen = 1;
   op.msg.msg_name = const_cast<sockaddr*>(addr);
   op.msg.msg_namelen = len;
   return Execute(op);
 }
 
+ssize_t Recvmsg(int fd, msghdr* msg, int flags) {
+  // MSG_WAITALL would continue into a trimmed copy of the header and need
+  // the write-backs of several requests merged: left to the syscall.
+  if (!Usable() || msg == nullptr || (flags & ~(kRecvFlags | MSG_CMSG_CLOEXEC)) != 0 ||
+      (flags & MSG_WAITALL) != 0) {
+    return kNotHandled;
+  }
+  Op op{Kind::kRecvmsg, fd, flags};
+  iovec storage[kMaxIov];
+  if (!LoadIov(op, msg->msg_iov, msg->msg_iovlen, storage) || op.Remaining() == 0) {
+    return kNotHandled;
+  }
+  op.msg.msg_name = msg->msg_name;
+  op.msg.msg_namelen = msg->msg_namelen;
+  op.msg.msg_control = msg->msg_control;
+  op.msg.msg_controllen = msg->msg_controllen;
+  ssize_t r = Execute(op);
+  if (r >= 0 && r != kNotHandled) {
+    // The kernel wrote these back into our copy, as recvmsg(2) does into
+    // the caller's (the vector itself is the caller's memory).
+    msg->msg_namelen = op.msg.msg_namelen;
+    msg->msg_controllen = op.msg.msg_controllen;
+    msg->msg_flags = op.msg.msg_flags;
+  }
+  return r;
+}
+
+ssize_t Recvfrom(int fd, void* buf, size_t n, int flags, sockaddr* addr, socklen_t* len) {
+  if (addr == nullptr) return Recv(fd, buf, n, flags);
+  if (len == nullptr || n == 0 || (flags & MSG_WAITALL) != 0) return kNotHandled;
+  iovec one{buf, n};
+  msghdr m{};
+  m.msg_name = addr;
+  m.msg_namelen = *len;
+  m.msg_iov = &one;
+  m.msg_iovlen = 1;
+  ssize_t r = Recvmsg(fd, &m, flags);
+  if (r >= 0 && r != kNotHandled) *len = m.msg_namelen;
+  return r;
+}
+
 ssize_t Readv(int fd, const iovec* iov, int iovcnt) {
   if (!Usable() || iovcnt <= 0) return kNotHandled;
   Op op{Kind::kRecvmsg, fd, 0};
-  if (!LoadIov(op, iov, static_cast<size_t>(iovcnt)) || op.Remaining() == 0) return kNotHandled;
+  iovec storage[kMaxIov];
+  if (!LoadIov(op, iov, static_cast<size_t>(iovcnt), storage) || op.Remaining() == 0) {
+    return kNotHandled;
+  }
   return Execute(op);
 }
 
 ssize_t Writev(int fd, const iovec* iov, int iovcnt) {
   if (!Usable() || iovcnt <= 0) return kNotHandled;
   Op op{Kind::kSendmsg, fd, 0};
-  if (!LoadIov(op, iov, static_cast<size_t>(iovcnt)) || op.Remaining() == 0) return kNotHandled;
+  iovec storage[kMaxIov];
+  if (!LoadIov(op, iov, static_cast<size_t>(iovcnt), storage) || op.Remaining() == 0) {
+    return kNotHandled;
+  }
   return Execute(op);
 }
 
 ssize_t Sendmsg(int fd, const msghdr* msg, int flags) {
   if (!Usable() || msg == nullptr || (flags & ~kSendFlags) != 0) return kNotHandled;
   Op op{Kind::kSendmsg, fd, flags};
-  if (!LoadIov(op, msg->msg_iov, msg->msg_iovlen) || op.Remaining() == 0) return kNotHandled;
+  iovec storage[kMaxIov];
+  if (!LoadIov(op, msg->msg_iov, msg->msg_iovlen, storage) || op.Remaining() == 0) {
+    return kNotHandled;
+  }
   op.msg.msg_name = msg->msg_name;
   op.msg.msg_namelen = msg->msg_namelen;
   op.msg.msg_control = msg->msg_control;

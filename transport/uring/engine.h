@@ -104,6 +104,11 @@ bool Ready();
 ssize_t Recv(int fd, void* buf, size_t n, int flags);        // also read(2) with flags 0
 ssize_t Send(int fd, const void* buf, size_t n, int flags);  // also write(2) with flags 0
 ssize_t Sendto(int fd, const void* buf, size_t n, int flags, const sockaddr* addr, socklen_t len);
+// recvmsg/recvfrom: io_uring writes msg_namelen, msg_controllen and
+// msg_flags back as the syscall does (so SCM_RIGHTS works); MSG_WAITALL is
+// left to the syscall.
+ssize_t Recvmsg(int fd, msghdr* msg, int flags);
+ssize_t Recvfrom(int fd, void* buf, size_t n, int flags, sockaddr* addr, socklen_t* len);
 ssize_t Readv(int fd, const iovec* iov, int iovcnt);
 ssize_t Writev(int fd, const iovec* iov, int iovcnt);
 ssize_t Sendmsg(int fd, const msghdr* msg, int flags);
