@@ -14,6 +14,7 @@
 #include <cstdint>
 
 #include "abi/internal/trampoline.h"
+#include "runtime/epoll.h"
 #include "runtime/poll.h"
 
 using doorway::abi::Ret;
@@ -109,25 +110,43 @@ DOORWAY_EXPORT int epoll_ctl(int epfd, int op, int fd, epoll_event* event) {
   // for on its listeners. Without the flag every waiter is woken for a new
   // connection and all but one find accept() saying EAGAIN: correct, just
   // not exclusive.
-  if (event != nullptr && (event->events & EPOLLEXCLUSIVE) &&
-      doorway::fdtable::GlobalTable().Tag(fd) == doorway::runtime::kTagListener) {
+  std::uint32_t tag = doorway::fdtable::GlobalTable().Tag(fd);
+  if (event != nullptr && (event->events & EPOLLEXCLUSIVE) && tag == rt::kTagListener) {
     epoll_event ev = *event;
     ev.events &= ~EPOLLEXCLUSIVE;
     return DOORWAY_REAL(epoll_ctl)(epfd, op, fd, &ev);
   }
+  if (tag == rt::kTagConnection || doorway::fdtable::GlobalTable().Tag(epfd) == rt::kTagEpoll) {
+    return Ret(rt::EpollCtl(epfd, op, fd, event));
+  }
   return DOORWAY_REAL(epoll_ctl)(epfd, op, fd, event);
 }
 
+// Sets with accelerated members go to the epoll engine (runtime/epoll.h).
 DOORWAY_EXPORT int epoll_wait(int epfd, epoll_event* events, int maxevents, int timeout) {
+  if (doorway::fdtable::GlobalTable().Tag(epfd) == rt::kTagEpoll) {
+    return Ret(rt::EpollWait(epfd, events, maxevents, MsToNs(timeout), nullptr));
+  }
   return DOORWAY_REAL(epoll_wait)(epfd, events, maxevents, timeout);
 }
 
 DOORWAY_EXPORT int epoll_pwait(int epfd, epoll_event* events, int maxevents, int timeout,
                                const sigset_t* sigmask) {
+  if (doorway::fdtable::GlobalTable().Tag(epfd) == rt::kTagEpoll) {
+    return Ret(rt::EpollWait(epfd, events, maxevents, MsToNs(timeout), sigmask));
+  }
   return DOORWAY_REAL(epoll_pwait)(epfd, events, maxevents, timeout, sigmask);
 }
 
 DOORWAY_EXPORT int epoll_pwait2(int epfd, epoll_event* events, int maxevents,
                                 const timespec* timeout, const sigset_t* sigmask) {
+  if (doorway::fdtable::GlobalTable().Tag(epfd) == rt::kTagEpoll) {
+    if (timeout != nullptr &&
+        (timeout->tv_sec < 0 || timeout->tv_nsec < 0 || timeout->tv_nsec >= 1000000000)) {
+      errno = EINVAL;
+      return -1;
+    }
+    return Ret(rt::EpollWait(epfd, events, maxevents, TsToNs(timeout), sigmask));
+  }
   return DOORWAY_REAL(epoll_pwait2)(epfd, events, maxevents, timeout, sigmask);
 }

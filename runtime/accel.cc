@@ -271,6 +271,7 @@ ssize_t ConnRecv(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
       if (c.shut_rd.load(std::memory_order_relaxed)) break;
       if (dontwait) {
         if (got == 0) result = -EAGAIN;
+        c.rx_eagain_gen.fetch_add(1, std::memory_order_relaxed);
         break;
       }
       int w = transport::WaitReadable(c.rx, WaitFor(fd, timeout, start), &c.rx_spin);
@@ -342,6 +343,7 @@ ssize_t ConnSend(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
     if (r == -EAGAIN) {
       if (dontwait) {
         if (sent == 0) result = -EAGAIN;
+        c.tx_eagain_gen.fetch_add(1, std::memory_order_relaxed);
         break;
       }
       int w = transport::WaitWritable(c.tx, 1, WaitFor(fd, timeout, start), &c.tx_spin);

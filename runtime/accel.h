@@ -50,6 +50,7 @@ enum FdTag : std::uint32_t {
   kTagPlain = 0,       // a kernel socket doorway only tracks
   kTagConnection = 1,  // an accelerated connection
   kTagListener = 2,    // an accelerated listener
+  kTagEpoll = 3,       // an epoll fd with accelerated members (runtime/epoll.h)
 };
 
 // Socket options that are answered from a snapshot taken from the kernel
@@ -101,6 +102,10 @@ struct Connection {
   std::atomic<bool> reset_reported{false};
   std::atomic<bool> shared{false};    // another process may hold it (fork)
   std::atomic<int> connect_state{0};  // 1: EINPROGRESS reported, 2: completion reported
+  // Bumped each time a read or write found the ring empty / full and said
+  // EAGAIN: an edge-triggered epoll owes the program a new edge after that.
+  std::atomic<std::uint32_t> rx_eagain_gen{0};
+  std::atomic<std::uint32_t> tx_eagain_gen{0};
 };
 
 struct Listener {

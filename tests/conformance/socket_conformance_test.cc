@@ -9,6 +9,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -569,6 +570,140 @@ TEST_P(Conformance, SignalWithRestartButTimeoutInterruptsRead) {
   EXPECT_EQ(errno, EINTR);
   t.join();
   EXPECT_EQ(read(server_, buf, sizeof(buf)), 4);
+}
+
+// ---- epoll (DESIGN §7): events event for event, as the kernel gives them.
+
+class Epoll {
+ public:
+  Epoll() : fd_(epoll_create1(EPOLL_CLOEXEC)) {}
+  ~Epoll() { close(fd_); }
+  int fd() const { return fd_; }
+  int Ctl(int op, int fd, uint32_t events, uint64_t data) {
+    epoll_event ev{};
+    ev.events = events;
+    ev.data.u64 = data;
+    return epoll_ctl(fd_, op, fd, &ev);
+  }
+  // Returns the events; *data gets the data of the first one.
+  std::vector<epoll_event> Wait(int timeout_ms) {
+    epoll_event ev[8];
+    int n = epoll_wait(fd_, ev, 8, timeout_ms);
+    EXPECT_GE(n, 0) << strerror(errno);
+    return std::vector<epoll_event>(ev, ev + (n > 0 ? n : 0));
+  }
+
+ private:
+  int fd_;
+};
+
+TEST_P(Conformance, EpollLevelTriggered) {
+  Connect();
+  Epoll ep;
+  ASSERT_EQ(ep.Ctl(EPOLL_CTL_ADD, server_, EPOLLIN, 42), 0);
+  EXPECT_EQ(ep.Wait(0).size(), 0u);
+  ASSERT_EQ(write(client_, "0123456789", 10), 10);
+  auto ev = ep.Wait(5000);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].events, static_cast<uint32_t>(EPOLLIN));
+  EXPECT_EQ(ev[0].data.u64, 42u);
+  char buf[16];
+  ASSERT_EQ(read(server_, buf, 4), 4);
+  EXPECT_EQ(ep.Wait(0).size(), 1u);  // still readable
+  ASSERT_EQ(read(server_, buf, sizeof(buf)), 6);
+  EXPECT_EQ(ep.Wait(0).size(), 0u);
+  errno = 0;
+  EXPECT_EQ(ep.Ctl(EPOLL_CTL_ADD, server_, EPOLLIN, 1), -1);
+  EXPECT_EQ(errno, EEXIST);
+  ASSERT_EQ(ep.Ctl(EPOLL_CTL_DEL, server_, 0, 0), 0);
+  errno = 0;
+  EXPECT_EQ(ep.Ctl(EPOLL_CTL_MOD, server_, EPOLLIN, 1), -1);
+  EXPECT_EQ(errno, ENOENT);
+  ASSERT_EQ(write(client_, "x", 1), 1);
+  EXPECT_EQ(ep.Wait(50).size(), 0u);  // deleted
+}
+
+TEST_P(Conformance, EpollEdgeTriggered) {
+  Connect();
+  Epoll ep;
+  ASSERT_EQ(fcntl(server_, F_SETFL, O_NONBLOCK), 0);
+  ASSERT_EQ(ep.Ctl(EPOLL_CTL_ADD, server_, EPOLLIN | EPOLLET, 7), 0);
+  ASSERT_EQ(write(client_, "abc", 3), 3);
+  auto ev = ep.Wait(5000);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].events, static_cast<uint32_t>(EPOLLIN));
+  EXPECT_EQ(ep.Wait(0).size(), 0u);  // no new edge
+  char buf[16];
+  ASSERT_EQ(read(server_, buf, sizeof(buf)), 3);
+  EXPECT_EQ(read(server_, buf, sizeof(buf)), -1);  // drained to EAGAIN
+  EXPECT_EQ(errno, EAGAIN);
+  ASSERT_EQ(write(client_, "de", 2), 2);
+  ev = ep.Wait(5000);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].data.u64, 7u);
+}
+
+TEST_P(Conformance, EpollOneshotNeedsRearm) {
+  Connect();
+  Epoll ep;
+  ASSERT_EQ(ep.Ctl(EPOLL_CTL_ADD, server_, EPOLLIN | EPOLLONESHOT, 9), 0);
+  ASSERT_EQ(write(client_, "a", 1), 1);
+  ASSERT_EQ(ep.Wait(5000).size(), 1u);
+  EXPECT_EQ(ep.Wait(20).size(), 0u);  // disabled until re-armed
+  ASSERT_EQ(ep.Ctl(EPOLL_CTL_MOD, server_, EPOLLIN | EPOLLONESHOT, 10), 0);
+  auto ev = ep.Wait(5000);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].data.u64, 10u);
+}
+
+TEST_P(Conformance, EpollOutFollowsBufferSpace) {
+  Connect();
+  Epoll ep;
+  ASSERT_EQ(fcntl(client_, F_SETFL, O_NONBLOCK), 0);
+  ASSERT_EQ(ep.Ctl(EPOLL_CTL_ADD, client_, EPOLLOUT, 5), 0);
+  auto ev = ep.Wait(5000);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].events, static_cast<uint32_t>(EPOLLOUT));
+  std::vector<char> chunk(65536, 'o');
+  size_t sent = 0;
+  for (int i = 0; i < 100000; ++i) {
+    ssize_t r = write(client_, chunk.data(), chunk.size());
+    if (r < 0) break;
+    sent += static_cast<size_t>(r);
+  }
+  ASSERT_EQ(errno, EAGAIN);
+  EXPECT_EQ(ep.Wait(0).size(), 0u);  // full: not writable
+  // Drain everything on the other side: writable again.
+  std::vector<char> in(65536);
+  size_t got = 0;
+  while (got < sent) {
+    ssize_t r = read(server_, in.data(), in.size());
+    ASSERT_GT(r, 0);
+    got += static_cast<size_t>(r);
+  }
+  ev = ep.Wait(5000);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].events, static_cast<uint32_t>(EPOLLOUT));
+}
+
+TEST_P(Conformance, EpollRdhupAndMixedFds) {
+  Connect();
+  Epoll ep;
+  int p[2];
+  ASSERT_EQ(pipe(p), 0);
+  ASSERT_EQ(ep.Ctl(EPOLL_CTL_ADD, server_, EPOLLIN | EPOLLRDHUP, 1), 0);
+  ASSERT_EQ(ep.Ctl(EPOLL_CTL_ADD, p[0], EPOLLIN, 2), 0);
+  ASSERT_EQ(write(p[1], "p", 1), 1);
+  auto ev = ep.Wait(5000);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].data.u64, 2u);
+  ASSERT_EQ(shutdown(client_, SHUT_WR), 0);
+  ev = ep.Wait(5000);
+  ASSERT_EQ(ev.size(), 2u);
+  uint32_t sock_events = ev[0].data.u64 == 1 ? ev[0].events : ev[1].events;
+  EXPECT_EQ(sock_events, static_cast<uint32_t>(EPOLLIN | EPOLLRDHUP));
+  close(p[0]);
+  close(p[1]);
 }
 
 TEST_P(Conformance, BadDescriptors) {

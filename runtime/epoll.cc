@@ -1,0 +1,314 @@
+#include "runtime/epoll.h"
+
+#include <sched.h>
+#include <sys/mman.h>
+#include <time.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <new>
+#include <utility>
+
+#include "fdtable/fdtable.h"
+#include "runtime/accel.h"
+#include "runtime/real.h"
+
+namespace doorway::runtime {
+
+namespace {
+
+using fdtable::GlobalTable;
+using fdtable::Make;
+using fdtable::Ref;
+
+// Kernel registrations of accelerated members carry this in the top 16 bits
+// of their data: user-space pointers and small integers never do.
+constexpr std::uint64_t kMarker = 0xD00Dull << 48;
+constexpr std::uint64_t kMarkerMask = 0xFFFFull << 48;
+constexpr std::int64_t kSpinNs = 30'000;
+constexpr int kPollOutSliceMs = 1;
+
+std::int64_t NowNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+struct Member {
+  int fd;
+  std::uint32_t events;  // what the program asked for (EPOLLET, EPOLLONESHOT...)
+  epoll_data_t data;
+  Ref conn;
+  std::uint32_t last;  // events reported and still holding (edge-triggered)
+  std::uint32_t rx_gen, tx_gen;
+  bool disabled;  // EPOLLONESHOT fired
+};
+
+class SpinLock {
+ public:
+  void Lock() {
+    while (flag_.exchange(true, std::memory_order_acquire)) sched_yield();
+  }
+  void Unlock() { flag_.store(false, std::memory_order_release); }
+
+ private:
+  std::atomic<bool> flag_{false};
+};
+
+}  // namespace
+
+// The accelerated members of one epoll set. Memory from mmap: the object may
+// die in whichever thread drops the last reference.
+struct EpollSet {
+  static constexpr std::uint32_t kTypeTag = 0x45504F4C;  // "EPOL"
+  EpollSet() = default;
+  ~EpollSet() {
+    for (int i = 0; i < count; ++i) members[i].~Member();
+    if (members != nullptr) munmap(members, static_cast<size_t>(cap) * sizeof(Member));
+  }
+  EpollSet(const EpollSet&) = delete;
+  EpollSet& operator=(const EpollSet&) = delete;
+
+  Member* Find(int fd) {
+    for (int i = 0; i < count; ++i) {
+      if (members[i].fd == fd) return &members[i];
+    }
+    return nullptr;
+  }
+  bool Add(Member m) {
+    if (count == cap) {
+      int ncap = cap == 0 ? 64 : cap * 2;
+      void* mem = mmap(nullptr, static_cast<size_t>(ncap) * sizeof(Member), PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (mem == MAP_FAILED) return false;
+      Member* fresh = static_cast<Member*>(mem);
+      for (int i = 0; i < count; ++i) {
+        new (&fresh[i]) Member(std::move(members[i]));
+        members[i].~Member();
+      }
+      if (members != nullptr) munmap(members, static_cast<size_t>(cap) * sizeof(Member));
+      members = fresh;
+      cap = ncap;
+    }
+    new (&members[count++]) Member(std::move(m));
+    return true;
+  }
+  void Remove(Member* m) {
+    Member* lastm = &members[count - 1];
+    if (m != lastm) *m = std::move(*lastm);
+    lastm->~Member();
+    --count;
+  }
+
+  SpinLock lock;
+  int epfd = -1;
+  Member* members = nullptr;
+  int count = 0;
+  int cap = 0;
+};
+
+namespace {
+
+// The program's events for member m now, applying EPOLLET and EPOLLONESHOT.
+// Drops members whose fd no longer refers to their connection.
+int Collect(EpollSet& s, epoll_event* out, int max, bool* want_out) {
+  int n = 0;
+  *want_out = false;
+  for (int i = 0; i < s.count && n < max;) {
+    Member& m = s.members[i];
+    Connection* c = m.conn.As<Connection>();
+    // Closed (or replaced) since it was added: the kernel dropped its
+    // registration when the file closed; drop ours.
+    if (GlobalTable().Tag(m.fd) != kTagConnection ||
+        GlobalTable().Get(m.fd).node() != m.conn.node()) {
+      s.Remove(&m);
+      continue;
+    }
+    ++i;
+    if (m.disabled) continue;
+    std::uint32_t interest =
+        m.events & (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLRDNORM | EPOLLWRNORM | EPOLLPRI);
+    std::uint32_t now =
+        static_cast<std::uint32_t>(ConnPollEvents(*c)) & (interest | EPOLLERR | EPOLLHUP);
+    if ((m.events & EPOLLOUT) && !(now & EPOLLOUT)) *want_out = true;
+    std::uint32_t report = now;
+    if (m.events & EPOLLET) {
+      std::uint32_t rx_gen = c->rx_eagain_gen.load(std::memory_order_relaxed);
+      std::uint32_t tx_gen = c->tx_eagain_gen.load(std::memory_order_relaxed);
+      report = now & ~m.last;
+      // After the program saw EAGAIN, readiness is a new edge.
+      if ((now & EPOLLIN) && rx_gen != m.rx_gen) report |= now & (EPOLLIN | EPOLLRDNORM);
+      if ((now & EPOLLOUT) && tx_gen != m.tx_gen) report |= now & (EPOLLOUT | EPOLLWRNORM);
+      m.last = now;
+      if (report != 0) {
+        m.rx_gen = rx_gen;
+        m.tx_gen = tx_gen;
+      }
+    }
+    if (report == 0) continue;
+    out[n].events = report;
+    out[n].data = m.data;
+    ++n;
+    if (m.events & EPOLLONESHOT) {
+      m.disabled = true;
+      // Until the program re-arms it with EPOLL_CTL_MOD, the kernel need
+      // not wake us for it either.
+      epoll_event quiet{};
+      quiet.data.u64 = kMarker | static_cast<std::uint32_t>(m.fd);
+      (void)DOORWAY_REAL(epoll_ctl)(s.epfd, EPOLL_CTL_MOD, m.fd, &quiet);
+    }
+  }
+  return n;
+}
+
+// Kernel events for the set, without blocking unless timeout_ms != 0;
+// removes the accelerated members' wake-up hints (settling stray doorbells).
+int KernelWait(EpollSet& s, int epfd, epoll_event* out, int max, int timeout_ms,
+               const sigset_t* sigmask) {
+  if (max <= 0) return 0;
+  int k = DOORWAY_REAL(epoll_pwait)(epfd, out, max, timeout_ms, sigmask);
+  if (k < 0) return -errno;
+  int kept = 0;
+  for (int i = 0; i < k; ++i) {
+    if ((out[i].data.u64 & kMarkerMask) == kMarker) {
+      int fd = static_cast<int>(out[i].data.u64 & 0xffffffffu);
+      Ref r = GlobalTable().Get(fd);
+      if (Connection* c = r.As<Connection>(); c != nullptr) {
+        if (out[i].events & (EPOLLHUP | EPOLLERR)) NotePeerHangup(*c);
+        if ((out[i].events & EPOLLIN) && (ConnPollEvents(*c) & POLLIN) == 0) SettleDoorbell(*c, fd);
+      }
+      (void)s;
+      continue;
+    }
+    out[kept++] = out[i];
+  }
+  return kept;
+}
+
+}  // namespace
+
+int EpollCtl(int epfd, int op, int fd, epoll_event* event) {
+  if (GlobalTable().Tag(fd) != kTagConnection) {
+    if (op == EPOLL_CTL_DEL && GlobalTable().Tag(epfd) == kTagEpoll) {
+      // A member whose fd was replaced: forget it too.
+      Ref sr = GlobalTable().Get(epfd);
+      if (EpollSet* s = sr.As<EpollSet>(); s != nullptr) {
+        s->lock.Lock();
+        if (Member* m = s->Find(fd)) s->Remove(m);
+        s->lock.Unlock();
+      }
+    }
+    return DOORWAY_REAL(epoll_ctl)(epfd, op, fd, event) == 0 ? 0 : -errno;
+  }
+  Ref conn = GlobalTable().Get(fd);
+  if (conn.As<Connection>() == nullptr) {
+    return DOORWAY_REAL(epoll_ctl)(epfd, op, fd, event) == 0 ? 0 : -errno;
+  }
+  // The kernel checks the operation (EEXIST, ENOENT, EINVAL, ELOOP, EBADF):
+  // register the wake-up part with it first.
+  if (op != EPOLL_CTL_DEL && event == nullptr) return -EFAULT;
+  // Only a wait for input listens to doorbells (a doorbell nobody drains
+  // must not wake a wait for output over and over); an edge-triggered
+  // member listens edge-triggered, for the same reason.
+  epoll_event kev{};
+  if (event != nullptr) {
+    kev.events = EPOLLRDHUP;
+    if (event->events & (EPOLLIN | EPOLLRDNORM)) kev.events |= EPOLLIN;
+    if (event->events & EPOLLET) kev.events |= EPOLLET;
+  }
+  kev.data.u64 = kMarker | static_cast<std::uint32_t>(fd);
+  if (DOORWAY_REAL(epoll_ctl)(epfd, op, fd, op == EPOLL_CTL_DEL ? nullptr : &kev) != 0) {
+    return -errno;
+  }
+  if (GlobalTable().Tag(epfd) != kTagEpoll) {
+    Ref fresh = Make<EpollSet>();
+    if (!fresh) return -ENOMEM;
+    GlobalTable().Install(epfd, std::move(fresh), nullptr, kTagEpoll).Reset();
+  }
+  Ref sr = GlobalTable().Get(epfd);
+  EpollSet* s = sr.As<EpollSet>();
+  if (s == nullptr) return -EBADF;
+  s->lock.Lock();
+  s->epfd = epfd;
+  Member* m = s->Find(fd);
+  int rc = 0;
+  if (op == EPOLL_CTL_DEL) {
+    if (m != nullptr) s->Remove(m);
+  } else {
+    Member fresh{fd, event->events, event->data, Ref(), 0, 0, 0, false};
+    Connection* c = conn.As<Connection>();
+    fresh.rx_gen = c->rx_eagain_gen.load(std::memory_order_relaxed) - 1;  // first wait is an edge
+    fresh.tx_gen = c->tx_eagain_gen.load(std::memory_order_relaxed) - 1;
+    fresh.conn = std::move(conn);
+    if (m != nullptr) {
+      *m = std::move(fresh);
+    } else if (!s->Add(std::move(fresh))) {
+      rc = -ENOMEM;
+    }
+  }
+  s->lock.Unlock();
+  return rc;
+}
+
+int EpollWait(int epfd, epoll_event* events, int maxevents, std::int64_t timeout_ns,
+              const sigset_t* sigmask) {
+  if (maxevents <= 0) return -EINVAL;
+  Ref sr = GlobalTable().Get(epfd);
+  EpollSet* s = sr.As<EpollSet>();
+  auto ms_of = [](std::int64_t ns) {
+    return ns < 0 ? -1 : static_cast<int>((ns + 999999) / 1000000);
+  };
+  if (s == nullptr) {
+    int k = DOORWAY_REAL(epoll_pwait)(epfd, events, maxevents, ms_of(timeout_ns), sigmask);
+    return k < 0 ? -errno : k;
+  }
+  const std::int64_t deadline = timeout_ns < 0 ? -1 : NowNs() + timeout_ns;
+  bool spun = false;
+  for (;;) {
+    bool want_out = false;
+    s->lock.Lock();
+    int n = Collect(*s, events, maxevents, &want_out);
+    s->lock.Unlock();
+    int k = KernelWait(*s, epfd, events + n, maxevents - n, 0, nullptr);
+    if (k < 0) return k;
+    if (n + k > 0 || timeout_ns == 0) return n + k;
+    if (!spun) {
+      spun = true;
+      std::int64_t spin_end = NowNs() + kSpinNs;
+      if (deadline >= 0 && spin_end > deadline) spin_end = deadline;
+      for (unsigned iter = 1; NowNs() < spin_end; ++iter) {
+        s->lock.Lock();
+        n = Collect(*s, events, maxevents, &want_out);
+        s->lock.Unlock();
+        if (n > 0) {
+          k = KernelWait(*s, epfd, events + n, maxevents - n, 0, nullptr);
+          return k < 0 ? n : n + k;
+        }
+        if ((iter & 63) == 0) {
+          k = KernelWait(*s, epfd, events, maxevents, 0, nullptr);
+          if (k != 0) return k;
+        }
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+      }
+      continue;
+    }
+    std::int64_t left = deadline < 0 ? -1 : deadline - NowNs();
+    if (deadline >= 0 && left <= 0) return 0;
+    int slice = ms_of(left);
+    if (want_out && (slice < 0 || slice > kPollOutSliceMs)) slice = kPollOutSliceMs;
+    k = KernelWait(*s, epfd, events, maxevents, slice, sigmask);
+    if (k < 0) return k;  // EINTR: epoll_wait is never restarted
+    if (k > 0) {
+      // Kernel fds are ready; add any accelerated members that are too.
+      s->lock.Lock();
+      n = Collect(*s, events + k, maxevents - k, &want_out);
+      s->lock.Unlock();
+      return k + n;
+    }
+  }
+}
+
+}  // namespace doorway::runtime
