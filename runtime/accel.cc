@@ -108,22 +108,6 @@ struct Hello {
   Endpoint server;  // the address the client connected to
 };
 
-// The ConnArea sits in the segment's first page, after the transport's
-// prefix and before the first ring's data (which starts on a page boundary:
-// checked for segments from a peer before use).
-constexpr std::uint64_t kConnAreaOffset = 3072;
-static_assert(sizeof(transport::internal::SegmentPrefix) <= kConnAreaOffset);
-static_assert(kConnAreaOffset + sizeof(ConnArea) <= 4096);
-
-bool AreaFits(const transport::Segment& s) {
-  const transport::SegmentLayout& l = s.layout();
-  return l.ring_data_offset[0] >= 4096 && l.ring_data_offset[1] >= 4096;
-}
-
-ConnArea* AreaOf(const transport::Segment& s) {
-  return reinterpret_cast<ConnArea*>(static_cast<std::byte*>(s.base()) + kConnAreaOffset);
-}
-
 long RawSend(int fd, const void* buf, size_t n, int flags) {
   return syscall(SYS_sendto, fd, buf, n, flags, nullptr, 0);
 }
@@ -132,36 +116,15 @@ long RawRecv(int fd, void* buf, size_t n, int flags) {
   return syscall(SYS_recvfrom, fd, buf, n, flags, nullptr, nullptr);
 }
 
-// Writer side of the doorbell protocol: after publishing data (or a
-// shutdown) on tx, make sure the reader's socket holds a doorbell.
-// B1: the seq_cst load/CAS of the flag come after the ring's seq_cst
-// publication (R1/R3 in transport/ring.h) and pair with B2 below: either we
-// see the flag cleared and ring, or the reader's recheck sees our data.
-void RingBell(Connection& c, int fd) {
-  std::atomic<std::uint32_t>& b = c.area->bell[transport::TxRingIndex(c.role)];
-  if (b.load(std::memory_order_seq_cst) != 0) return;
-  std::uint32_t expected = 0;
-  if (!b.compare_exchange_strong(expected, 1, std::memory_order_seq_cst)) return;
-  char x = 'b';
+// Doorbells (transport/ring.h "doorbells"): a side about to sleep in the
+// kernel on its Unix socket (the poll and epoll engines) arms its rings;
+// the other side's operation that meets an armed ring reports it through
+// TakeDoorbell, and we send one byte on the socket. Called under the end's
+// lock, as TakeDoorbell requires.
+void SendDoorbell(transport::Ring& ring, int fd) {
+  if (!ring.TakeDoorbell()) return;
+  char x = 'd';
   (void)RawSend(fd, &x, 1, MSG_DONTWAIT | MSG_NOSIGNAL);
-}
-
-// Reader side: after consuming from rx, if nothing is left to report (no
-// data, no EOF), take the doorbell back so that poll stops saying readable.
-// B2: clear the flag (seq_cst), recheck the ring (seq_cst loads); if the
-// writer published meanwhile, re-raise the flag and keep the doorbell.
-void SettleBell(Connection& c, int fd) {
-  std::atomic<std::uint32_t>& b = c.area->bell[transport::RxRingIndex(c.role)];
-  if (b.load(std::memory_order_seq_cst) != 1) return;
-  if (c.rx.ReadReady()) return;
-  b.store(0, std::memory_order_seq_cst);
-  if (c.rx.ReadReady()) {
-    std::uint32_t expected = 0;
-    if (b.compare_exchange_strong(expected, 1, std::memory_order_seq_cst)) return;
-    // The writer raised it too and sent a second doorbell: drop ours.
-  }
-  char x;
-  (void)RawRecv(fd, &x, 1, MSG_DONTWAIT);
 }
 
 // After a signal interrupted a blocking call: would the kernel have
@@ -296,7 +259,7 @@ ssize_t ConnRecv(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
     if (got == 0) result = r;
     break;
   }
-  if (!peek) SettleBell(c, fd);
+  if (got > 0 && !peek) SendDoorbell(c.rx, fd);  // room for a writer waiting in poll
   lock.Unlock();
   return result < 0 ? result : static_cast<ssize_t>(got);
 }
@@ -336,7 +299,7 @@ ssize_t ConnSend(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
     std::int64_t r = c.tx.Write(scratch, n);
     if (r > 0) {
       sent += static_cast<std::size_t>(r);
-      RingBell(c, fd);
+      SendDoorbell(c.tx, fd);
       if (sent >= want) break;
       continue;
     }
@@ -387,8 +350,12 @@ ssize_t ConnSend(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
 
 void ConnShutdownWrite(Connection& c, int fd, bool reset) {
   if (c.shut_wr.exchange(true) && !reset) return;
+  transport::ShmMutex lock = c.seg.ProducerLock(transport::TxRingIndex(c.role));
+  while (lock.Lock(transport::WaitOptions{}) == -EINTR) {
+  }
   c.tx.ShutdownWrite(reset);
-  if (fd >= 0) RingBell(c, fd);
+  if (fd >= 0) SendDoorbell(c.tx, fd);
+  lock.Unlock();
 }
 
 // The last fd of c in this process is going away.
@@ -430,7 +397,6 @@ void InitConnection(Connection& c, transport::Segment seg, Role role) {
   c.role = role;
   c.tx = c.seg.MakeTxRing(role, &c.tx_stats);
   c.rx = c.seg.MakeRxRing(role, &c.rx_stats);
-  c.area = AreaOf(c.seg);
   // NUMA placement matters only with more than one node; mbind with
   // MPOL_MF_MOVE costs ~0.2 ms, a large share of a connection's setup.
   static const bool kMultiNode = numa_available() >= 0 && numa_max_node() > 0;
@@ -589,8 +555,6 @@ int AcceptDoor(Listener& l, int door, sockaddr* addr, socklen_t* len, int flags)
   } else if (int rc = transport::Segment::Attach(memfd, &seg); rc != 0) {
     DOORWAY_REAL(close)(memfd);
     why = "segment rejected";
-  } else if (!AreaFits(seg)) {
-    why = "segment layout leaves no room";
   }
   Ref obj;
   if (why == nullptr) {
@@ -798,13 +762,20 @@ short ConnPollEvents(Connection& c) {
   return ev;
 }
 
-void SettleDoorbell(Connection& c, int fd) {
-  // Under the consumer lock, as in ConnRecv; if a reader holds it, that
-  // reader settles the doorbell itself on its way out.
-  transport::ShmMutex lock = c.seg.ConsumerLock(transport::RxRingIndex(c.role));
-  if (lock.TryLock() < 0) return;
-  SettleBell(c, fd);
-  lock.Unlock();
+bool ArmDoorbells(Connection& c, short events) {
+  bool ready = false;
+  if (events & (POLLIN | POLLRDNORM)) ready |= c.rx.ArmReadDoorbell();
+  if (events & (POLLOUT | POLLWRNORM)) ready |= c.tx.ArmWriteDoorbell(1);
+  return ready;
+}
+
+void DrainDoorbells(int fd) {
+  char buf[64];
+  // Each doorbell is one SEQPACKET message; a bounded number per call (the
+  // peer sends at most one per armed flag, and flags are re-armed per wait).
+  for (int i = 0; i < 64; ++i) {
+    if (RawRecv(fd, buf, sizeof(buf), MSG_DONTWAIT) <= 0) break;
+  }
 }
 
 int ConnWait(Connection& c, int fd, short events, std::int64_t timeout_ns) {
@@ -958,8 +929,6 @@ int Connect(int fd, const sockaddr* addr, socklen_t len) {
         RingCapacityFor(opts->value[kRcvbufIndex].load(std::memory_order_relaxed), rcv_default);
     if (int rc = transport::Segment::Create(so, &seg); rc != 0) {
       why = "cannot create segment";
-    } else if (!AreaFits(seg)) {
-      why = "segment layout leaves no room";
     } else {
       Hello hello{};
       hello.magic = Hello::kMagic;

@@ -19,9 +19,13 @@
 //   data         Connection::Read/Write move bytes through the rings; a
 //                blocking call spins, then sleeps on the ring's futex
 //                (transport/wait.h), watching the Unix socket for the peer's
-//                death. Doorbells keep the kernel's view true: while a ring
-//                holds data (or EOF), its reader's Unix socket holds one
-//                doorbell message, so poll/epoll see the fd readable.
+//                death. The poll and epoll engines (poll.h, epoll.h) compute
+//                readiness from the rings; when they must sleep in the
+//                kernel they arm the rings, and the peer then sends a
+//                one-byte doorbell on the Unix socket when data or room
+//                arrives. Nothing else listens to that socket: a wait that
+//                bypasses libc (io_uring, raw syscalls) does not see
+//                accelerated readiness.
 //   close        The last fd of a Connection in this process shuts its rings
 //                down (reset if unread data remained), unless the connection
 //                is shared with another process since a fork: then the peer
@@ -74,12 +78,6 @@ struct OptionSnapshot {
 // The bit NoteOptionSet records for (level, name).
 std::uint32_t OptionBit(int level, int name);
 
-// Per-segment state of this layer, in the first page of the segment after
-// the transport's prefix (untrusted like all shared memory).
-struct ConnArea {
-  std::atomic<std::uint32_t> bell[2];  // per ring: a doorbell is in its reader's socket
-};
-
 struct Connection {
   static constexpr std::uint32_t kTypeTag = 0x434F4E4E;  // "CONN"
   Connection() = default;
@@ -92,7 +90,6 @@ struct Connection {
   transport::RingStats tx_stats, rx_stats;
   transport::Ring tx, rx;
   transport::SpinPolicy rx_spin, tx_spin;
-  ConnArea* area = nullptr;
   Endpoint local, peer;
   OptionSnapshot opts;
   std::atomic<int> fds{0};  // fd numbers of this process that refer to it
@@ -161,9 +158,12 @@ bool IsAccelerated(int fd);
 // The poll(2) events of an accelerated connection, computed from its rings:
 // POLLIN/POLLRDNORM, POLLOUT/POLLWRNORM, POLLRDHUP, POLLHUP, POLLERR.
 short ConnPollEvents(Connection& c);
-// Takes back a doorbell that announces nothing (the ring is empty and open),
-// e.g. one left by a racing reader; fd is the connection's fd.
-void SettleDoorbell(Connection& c, int fd);
+// Before sleeping in the kernel on c's Unix socket for `events` (POLLIN,
+// POLLOUT): arms c's rings so that the peer sends a doorbell when they
+// become ready. Returns true if c is ready already (do not sleep then).
+bool ArmDoorbells(Connection& c, short events);
+// After such a sleep: takes the doorbells off the socket fd.
+void DrainDoorbells(int fd);
 // Blocks (spin, then futex) until c has one of `events` (POLLIN or POLLOUT)
 // or timeout_ns passes (-ETIMEDOUT) or a signal arrives (-EINTR). fd is the
 // connection's fd (its Unix socket shows the peer's death).

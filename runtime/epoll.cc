@@ -27,7 +27,6 @@ using fdtable::Ref;
 constexpr std::uint64_t kMarker = 0xD00Dull << 48;
 constexpr std::uint64_t kMarkerMask = 0xFFFFull << 48;
 constexpr std::int64_t kSpinNs = 30'000;
-constexpr int kPollOutSliceMs = 1;
 
 std::int64_t NowNs() {
   timespec ts;
@@ -112,9 +111,8 @@ namespace {
 
 // The program's events for member m now, applying EPOLLET and EPOLLONESHOT.
 // Drops members whose fd no longer refers to their connection.
-int Collect(EpollSet& s, epoll_event* out, int max, bool* want_out) {
+int Collect(EpollSet& s, epoll_event* out, int max) {
   int n = 0;
-  *want_out = false;
   for (int i = 0; i < s.count && n < max;) {
     Member& m = s.members[i];
     Connection* c = m.conn.As<Connection>();
@@ -131,7 +129,6 @@ int Collect(EpollSet& s, epoll_event* out, int max, bool* want_out) {
         m.events & (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLRDNORM | EPOLLWRNORM | EPOLLPRI);
     std::uint32_t now =
         static_cast<std::uint32_t>(ConnPollEvents(*c)) & (interest | EPOLLERR | EPOLLHUP);
-    if ((m.events & EPOLLOUT) && !(now & EPOLLOUT)) *want_out = true;
     std::uint32_t report = now;
     if (m.events & EPOLLET) {
       std::uint32_t rx_gen = c->rx_eagain_gen.load(std::memory_order_relaxed);
@@ -176,7 +173,7 @@ int KernelWait(EpollSet& s, int epfd, epoll_event* out, int max, int timeout_ms,
       Ref r = GlobalTable().Get(fd);
       if (Connection* c = r.As<Connection>(); c != nullptr) {
         if (out[i].events & (EPOLLHUP | EPOLLERR)) NotePeerHangup(*c);
-        if ((out[i].events & EPOLLIN) && (ConnPollEvents(*c) & POLLIN) == 0) SettleDoorbell(*c, fd);
+        if (out[i].events & EPOLLIN) DrainDoorbells(fd);
       }
       (void)s;
       continue;
@@ -208,15 +205,10 @@ int EpollCtl(int epfd, int op, int fd, epoll_event* event) {
   // The kernel checks the operation (EEXIST, ENOENT, EINVAL, ELOOP, EBADF):
   // register the wake-up part with it first.
   if (op != EPOLL_CTL_DEL && event == nullptr) return -EFAULT;
-  // Only a wait for input listens to doorbells (a doorbell nobody drains
-  // must not wake a wait for output over and over); an edge-triggered
-  // member listens edge-triggered, for the same reason.
+  // The kernel watches the Unix socket for doorbells and the peer's
+  // hang-up only; the program's events are computed from the rings.
   epoll_event kev{};
-  if (event != nullptr) {
-    kev.events = EPOLLRDHUP;
-    if (event->events & (EPOLLIN | EPOLLRDNORM)) kev.events |= EPOLLIN;
-    if (event->events & EPOLLET) kev.events |= EPOLLET;
-  }
+  kev.events = EPOLLIN | EPOLLRDHUP;
   kev.data.u64 = kMarker | static_cast<std::uint32_t>(fd);
   if (DOORWAY_REAL(epoll_ctl)(epfd, op, fd, op == EPOLL_CTL_DEL ? nullptr : &kev) != 0) {
     return -errno;
@@ -266,9 +258,8 @@ int EpollWait(int epfd, epoll_event* events, int maxevents, std::int64_t timeout
   const std::int64_t deadline = timeout_ns < 0 ? -1 : NowNs() + timeout_ns;
   bool spun = false;
   for (;;) {
-    bool want_out = false;
     s->lock.Lock();
-    int n = Collect(*s, events, maxevents, &want_out);
+    int n = Collect(*s, events, maxevents);
     s->lock.Unlock();
     int k = KernelWait(*s, epfd, events + n, maxevents - n, 0, nullptr);
     if (k < 0) return k;
@@ -279,7 +270,7 @@ int EpollWait(int epfd, epoll_event* events, int maxevents, std::int64_t timeout
       if (deadline >= 0 && spin_end > deadline) spin_end = deadline;
       for (unsigned iter = 1; NowNs() < spin_end; ++iter) {
         s->lock.Lock();
-        n = Collect(*s, events, maxevents, &want_out);
+        n = Collect(*s, events, maxevents);
         s->lock.Unlock();
         if (n > 0) {
           k = KernelWait(*s, epfd, events + n, maxevents - n, 0, nullptr);
@@ -297,14 +288,25 @@ int EpollWait(int epfd, epoll_event* events, int maxevents, std::int64_t timeout
     }
     std::int64_t left = deadline < 0 ? -1 : deadline - NowNs();
     if (deadline >= 0 && left <= 0) return 0;
-    int slice = ms_of(left);
-    if (want_out && (slice < 0 || slice > kPollOutSliceMs)) slice = kPollOutSliceMs;
-    k = KernelWait(*s, epfd, events, maxevents, slice, sigmask);
+    // Arm every member so that its peer rings when it turns ready; do not
+    // sleep if one is ready already.
+    bool ready_now = false;
+    s->lock.Lock();
+    for (int i = 0; i < s->count; ++i) {
+      Member& m = s->members[i];
+      Connection* c = m.conn.As<Connection>();
+      if (c != nullptr && !m.disabled) {
+        ready_now |= ArmDoorbells(*c, static_cast<short>(m.events & (EPOLLIN | EPOLLOUT)));
+      }
+    }
+    s->lock.Unlock();
+    if (ready_now) continue;
+    k = KernelWait(*s, epfd, events, maxevents, ms_of(left), sigmask);
     if (k < 0) return k;  // EINTR: epoll_wait is never restarted
     if (k > 0) {
       // Kernel fds are ready; add any accelerated members that are too.
       s->lock.Lock();
-      n = Collect(*s, events + k, maxevents - k, &want_out);
+      n = Collect(*s, events + k, maxevents - k);
       s->lock.Unlock();
       return k + n;
     }

@@ -8,9 +8,8 @@
 // from their rings (level, EPOLLET, EPOLLONESHOT), asks the kernel for the
 // other fds' events, spins a bounded time, then sleeps in the kernel, woken
 // by doorbells; kernel events carrying the marker are only hints and never
-// reach the program. While a member waits for EPOLLOUT on a full ring the
-// sleep is cut into 1 ms slices (room in a ring has no kernel-visible
-// signal yet).
+// reach the program. Before sleeping it arms the members' rings, so that
+// their peers send a doorbell when data, EOF or room arrives.
 //
 // Known limits: the cost of epoll_wait grows with the number of accelerated
 // members (they are evaluated on each call), not only with ready events;

@@ -21,7 +21,6 @@ using fdtable::Ref;
 // one connection; a poll set is the sum of many, so a fixed budget that
 // covers a same-host round trip (a few µs) with margin.
 constexpr std::int64_t kSpinNs = 30'000;
-constexpr std::int64_t kPollOutSliceNs = 1'000'000;
 constexpr nfds_t kStackFds = 64;
 
 std::int64_t NowNs() {
@@ -94,10 +93,9 @@ int PollKernel(pollfd* fds, nfds_t n, Ref* refs, pollfd* kfds, const timespec* t
     kfds[i] = fds[i];
     kfds[i].revents = 0;
     if (refs[i].As<Connection>() != nullptr) {
-      // Doorbells (POLLIN) wake a wait for input; the peer's hang-up
-      // (POLLHUP, always reported) wakes any wait. The socket's own
-      // writability means nothing for the connection.
-      kfds[i].events = (fds[i].events & (POLLIN | POLLRDNORM)) ? POLLIN | POLLRDHUP : POLLRDHUP;
+      // Doorbells (POLLIN) and the peer's hang-up wake the wait; the
+      // socket's own writability means nothing for the connection.
+      kfds[i].events = POLLIN | POLLRDHUP;
       if (!include_accelerated) kfds[i].fd = -1;  // ignored by the kernel
     }
   }
@@ -108,11 +106,7 @@ int PollKernel(pollfd* fds, nfds_t n, Ref* refs, pollfd* kfds, const timespec* t
     Connection* c = refs[i].As<Connection>();
     if (c != nullptr) {
       if (kfds[i].revents & (POLLHUP | POLLERR)) NotePeerHangup(*c);
-      // A doorbell with nothing behind it (left by a race) would wake every
-      // later wait at once: take it back.
-      if ((kfds[i].revents & POLLIN) && (ConnPollEvents(*c) & POLLIN) == 0) {
-        SettleDoorbell(*c, fds[i].fd);
-      }
+      if (kfds[i].revents & POLLIN) DrainDoorbells(fds[i].fd);
       continue;
     }
     fds[i].revents = kfds[i].revents;
@@ -231,17 +225,18 @@ int EnginePoll(pollfd* fds, nfds_t n, std::int64_t timeout_ns, const sigset_t* s
         break;
       }
     }
-    // Sleep in the kernel (see poll.h for what wakes it).
-    bool pollout = false;
+    // Sleep in the kernel (see poll.h for what wakes it): arm the rings
+    // first, and do not sleep if one turned ready meanwhile.
+    bool ready_now = false;
     for (nfds_t i = 0; i < n; ++i) {
-      if (s.refs[i].As<Connection>() != nullptr && (fds[i].events & (POLLOUT | POLLWRNORM))) {
-        pollout = true;
+      if (Connection* c = s.refs[i].As<Connection>(); c != nullptr) {
+        ready_now |= ArmDoorbells(*c, fds[i].events);
       }
     }
+    if (ready_now) continue;
     std::int64_t now = NowNs();
     std::int64_t slice = deadline < 0 ? -1 : deadline - now;
     if (deadline >= 0 && slice < 0) slice = 0;
-    if (pollout && (slice < 0 || slice > kPollOutSliceNs)) slice = kPollOutSliceNs;
     timespec ts{};
     if (slice >= 0) {
       ts.tv_sec = slice / 1000000000;

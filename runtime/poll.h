@@ -10,12 +10,10 @@
 //  * Anything else: evaluate both kinds without blocking, spin a bounded
 //    time re-checking the rings (a peer on another core answers within
 //    microseconds; a kernel sleep costs ~18 µs per wake-up on this VM), then
-//    sleep in the kernel's ppoll on the kernel fds plus the Unix sockets of
-//    the accelerated fds that wait for input, where doorbells wake it. The
-//    kernel's view of those sockets is only a hint; events are recomputed
-//    from the rings. Room in a full ring has no kernel-visible signal (yet):
-//    while an accelerated fd waits for POLLOUT in a mixed set, the sleep is
-//    cut into 1 ms slices and the rings re-checked after each.
+//    arm the accelerated fds' rings (accel.h ArmDoorbells) and sleep in the
+//    kernel's ppoll on the kernel fds plus the accelerated fds' Unix
+//    sockets, where the peer's doorbell (data, EOF or room arrived) or
+//    hang-up wakes it. Events are then recomputed from the rings.
 #ifndef DOORWAY_RUNTIME_POLL_H_
 #define DOORWAY_RUNTIME_POLL_H_
 
