@@ -6,6 +6,7 @@
 // Plus several writers sharing one end through the ShmMutex.
 // Loops are bounded: every wait has a 60 s timeout that fails the test.
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -402,6 +403,82 @@ TEST(Stress, HostilePeerCannotCrashOrHang) {
          static_cast<unsigned long long>(st.corruptions.load()),
          static_cast<unsigned long long>(st.bytes.load()));
   munmap(stop, 4096);
+}
+
+// The real hand-over: the segment fd travels over a Unix socket with
+// SCM_RIGHTS to an unrelated mapping in another process, which validates and
+// attaches it, binds its incoming ring to its NUMA node, and streams back.
+int SendFd(int sock, int fd) {
+  char byte = 'S';
+  struct iovec iov = {&byte, 1};
+  alignas(struct cmsghdr) char ctl[CMSG_SPACE(sizeof(int))] = {};
+  struct msghdr msg = {};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = ctl;
+  msg.msg_controllen = sizeof ctl;
+  struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
+  return sendmsg(sock, &msg, 0) == 1 ? 0 : -errno;
+}
+
+int RecvFd(int sock) {
+  char byte;
+  struct iovec iov = {&byte, 1};
+  alignas(struct cmsghdr) char ctl[CMSG_SPACE(sizeof(int))] = {};
+  struct msghdr msg = {};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = ctl;
+  msg.msg_controllen = sizeof ctl;
+  if (recvmsg(sock, &msg, MSG_CMSG_CLOEXEC) != 1) return -1;
+  struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
+  if (c == nullptr || c->cmsg_type != SCM_RIGHTS) return -1;
+  int fd;
+  std::memcpy(&fd, CMSG_DATA(c), sizeof fd);
+  return fd;
+}
+
+TEST(Stress, SegmentPassedWithScmRights) {
+  if (testing::kUnderTsan) GTEST_SKIP() << "fork under TSAN";
+  const uint64_t kBytes = testing::kUnderSanitizer ? (16ull << 20) : (256ull << 20);
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  Pat();
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {  // the accepting side: receives the fd, attaches, sends data back
+    close(sv[0]);
+    int fd = RecvFd(sv[1]);
+    if (fd < 0) _exit(10);
+    Segment seg;
+    if (Segment::Attach(fd, &seg) != 0) _exit(11);
+    (void)seg.BindIncomingRing(Role::kServer);
+    Ring tx = seg.MakeTxRing(Role::kServer, nullptr);
+    uint64_t ck = 0;
+    int rc = Produce(tx, kBytes, 5, &ck);
+    if (rc != 0) _exit(12);
+    if (write(sv[1], &ck, sizeof ck) != sizeof ck) _exit(13);
+    _exit(0);
+  }
+  close(sv[1]);
+  SegmentOptions o;
+  o.ring_capacity[0] = o.ring_capacity[1] = kCap;
+  Segment seg;
+  ASSERT_EQ(Segment::Create(o, &seg), 0);
+  (void)seg.BindIncomingRing(Role::kClient);
+  ASSERT_EQ(SendFd(sv[0], seg.fd()), 0);
+  RingStats cs;
+  Ring rx = seg.MakeRxRing(Role::kClient, &cs);
+  uint64_t cck = 1, pck = 0;
+  EXPECT_EQ(Consume(rx, kBytes, 6, &cck), 0);
+  EXPECT_EQ(read(sv[0], &pck, sizeof pck), static_cast<ssize_t>(sizeof pck));
+  EXPECT_EQ(pck, cck);
+  EXPECT_EQ(testing::WaitChild(child), 0);
+  close(sv[0]);
 }
 
 }  // namespace
