@@ -441,6 +441,20 @@ void Ring::MarkWriterGone() {
 
 // ------------------------------------------------------------------- both
 
+namespace {
+EndState ToEndState(uint32_t s) {
+  return s <= kStateReset ? static_cast<EndState>(s) : EndState::kCorrupt;
+}
+}  // namespace
+
+EndState Ring::WriterState() const {
+  return ToEndState(ctrl_->state.writer.load(std::memory_order_acquire));  // A3 pairs with R3
+}
+
+EndState Ring::ReaderState() const {
+  return ToEndState(ctrl_->state.reader.load(std::memory_order_acquire));  // A3 pairs with R3
+}
+
 bool Ring::ReadReady() const {
   // D2: seq_cst loads, after the waiter's W1 in the total order. The tail
   // first: it is the value that changes in the common case (and the one a

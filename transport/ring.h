@@ -68,6 +68,9 @@ struct RingSpan {
   size_t size() const { return len[0] + len[1]; }
 };
 
+// Shutdown state of one half of a ring, as read from shared memory.
+enum class EndState : uint8_t { kOpen = 0, kClosed = 1, kReset = 2, kCorrupt = 3 };
+
 class Ring {
  public:
   Ring() = default;
@@ -128,6 +131,12 @@ class Ring {
   // a state from open to closed; idempotent.
   void MarkWriterGone();
   void MarkReaderGone();
+
+  // The shutdown states (acquire loads, A3), e.g. for TCP's CLOSE_WAIT
+  // (reader closed, writer open) or poll's POLLRDHUP. Values other than
+  // open/closed/reset read from shared memory are reported as kCorrupt.
+  EndState WriterState() const;
+  EndState ReaderState() const;
 
   // Readiness predicates used by the waits (wait.h); seq_cst loads (D2).
   // ReadReady: Read would not return -EAGAIN. WriteReady: Write of `min`

@@ -190,7 +190,10 @@ TEST_F(RingTest, ResetDiscards) {
 }
 
 TEST_F(RingTest, ShutdownReadGivesEpipeOrReset) {
+  EXPECT_EQ(prod_.ReaderState(), EndState::kOpen);
   cons_.ShutdownRead(false);
+  EXPECT_EQ(prod_.ReaderState(), EndState::kClosed);
+  EXPECT_EQ(prod_.WriterState(), EndState::kOpen);
   EXPECT_EQ(prod_.Write("a", 1), -EPIPE);
   char buf[4];
   EXPECT_EQ(cons_.Read(buf, sizeof buf), 0);  // own read side shut down: EOF
@@ -248,6 +251,7 @@ TEST_F(RingTest, CorruptStateIsEio) {
   char buf[4];
   ctrl()->state.writer.store(7);
   EXPECT_EQ(cons_.Read(buf, sizeof buf), -EIO);
+  EXPECT_EQ(cons_.WriterState(), EndState::kCorrupt);
   ctrl()->state.writer.store(0);
   ctrl()->state.reader.store(0xdeadbeef);
   EXPECT_EQ(prod_.Write("a", 1), -EIO);
