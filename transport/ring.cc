@@ -108,9 +108,11 @@ int Ring::CheckWriteState() const {
 }
 
 int64_t Ring::LoadUsedForProducer(uint64_t* tail_out, size_t want) {
-  // Own index: relaxed, written only by this end (see CheckWriteState). It is
-  // still validated against the head below, since the peer can scribble on it.
-  uint64_t tail = ctrl_->prod.index.load(std::memory_order_relaxed);
+  // Own working tail from the end's private line (layout.h, LockLine):
+  // relaxed, written only by this end, handed between threads/processes of
+  // the end by its lock. Still validated against the head below, since the
+  // peer can scribble on it.
+  uint64_t tail = ctrl_->prod_lock.index.load(std::memory_order_relaxed);
   uint64_t used = tail - cached_head_;
   if (used > cap_ || cap_ - used < want) {
     // A1 pairs with R2: once we see the consumer's head, its reads of the
@@ -127,6 +129,9 @@ int64_t Ring::LoadUsedForProducer(uint64_t* tail_out, size_t want) {
 }
 
 void Ring::PublishTail(uint64_t tail) {
+  // The working copy first (relaxed: only this end reads it), then the
+  // published tail.
+  ctrl_->prod_lock.index.store(tail, std::memory_order_relaxed);
   // R1 pairs with A2 (the consumer's acquire load of the tail): the bytes
   // copied above are visible before the new tail. seq_cst for D1 (Dekker with
   // the consumer's W1 in wait.cc); on x86 this is one xchg.
@@ -194,8 +199,8 @@ int64_t Ring::Reserve(size_t max, RingSpan* span) {
 int Ring::Commit(size_t n) {
   if (n > reserved_) return -EINVAL;
   if (n == 0) return 0;
-  // Own index, relaxed (see CheckWriteState).
-  uint64_t tail = ctrl_->prod.index.load(std::memory_order_relaxed);
+  // Own working tail, relaxed (see LoadUsedForProducer).
+  uint64_t tail = ctrl_->prod_lock.index.load(std::memory_order_relaxed);
   reserved_ -= n;
   PublishTail(tail + n);
   StatAdd(stats_->bytes, n);

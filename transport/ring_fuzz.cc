@@ -77,6 +77,7 @@ void FuzzValidation(Input in) {
       auto* ctrl = &reinterpret_cast<internal::SegmentPrefix*>(buf)->ring[r];
       // Fresh indices, so that the full fill/drain below is well defined.
       ctrl->prod.index.store(0);
+      ctrl->prod_lock.index.store(0);
       ctrl->cons.index.store(0);
       ctrl->state.writer.store(0);
       ctrl->state.reader.store(0);
