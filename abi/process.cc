@@ -50,10 +50,12 @@ DOORWAY_EXPORT int execveat(int dirfd, const char* path, char* const argv[], cha
 }
 
 // The execl family: glibc implements them with its internal execve, which we
-// cannot see, so they are rebuilt here on the execv family.
+// cannot see, so they are rebuilt here on the execv family. The argument
+// vector lives on the caller's stack (alloca must run in the exported
+// function's own frame, hence a macro): exec must not allocate, it may be
+// called after fork in a multithreaded program.
 namespace {
-// Counts the arguments after `first` up to and including the NULL.
-size_t CountArgs(va_list ap) {
+size_t CountArgs(va_list ap) {  // arguments after the first, up to the NULL
   size_t n = 1;
   while (va_arg(ap, const char*) != nullptr) ++n;
   return n;
@@ -65,38 +67,35 @@ void FillArgs(const char** argv, const char* first, va_list ap, size_t n) {
 }
 }  // namespace
 
+#define DOORWAY_COLLECT_ARGV(argv, first, ap)                                       \
+  va_list count_##ap;                                                               \
+  va_copy(count_##ap, ap);                                                          \
+  size_t argc_##ap = CountArgs(count_##ap);                                         \
+  va_end(count_##ap);                                                               \
+  const char** argv =                                                               \
+      static_cast<const char**>(__builtin_alloca((argc_##ap + 1) * sizeof(char*))); \
+  FillArgs(argv, first, ap, argc_##ap)
+
 DOORWAY_EXPORT int execl(const char* path, const char* arg, ...) {
-  va_list ap, count;
+  va_list ap;
   va_start(ap, arg);
-  va_copy(count, ap);
-  size_t n = CountArgs(count);
-  va_end(count);
-  const char** argv = static_cast<const char**>(__builtin_alloca((n + 1) * sizeof(char*)));
-  FillArgs(argv, arg, ap, n);
+  DOORWAY_COLLECT_ARGV(argv, arg, ap);
   va_end(ap);
   return execv(path, const_cast<char* const*>(argv));
 }
 
 DOORWAY_EXPORT int execlp(const char* file, const char* arg, ...) {
-  va_list ap, count;
+  va_list ap;
   va_start(ap, arg);
-  va_copy(count, ap);
-  size_t n = CountArgs(count);
-  va_end(count);
-  const char** argv = static_cast<const char**>(__builtin_alloca((n + 1) * sizeof(char*)));
-  FillArgs(argv, arg, ap, n);
+  DOORWAY_COLLECT_ARGV(argv, arg, ap);
   va_end(ap);
   return execvp(file, const_cast<char* const*>(argv));
 }
 
 DOORWAY_EXPORT int execle(const char* path, const char* arg, ...) {
-  va_list ap, count;
+  va_list ap;
   va_start(ap, arg);
-  va_copy(count, ap);
-  size_t n = CountArgs(count);
-  va_end(count);
-  const char** argv = static_cast<const char**>(__builtin_alloca((n + 1) * sizeof(char*)));
-  FillArgs(argv, arg, ap, n);
+  DOORWAY_COLLECT_ARGV(argv, arg, ap);
   (void)va_arg(ap, const char*);  // the NULL that ends the arguments
   char* const* envp = va_arg(ap, char* const*);
   va_end(ap);

@@ -116,6 +116,17 @@ long RawRecv(int fd, void* buf, size_t n, int flags) {
   return syscall(SYS_recvfrom, fd, buf, n, flags, nullptr, nullptr);
 }
 
+// Takes the lock of one end of a ring (threads and forked processes sharing
+// the socket). The kernel's socket lock is not interruptible: neither is
+// this one, so a signal only makes it retry. 0 (or kOwnerDied: the previous
+// holder died; the ring is consistent, see shm_mutex.h) or -errno.
+int LockEnd(transport::ShmMutex& lock) {
+  int rc;
+  while ((rc = lock.Lock(transport::WaitOptions{})) == -EINTR) {
+  }
+  return rc;
+}
+
 // Doorbells (transport/ring.h "doorbells"): a side about to sleep in the
 // kernel on its Unix socket (the poll and epoll engines) arms its rings;
 // the other side's operation that meets an armed ring reports it through
@@ -207,11 +218,7 @@ ssize_t ConnRecv(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
   std::int64_t start = timeout > 0 ? NowNs() : 0;
 
   transport::ShmMutex lock = c.seg.ConsumerLock(transport::RxRingIndex(c.role));
-  // The kernel's socket lock is not interruptible: neither is this one.
-  int lrc;
-  while ((lrc = lock.Lock(transport::WaitOptions{})) == -EINTR) {
-  }
-  if (lrc < 0) return lrc;
+  if (int lrc = LockEnd(lock); lrc < 0) return lrc;
 
   iovec scratch[kMaxIov];
   std::size_t got = 0;
@@ -286,10 +293,7 @@ ssize_t ConnSend(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
   std::int64_t start = timeout > 0 ? NowNs() : 0;
 
   transport::ShmMutex lock = c.seg.ProducerLock(transport::TxRingIndex(c.role));
-  int lrc;
-  while ((lrc = lock.Lock(transport::WaitOptions{})) == -EINTR) {
-  }
-  if (lrc < 0) return lrc;
+  if (int lrc = LockEnd(lock); lrc < 0) return lrc;
 
   iovec scratch[kMaxIov];
   std::size_t sent = 0;
@@ -351,8 +355,7 @@ ssize_t ConnSend(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
 void ConnShutdownWrite(Connection& c, int fd, bool reset) {
   if (c.shut_wr.exchange(true) && !reset) return;
   transport::ShmMutex lock = c.seg.ProducerLock(transport::TxRingIndex(c.role));
-  while (lock.Lock(transport::WaitOptions{}) == -EINTR) {
-  }
+  if (LockEnd(lock) < 0) return;
   c.tx.ShutdownWrite(reset);
   if (fd >= 0) SendDoorbell(c.tx, fd);
   lock.Unlock();

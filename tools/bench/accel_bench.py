@@ -25,21 +25,9 @@ import sys
 import tempfile
 import time
 
-
-def runfile(rel):
-    base = os.environ.get("RUNFILES_DIR") or (os.path.abspath(sys.argv[0]) + ".runfiles")
-    for cand in (os.path.join(base, "doorway", rel), os.path.join(os.getcwd(), rel)):
-        if os.path.exists(cand):
-            return os.path.realpath(cand)
-    sys.exit(f"cannot find {rel}")
+from tools.bench.benchlib import cpu_model, runfile, free_port
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class Runner:
@@ -169,13 +157,7 @@ def main():
     def cell(vals):
         return f"{min(vals):.2f} / {statistics.median(vals):.2f} / {max(vals):.2f}"
 
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            m = re.search(r"model name\s*:\s*(.*)", f.read())
-            cpu = m.group(1) if m else cpu
-    except OSError:
-        pass
+    cpu = cpu_model()
     lines = [
         "# Accelerated TCP vs kernel TCP (same binaries)",
         "",

@@ -35,19 +35,12 @@ import sys
 import tempfile
 import time
 
+from tools.bench.benchlib import cpu_model, runfile
+
 MODES = ["native", "passthrough", "uring", "uring-sqpoll"]
 VETH_SERVER = "10.213.8.2"
 VETH_CLIENT = "10.213.8.1"
 
-
-def runfile(rel):
-    base = os.environ.get("RUNFILES_DIR") or (os.path.abspath(sys.argv[0]) + ".runfiles")
-    here = os.path.dirname(os.path.abspath(__file__))  # <runfiles>/doorway/tools/bench
-    for cand in (os.path.join(base, "doorway", rel), os.path.join(os.getcwd(), rel),
-                 os.path.join(here, "..", "..", rel)):
-        if os.path.exists(cand):
-            return os.path.realpath(cand)
-    sys.exit(f"cannot find {rel}")
 
 
 class Ctx:
@@ -255,13 +248,7 @@ def main():
             drop_veth(veth)
         shutil.rmtree(tmp, ignore_errors=True)
 
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            m = re.search(r"model name\s*:\s*(.*)", f.read())
-            cpu = m.group(1) if m else cpu
-    except OSError:
-        pass
+    cpu = cpu_model()
     load = os.getloadavg()
     lines = [
         f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "

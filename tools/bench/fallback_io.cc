@@ -24,33 +24,13 @@
 #include <cstdint>
 #include <vector>
 
+#include "tools/bench/io_util.h"
+
 namespace {
 
-bool ReadFull(int fd, char* buf, size_t n) {
-  size_t got = 0;
-  while (got < n) {
-    ssize_t r = read(fd, buf + got, n - got);
-    if (r <= 0) return false;
-    got += static_cast<size_t>(r);
-  }
-  return true;
-}
-
-bool WriteFull(int fd, const char* buf, size_t n) {
-  size_t put = 0;
-  while (put < n) {
-    ssize_t r = write(fd, buf + put, n - put);
-    if (r <= 0) return false;
-    put += static_cast<size_t>(r);
-  }
-  return true;
-}
-
-long NowNs() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec * 1000000000L + ts.tv_nsec;
-}
+using doorway::bench::NowNs;
+using doorway::bench::ReadFull;
+using doorway::bench::WriteFull;
 
 bool Addr(const char* host, int port, sockaddr_in* a) {
   *a = {};

@@ -17,21 +17,9 @@ import subprocess
 import sys
 import time
 
-
-def runfile(rel):
-    base = os.environ.get("RUNFILES_DIR") or (os.path.abspath(sys.argv[0]) + ".runfiles")
-    for cand in (os.path.join(base, "doorway", rel), os.path.join(os.getcwd(), rel)):
-        if os.path.exists(cand):
-            return os.path.realpath(cand)
-    sys.exit(f"cannot find {rel}")
+from tools.bench.benchlib import cpu_model, runfile, free_port
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def one_run(pingpong, so, preload, size, iters, pin):
@@ -103,13 +91,7 @@ def main():
         vals = [r[key] / 1000 for r in results[mode]]
         return f"{min(vals):.2f} / {statistics.median(vals):.2f} / {max(vals):.2f}"
 
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            m = re.search(r"model name\s*:\s*(.*)", f.read())
-            cpu = m.group(1) if m else cpu
-    except OSError:
-        pass
+    cpu = cpu_model()
     kernel = os.uname().release
     lines = [
         "# Pass-through overhead (kernel TCP, 64 B ping-pong)",
