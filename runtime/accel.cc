@@ -274,9 +274,8 @@ ssize_t ConnRecv(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
 // The reader of c's tx ring closed normally (nothing unread) while this end
 // still writes: TCP's CLOSE_WAIT.
 bool PeerClosedReading(const Connection& c) {
-  const transport::internal::StateLine& s = c.tx.control()->state;
-  return s.writer.load(std::memory_order_relaxed) == transport::internal::kStateOpen &&
-         s.reader.load(std::memory_order_acquire) == transport::internal::kStateClosed;
+  return c.tx.WriterState() == transport::EndState::kOpen &&
+         c.tx.ReaderState() == transport::EndState::kClosed;
 }
 
 ssize_t ConnSend(Connection& c, int fd, const iovec* iov, int iovcnt, int flags) {
@@ -372,11 +371,11 @@ void ConnRelease(Connection& c) {
 
 // ---------------------------------------------------------------- setup
 
+// A buffer size the program set (it differs from a fresh socket's) sizes
+// the ring; otherwise the transport's default.
 std::uint64_t RingCapacityFor(int bytes, int kernel_default) {
   if (bytes <= 0 || bytes == kernel_default) return transport::kDefaultRingCapacity;
-  std::uint64_t cap = transport::kMinRingCapacity;
-  while (cap < static_cast<std::uint64_t>(bytes) && cap < (std::uint64_t{16} << 20)) cap <<= 1;
-  return cap;
+  return transport::RingCapacityFor(static_cast<std::uint64_t>(bytes));
 }
 
 // A fresh TCP socket's SO_SNDBUF/SO_RCVBUF: what "not set by the program" looks like.
