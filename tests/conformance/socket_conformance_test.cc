@@ -115,9 +115,14 @@ class Conformance : public testing::TestWithParam<Kind> {
     if (GetParam() == Kind::kUnix) {
       sockaddr_un a{};
       a.sun_family = AF_UNIX;
-      // Not under TEST_TMPDIR: sun_path holds only 108 bytes.
-      unix_path_ =
-          "/tmp/doorway-conf." + std::to_string(getpid()) + "." + std::to_string(counter_++);
+      // Not under TEST_TMPDIR: sun_path holds only 108 bytes. A directory
+      // of our own: test runs in sandboxes can share a pid.
+      static const std::string dir = [] {
+        char tmpl[] = "/tmp/doorway-conf.XXXXXX";
+        const char* d = mkdtemp(tmpl);
+        return std::string(d != nullptr ? d : "/tmp");
+      }();
+      unix_path_ = dir + "/" + std::to_string(counter_++);
       unlink(unix_path_.c_str());
       strncpy(a.sun_path, unix_path_.c_str(), sizeof(a.sun_path) - 1);
       addr_len_ = sizeof(a);
