@@ -6,9 +6,12 @@
 #include <sched.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
+#include <climits>
 #include <cstdlib>
 #include <cstring>
 #include <utility>
@@ -99,6 +102,53 @@ PageSupport DetectPageSupport() {
   }
   return s;
 }
+
+namespace {
+
+// DetectPageSupport reads /proc/meminfo and a sysfs file: on this machine
+// those reads were most of an accelerated connection's set-up cost (two
+// segments' worth per connection, one on each side). The answer changes
+// only when an administrator resizes the huge-page pool or the THP setting,
+// so kAuto placements reuse a reading for up to a second; a stale "pool has
+// pages" only costs a failed hugetlb attempt (kAuto falls back), a stale
+// "no pool" a second of small pages. A forced kHugeTlb always reads afresh.
+// Racy by design: each field is an independent relaxed atomic, and any mix
+// of two readings is a reading that was true within the last second.
+PageSupport RecentPageSupport(bool fresh) {
+  static std::atomic<int64_t> read_at{INT64_MIN / 2};
+  static std::atomic<uint64_t> free_pages{0}, page_size{0};
+  static std::atomic<bool> thp{false};
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  int64_t now = static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+  if (fresh || now - read_at.load(std::memory_order_relaxed) > 1000000000) {
+    PageSupport sup = DetectPageSupport();
+    free_pages.store(sup.hugetlb_free_pages, std::memory_order_relaxed);
+    page_size.store(sup.hugetlb_page_size, std::memory_order_relaxed);
+    thp.store(sup.shmem_thp, std::memory_order_relaxed);
+    read_at.store(now, std::memory_order_relaxed);
+    return sup;
+  }
+  PageSupport sup;
+  sup.hugetlb_free_pages = free_pages.load(std::memory_order_relaxed);
+  sup.hugetlb_page_size = page_size.load(std::memory_order_relaxed);
+  sup.shmem_thp = thp.load(std::memory_order_relaxed);
+  return sup;
+}
+
+// numa_available() is a get_mempolicy system call each time; NUMA support
+// does not come and go while a process runs.
+bool NumaAvailable() {
+  static std::atomic<int> cached{-1};  // -1 unknown, 0 no, 1 yes
+  int v = cached.load(std::memory_order_relaxed);
+  if (v < 0) {
+    v = numa_available() >= 0 ? 1 : 0;
+    cached.store(v, std::memory_order_relaxed);
+  }
+  return v == 1;
+}
+
+}  // namespace
 
 int ComputeLayout(const uint64_t capacity[2], uint64_t data_align, uint64_t total_align,
                   SegmentLayout* out) {
@@ -220,7 +270,7 @@ int ValidateSegmentHeader(const void* base, uint64_t size, SegmentLayout* out) {
 int BindRingToNode(void* base, const SegmentLayout& layout, uint32_t ring, int node,
                    Placement* placement) {
   DOORWAY_CHECK(ring < kRingCount);
-  placement->numa_available = numa_available() >= 0;
+  placement->numa_available = NumaAvailable();
   if (!placement->numa_available) {
     placement->numa_error[ring] = ENOSYS;
     return -ENOSYS;
@@ -304,7 +354,7 @@ int TryCreate(const SegmentOptions& opts, bool hugetlb, uint64_t huge_page, int*
 }  // namespace
 
 int Segment::Create(const SegmentOptions& opts, Segment* out) {
-  PageSupport sup = DetectPageSupport();
+  PageSupport sup = RecentPageSupport(opts.pages == PagePolicy::kHugeTlb);
   int fd = -1;
   void* base = nullptr;
   SegmentLayout layout;
@@ -331,7 +381,7 @@ int Segment::Create(const SegmentOptions& opts, Segment* out) {
     }
   }
   InitializeSegment(base, layout, pl.pages);
-  pl.numa_available = numa_available() >= 0;
+  pl.numa_available = NumaAvailable();
   Segment s;
   s.fd_ = fd;
   s.base_ = base;
@@ -359,10 +409,10 @@ int Segment::Attach(int fd, Segment* out) {
   if (block > kSmallPage) {
     pl.pages = PageKind::kHugeTlb;
     pl.page_size = block;
-  } else if (DetectPageSupport().shmem_thp && madvise(base, size, MADV_HUGEPAGE) == 0) {
+  } else if (RecentPageSupport(false).shmem_thp && madvise(base, size, MADV_HUGEPAGE) == 0) {
     pl.pages = PageKind::kTransparentHuge;
   }
-  pl.numa_available = numa_available() >= 0;
+  pl.numa_available = NumaAvailable();
   Segment s;
   s.fd_ = fd;
   s.base_ = base;
