@@ -627,6 +627,10 @@ void OptionSnapshot::ReadFrom(int fd) {
     value[i].store(v, std::memory_order_relaxed);
     known[i].store(ok, std::memory_order_relaxed);
   }
+  ReadTimeoutsAndLinger(fd);
+}
+
+void OptionSnapshot::ReadTimeoutsAndLinger(int fd) {
   timeval tv{};
   socklen_t len = sizeof(tv);
   if (DOORWAY_REAL(getsockopt)(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, &len) == 0) {
@@ -670,23 +674,7 @@ void OptionSnapshot::ReadChanged(int fd, int domain, std::uint32_t mask) {
     have[d].store(true, std::memory_order_release);
   }
   CopyFrom(defaults[d]);
-  if (mask & (1u << 30)) {
-    timeval tv{};
-    socklen_t len = sizeof(tv);
-    if (DOORWAY_REAL(getsockopt)(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, &len) == 0) {
-      rcvtimeo_ns.store(TimevalToNs(tv), std::memory_order_relaxed);
-    }
-    len = sizeof(tv);
-    if (DOORWAY_REAL(getsockopt)(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, &len) == 0) {
-      sndtimeo_ns.store(TimevalToNs(tv), std::memory_order_relaxed);
-    }
-    linger lg{};
-    len = sizeof(lg);
-    if (DOORWAY_REAL(getsockopt)(fd, SOL_SOCKET, SO_LINGER, &lg, &len) == 0) {
-      linger_onoff.store(lg.l_onoff, std::memory_order_relaxed);
-      linger_secs.store(lg.l_linger, std::memory_order_relaxed);
-    }
-  }
+  if (mask & (1u << 30)) ReadTimeoutsAndLinger(fd);
   if (mask & (1u << 31)) {
     ReadFrom(fd);  // something we do not list: take everything from the kernel
     return;

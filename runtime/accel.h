@@ -73,6 +73,9 @@ struct OptionSnapshot {
   // Kernel defaults for a fresh socket of `domain`, then the options in
   // `mask` (OptionBit) read from kernel_fd.
   void ReadChanged(int kernel_fd, int domain, std::uint32_t mask);
+
+ private:
+  void ReadTimeoutsAndLinger(int kernel_fd);
 };
 
 // The bit NoteOptionSet records for (level, name).

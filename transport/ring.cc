@@ -185,15 +185,21 @@ int64_t Ring::Reserve(size_t max, RingSpan* span) {
   uint64_t n = cap_ - static_cast<uint64_t>(used);
   if (n == 0) return -EAGAIN;
   if (n > want) n = want;
-  uint64_t pos = tail & mask_;
+  FillSpan(tail, n, span);
+  reserved_ = n;
+  return static_cast<int64_t>(n);
+}
+
+void Ring::FillSpan(uint64_t index, uint64_t n, RingSpan* span) const {
+  // The n bytes at free-running `index`: up to the end of the data area,
+  // then the rest from its start.
+  uint64_t pos = index & mask_;
   uint64_t first = cap_ - pos;
   if (first > n) first = n;
   span->data[0] = data_ + pos;
   span->len[0] = first;
   span->data[1] = n > first ? data_ : nullptr;
   span->len[1] = n - first;
-  reserved_ = n;
-  return static_cast<int64_t>(n);
 }
 
 int Ring::Commit(size_t n) {
@@ -405,13 +411,7 @@ int64_t Ring::Acquire(size_t max, RingSpan* span) {
     if (avail <= 0) return avail == 0 ? 0 : avail;
   }
   uint64_t n = static_cast<uint64_t>(avail) < want ? static_cast<uint64_t>(avail) : want;
-  uint64_t pos = head & mask_;
-  uint64_t first = cap_ - pos;
-  if (first > n) first = n;
-  span->data[0] = data_ + pos;
-  span->len[0] = first;
-  span->data[1] = n > first ? data_ : nullptr;
-  span->len[1] = n - first;
+  FillSpan(head, n, span);
   acquired_ = n;
   return static_cast<int64_t>(n);
 }

@@ -182,6 +182,7 @@ class Ring {
   void PublishHead(uint64_t head);
   void Notify(internal::WaitLine& w);
   void Corrupt() const;
+  void FillSpan(uint64_t index, uint64_t n, RingSpan* span) const;
 
   internal::RingControl* ctrl_ = nullptr;
   std::byte* data_ = nullptr;
