@@ -11,6 +11,7 @@
 #include <cstdarg>
 
 #include "abi/internal/trampoline.h"
+#include "runtime/inherit.h"
 
 using doorway::abi::Ret;
 namespace rt = doorway::runtime;
@@ -24,29 +25,38 @@ DOORWAY_EXPORT pid_t fork(void) { return Ret(rt::Fork()); }
 // allows it, and a correct vfork child only calls exec or _exit.
 DOORWAY_EXPORT pid_t vfork(void) { return Ret(rt::Fork()); }
 
+// Each exec passes the kernel an environment that tells the new program's
+// runtime about accelerated connections that cross the exec
+// (runtime/inherit.h); if the exec fails, the extra descriptors go.
 DOORWAY_EXPORT int execve(const char* path, char* const argv[], char* const envp[]) {
-  return DOORWAY_REAL(execve)(path, argv, envp);
+  rt::ExecEnv env(envp);
+  return DOORWAY_REAL(execve)(path, argv, env.envp());
 }
 
 DOORWAY_EXPORT int execv(const char* path, char* const argv[]) {
-  return DOORWAY_REAL(execv)(path, argv);
+  rt::ExecEnv env(environ);
+  return DOORWAY_REAL(execve)(path, argv, env.envp());
 }
 
 DOORWAY_EXPORT int execvp(const char* file, char* const argv[]) {
-  return DOORWAY_REAL(execvp)(file, argv);
+  rt::ExecEnv env(environ);
+  return DOORWAY_REAL(execvpe)(file, argv, env.envp());
 }
 
 DOORWAY_EXPORT int execvpe(const char* file, char* const argv[], char* const envp[]) {
-  return DOORWAY_REAL(execvpe)(file, argv, envp);
+  rt::ExecEnv env(envp);
+  return DOORWAY_REAL(execvpe)(file, argv, env.envp());
 }
 
 DOORWAY_EXPORT int fexecve(int fd, char* const argv[], char* const envp[]) {
-  return DOORWAY_REAL(fexecve)(fd, argv, envp);
+  rt::ExecEnv env(envp);
+  return DOORWAY_REAL(fexecve)(fd, argv, env.envp());
 }
 
 DOORWAY_EXPORT int execveat(int dirfd, const char* path, char* const argv[], char* const envp[],
                             int flags) {
-  return DOORWAY_REAL(execveat)(dirfd, path, argv, envp, flags);
+  rt::ExecEnv env(envp);
+  return DOORWAY_REAL(execveat)(dirfd, path, argv, env.envp(), flags);
 }
 
 // The execl family: glibc implements them with its internal execve, which we
@@ -106,12 +116,15 @@ DOORWAY_EXPORT int posix_spawn(pid_t* pid, const char* path,
                                const posix_spawn_file_actions_t* actions,
                                const posix_spawnattr_t* attr, char* const argv[],
                                char* const envp[]) {
-  return DOORWAY_REAL(posix_spawn)(pid, path, actions, attr, argv, envp);
+  // The child holds its copies of the memfds once spawned; ours go.
+  rt::ExecEnv env(envp);
+  return DOORWAY_REAL(posix_spawn)(pid, path, actions, attr, argv, env.envp());
 }
 
 DOORWAY_EXPORT int posix_spawnp(pid_t* pid, const char* file,
                                 const posix_spawn_file_actions_t* actions,
                                 const posix_spawnattr_t* attr, char* const argv[],
                                 char* const envp[]) {
-  return DOORWAY_REAL(posix_spawnp)(pid, file, actions, attr, argv, envp);
+  rt::ExecEnv env(envp);
+  return DOORWAY_REAL(posix_spawnp)(pid, file, actions, attr, argv, env.envp());
 }

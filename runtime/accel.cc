@@ -717,6 +717,42 @@ void OnFdDetached(const Ref& ref) {
   // a thread blocked in accept() still holds a reference.
 }
 
+void InitInheritedConnection(Connection& c, transport::Segment seg, Role role,
+                             const Endpoint& local, const Endpoint& peer, bool shared, int fd) {
+  InitConnection(c, std::move(seg), role);
+  c.local = local;
+  c.peer = peer;
+  c.shared.store(shared, std::memory_order_relaxed);
+  int fl = DOORWAY_REAL(fcntl)(fd, F_GETFL);
+  c.nonblocking.store(fl >= 0 && (fl & O_NONBLOCK) != 0, std::memory_order_relaxed);
+}
+
+int CollectOwnFds(unsigned first, unsigned last, int* out, int max) {
+  int n = 0;
+  auto add = [&](int fd) {
+    if (fd < 0 || static_cast<unsigned>(fd) < first || static_cast<unsigned>(fd) > last) return;
+    for (int i = 0; i < n; ++i) {
+      if (out[i] == fd) return;
+    }
+    if (n == max) return;
+    int i = n++;
+    while (i > 0 && out[i - 1] > fd) {  // keep sorted
+      out[i] = out[i - 1];
+      --i;
+    }
+    out[i] = fd;
+  };
+  GlobalTable().ForEach([&](int, const Ref& r) {
+    if (const Connection* c = r.As<Connection>()) add(c->seg.fd());
+    if (const Listener* l = r.As<Listener>()) {
+      add(l->tcp_fd);
+      add(l->door_fd[0]);
+      add(l->door_fd[1]);
+    }
+  });
+  return n;
+}
+
 void MarkAllShared() {
   GlobalTable().ForEach([](int, const Ref& r) {
     if (Connection* c = r.As<Connection>()) c->shared.store(true, std::memory_order_relaxed);

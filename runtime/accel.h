@@ -131,8 +131,15 @@ struct Listener {
 // referring to a managed object (close, dup2 over it, close_range; dup).
 void OnFdAttached(const fdtable::Ref& ref);
 void OnFdDetached(const fdtable::Ref& ref);
+// The descriptors doorway itself holds (segment memfds, listeners' kernel
+// sockets and doors) within [first, last], sorted; at most max. Returns
+// how many.
+int CollectOwnFds(unsigned first, unsigned last, int* out, int max);
 // Before fork: every managed object becomes shared between the processes.
 void MarkAllShared();
+// After exec (runtime/inherit.h): a connection rebuilt from its segment.
+void InitInheritedConnection(Connection& c, transport::Segment seg, transport::Role role,
+                             const Endpoint& local, const Endpoint& peer, bool shared, int fd);
 
 // ---- the calls abi/ routes here; each returns the result or -errno ----
 int Listen(int fd, int backlog);

@@ -10,6 +10,7 @@
 #include "runtime/config.h"
 #include "runtime/endpoint.h"
 #include "runtime/fallback.h"
+#include "runtime/inherit.h"
 #include "runtime/log.h"
 #include "runtime/real.h"
 #include "runtime/sockets.h"
@@ -45,10 +46,14 @@ void Initialise() {
   SetConfig(config);
   SetTrackingEnabled(!config.disabled);
   fallback::Configure(config.disabled ? FallbackMode::kPassthrough : config.fallback);
+  // Accelerated connections first, so that the scan does not take their
+  // Unix sockets for plain ones.
+  int adopted = config.disabled ? 0 : AdoptInheritedConnections();
   int inherited = config.disabled ? 0 : ScanInheritedSockets();
   if (!config.disabled) LocalAddressesRefresh();
-  DOORWAY_LOG(kInfo, "loaded into %s%s; %d inherited socket(s)", program_invocation_short_name,
-              config.disabled ? " (disabled)" : "", inherited);
+  DOORWAY_LOG(kInfo, "loaded into %s%s; %d inherited socket(s), %d accelerated",
+              program_invocation_short_name, config.disabled ? " (disabled)" : "", inherited,
+              adopted);
   // A1: release pairs with the acquire in Initialised().
   g_init_state.store(2, std::memory_order_release);
 }

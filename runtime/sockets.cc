@@ -183,7 +183,7 @@ int ScanInheritedSockets() {
       const char* name = d->d_name;
       if (name[0] < '0' || name[0] > '9') continue;
       int fd = static_cast<int>(strtol(name, nullptr, 10));
-      if (fd == dir) continue;
+      if (fd == dir || GlobalTable().Occupied(fd)) continue;
       SocketFile f;
       if (Classify(fd, &f)) {
         f.origin = Origin::kInherited;
@@ -249,24 +249,35 @@ int Close(int fd) {
 }
 
 int CloseRange(unsigned first, unsigned last, int flags) {
-  int r = DOORWAY_REAL(close_range)(first, last, flags);
-  if (r < 0) return -errno;
-  // CLOSE_RANGE_CLOEXEC only marks the fds; they stay open.
-  if ((flags & CLOSE_RANGE_CLOEXEC) == 0) {
-    int lo = first > static_cast<unsigned>(fdtable::FdTable::kMaxFds) ? fdtable::FdTable::kMaxFds
-                                                                      : static_cast<int>(first);
+  bool closing = first <= last && (flags & ~(CLOSE_RANGE_UNSHARE | CLOSE_RANGE_CLOEXEC)) == 0 &&
+                 (flags & CLOSE_RANGE_CLOEXEC) == 0;
+  if (!closing) return Neg(DOORWAY_REAL(close_range)(first, last, flags));
+  // Descriptors doorway owns (segment memfds, a listener's kernel socket
+  // and doors) are closed by the objects that own them, never behind their
+  // backs: programs close whole ranges before exec (Python's close_fds).
+  int hidden[256];
+  int nhidden = CollectOwnFds(first, last, hidden, 256);
+  // Table entries go before the kernel closes the fds (see Close).
+  if (first < static_cast<unsigned>(fdtable::FdTable::kMaxFds)) {
     int hi = last >= static_cast<unsigned>(fdtable::FdTable::kMaxFds)
                  ? fdtable::FdTable::kMaxFds - 1
                  : static_cast<int>(last);
-    GlobalTable().RemoveRange(lo, hi, [](int, Ref) {});
+    GlobalTable().RemoveRange(static_cast<int>(first), hi, [](int, Ref r) { OnFdDetached(r); });
   }
-  return r;
+  unsigned lo = first;
+  for (int i = 0; i < nhidden; ++i) {
+    unsigned h = static_cast<unsigned>(hidden[i]);
+    if (h > lo && DOORWAY_REAL(close_range)(lo, h - 1, flags) != 0) return -errno;
+    lo = h + 1;
+    flags &= ~CLOSE_RANGE_UNSHARE;  // done by the first call
+  }
+  if (lo <= last && lo != 0 && DOORWAY_REAL(close_range)(lo, last, flags) != 0) return -errno;
+  if (lo == 0 && DOORWAY_REAL(close_range)(0, last, flags) != 0) return -errno;
+  return 0;
 }
 
 void Closefrom(int lowfd) {
-  DOORWAY_REAL(closefrom)(lowfd);
-  if (lowfd < 0) lowfd = 0;
-  GlobalTable().RemoveRange(lowfd, fdtable::FdTable::kMaxFds - 1, [](int, Ref) {});
+  (void)CloseRange(lowfd < 0 ? 0 : static_cast<unsigned>(lowfd), ~0U, 0);
 }
 
 int Dup(int fd) {
