@@ -10,7 +10,7 @@ PACKAGES=(
   # tests and the demo: real programs run under doorway
   curl socat python3 libpython3.11-testsuite procps iproute2 util-linux coreutils
   # benchmarks
-  numactl sockperf redis-server redis-tools
+  numactl sockperf redis-server redis-tools nginx-light
   # code hygiene
   clang-format clang-tidy
 )

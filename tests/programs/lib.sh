@@ -24,8 +24,8 @@ trap cleanup EXIT
 
 fail() {
   echo "FAIL: $*" >&2
-  for f in "$WORK"/*.log; do
-    [ -f "$f" ] && { echo "--- $f" >&2; tail -20 "$f" >&2; }
+  for f in "$WORK"/*.log "$WORK"/*.out "$WORK"/logs/*.log; do
+    [ -f "$f" ] && { echo "--- $f" >&2; grep -v "loaded into" "$f" | tail -20 >&2; }
   done
   exit 1
 }
