@@ -173,10 +173,14 @@ std::size_t IovLen(const iovec* iov, int iovcnt) {
   return n;
 }
 
-// Advances (iov, iovcnt) by n bytes into scratch (which must hold iovcnt).
+// Copies (iov, iovcnt) advanced by n bytes into scratch, at most
+// kScratchIov entries: a longer vector is moved a window at a time (a short
+// transfer is legal, and the callers loop), which keeps the stack small for
+// calls made from signal handlers on an alternate stack.
+constexpr int kScratchIov = 64;
 int Advance(const iovec* iov, int iovcnt, std::size_t n, iovec* scratch) {
   int out = 0;
-  for (int i = 0; i < iovcnt; ++i) {
+  for (int i = 0; i < iovcnt && out < kScratchIov; ++i) {
     if (n >= iov[i].iov_len) {
       n -= iov[i].iov_len;
       continue;
@@ -220,7 +224,7 @@ ssize_t ConnRecv(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
   transport::ShmMutex lock = c.seg.ConsumerLock(transport::RxRingIndex(c.role));
   if (int lrc = LockEnd(lock); lrc < 0) return lrc;
 
-  iovec scratch[kMaxIov];
+  iovec scratch[kScratchIov];
   std::size_t got = 0;
   ssize_t result = 0;
   for (;;) {
@@ -230,6 +234,13 @@ ssize_t ConnRecv(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
     } else {
       int n = Advance(iov, iovcnt, got, scratch);
       r = c.rx.Read(scratch, n);
+      // The window of a long vector filled up: take what else is there now,
+      // as the kernel fills the whole vector from what it has.
+      if (r > 0 && !waitall && static_cast<std::size_t>(r) == IovLen(scratch, n) &&
+          got + static_cast<std::size_t>(r) < want) {
+        got += static_cast<std::size_t>(r);
+        continue;
+      }
     }
     if (r > 0) {
       got += static_cast<std::size_t>(r);
@@ -238,6 +249,7 @@ ssize_t ConnRecv(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
     }
     if (r == 0) break;  // EOF
     if (r == -EAGAIN) {
+      if (got > 0 && !waitall) break;  // the rest of a long vector found nothing more
       if (c.shut_rd.load(std::memory_order_relaxed)) break;
       if (dontwait) {
         if (got == 0) result = -EAGAIN;
@@ -294,7 +306,7 @@ ssize_t ConnSend(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
   transport::ShmMutex lock = c.seg.ProducerLock(transport::TxRingIndex(c.role));
   if (int lrc = LockEnd(lock); lrc < 0) return lrc;
 
-  iovec scratch[kMaxIov];
+  iovec scratch[kScratchIov];
   std::size_t sent = 0;
   ssize_t result = 0;
   for (;;) {

@@ -711,6 +711,28 @@ TEST_P(Conformance, EpollRdhupAndMixedFds) {
   close(p[1]);
 }
 
+TEST_P(Conformance, LongIoVectors) {
+  Connect();
+  // More iovecs than doorway copies at once (64): all of them are used.
+  constexpr int kN = 300;
+  std::vector<char> out(kN), in(kN, 0);
+  std::vector<iovec> ov(kN), iv(kN);
+  for (int i = 0; i < kN; ++i) {
+    out[i] = static_cast<char>(i * 13);
+    ov[i] = {&out[i], 1};
+    iv[i] = {&in[i], 1};
+  }
+  ASSERT_EQ(writev(client_, ov.data(), kN), kN);
+  WaitReadable(server_);
+  int avail = 0;
+  for (int i = 0; i < 100 && avail < kN; ++i) {  // loopback TCP may take a moment
+    ASSERT_EQ(ioctl(server_, FIONREAD, &avail), 0);
+    if (avail < kN) usleep(1000);
+  }
+  ASSERT_EQ(readv(server_, iv.data(), kN), kN);
+  EXPECT_EQ(in, out);
+}
+
 TEST_P(Conformance, BadDescriptors) {
   char buf[4];
   errno = 0;
