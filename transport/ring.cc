@@ -305,7 +305,7 @@ int64_t Ring::Read(void* buf, size_t len) {
   return Read(&iov, 1);
 }
 
-int64_t Ring::Read(const struct iovec* iov, int iovcnt) {
+int64_t Ring::AvailToConsume(uint64_t want, uint64_t* head) {
   // A3 pairs with R3: a reset discards whatever is still queued (as TCP's RST).
   uint32_t w = ctrl_->state.writer.load(std::memory_order_acquire);
   if (!ValidState(w)) {
@@ -313,19 +313,23 @@ int64_t Ring::Read(const struct iovec* iov, int iovcnt) {
     return -EIO;
   }
   if (w == kStateReset) return -ECONNRESET;
-  uint64_t total = IovTotal(iov, iovcnt, cap_);
-  if (total == 0) return 0;
-  uint64_t head;
-  int64_t avail = LoadAvailForConsumer(&head, total);
-  if (avail < 0) return avail;
-  if (avail == 0) {
-    int64_t r = EmptyResult();
-    if (r != -EAGAIN || ctrl_->state.writer.load(std::memory_order_acquire) != kStateClosed)
-      return r;
-    // FIN raced with the last data: read it now (bounded: one retry).
-    avail = LoadAvailForConsumer(&head, total);
-    if (avail <= 0) return avail == 0 ? 0 : avail;
+  if (want == 0) return 0;
+  int64_t avail = LoadAvailForConsumer(head, want);
+  if (avail != 0) return avail;
+  int64_t r = EmptyResult();
+  if (r != -EAGAIN || ctrl_->state.writer.load(std::memory_order_acquire) != kStateClosed) {
+    return r;
   }
+  // FIN raced with the last data: take it now (bounded: one retry).
+  avail = LoadAvailForConsumer(head, want);
+  return avail;
+}
+
+int64_t Ring::Read(const struct iovec* iov, int iovcnt) {
+  uint64_t total = IovTotal(iov, iovcnt, cap_);
+  uint64_t head;
+  int64_t avail = AvailToConsume(total, &head);
+  if (avail <= 0) return avail;
   uint64_t n = static_cast<uint64_t>(avail) < total ? static_cast<uint64_t>(avail) : total;
   uint64_t done = 0;
   for (int i = 0; done < n; ++i) {
@@ -392,24 +396,10 @@ int64_t Ring::Peek(size_t offset, const struct iovec* iov, int iovcnt) {
 
 int64_t Ring::Acquire(size_t max, RingSpan* span) {
   *span = RingSpan{};
-  uint32_t w = ctrl_->state.writer.load(std::memory_order_acquire);  // A3 pairs with R3
-  if (!ValidState(w)) {
-    Corrupt();
-    return -EIO;
-  }
-  if (w == kStateReset) return -ECONNRESET;
   uint64_t want = max < cap_ ? max : cap_;
-  if (want == 0) return 0;
   uint64_t head;
-  int64_t avail = LoadAvailForConsumer(&head, want);
-  if (avail < 0) return avail;
-  if (avail == 0) {
-    int64_t r = EmptyResult();
-    if (r != -EAGAIN || ctrl_->state.writer.load(std::memory_order_acquire) != kStateClosed)
-      return r;
-    avail = LoadAvailForConsumer(&head, want);
-    if (avail <= 0) return avail == 0 ? 0 : avail;
-  }
+  int64_t avail = AvailToConsume(want, &head);
+  if (avail <= 0) return avail;
   uint64_t n = static_cast<uint64_t>(avail) < want ? static_cast<uint64_t>(avail) : want;
   FillSpan(head, n, span);
   acquired_ = n;

@@ -178,6 +178,10 @@ class Ring {
   int64_t LoadAvailForConsumer(uint64_t* head, size_t want);
   int CheckWriteState() const;
   int64_t EmptyResult();
+  // The consumer's prologue: the writer's state, then how many of `want`
+  // bytes are readable (> 0), or what Read/Acquire return instead (0 at EOF
+  // or for want == 0, -EAGAIN, -ECONNRESET, -EIO).
+  int64_t AvailToConsume(uint64_t want, uint64_t* head);
   void PublishTail(uint64_t tail);
   void PublishHead(uint64_t head);
   void Notify(internal::WaitLine& w);
