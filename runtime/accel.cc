@@ -160,6 +160,23 @@ bool RestartAfterSignal(std::int64_t timeout_ns) {
   return true;
 }
 
+// After a blocking call's wait returned w with `done` bytes moved so far:
+// whether to go on (data, room, or a signal the kernel would restart the
+// call for), or stop with *result set as the kernel would (a timeout is
+// EAGAIN, an interrupting signal EINTR; either only if nothing moved).
+bool KeepWaiting(int w, std::size_t done, std::int64_t timeout_ns, ssize_t* result) {
+  if (w == -ETIMEDOUT || w == -EAGAIN) {
+    if (done == 0) *result = -EAGAIN;
+    return false;
+  }
+  if (w == -EINTR) {
+    if (done == 0 && RestartAfterSignal(timeout_ns)) return true;
+    if (done == 0) *result = -EINTR;
+    return false;
+  }
+  return true;
+}
+
 void RaiseSigpipe(int flags) {
   if ((flags & MSG_NOSIGNAL) == 0) {
     // The kernel sends SIGPIPE to the calling thread.
@@ -257,15 +274,7 @@ ssize_t ConnRecv(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
         break;
       }
       int w = transport::WaitReadable(c.rx, WaitFor(fd, timeout, start), &c.rx_spin);
-      if (w == -ETIMEDOUT || w == -EAGAIN) {
-        if (got == 0) result = -EAGAIN;
-        break;
-      }
-      if (w == -EINTR) {
-        if (got == 0 && RestartAfterSignal(timeout)) continue;
-        if (got == 0) result = -EINTR;
-        break;
-      }
+      if (!KeepWaiting(w, got, timeout, &result)) break;
       continue;
     }
     if (r == -ECONNRESET || r == -EIO) {
@@ -325,15 +334,7 @@ ssize_t ConnSend(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
         break;
       }
       int w = transport::WaitWritable(c.tx, 1, WaitFor(fd, timeout, start), &c.tx_spin);
-      if (w == -ETIMEDOUT || w == -EAGAIN) {
-        if (sent == 0) result = -EAGAIN;
-        break;
-      }
-      if (w == -EINTR) {
-        if (sent == 0 && RestartAfterSignal(timeout)) continue;
-        if (sent == 0) result = -EINTR;
-        break;
-      }
+      if (!KeepWaiting(w, sent, timeout, &result)) break;
       continue;
     }
     if (sent > 0) break;
