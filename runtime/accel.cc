@@ -119,10 +119,14 @@ long RawRecv(int fd, void* buf, size_t n, int flags) {
 // Takes the lock of one end of a ring (threads and forked processes sharing
 // the socket). The kernel's socket lock is not interruptible: neither is
 // this one, so a signal only makes it retry. 0 (or kOwnerDied: the previous
-// holder died; the ring is consistent, see shm_mutex.h) or -errno.
-int LockEnd(transport::ShmMutex& lock) {
+// holder died; the ring is consistent, see shm_mutex.h) or -errno (-EIO: a
+// connection that only this process holds found its lock word forged by the
+// peer, which would otherwise stall even a non-blocking call forever).
+int LockEnd(transport::ShmMutex& lock, bool shared) {
+  using H = transport::ShmMutex::Holders;
   int rc;
-  while ((rc = lock.Lock(transport::WaitOptions{})) == -EINTR) {
+  while ((rc = lock.Lock(transport::WaitOptions{}, shared ? H::kAnyProcess : H::kThisProcess)) ==
+         -EINTR) {
   }
   return rc;
 }
@@ -239,7 +243,7 @@ ssize_t ConnRecv(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
   std::int64_t start = timeout > 0 ? NowNs() : 0;
 
   transport::ShmMutex lock = c.seg.ConsumerLock(transport::RxRingIndex(c.role));
-  if (int lrc = LockEnd(lock); lrc < 0) return lrc;
+  if (int lrc = LockEnd(lock, c.shared.load(std::memory_order_relaxed)); lrc < 0) return lrc;
 
   iovec scratch[kScratchIov];
   std::size_t got = 0;
@@ -313,7 +317,7 @@ ssize_t ConnSend(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
   std::int64_t start = timeout > 0 ? NowNs() : 0;
 
   transport::ShmMutex lock = c.seg.ProducerLock(transport::TxRingIndex(c.role));
-  if (int lrc = LockEnd(lock); lrc < 0) return lrc;
+  if (int lrc = LockEnd(lock, c.shared.load(std::memory_order_relaxed)); lrc < 0) return lrc;
 
   iovec scratch[kScratchIov];
   std::size_t sent = 0;
@@ -367,7 +371,7 @@ ssize_t ConnSend(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
 void ConnShutdownWrite(Connection& c, int fd, bool reset) {
   if (c.shut_wr.exchange(true) && !reset) return;
   transport::ShmMutex lock = c.seg.ProducerLock(transport::TxRingIndex(c.role));
-  if (LockEnd(lock) < 0) return;
+  if (LockEnd(lock, c.shared.load(std::memory_order_relaxed)) < 0) return;
   c.tx.ShutdownWrite(reset);
   if (fd >= 0) SendDoorbell(c.tx, fd);
   lock.Unlock();

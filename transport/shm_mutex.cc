@@ -30,6 +30,10 @@ bool OwnerAlive(uint32_t tid) {
   return errno != ESRCH;  // EPERM: exists, belongs to someone else
 }
 
+bool OwnThread(uint32_t tid) {
+  return tid != 0 && syscall(SYS_tgkill, getpid(), static_cast<pid_t>(tid), 0) == 0;
+}
+
 }  // namespace
 
 uint32_t ShmMutex::SelfTid() {
@@ -54,7 +58,7 @@ int ShmMutex::TryLock() {
   return -EBUSY;
 }
 
-int ShmMutex::Lock(const WaitOptions& opts) {
+int ShmMutex::Lock(const WaitOptions& opts, Holders holders) {
   const uint32_t tid = SelfTid();
   uint32_t cur = 0;
   // Fast path: one uncontended CAS (acquire pairs with Unlock's release).
@@ -89,6 +93,9 @@ int ShmMutex::Lock(const WaitOptions& opts) {
         continue;
       cur |= kWaitersBit;
     }
+    // Contended only: one tgkill(sig 0) per slice, ESRCH for a tid outside
+    // our thread group (tid 0 is never a holder).
+    if (holders == Holders::kThisProcess && !OwnThread(cur & kTidMask)) return -EIO;
     int64_t now = internal::MonotonicNs();
     if (now >= deadline) return -ETIMEDOUT;
     int64_t slice = deadline - now;

@@ -42,10 +42,17 @@ class ShmMutex {
 
   // 0 when acquired, kOwnerDied when acquired from a dead owner, -EBUSY.
   int TryLock();
+  // Who may legitimately hold the lock. An end used by one process only
+  // (no fork since the connection was made) can only be held by a thread of
+  // that process: any other tid in the word was written by the peer, and
+  // Lock says so (-EIO) instead of waiting for a holder that never lets go.
+  enum class Holders : uint8_t { kAnyProcess, kThisProcess };
+
   // 0 / kOwnerDied when acquired; -EAGAIN (opts.timeout_ns == 0), -ETIMEDOUT,
-  // -EINTR (a signal handler ran while asleep). liveness_fd in opts is not
-  // used; liveness_interval_ns bounds the owner-death check interval.
-  int Lock(const WaitOptions& opts);
+  // -EINTR (a signal handler ran while asleep), -EIO (kThisProcess and the
+  // word names no thread of this process). liveness_fd in opts is not used;
+  // liveness_interval_ns bounds the owner-death check interval.
+  int Lock(const WaitOptions& opts, Holders holders = Holders::kAnyProcess);
   // Async-signal-safe. Returns 0, or -EPERM if the word did not hold our tid
   // (corrupted by the peer, or a caller bug); the lock is released anyway.
   int Unlock();

@@ -1,6 +1,8 @@
 #include "transport/shm_mutex.h"
 
+#include <signal.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -40,6 +42,45 @@ TEST(ShmMutex, TryLockUnlock) {
   EXPECT_EQ(s->word.load(), 0u);
   EXPECT_EQ(m.Lock(WaitOptions{}), 0);
   EXPECT_EQ(m.Unlock(), 0);
+  munmap(s, sizeof(Shared));
+}
+
+// A word that names a thread outside this process (a live one: the forked
+// child; or tid 1) is a forgery when only this process may hold the lock:
+// -EIO at once, not a wait for a holder that never lets go. A holder that is
+// one of our threads is waited for as usual.
+TEST(ShmMutex, ForeignHolderIsCorruptionForThisProcessOnly) {
+  Shared* s = MapShared();
+  ShmMutex m(&s->word);
+  pid_t child = fork();
+  if (child == 0) {
+    pause();
+    _exit(0);
+  }
+  ASSERT_GT(child, 0);
+  for (uint32_t forged :
+       {static_cast<uint32_t>(child), static_cast<uint32_t>(child) | ShmMutex::kWaitersBit, 1u,
+        ShmMutex::kWaitersBit}) {
+    s->word.store(forged);
+    EXPECT_EQ(m.Lock(WaitOptions{}, ShmMutex::Holders::kThisProcess), -EIO) << forged;
+  }
+  s->word.store(static_cast<uint32_t>(child));
+  WaitOptions o;
+  o.timeout_ns = 20'000'000;
+  EXPECT_EQ(m.Lock(o, ShmMutex::Holders::kAnyProcess), -ETIMEDOUT);  // a live holder elsewhere
+  kill(child, SIGKILL);
+  waitpid(child, nullptr, 0);
+  s->word.store(0);
+
+  ASSERT_EQ(m.Lock(WaitOptions{}), 0);
+  std::atomic<int> rc{1};
+  std::thread t(
+      [&] { rc = ShmMutex(&s->word).Lock(WaitOptions{}, ShmMutex::Holders::kThisProcess); });
+  usleep(20'000);
+  EXPECT_EQ(rc.load(), 1);  // still waiting for our own thread
+  EXPECT_EQ(m.Unlock(), 0);
+  t.join();
+  EXPECT_EQ(rc.load(), 0);
   munmap(s, sizeof(Shared));
 }
 
