@@ -7,7 +7,7 @@
                              echo client: connect, exchange random blocks,
                              compare, close; again until STOPFILE exists
                              (at most SECONDS); prints "GOOD n" or "BAD ..."
-  victim.py lines PORT CONNS one connection after another: send a line, read
+  victim.py lines PORT CONNS CONNS concurrent connections: send a line, read
                              whatever comes back until EOF or error (a victim
                              client for a hostile server); prints the outcome
                              of each
@@ -153,10 +153,19 @@ def good(port, stopfile, seconds):
 
 
 def lines(port, conns):
-    for i in range(conns):
-        s = socket.create_connection(("127.0.0.1", port))
+    # One thread per connection, all at once: a connection that the peer
+    # keeps open (legitimately blocking its reader) must not hold up others.
+    lock = threading.Lock()
+
+    def one(i):
         why = "EOF"
         total = 0
+        try:
+            s = socket.create_connection(("127.0.0.1", port))
+        except OSError as e:
+            with lock:
+                say("CLOSED", i, "connect:" + outcome(e), 0)
+            return
         try:
             s.sendall(b"victim line %d\n" % i)
             while True:
@@ -165,14 +174,23 @@ def lines(port, conns):
                     break
                 total += len(d)
                 # Keep the peer's rings busy in both directions.
+                s.setblocking(False)
                 try:
                     s.send(d[:64])
                 except BlockingIOError:
                     pass
+                s.setblocking(True)
         except OSError as e:
             why = outcome(e)
         s.close()
-        say("CLOSED", i, why, total)
+        with lock:
+            say("CLOSED", i, why, total)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(conns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     say("DONE")
     return 0
 
