@@ -25,7 +25,9 @@ DOORWAY_EXPORT int socketpair(int domain, int type, int protocol, int sv[2]) {
 DOORWAY_EXPORT int bind(int fd, const sockaddr* addr, socklen_t len) {
   if (Managed(fd)) return Ret(rt::ManagedBind(fd, addr, len));
   rt::Discover(fd);
-  return DOORWAY_REAL(bind)(fd, addr, len);
+  int rc = DOORWAY_REAL(bind)(fd, addr, len);
+  if (rc == 0) rt::NoteHistory(fd, rt::SocketFile::kHistoryBound);
+  return rc;
 }
 
 DOORWAY_EXPORT int listen(int fd, int backlog) {

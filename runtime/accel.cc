@@ -455,12 +455,15 @@ Endpoint SourceFor(const Endpoint& dest_in, int domain) {
 
 // Binds the client's TCP socket to an ephemeral port on the source address,
 // so that the connection has a unique, plausible local address. Returns it.
-bool ClaimLocalAddress(int fd, const Endpoint& dest, int domain, Endpoint* local) {
+// `unbound`: the program has certainly not bound the socket.
+bool ClaimLocalAddress(int fd, const Endpoint& dest, int domain, bool unbound, Endpoint* local) {
   sockaddr_storage ss;
   socklen_t len = sizeof(ss);
-  if (DOORWAY_REAL(getsockname)(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return false;
   Endpoint cur;
-  if (!EndpointFromSockaddr(reinterpret_cast<sockaddr*>(&ss), len, &cur)) return false;
+  if (!unbound) {
+    if (DOORWAY_REAL(getsockname)(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return false;
+    if (!EndpointFromSockaddr(reinterpret_cast<sockaddr*>(&ss), len, &cur)) return false;
+  }
   if (cur.port == 0) {
     Endpoint want = SourceFor(dest, domain);
     socklen_t wl = EndpointToSockaddr(want, &ss);
@@ -587,6 +590,7 @@ int AcceptDoor(Listener& l, int door, sockaddr* addr, socklen_t* len, int flags)
   }
   Connection& c = *obj.As<Connection>();
   InitConnection(c, std::move(seg), Role::kServer);
+  c.recyclable = IsOwnUid(cred.uid);
   c.local = AsDomain(hello.server, l.domain);
   c.peer = AsDomain(hello.client, l.domain);
   c.opts.CopyFrom(l.opts);
@@ -602,18 +606,22 @@ int AcceptDoor(Listener& l, int door, sockaddr* addr, socklen_t* len, int flags)
   return conn;
 }
 
-int WaitListener(Listener& l, std::int64_t timeout_ns) {
-  pollfd p[3];
-  int n = 0;
-  p[n++] = {l.tcp_fd, POLLIN, 0};
-  for (int d : l.door_fd) {
-    if (d >= 0) p[n++] = {d, POLLIN, 0};
+// A listener's sources, as registered in its epoll fd.
+constexpr unsigned kSourceTcp = 0;
+constexpr unsigned kSourceDoor = 1;  // + door index
+
+// Which of listener fd's sources have a pending connection, waiting up to
+// timeout_ms (0: just look; -1: forever) for one: a bit per source, or
+// -errno (-EINTR).
+int ReadySources(int fd, int timeout_ms) {
+  epoll_event ev[3];
+  int n = DOORWAY_REAL(epoll_wait)(fd, ev, 3, timeout_ms);
+  if (n < 0) return -errno;
+  int mask = 0;
+  for (int i = 0; i < n; ++i) {
+    if (ev[i].data.u64 < 3) mask |= 1 << ev[i].data.u64;
   }
-  int ms = timeout_ns > 0 ? static_cast<int>((timeout_ns + 999999) / 1000000) : -1;
-  int r = DOORWAY_REAL(poll)(p, static_cast<nfds_t>(n), ms);
-  if (r < 0) return -errno;
-  if (r == 0) return -EAGAIN;
-  return 0;
+  return mask;
 }
 
 bool IsTcpSocket(const SocketFile* f) {
@@ -706,7 +714,9 @@ void OptionSnapshot::ReadChanged(int fd, int domain, std::uint32_t mask) {
   }
 }
 
-Connection::~Connection() = default;
+Connection::~Connection() {
+  if (recyclable && !shared.load(std::memory_order_relaxed)) std::move(seg).Recycle(role);
+}
 
 Listener::~Listener() {
   if (tcp_fd >= 0) DOORWAY_REAL(close)(tcp_fd);
@@ -759,6 +769,9 @@ int CollectOwnFds(unsigned first, unsigned last, int* out, int max) {
     }
     out[i] = fd;
   };
+  int pooled[2 * transport::kReusePoolSize];
+  int np = transport::ReusePoolFds(pooled, 2 * transport::kReusePoolSize);
+  for (int i = 0; i < np; ++i) add(pooled[i]);
   GlobalTable().ForEach([&](int, const Ref& r) {
     if (const Connection* c = r.As<Connection>()) add(c->seg.fd());
     if (const Listener* l = r.As<Listener>()) {
@@ -888,11 +901,16 @@ int Listen(int fd, int backlog) {
   if (ok) {
     l.tcp_fd = tcp;
     DOORWAY_REAL(fcntl)(tcp, F_SETFL, (fl_flags & ~O_ACCMODE) | O_NONBLOCK);
+    // data: which source (kSourceTcp, kSourceDoor + i), for ManagedAccept.
     epoll_event ev{};
     ev.events = EPOLLIN;
+    ev.data.u64 = kSourceTcp;
     ok = DOORWAY_REAL(epoll_ctl)(ep, EPOLL_CTL_ADD, tcp, &ev) == 0;
-    for (int d : l.door_fd) {
-      if (ok && d >= 0) ok = DOORWAY_REAL(epoll_ctl)(ep, EPOLL_CTL_ADD, d, &ev) == 0;
+    for (int i = 0; i < 2; ++i) {
+      ev.data.u64 = kSourceDoor + static_cast<unsigned>(i);
+      if (ok && l.door_fd[i] >= 0) {
+        ok = DOORWAY_REAL(epoll_ctl)(ep, EPOLL_CTL_ADD, l.door_fd[i], &ev) == 0;
+      }
     }
   }
   if (ok && (fl_flags & O_NONBLOCK)) DOORWAY_REAL(fcntl)(ep, F_SETFL, O_NONBLOCK);
@@ -930,48 +948,66 @@ int Connect(int fd, const sockaddr* addr, socklen_t len) {
       return DOORWAY_REAL(connect)(l->tcp_fd, addr, len) == 0 ? 0 : -errno;
     }
   }
-  auto kernel = [&] { return DOORWAY_REAL(connect)(fd, addr, len) == 0 ? 0 : -errno; };
+  Ref r = GlobalTable().Get(fd);
+  SocketFile* f = r.As<SocketFile>();
+  auto kernel = [&] {
+    if (f != nullptr)
+      f->history.fetch_or(SocketFile::kHistoryConnectTried, std::memory_order_relaxed);
+    return DOORWAY_REAL(connect)(fd, addr, len) == 0 ? 0 : -errno;
+  };
   Endpoint dest;
   if (!TrackingEnabled() || !GetConfig().accelerate || !EndpointFromSockaddr(addr, len, &dest) ||
       !MayHaveDoor(dest)) {
     return kernel();
   }
-  Ref r = GlobalTable().Get(fd);
-  const SocketFile* f = r.As<SocketFile>();
   if (!IsTcpSocket(f) || addr->sa_family != f->domain) return kernel();
   int domain = f->domain;
   std::uint32_t options_set = f->options_set.load(std::memory_order_relaxed);
+  std::uint8_t history = f->history.load(std::memory_order_relaxed);
   // Only a socket that has never started connecting may take the door.
-  tcp_info ti{};
-  socklen_t til = sizeof(ti);
-  if (DOORWAY_REAL(getsockopt)(fd, IPPROTO_TCP, TCP_INFO, &ti, &til) != 0 ||
-      ti.tcpi_state != TCP_CLOSE) {
-    return kernel();
+  if ((history & (SocketFile::kHistoryUnknown | SocketFile::kHistoryConnectTried)) != 0) {
+    tcp_info ti{};
+    socklen_t til = sizeof(ti);
+    if (DOORWAY_REAL(getsockopt)(fd, IPPROTO_TCP, TCP_INFO, &ti, &til) != 0 ||
+        ti.tcpi_state != TCP_CLOSE) {
+      return kernel();
+    }
   }
-  int door = KnockDoor(dest);
-  if (door < 0) return kernel();
+  DoorCandidates doors;
+  if (FindDoors(dest, &doors) == 0) return kernel();
 
+  // Everything the Hello needs is ready before the door connects: the
+  // server wakes on the connect and should find the Hello there, not wait.
   Endpoint local;
   transport::Segment seg;
   Ref obj;
   const char* why = nullptr;
   int snd_default = 0, rcv_default = 0;
   KernelDefaultBuffers(&snd_default, &rcv_default);
-  OptionSnapshot* opts = nullptr;
-  if (!ClaimLocalAddress(fd, dest, domain, &local)) {
+  const bool unbound = (history & (SocketFile::kHistoryUnknown | SocketFile::kHistoryBound)) == 0;
+  int door = -1;
+  uid_t server_uid = 0;
+  if (!ClaimLocalAddress(fd, dest, domain, unbound, &local)) {
     why = "no local address";
   } else if (!(obj = Make<Connection>())) {
     why = "out of memory";
   } else {
-    opts = &obj.As<Connection>()->opts;
+    OptionSnapshot* opts = &obj.As<Connection>()->opts;
     opts->ReadChanged(fd, domain, options_set);
     transport::SegmentOptions so;
     so.ring_capacity[transport::kClientToServer] =
         RingCapacityFor(opts->value[kSndbufIndex].load(std::memory_order_relaxed), snd_default);
     so.ring_capacity[transport::kServerToClient] =
         RingCapacityFor(opts->value[kRcvbufIndex].load(std::memory_order_relaxed), rcv_default);
+    // A reused segment is still mapped by its previous peer: only for a
+    // listener of our own uid (checked again once connected).
+    so.reuse = IsOwnUid(doors.owner[0]) && (doors.count < 2 || IsOwnUid(doors.owner[1]));
     if (int rc = transport::Segment::Create(so, &seg); rc != 0) {
       why = "cannot create segment";
+    } else if ((door = EnterDoor(doors, &server_uid)) < 0) {
+      why = "no door answered";
+    } else if (seg.generation() > 1 && !IsOwnUid(server_uid)) {
+      why = "door served by another uid";
     } else {
       Hello hello{};
       hello.magic = Hello::kMagic;
@@ -983,11 +1019,13 @@ int Connect(int fd, const sockaddr* addr, socklen_t len) {
   }
   if (why != nullptr) {
     DOORWAY_LOG(kDebug, "fd %d: door found but %s; using TCP", fd, why);
-    DOORWAY_REAL(close)(door);
+    if (door >= 0) DOORWAY_REAL(close)(door);
     return kernel();
   }
+  const bool same_uid = IsOwnUid(server_uid);
   Connection& c = *obj.As<Connection>();
   InitConnection(c, std::move(seg), Role::kClient);
+  c.recyclable = same_uid;
   c.local = AsDomain(local, domain);
   c.peer = AsDomain(Unmapped(dest), domain);
   int fd_flags = DOORWAY_REAL(fcntl)(fd, F_GETFD);
@@ -1004,7 +1042,7 @@ int Connect(int fd, const sockaddr* addr, socklen_t len) {
     return -ECONNREFUSED;
   }
   DOORWAY_REAL(close)(door);
-  DOORWAY_REAL(fcntl)(fd, F_SETFL, nonblock ? O_NONBLOCK : 0);
+  if (!nonblock) DOORWAY_REAL(fcntl)(fd, F_SETFL, 0);  // the door socket was non-blocking
   if (nonblock) c.connect_state.store(1, std::memory_order_relaxed);
   Install(fd, std::move(obj), kTagConnection);
   DOORWAY_LOG(kDebug, "fd %d: accelerated connection to port %u", fd, dest.port);
@@ -1029,16 +1067,36 @@ int ManagedAccept(int fd, sockaddr* addr, socklen_t* len, int flags, bool accept
   bool nonblock = fl >= 0 && (fl & O_NONBLOCK) != 0;
   std::int64_t timeout = l->opts.rcvtimeo_ns.load(std::memory_order_relaxed);
   std::int64_t start = timeout > 0 ? NowNs() : 0;
+  // The listener's fd is an epoll fd over its sources: one epoll_wait
+  // tells which to accept from (and, if none, sleeps until one has a
+  // connection), instead of trying each source in turn.
   for (;;) {
+    int timeout_ms = 0;
+    if (!nonblock) {
+      timeout_ms = -1;
+      if (timeout > 0) {
+        std::int64_t left = timeout - (NowNs() - start);
+        if (left <= 0) return -EAGAIN;
+        timeout_ms = static_cast<int>((left + 999999) / 1000000);
+      }
+    }
+    int ready = ReadySources(fd, timeout_ms);
+    if (ready == -EINTR) {
+      // accept(2) restarts under SA_RESTART (unless SO_RCVTIMEO is set).
+      if (!RestartAfterSignal(timeout)) return -EINTR;
+      continue;
+    }
+    if (ready < 0) return ready;
+    if (ready == 0) {
+      if (nonblock) return -EAGAIN;
+      continue;  // the timeout check above decides
+    }
+    // Rotate the first source tried so that neither kind starves.
     unsigned turn = l->turn.fetch_add(1, std::memory_order_relaxed);
-    for (unsigned k = 0; k < 2; ++k) {
-      if (((turn + k) & 1) == 0) {
-        for (int d : l->door_fd) {
-          if (d < 0) continue;
-          int c = AcceptDoor(*l, d, addr, len, flags);
-          if (c != -EAGAIN) return c;
-        }
-      } else {
+    for (unsigned k = 0; k < 3; ++k) {
+      unsigned src = (turn + k) % 3;
+      if ((ready & (1 << src)) == 0) continue;
+      if (src == kSourceTcp) {
         int c = DOORWAY_REAL(accept4)(l->tcp_fd, addr, len, flags);
         if (c >= 0) {
           SocketFile sf;
@@ -1050,16 +1108,13 @@ int ManagedAccept(int fd, sockaddr* addr, socklen_t* len, int flags, bool accept
           return c;
         }
         if (errno != EAGAIN) return -errno;
+      } else if (int d = l->door_fd[src - kSourceDoor]; d >= 0) {
+        int c = AcceptDoor(*l, d, addr, len, flags);
+        if (c != -EAGAIN) return c;
       }
     }
-    if (nonblock) return -EAGAIN;
-    std::int64_t left = -1;
-    if (timeout > 0) {
-      left = timeout - (NowNs() - start);
-      if (left <= 0) return -EAGAIN;
-    }
-    int w = WaitListener(*l, left);
-    if (w == -EINTR && !RestartAfterSignal(timeout)) return -EINTR;
+    // Another thread or process took what was pending (or a door
+    // connection was unusable): look again.
   }
 }
 

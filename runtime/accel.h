@@ -100,7 +100,11 @@ struct Connection {
   std::atomic<bool> shut_rd{false};
   std::atomic<bool> shut_wr{false};
   std::atomic<bool> reset_reported{false};
-  std::atomic<bool> shared{false};    // another process may hold it (fork)
+  std::atomic<bool> shared{false};  // another process may hold it (fork)
+  // The segment may be reused for a later connection when this one ends
+  // (transport/segment.h, "Reuse"): the peer has our uid (it may read our
+  // memory anyway), and no other process got the connection (fork, exec).
+  bool recyclable = false;
   std::atomic<int> connect_state{0};  // 1: EINPROGRESS reported, 2: completion reported
   // Bumped each time a read or write found the ring empty / full and said
   // EAGAIN: an edge-triggered epoll owes the program a new edge after that.

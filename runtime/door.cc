@@ -155,7 +155,9 @@ bool MayHaveDoor(const Endpoint& dest) {
   return IsLoopback(dest) || IsLocalInterfaceAddress(dest) || GetConfig().door_dir != nullptr;
 }
 
-int KnockDoor(const Endpoint& in) {
+bool IsOwnUid(uid_t uid) { return uid == Euid(); }
+
+int FindDoors(const Endpoint& in, DoorCandidates* out) {
   Endpoint dest = Unmapped(in);
   Endpoint candidates[2];
   int n = 0;
@@ -166,15 +168,24 @@ int KnockDoor(const Endpoint& in) {
     any.port = dest.port;
     if (!IsWildcard(dest)) candidates[n++] = any;
   }
+  out->count = 0;
   for (int i = 0; i < n; ++i) {
-    char path[kDoorPathMax];
-    if (DoorPath(candidates[i], path, sizeof(path), false) != 0) return -ENOENT;
+    char* path = out->path[out->count];
+    if (DoorPath(candidates[i], path, kDoorPathMax, false) != 0) break;
     struct stat st;
     if (lstat(path, &st) != 0) continue;
     if (!S_ISSOCK(st.st_mode) || !UidAllowed(st.st_uid)) {
       DOORWAY_LOG(kDebug, "ignoring untrusted door %s", path);
       continue;
     }
+    out->owner[out->count++] = st.st_uid;
+  }
+  return out->count;
+}
+
+int EnterDoor(const DoorCandidates& doors, uid_t* peer_uid) {
+  for (int i = 0; i < doors.count; ++i) {
+    const char* path = doors.path[i];
     int fd = ConnectUnix(path);
     if (fd < 0) {
       // ECONNREFUSED: stale (left to the next listener to remove); EAGAIN:
@@ -190,9 +201,16 @@ int KnockDoor(const Endpoint& in) {
       DOORWAY_REAL(close)(fd);
       continue;
     }
+    if (peer_uid != nullptr) *peer_uid = cred.uid;
     return fd;
   }
   return -ENOENT;
+}
+
+int KnockDoor(const Endpoint& dest, uid_t* peer_uid) {
+  DoorCandidates doors;
+  if (FindDoors(dest, &doors) == 0) return -ENOENT;
+  return EnterDoor(doors, peer_uid);
 }
 
 }  // namespace doorway::runtime

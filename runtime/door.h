@@ -26,6 +26,8 @@ inline constexpr std::size_t kDoorPathMax = 108;  // sizeof(sockaddr_un::sun_pat
 
 // Our uid, or one listed in DOORWAY_ALLOW_UIDS.
 bool UidAllowed(uid_t uid);
+// Our effective uid as of the runtime's start (cached: no system call).
+bool IsOwnUid(uid_t uid);
 
 // Fills out with the trusted door directory, creating it (mode 0700) if
 // needed. Returns 0 or -errno (-EPERM: exists but is not trustworthy).
@@ -38,10 +40,27 @@ int DoorDirectory(char* out, std::size_t size, bool for_listener);
 // SO_REUSEPORT), -ENAMETOOLONG, -EPERM (untrusted directory).
 int OpenDoor(const Endpoint& ep, char* path, std::size_t size);
 
-// Client side: connects to a door that can serve dest. Returns a connected
+// Client side, in two steps so that a client can prepare its side of the
+// connection between them (the server wakes when the door connects, and
+// should find the Hello already there):
+// FindDoors lists the doors that may serve dest, best first (those whose
+// file looks trustworthy; nothing is connected yet). Returns how many.
+struct DoorCandidates {
+  char path[2][kDoorPathMax];
+  uid_t owner[2];  // the door file's owner
+  int count = 0;
+};
+int FindDoors(const Endpoint& dest, DoorCandidates* out);
+// EnterDoor connects to the first candidate that answers and whose listener
+// (SO_PEERCRED) is an allowed uid: a connected Unix socket (non-blocking,
+// close-on-exec), or -ENOENT. The listener's uid goes to *peer_uid if given.
+int EnterDoor(const DoorCandidates& doors, uid_t* peer_uid);
+
+// Both steps at once: connects to a door that can serve dest. Returns a connected
 // Unix socket (non-blocking, close-on-exec) whose peer is an allowed uid, or
-// -ENOENT when no usable door exists (the caller then uses TCP).
-int KnockDoor(const Endpoint& dest);
+// -ENOENT when no usable door exists (the caller then uses TCP). The
+// listener's uid (SO_PEERCRED) goes to *peer_uid if given.
+int KnockDoor(const Endpoint& dest, uid_t* peer_uid = nullptr);
 
 // Whether a destination is worth looking for a door at all: a loopback or
 // local interface address, or any address when DOORWAY_DIR is set.

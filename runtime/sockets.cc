@@ -88,6 +88,7 @@ void TrackAs(int fd, int domain, int type, int protocol, Origin origin) {
   }
   f.protocol = protocol;
   f.origin = origin;
+  if (origin == Origin::kSocket) f.history.store(0, std::memory_order_relaxed);
   Track(fd, f);
 }
 
@@ -329,9 +330,25 @@ pid_t Fork() {
   // kernel's fd table is inherited. Accelerated connections become shared:
   // a close in one process must not shut them down under the other.
   MarkAllShared();
+  ForgetHistories();
   pid_t pid = DOORWAY_REAL(fork)();
   if (pid < 0) return -errno;
   return pid;
+}
+
+void NoteHistory(int fd, std::uint8_t bits) {
+  Ref r = GlobalTable().Get(fd);
+  if (SocketFile* f = r.As<SocketFile>(); f != nullptr) {
+    f->history.fetch_or(bits, std::memory_order_relaxed);
+  }
+}
+
+void ForgetHistories() {
+  GlobalTable().ForEach([](int, const Ref& r) {
+    if (SocketFile* f = const_cast<Ref&>(r).As<SocketFile>(); f != nullptr) {
+      f->history.fetch_or(SocketFile::kHistoryUnknown, std::memory_order_relaxed);
+    }
+  });
 }
 
 void NoteOptionSet(int fd, int level, int name) {

@@ -39,12 +39,17 @@ struct SocketFile {
   static constexpr std::uint32_t kTypeTag = 0x534F434B;  // "SOCK"
   SocketFile() = default;
   SocketFile(const SocketFile& o)
-      : domain(o.domain), type(o.type), protocol(o.protocol), origin(o.origin) {}
+      : domain(o.domain),
+        type(o.type),
+        protocol(o.protocol),
+        origin(o.origin),
+        history(o.history.load(std::memory_order_relaxed)) {}
   SocketFile& operator=(const SocketFile& o) {
     domain = o.domain;
     type = o.type;
     protocol = o.protocol;
     origin = o.origin;
+    history.store(o.history.load(std::memory_order_relaxed), std::memory_order_relaxed);
     return *this;
   }
   int domain = 0;
@@ -55,7 +60,20 @@ struct SocketFile {
   // list; bit 31: one outside it), so that an accelerated connect copies
   // only those from the kernel socket instead of asking for every option.
   std::atomic<std::uint32_t> options_set{0};
+  // What the program did to the socket through doorway (kHistory* bits), so
+  // that an accelerated connect can skip asking the kernel. Only a socket
+  // made by socket(2) in this process starts with a known history; fork
+  // makes every history unknown (the other process may use the socket).
+  std::atomic<std::uint8_t> history{kHistoryUnknown};
+  static constexpr std::uint8_t kHistoryUnknown = 1;
+  static constexpr std::uint8_t kHistoryBound = 2;
+  static constexpr std::uint8_t kHistoryConnectTried = 4;
 };
+
+// Records history bits (SocketFile::kHistory*) of the plain socket fd.
+void NoteHistory(int fd, std::uint8_t bits);
+// After fork: no socket's history is known any more.
+void ForgetHistories();
 
 // Records that the program set (level, name) on the plain socket fd.
 void NoteOptionSet(int fd, int level, int name);

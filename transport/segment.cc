@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <numa.h>
 #include <numaif.h>
+#include <pthread.h>
 #include <sched.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -215,7 +216,8 @@ int MapSegmentFd(int fd, uint64_t size, void** base_out) {
   return 0;
 }
 
-void InitializeSegment(void* base, const SegmentLayout& layout, PageKind kind) {
+void InitializeSegment(void* base, const SegmentLayout& layout, PageKind kind,
+                       uint32_t generation) {
   auto* prefix = static_cast<SegmentPrefix*>(base);
   // Fresh memfd pages are zero already; clear anyway (a caller may reuse memory).
   std::memset(static_cast<void*>(prefix), 0, sizeof(SegmentPrefix));
@@ -230,6 +232,7 @@ void InitializeSegment(void* base, const SegmentLayout& layout, PageKind kind) {
   prefix->header.segment_size = layout.segment_size;
   prefix->header.ring_count = kRingCount;
   prefix->header.page_kind = static_cast<uint32_t>(kind);
+  prefix->header.generation = generation;
   // The magic last; the segment is handed over with SCM_RIGHTS afterwards,
   // which orders these plain stores before the peer's reads.
   prefix->header.magic = internal::kSegmentMagic;
@@ -304,6 +307,141 @@ int BindRingToNode(void* base, const SegmentLayout& layout, uint32_t ring, int n
   return 0;
 }
 
+// ------------------------------------------------------------------ reuse
+
+namespace {
+
+struct PoolEntry {
+  int fd = -1;  // written under the lock through atomic_ref (ReusePoolFds reads it without)
+  void* base = nullptr;
+  uint64_t size = 0;
+  SegmentLayout layout;
+  Placement placement;
+  uint32_t generation = 0;
+  PagePolicy policy = PagePolicy::kAuto;
+  uint64_t dev = 0, ino = 0;
+  uint64_t stamp = 0;  // smaller is older
+};
+
+// One pool per role. The lock is try-only: Recycle may run in a signal
+// handler (close() there) that interrupted a thread inside the pool.
+struct ReusePool {
+  std::atomic_flag busy = ATOMIC_FLAG_INIT;
+  PoolEntry entry[kReusePoolSize];
+  uint64_t clock = 0;
+  // acquire/release: entries written by the previous holder are visible.
+  bool TryLock() { return !busy.test_and_set(std::memory_order_acquire); }
+  void Unlock() { busy.clear(std::memory_order_release); }
+};
+
+ReusePool g_pool[2];  // [Role::kClient]: creator pool; [Role::kServer]: receiver cache
+
+void StoreFd(PoolEntry& e, int fd) {
+  std::atomic_ref<int>(e.fd).store(fd, std::memory_order_relaxed);
+}
+
+void Destroy(PoolEntry& e) {
+  if (e.base != nullptr) munmap(e.base, e.size);
+  if (e.fd >= 0) close(e.fd);
+}
+
+SegmentHeader* HeaderOf(void* base) { return &static_cast<SegmentPrefix*>(base)->header; }
+
+// A forked child must not reuse what it inherited: the parent may hand the
+// same segment to another connection. Only this thread exists in the child,
+// so the locks are simply reset.
+void DropPoolsInChild() {
+  for (ReusePool& pool : g_pool) {
+    for (PoolEntry& e : pool.entry) {
+      Destroy(e);
+      e = PoolEntry{};
+    }
+    pool.busy.clear(std::memory_order_relaxed);
+  }
+}
+
+[[maybe_unused]] const int g_atfork = pthread_atfork(nullptr, nullptr, DropPoolsInChild);
+
+// Moves e into the pool (replacing a free or the oldest entry); on
+// contention, or for the evicted entry, unmaps and closes.
+void PutInPool(ReusePool& pool, PoolEntry e) {
+  if (!pool.TryLock()) {
+    Destroy(e);
+    return;
+  }
+  int slot = 0;
+  for (int i = 0; i < kReusePoolSize; ++i) {
+    if (pool.entry[i].fd < 0) {
+      slot = i;
+      break;
+    }
+    if (pool.entry[i].stamp < pool.entry[slot].stamp) slot = i;
+  }
+  PoolEntry old = pool.entry[slot];
+  e.stamp = ++pool.clock;
+  pool.entry[slot] = e;
+  StoreFd(pool.entry[slot], e.fd);
+  pool.Unlock();
+  // After unlocking: munmap and close are slow, and the old fd is no longer
+  // listed (a close_range meanwhile would close a number we still use).
+  Destroy(old);
+}
+
+// Takes the first entry for which match(e) holds, or returns false.
+template <typename Match>
+bool TakeFromPool(ReusePool& pool, Match match, PoolEntry* out) {
+  if (!pool.TryLock()) return false;
+  bool found = false;
+  for (PoolEntry& e : pool.entry) {
+    if (e.fd >= 0 && match(e)) {
+      *out = e;
+      StoreFd(e, -1);
+      e = PoolEntry{};
+      found = true;
+      break;
+    }
+  }
+  pool.Unlock();
+  return found;
+}
+
+}  // namespace
+
+void Segment::Recycle(Role self) && {
+  if (!valid()) return;
+  PoolEntry e;
+  e.fd = fd_;
+  e.base = base_;
+  e.size = size_;
+  e.layout = layout_;
+  e.placement = placement_;
+  e.generation = generation_;
+  e.policy = policy_;
+  e.dev = dev_;
+  e.ino = ino_;
+  if (self == Role::kServer) {
+    // release: all of this process's accesses to the segment for this
+    // connection happen before the creator's acquire load in Create, after
+    // which it re-initialises the segment for another connection.
+    std::atomic_ref<uint32_t>(HeaderOf(base_)->released)
+        .store(generation_, std::memory_order_release);
+  }
+  fd_ = -1;
+  base_ = nullptr;
+  PutInPool(g_pool[static_cast<int>(self)], e);
+}
+
+int ReusePoolFds(int* out, int max) {
+  int n = 0;
+  for (ReusePool& pool : g_pool) {
+    for (PoolEntry& e : pool.entry) {
+      int fd = std::atomic_ref<int>(e.fd).load(std::memory_order_relaxed);
+      if (fd >= 0 && n < max) out[n++] = fd;
+    }
+  }
+  return n;
+}
+
 // ------------------------------------------------------------------ Segment
 
 Segment::~Segment() {
@@ -316,7 +454,11 @@ Segment::Segment(Segment&& o) noexcept
       base_(std::exchange(o.base_, nullptr)),
       size_(std::exchange(o.size_, 0)),
       layout_(o.layout_),
-      placement_(o.placement_) {}
+      placement_(o.placement_),
+      generation_(o.generation_),
+      policy_(o.policy_),
+      dev_(o.dev_),
+      ino_(o.ino_) {}
 
 Segment& Segment::operator=(Segment&& o) noexcept {
   if (this != &o) {
@@ -354,6 +496,31 @@ int TryCreate(const SegmentOptions& opts, bool hugetlb, uint64_t huge_page, int*
 }  // namespace
 
 int Segment::Create(const SegmentOptions& opts, Segment* out) {
+  PoolEntry reused;
+  if (opts.reuse && TakeFromPool(
+                        g_pool[static_cast<int>(Role::kClient)],
+                        [&](const PoolEntry& e) {
+                          // acquire: pairs with the receiver's release in Recycle.
+                          return e.policy == opts.pages &&
+                                 e.layout.ring_capacity[0] == opts.ring_capacity[0] &&
+                                 e.layout.ring_capacity[1] == opts.ring_capacity[1] &&
+                                 std::atomic_ref<uint32_t>(HeaderOf(e.base)->released)
+                                         .load(std::memory_order_acquire) == e.generation;
+                        },
+                        &reused)) {
+    uint32_t gen = reused.generation + 1 == 0 ? 1 : reused.generation + 1;
+    InitializeSegment(reused.base, reused.layout, reused.placement.pages, gen);
+    Segment s;
+    s.fd_ = reused.fd;
+    s.base_ = reused.base;
+    s.size_ = reused.size;
+    s.layout_ = reused.layout;
+    s.placement_ = reused.placement;
+    s.generation_ = gen;
+    s.policy_ = reused.policy;
+    *out = std::move(s);
+    return 0;
+  }
   PageSupport sup = RecentPageSupport(opts.pages == PagePolicy::kHugeTlb);
   int fd = -1;
   void* base = nullptr;
@@ -388,11 +555,44 @@ int Segment::Create(const SegmentOptions& opts, Segment* out) {
   s.size_ = layout.segment_size;
   s.layout_ = layout;
   s.placement_ = pl;
+  s.generation_ = 1;
+  s.policy_ = opts.pages;
   *out = std::move(s);
   return 0;
 }
 
 int Segment::Attach(int fd, Segment* out) {
+  struct stat st;
+  if (fstat(fd, &st) != 0) return -errno;
+  auto dev = static_cast<uint64_t>(st.st_dev);
+  auto ino = static_cast<uint64_t>(st.st_ino);
+  PoolEntry cached;
+  // A memfd we mapped before and still hold open (so its inode cannot have
+  // been reused): it passed CheckSegmentFd then, and its seals and size
+  // cannot have changed since (F_SEAL_SEAL, F_SEAL_GROW, F_SEAL_SHRINK).
+  if (TakeFromPool(
+          g_pool[static_cast<int>(Role::kServer)],
+          [&](const PoolEntry& e) { return e.dev == dev && e.ino == ino; }, &cached)) {
+    SegmentLayout layout;
+    int rc = ValidateSegmentHeader(cached.base, cached.size, &layout);
+    if (rc != 0) {
+      Destroy(cached);
+      return rc;
+    }
+    close(fd);  // success: we own fd, and keep the cached one for the same file
+    Segment s;
+    s.fd_ = cached.fd;
+    s.base_ = cached.base;
+    s.size_ = cached.size;
+    s.layout_ = layout;
+    s.placement_ = cached.placement;
+    s.generation_ = std::atomic_ref<uint32_t>(HeaderOf(cached.base)->generation)
+                        .load(std::memory_order_relaxed);
+    s.dev_ = dev;
+    s.ino_ = ino;
+    *out = std::move(s);
+    return 0;
+  }
   uint64_t size = 0, block = 0;
   int rc = CheckSegmentFd(fd, &size, &block);
   if (rc != 0) return rc;
@@ -419,6 +619,10 @@ int Segment::Attach(int fd, Segment* out) {
   s.size_ = size;
   s.layout_ = layout;
   s.placement_ = pl;
+  s.generation_ =
+      std::atomic_ref<uint32_t>(HeaderOf(base)->generation).load(std::memory_order_relaxed);
+  s.dev_ = dev;
+  s.ino_ = ino;
   *out = std::move(s);
   return 0;
 }

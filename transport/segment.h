@@ -83,6 +83,11 @@ struct Placement {
 struct SegmentOptions {
   uint64_t ring_capacity[2] = {kDefaultRingCapacity, kDefaultRingCapacity};
   PagePolicy pages = PagePolicy::kAuto;
+  // Create may hand out a segment of an earlier connection that its
+  // receiver has released (see "Reuse" below). Only for a peer that may see
+  // this process's memory anyway (same uid): the previous peer still has the
+  // segment mapped.
+  bool reuse = false;
 };
 
 // Validated geometry, copied out of the header once (never re-read).
@@ -112,8 +117,10 @@ int CheckSegmentFd(int fd, uint64_t* size_out, uint64_t* block_out);
 int MapSegmentFd(int fd, uint64_t size, void** base_out);
 // Writes the header and zeroes the control blocks (creator only; does not
 // touch the data areas, so they get their pages on first use by the side that
-// touches them, after NUMA binding).
-void InitializeSegment(void* base, const SegmentLayout& layout, PageKind kind);
+// touches them, after NUMA binding). `generation` distinguishes the
+// connections that reuse one segment (never 0).
+void InitializeSegment(void* base, const SegmentLayout& layout, PageKind kind,
+                       uint32_t generation = 1);
 // Validates a mapped segment of `size` bytes from an untrusted peer: magic,
 // version, prefix size, segment size, ring count, control offsets, capacities
 // (power of two, limits), data offsets (aligned, inside, disjoint from each
@@ -127,6 +134,26 @@ int BindRingToNode(void* base, const SegmentLayout& layout, uint32_t ring, int n
                    Placement* placement);
 
 // ---- the owning object ----
+//
+// Reuse. Creating a segment (memfd_create, ftruncate, seals, mmap, first-touch
+// page faults, and later munmap and close) is about a third of the cost of
+// setting up an accelerated connection, and the receiver's mmap and munmap
+// as much again on its side. So a closed connection's segment may be kept
+// for the next one (Recycle):
+//   * the creator keeps it in a small per-process pool and hands it out
+//     again (Create with opts.reuse) only once the receiver has stored the
+//     segment's generation into `released`, i.e. promised never to touch it
+//     again for that connection; it then re-initialises it with the next
+//     generation;
+//   * the receiver, when its connection ends, releases it and keeps its
+//     mapping (and its fd, so that the inode cannot be reused) in a small
+//     cache: an Attach of a memfd for the same file reuses the mapping.
+// Both pools are bounded (kReusePoolSize entries each; the oldest entry is
+// unmapped and closed when a new one comes), per process (a forked child
+// drops what it inherited), and take their lock with try-lock only, so that
+// Recycle from a signal handler never deadlocks (the segment is then just
+// destroyed).
+inline constexpr int kReusePoolSize = 8;
 
 class Segment {
  public:
@@ -149,6 +176,8 @@ class Segment {
   void* base() const { return base_; }
   const SegmentLayout& layout() const { return layout_; }
   const Placement& placement() const { return placement_; }
+  // 1 for a new segment, higher each time it is reused.
+  uint32_t generation() const { return generation_; }
 
   // Binds the ring that `self` consumes to `node` (< 0: current CPU's node).
   int BindIncomingRing(Role self, int node = -1);
@@ -161,6 +190,12 @@ class Segment {
   ShmMutex ProducerLock(uint32_t ring) const;
   ShmMutex ConsumerLock(uint32_t ring) const;
 
+  // Gives the segment back for reuse (see above) instead of unmapping and
+  // closing it. Only when this process will never touch it again for this
+  // connection and no other process holds it through this process (fork,
+  // exec): the receiver's release is a promise for all of them.
+  void Recycle(Role self) &&;
+
   // The peer is gone (its door socket hung up): its writer becomes closed
   // (EOF after our Reads drain the data) and its reader too (our Writes get
   // -EPIPE), and our waiters are woken.
@@ -172,6 +207,13 @@ class Segment {
   uint64_t size_ = 0;
   SegmentLayout layout_;
   Placement placement_;
+  uint32_t generation_ = 0;                // the header's generation when created/attached
+  PagePolicy policy_ = PagePolicy::kAuto;  // creator: the policy it was made with
+  uint64_t dev_ = 0, ino_ = 0;             // receiver: the memfd's identity
 };
+
+// The fds held by the reuse pools (so that close_range and closefrom in the
+// program leave them alone). Returns how many were written (at most max).
+int ReusePoolFds(int* out, int max);
 
 }  // namespace doorway::transport

@@ -4,6 +4,7 @@
 #include <numa.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -107,6 +108,88 @@ TEST(Segment, AttachSharesData) {
   b.MarkPeerGone(Role::kServer);  // the client died, from the server's view
   EXPECT_EQ(rx.Read(buf, sizeof buf), 0);
   EXPECT_EQ(tx2.Write("x", 1), -EPIPE);
+}
+
+bool PoolHolds(int fd) {
+  int fds[2 * kReusePoolSize];
+  int n = ReusePoolFds(fds, 2 * kReusePoolSize);
+  for (int i = 0; i < n; ++i) {
+    if (fds[i] == fd) return true;
+  }
+  return false;
+}
+
+// Reuse (segment.h): the creator hands a segment out again only after the
+// receiver released it, re-initialised; the receiver's Attach of the same
+// memfd reuses its mapping; a forked child reuses nothing it inherited.
+TEST(Segment, ReuseAfterReceiverReleases) {
+  SegmentOptions opts = SmallOptions();
+  opts.reuse = true;
+  Segment a, b;
+  ASSERT_EQ(Segment::Create(opts, &a), 0);
+  ASSERT_EQ(Segment::Attach(dup(a.fd()), &b), 0);
+  RingStats st;
+  ASSERT_EQ(a.MakeTxRing(Role::kClient, &st).Write("hello", 5), 5);
+  void* const a_base = a.base();
+  void* const b_base = b.base();
+  const int a_fd = a.fd();
+  std::move(a).Recycle(Role::kClient);
+  EXPECT_FALSE(a.valid());
+  EXPECT_TRUE(PoolHolds(a_fd));
+
+  // The receiver still holds it: a new connection gets a new segment.
+  Segment c;
+  ASSERT_EQ(Segment::Create(opts, &c), 0);
+  EXPECT_NE(c.base(), a_base);
+  c = Segment();
+
+  // Other capacities never match a pooled segment.
+  Segment b2 = std::move(b);
+  std::move(b2).Recycle(Role::kServer);
+  SegmentOptions other = SmallOptions(128 << 10);
+  other.reuse = true;
+  Segment o;
+  ASSERT_EQ(Segment::Create(other, &o), 0);
+  EXPECT_NE(o.base(), a_base);
+  o = Segment();
+
+  Segment d;
+  ASSERT_EQ(Segment::Create(opts, &d), 0);
+  EXPECT_EQ(d.base(), a_base);
+  EXPECT_EQ(d.fd(), a_fd);
+  EXPECT_EQ(d.generation(), 2u);
+  EXPECT_FALSE(PoolHolds(a_fd));
+  Segment e;
+  ASSERT_EQ(Segment::Attach(dup(d.fd()), &e), 0);
+  EXPECT_EQ(e.base(), b_base);  // the receiver's cached mapping
+  Ring rx = e.MakeRxRing(Role::kServer, &st);
+  EXPECT_EQ(rx.Readable(), 0u);  // nothing of the previous connection
+  ASSERT_EQ(d.MakeTxRing(Role::kClient, &st).Write("x", 1), 1);
+  char buf[8];
+  ASSERT_EQ(rx.Read(buf, sizeof buf), 1);
+  EXPECT_EQ(buf[0], 'x');
+
+  // Without opts.reuse, never from the pool.
+  std::move(e).Recycle(Role::kServer);
+  std::move(d).Recycle(Role::kClient);
+  Segment f;
+  ASSERT_EQ(Segment::Create(SmallOptions(), &f), 0);
+  EXPECT_NE(f.base(), a_base);
+
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    Segment g;
+    // (Addresses and fd numbers may repeat: the child unmapped and closed.)
+    bool fresh = !PoolHolds(a_fd) && Segment::Create(opts, &g) == 0 && g.generation() == 1;
+    _exit(fresh ? 0 : 1);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  Segment h;
+  ASSERT_EQ(Segment::Create(opts, &h), 0);
+  EXPECT_EQ(h.base(), a_base);  // the parent still reuses it
 }
 
 TEST(Segment, MoveKeepsOwnership) {

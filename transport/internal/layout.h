@@ -130,7 +130,8 @@ static_assert(offsetof(LockLine, word) == 0 && offsetof(LockLine, index) == 8);
 static_assert(alignof(RingControl) == kCacheLine);
 
 inline constexpr uint64_t kSegmentMagic = 0x59415752'4f4f4421ull;  // "!DOORWAY", little endian
-inline constexpr uint32_t kSegmentVersion = 2;  // 2: producer's working tail in prod_lock
+// 2: producer's working tail in prod_lock; 3: generation and released (reuse)
+inline constexpr uint32_t kSegmentVersion = 3;
 inline constexpr uint32_t kRingCount = 2;
 
 struct alignas(kCacheLine) SegmentHeader {
@@ -141,6 +142,14 @@ struct alignas(kCacheLine) SegmentHeader {
   uint32_t ring_count;                       // kRingCount
   uint32_t page_kind;                        // creator's placement, informational only (untrusted)
   uint64_t ring_control_offset[kRingCount];  // must equal the fixed offsets below
+  // Reuse of a segment for a later connection (segment.h, "Reuse"). The
+  // creator bumps `generation` each time it initialises the segment; the
+  // receiver stores that value into `released` (std::atomic_ref, release)
+  // once it will never touch the segment again for that connection. Both
+  // are hints between peers that trust each other (same uid) and are never
+  // used to index memory.
+  uint32_t generation;
+  uint32_t released;
 };
 
 struct SegmentPrefix {
@@ -156,6 +165,8 @@ static_assert(offsetof(SegmentHeader, segment_size) == 16);
 static_assert(offsetof(SegmentHeader, ring_count) == 24);
 static_assert(offsetof(SegmentHeader, page_kind) == 28);
 static_assert(offsetof(SegmentHeader, ring_control_offset) == 32);
+static_assert(offsetof(SegmentHeader, generation) == 48);
+static_assert(offsetof(SegmentHeader, released) == 52);
 static_assert(sizeof(SegmentHeader) == kCacheLine);
 static_assert(offsetof(SegmentPrefix, ring) == 2 * kCacheLine);
 static_assert(sizeof(SegmentPrefix) == 2 * kCacheLine + kRingCount * sizeof(RingControl));
