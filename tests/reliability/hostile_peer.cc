@@ -9,6 +9,10 @@
 //   hostile_peer server DOOR_DIR PORT SEED CONNS
 //       opens the door of 127.0.0.1:PORT itself and attacks the CONNS
 //       victim clients that connect (they send lines and expect echoes).
+//   hostile_peer die-client|die-server DOOR_DIR PORT SEED STEP
+//       kills itself (SIGKILL) at crash point STEP of the handshake or the
+//       first exchange, as a client of PORT or as the server of its door
+//       (see DieAsClient/DieAsServer), for the crash test.
 //
 // A third of the attacked connections are kept open until the end (the
 // victim must not need the peer's close to go on serving others); the rest
@@ -21,7 +25,9 @@
 // there): if that changes, the proof-of-acceptance step fails loudly.
 #include <fcntl.h>
 #include <linux/futex.h>
+#include <netinet/in.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -566,11 +572,119 @@ int Server(const char* dir, int port, Rng& rng, int conns) {
   return attacked > 0 ? 0 : 1;
 }
 
+// Crash points of the handshake and the first exchange (kill -9 of
+// ourselves at a chosen step, for the crash test).
+[[noreturn]] void Die() {
+  raise(SIGKILL);
+  _exit(9);
+}
+
+// Client side: 0 door connected, nothing sent; 1 Hello sent; 2 half a line
+// written; 3 the server's ring filled; 4 after a full echo exchange.
+int DieAsClient(const char* dir, int port, int step) {
+  Conn c;
+  c.sock = Knock(dir, port);
+  if (c.sock < 0) return 1;
+  if (step == 0) Die();
+  doorway::transport::SegmentOptions so;
+  if (Segment::Create(so, &c.seg) != 0) return 1;
+  c.tx = c.seg.MakeTxRing(Role::kClient, &c.tx_stats);
+  c.rx = c.seg.MakeRxRing(Role::kClient, &c.rx_stats);
+  Hello h{Hello::kMagic, Hello::kVersion, Loopback(42000), Loopback(static_cast<uint16_t>(port))};
+  int fd = c.seg.fd();
+  if (SendWithFds(c.sock, &h, sizeof(h), &fd, 1) != 0) return 1;
+  if (step == 1) Die();
+  if (step == 2) {
+    c.Poke("half");
+    Die();
+  }
+  if (step == 3) {
+    std::vector<char> block(64 * 1024, 'f');
+    std::int64_t end = NowMs() + 2000;
+    while (NowMs() < end && c.tx.Write(block.data(), block.size()) != -EAGAIN) c.Doorbell();
+    Die();
+  }
+  c.Poke("whole\n");
+  if (!ReadEcho(c, "whole\n", 10'000)) return 1;
+  Die();
+}
+
+// Server side: 0 door connection accepted, Hello not read; 1 Hello read,
+// segment not mapped; 2 segment mapped, nothing answered; 3 after echoing
+// the client's first line.
+int DieAsServer(const char* dir, int port, int step) {
+  sockaddr_un sun;
+  if (DoorAddr(dir, port, &sun) != 0) return 2;
+  unlink(sun.sun_path);
+  int door = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  if (door < 0 || bind(door, reinterpret_cast<sockaddr*>(&sun), sizeof(sun)) != 0 ||
+      listen(door, 8) != 0) {
+    return 2;
+  }
+  // A TCP listener too, as a real server has: a client whose handshake
+  // fails falls back to it (and gets a reset when we die).
+  int tcp = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in sin{};
+  sin.sin_family = AF_INET;
+  sin.sin_port = htons(static_cast<uint16_t>(port));
+  sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  int one = 1;
+  setsockopt(tcp, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (tcp < 0 || bind(tcp, reinterpret_cast<sockaddr*>(&sin), sizeof(sin)) != 0 ||
+      listen(tcp, 8) != 0) {
+    return 2;
+  }
+  printf("listening\n");
+  pollfd p{door, POLLIN, 0};
+  if (poll(&p, 1, 20'000) <= 0) return 1;
+  Conn c;
+  c.role = Role::kServer;
+  c.sock = accept4(door, nullptr, nullptr, SOCK_CLOEXEC);
+  if (c.sock < 0) return 1;
+  if (step == 0) Die();
+  Hello h{};
+  alignas(cmsghdr) char control[CMSG_SPACE(4 * sizeof(int))] = {};
+  iovec iov{&h, sizeof(h)};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  int memfd = -1;
+  if (recvmsg(c.sock, &msg, MSG_CMSG_CLOEXEC) == sizeof(h)) {
+    cmsghdr* cm = CMSG_FIRSTHDR(&msg);
+    if (cm != nullptr && cm->cmsg_type == SCM_RIGHTS) memcpy(&memfd, CMSG_DATA(cm), sizeof(int));
+  }
+  if (step == 1) Die();
+  if (memfd < 0 || Segment::Attach(memfd, &c.seg) != 0) return 1;
+  c.tx = c.seg.MakeTxRing(Role::kServer, &c.tx_stats);
+  c.rx = c.seg.MakeRxRing(Role::kServer, &c.rx_stats);
+  if (step == 2) Die();
+  std::string got;
+  std::int64_t end = NowMs() + 10'000;
+  while (got.find('\n') == std::string::npos && NowMs() < end) {
+    char buf[256];
+    std::int64_t n = c.rx.Read(buf, sizeof(buf));
+    if (n > 0) {
+      got.append(buf, static_cast<size_t>(n));
+      continue;
+    }
+    doorway::transport::WaitOptions w;
+    w.timeout_ns = 20'000'000;
+    w.liveness_fd = c.sock;
+    (void)doorway::transport::WaitReadable(c.rx, w, nullptr);
+  }
+  c.Poke(got.c_str());
+  SleepUs(50'000);
+  Die();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc != 6) {
-    fprintf(stderr, "usage: %s client|server DOOR_DIR PORT SEED COUNT\n", argv[0]);
+    fprintf(stderr, "usage: %s client|server|die-client|die-server DOOR_DIR PORT SEED COUNT|STEP\n",
+            argv[0]);
     return 2;
   }
   setvbuf(stdout, nullptr, _IOLBF, 0);
@@ -579,5 +693,7 @@ int main(int argc, char** argv) {
   int count = atoi(argv[5]);
   if (strcmp(argv[1], "client") == 0) return Client(argv[2], port, rng, count);
   if (strcmp(argv[1], "server") == 0) return Server(argv[2], port, rng, count);
+  if (strcmp(argv[1], "die-client") == 0) return DieAsClient(argv[2], port, count);
+  if (strcmp(argv[1], "die-server") == 0) return DieAsServer(argv[2], port, count);
   return 2;
 }
