@@ -10,8 +10,8 @@
 #      python client as the survivor (hostile_peer die-server).
 # The survivors must see EOF, ECONNRESET or EPIPE within BOUND seconds of the
 # kill (the runtime notices a dead peer within its 100 ms liveness interval
-# while blocked); workers' fd counts must be the same before every accept;
-# a survivor client ends with the fds it had before connecting; no doorway
+# while blocked); workers' fd counts before each accept and a survivor
+# client's fds after its close grow at most by the segment reuse pools; no doorway
 # file appears in /dev/shm; the listener keeps accepting (accelerated).
 source "$(dirname "$0")/../programs/lib.sh" "$1"
 peer="$(realpath "$2")"
@@ -119,7 +119,8 @@ for i in 1 2 3 4; do
   case "$why" in EOF | ECONNRESET | EPIPE) ;; *) fail "worker kill $i: client saw $why" ;; esac
   note_latency "$t" "$at" "worker kill $i"
   before="$(awk '/CONNECTED/{print $2}' "$WORK/c$i.out")"
-  [ "$before" = "$after" ] || fail "worker kill $i: client fds $before -> $after"
+  # The client's segment may stay in its reuse pool (one fd).
+  [ "$after" -le $((before + 1)) ] || fail "worker kill $i: client fds $before -> $after"
   wait "$cpid" || fail "client $i exited $?"
   # The master replaces the worker; the dead one's connection counts as closed.
   wait_for "$S" "DIED $w" 5
@@ -130,10 +131,14 @@ under_doorway after-c python3 "$prog" once "$port" >/dev/null || fail "listener 
 expect_log after-c "accelerated connection"
 echo "ok: C: 4 workers killed mid-transfer, clients saw EOF/ECONNRESET/EPIPE, listener still accepts"
 
-# Workers' fds: the same before every accept (nothing leaked per connection).
+# Workers' fds before each accept: they may grow only by the segments the
+# receiver's reuse cache keeps (at most kReusePoolSize = 8).
 for w in $(awk '/^WORKER/{print $2}' "$S"); do
-  n="$(awk -v w="$w" '$1 == "IDLE" && $2 == w {print $3}' "$S" | sort -u | wc -l)"
-  [ "$n" -le 1 ] || fail "worker $w: fd count changed between connections: $(awk -v w="$w" '$1 == "IDLE" && $2 == w {print $3}' "$S" | tr '\n' ' ')"
+  counts="$(awk -v w="$w" '$1 == "IDLE" && $2 == w {print $3}' "$S")"
+  [ -z "$counts" ] && continue
+  lo="$(echo "$counts" | sort -n | head -1)"
+  hi="$(echo "$counts" | sort -n | tail -1)"
+  [ "$hi" -le $((lo + 8)) ] || fail "worker $w: fds grew between connections: $(echo $counts)"
 done
 
 # D. a server killed at each step of its handshake; the client survives.
@@ -147,9 +152,14 @@ for step in 0 1 2 3; do
   t="$(now)"
   kills=$((kills + 1))
   wait_for "$WORK/d$step-client.out" DONE $BOUND
-  grep -qE "^CLOSED 0 (EOF|ECONNRESET|EPIPE) " "$WORK/d$step-client.out" ||
+  # At step 0 the server can die before the client's connect returns: the
+  # handshake fails, the fallback TCP connect finds the listener gone too,
+  # and ECONNREFUSED is what TCP says of a server that died then.
+  ok="EOF|ECONNRESET|EPIPE"
+  [ "$step" = 0 ] && ok="$ok|connect:ECONNREFUSED"
+  grep -qE "^CLOSED 0 ($ok) " "$WORK/d$step-client.out" ||
     fail "server death at step $step: client saw $(cat "$WORK/d$step-client.out")"
-  expect_log "d$step-client" "accelerated connection"
+  grep -q "connect:" "$WORK/d$step-client.out" || expect_log "d$step-client" "accelerated connection"
   echo "  server killed at handshake step $step: client $(grep CLOSED "$WORK/d$step-client.out")"
 done
 echo "ok: D: servers killed at 4 handshake steps"

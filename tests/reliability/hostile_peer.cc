@@ -385,11 +385,33 @@ void SocketSpam(Conn& c, Rng& rng) {
   if (devnull >= 0) close(devnull);
 }
 
+const char* g_dir = nullptr;
+int g_port = 0;
+
+// The same segment under a second connection (and, after the twin's close,
+// the victim may hold it in its reuse cache while the first still uses it).
+void Twin(Conn& c, Rng& rng) {
+  for (int i = 0; i < 3; ++i) {
+    int s = Knock(g_dir, g_port);
+    if (s < 0) return;
+    Hello h{Hello::kMagic, Hello::kVersion, Loopback(static_cast<uint16_t>(43000 + i)),
+            Loopback(static_cast<uint16_t>(g_port))};
+    int fd = c.seg.fd();
+    (void)SendWithFds(s, &h, sizeof(h), &fd, 1);
+    c.Poke("twin\n");
+    SleepUs(20'000);
+    c.Drain();
+    if (rng.Below(2)) c.prefix()->header.generation = static_cast<uint32_t>(rng.Next());
+    close(s);
+  }
+}
+
 using Attack = void (*)(Conn&, Rng&);
 constexpr Attack kAttacks[] = {ScribbleRandom, BoundaryIndices, FlipStates, FutexSpam,
                                StealLocks,     AttackMemfd,     SocketSpam};
 constexpr const char* kAttackNames[] = {
-    "scribble", "boundary-indices", "states", "futex-spam", "lock-steal", "memfd", "socket-spam"};
+    "scribble", "boundary-indices", "states", "futex-spam", "lock-steal",
+    "memfd",    "socket-spam",      "twin"};
 constexpr int kAttackCount = sizeof(kAttacks) / sizeof(kAttacks[0]);
 
 // Handshakes that must be refused (the victim drops them and carries on).
@@ -690,6 +712,8 @@ int main(int argc, char** argv) {
   setvbuf(stdout, nullptr, _IOLBF, 0);
   Rng rng{strtoull(argv[4], nullptr, 10)};
   int port = atoi(argv[3]);
+  g_dir = argv[2];
+  g_port = port;
   int count = atoi(argv[5]);
   if (strcmp(argv[1], "client") == 0) return Client(argv[2], port, rng, count);
   if (strcmp(argv[1], "server") == 0) return Server(argv[2], port, rng, count);
