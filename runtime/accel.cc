@@ -20,6 +20,7 @@
 #include "runtime/log.h"
 #include "runtime/real.h"
 #include "runtime/sockets.h"
+#include "runtime/stats.h"
 
 namespace doorway::runtime {
 
@@ -414,8 +415,9 @@ void KernelDefaultBuffers(int* snd, int* rcv) {
 void InitConnection(Connection& c, transport::Segment seg, Role role) {
   c.seg = std::move(seg);
   c.role = role;
-  c.tx = c.seg.MakeTxRing(role, &c.tx_stats);
-  c.rx = c.seg.MakeRxRing(role, &c.rx_stats);
+  StatsOpen(c);  // the rings count into the connection's stats slot
+  c.tx = c.seg.MakeTxRing(role, StatsTx(c));
+  c.rx = c.seg.MakeRxRing(role, StatsRx(c));
   // NUMA placement matters only with more than one node; mbind with
   // MPOL_MF_MOVE costs ~0.2 ms, a large share of a connection's setup.
   static const bool kMultiNode = numa_available() >= 0 && numa_max_node() > 0;
@@ -552,6 +554,7 @@ int ReceiveHello(int conn, Hello* hello) {
 }
 
 void Install(int fd, Ref obj, std::uint32_t tag) {
+  if (Connection* c = obj.As<Connection>()) StatsPublish(*c, fd);  // visible in stat
   OnFdAttached(obj);
   bool ok = false;
   Ref old = GlobalTable().Install(fd, std::move(obj), &ok, tag);
@@ -715,6 +718,7 @@ void OptionSnapshot::ReadChanged(int fd, int domain, std::uint32_t mask) {
 }
 
 Connection::~Connection() {
+  StatsClose(*this);
   if (recyclable && !shared.load(std::memory_order_relaxed)) std::move(seg).Recycle(role);
 }
 
@@ -752,6 +756,7 @@ void InitInheritedConnection(Connection& c, transport::Segment seg, Role role,
   c.shared.store(shared, std::memory_order_relaxed);
   int fl = DOORWAY_REAL(fcntl)(fd, F_GETFL);
   c.nonblocking.store(fl >= 0 && (fl & O_NONBLOCK) != 0, std::memory_order_relaxed);
+  StatsPublish(c, fd);
 }
 
 int CollectOwnFds(unsigned first, unsigned last, int* out, int max) {

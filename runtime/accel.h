@@ -47,6 +47,10 @@
 #include "transport/segment.h"
 #include "transport/wait.h"
 
+namespace doorway::stats {
+struct Slot;
+}
+
 namespace doorway::runtime {
 
 // Routing tags beside fd table entries (fdtable::FdTable::Tag).
@@ -110,6 +114,9 @@ struct Connection {
   // EAGAIN: an edge-triggered epoll owes the program a new edge after that.
   std::atomic<std::uint32_t> rx_eagain_gen{0};
   std::atomic<std::uint32_t> tx_eagain_gen{0};
+  // The connection's slot in the process's stats file (runtime/stats.h);
+  // the rings count into it. Null: counted in tx_stats/rx_stats, unpublished.
+  stats::Slot* stats = nullptr;
 };
 
 struct Listener {

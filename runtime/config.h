@@ -14,6 +14,13 @@ enum class FallbackMode : int {
   kUringSqpoll = 2,  // the same with SQPOLL rings (opt-in; cores to spare)
 };
 
+// What the runtime publishes for //tools:stat (runtime/stats.h).
+enum class StatsMode : int {
+  kOff = 0,   // nothing
+  kOn = 1,    // a stats file per process under the door directory
+  kExit = 2,  // the same, plus one summary line per process at exit (the log's destination)
+};
+
 struct Config {
   // DOORWAY_DISABLE=1: track nothing, accelerate nothing; pure pass-through.
   bool disabled = false;
@@ -37,11 +44,28 @@ struct Config {
   // DOORWAY_FALLBACK=passthrough|uring|uring-sqpoll: the path of kernel sockets
   // that are not accelerated. Default chosen by measurement (docs/fallback.md).
   FallbackMode fallback = FallbackMode::kPassthrough;
+  // DOORWAY_STATS=on|off|exit.
+  StatsMode stats = StatsMode::kOn;
+
+  // Variables reported as bad by ParseConfig (pointers into envp, name
+  // lengths), for ForgetReportedSettings.
+  static constexpr int kMaxReported = 16;
+  const char* reported[kMaxReported] = {};
+  unsigned long reported_len[kMaxReported] = {};
+  int reported_count = 0;
 };
 
-// Parses the environment. A bad value is reported once on stderr and the
-// default is used: the program must still run.
+// Parses the environment. A bad value, or a DOORWAY_* name that is not a
+// setting (a typo), is reported on stderr and the default is used: the
+// program must still run. Every setting is parsed here and listed in
+// docs/configuration.md (config_test checks that the two agree).
 Config ParseConfig(const char* const* envp);
+
+// Takes the reported variables out of the process's environment (unsetenv),
+// so that the programs it starts use the same defaults without repeating
+// the message: a bad setting is reported once per program tree, by the
+// first process that loads doorway.
+void ForgetReportedSettings(const Config& config);
 
 // The process's settings (valid after initialisation).
 const Config& GetConfig();

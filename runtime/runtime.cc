@@ -14,6 +14,7 @@
 #include "runtime/log.h"
 #include "runtime/real.h"
 #include "runtime/sockets.h"
+#include "runtime/stats.h"
 
 namespace doorway::runtime {
 
@@ -44,6 +45,8 @@ void Initialise() {
   }
   g_log_level.store(static_cast<int>(config.log_level), std::memory_order_relaxed);
   SetConfig(config);
+  ForgetReportedSettings(config);
+  StatsConfigure(config);
   SetTrackingEnabled(!config.disabled);
   fallback::Configure(config.disabled ? FallbackMode::kPassthrough : config.fallback);
   // Accelerated connections first, so that the scan does not take their

@@ -14,6 +14,7 @@
 #include "runtime/fallback.h"
 #include "runtime/log.h"
 #include "runtime/real.h"
+#include "runtime/stats.h"
 
 namespace doorway::runtime {
 
@@ -72,6 +73,7 @@ void Track(int fd, const SocketFile& file) {
     DOORWAY_LOG(kWarn, "cannot track fd %d (out of table space)", fd);
     return;
   }
+  if (file.domain == AF_INET || file.domain == AF_INET6) StatsNoteSocket();
   DOORWAY_LOG(kDebug, "fd %d: %s socket (domain %d, type %d, protocol %d)", fd,
               OriginName(file.origin), file.domain, file.type, file.protocol);
 }
@@ -333,6 +335,7 @@ pid_t Fork() {
   ForgetHistories();
   pid_t pid = DOORWAY_REAL(fork)();
   if (pid < 0) return -errno;
+  StatsAfterFork(pid);
   return pid;
 }
 
