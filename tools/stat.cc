@@ -388,8 +388,7 @@ bool ReadRings(Conn& c) {
 }
 
 void ReadProcessFile(const std::string& dir, int dfd, const char* name, const Options& opt,
-                     Snapshot* snap, std::map<ConnKey, Conn>* conns,
-                     std::uint64_t* anon) {
+                     Snapshot* snap, std::map<ConnKey, Conn>* conns, std::uint64_t* anon) {
   char* endp = nullptr;
   long pid = strtol(name + strlen(stats::kFilePrefix), &endp, 10);
   if (endp == nullptr || *endp != '\0' || pid <= 0) return;

@@ -1,0 +1,121 @@
+#!/bin/bash
+# //tools:stat against a known transfer: two python processes under doorway
+# exchange C2S and S2C bytes over an accelerated connection and keep it open;
+# stat (table and --json) must show that connection between those two pids
+# with exactly those byte counts, and the per-process totals (the client also
+# holds a plain TCP connection to a listener without doorway). Then the
+# client is killed with SIGKILL: its stats file stays behind, and stat must
+# not show it (and removes it). DOORWAY_STATS=off must publish nothing.
+source "$(dirname "$0")/lib.sh" "$1"
+peer="$2"
+STAT="$(realpath "$3")"
+
+C2S=123455   # in 5 sends of 24691 bytes: each fits the 1 MiB ring, so 5 writes
+S2C=4321
+
+wait_for() {  # file pattern seconds
+  for _ in $(seq 1 $(($3 * 20))); do
+    grep -q "$2" "$1" 2>/dev/null && return 0
+    sleep 0.05
+  done
+  fail "no '$2' in $1 within $3 s: $(cat "$1" 2>/dev/null)"
+}
+
+# A listener without doorway, for the client's plain TCP connection.
+plain_port="$(free_port)"
+env -u LD_PRELOAD python3 -c "
+import socket, time
+s = socket.socket(); s.bind(('127.0.0.1', $plain_port)); s.listen()
+print('listening', flush=True)
+c, _ = s.accept()
+time.sleep(120)" >"$WORK/plain.out" 2>&1 &
+PIDS+=($!)
+wait_for "$WORK/plain.out" listening 10
+
+port="$(free_port)"
+spawn server "$WORK/server.out" python3 "$peer" server "$port" "$C2S" "$S2C"
+spid=$!
+wait_for "$WORK/server.out" listening 10
+spawn client "$WORK/client.out" python3 "$peer" client "$port" "$C2S" "$S2C" 5 "$plain_port"
+cpid=$!
+wait_for "$WORK/client.out" holding 10
+wait_for "$WORK/server.out" holding 10
+expect_log client "accelerated connection to port $port"
+
+[ -f "$DOORS/stats.$cpid" ] || fail "no stats file for the client: $(ls -A "$DOORS")"
+[ "$(stat -c %a "$DOORS/stats.$cpid")" = 600 ] || fail "stats file mode $(stat -c %a "$DOORS/stats.$cpid")"
+
+"$STAT" --dir="$DOORS" --json >"$WORK/stat.json" || fail "stat --json failed"
+python3 - "$WORK/stat.json" "$cpid" "$spid" "$port" "$C2S" "$S2C" <<'PY' || fail "stat --json: $(cat "$WORK/stat.json")"
+import json, sys
+doc = json.load(open(sys.argv[1]))
+cpid, spid, port, c2s, s2c = (int(x) for x in sys.argv[2:])
+conns = [c for c in doc["connections"] if {e["pid"] for e in c["ends"]} & {cpid, spid}]
+assert len(conns) == 1, conns
+c = conns[0]
+ends = {e["role"]: e for e in c["ends"]}
+assert len(c["ends"]) == 2, c["ends"]
+assert ends["client"]["pid"] == cpid and ends["server"]["pid"] == spid, ends
+assert ends["client"]["command"] == ends["server"]["command"] == "python3", ends
+assert c["server"] == f"127.0.0.1:{port}", c["server"]
+assert c["client"].startswith("127.0.0.1:"), c["client"]
+assert ends["client"]["peer"] == c["server"] and ends["server"]["peer"] == c["client"], ends
+# Bytes each way: the rings' totals and both ends' counters agree with
+# what the peers sent.
+assert c["c2s"]["from_rings"] and c["s2c"]["from_rings"], c
+assert c["c2s"]["bytes"] == c2s and c["s2c"]["bytes"] == s2c, c
+assert c["c2s"]["fill"] == 0 and c["s2c"]["fill"] == 0, c
+assert c["c2s"]["capacity"] == c["s2c"]["capacity"] == 1 << 20, c
+assert ends["client"]["sent"]["bytes"] == c2s and ends["server"]["received"]["bytes"] == c2s
+assert ends["server"]["sent"]["bytes"] == s2c and ends["client"]["received"]["bytes"] == s2c
+assert ends["client"]["sent"]["msgs"] == 5 and c["c2s"]["msgs"] == 5, c
+assert ends["server"]["sent"]["msgs"] == 1 and c["s2c"]["msgs"] == 1, c
+for e in c["ends"]:
+    assert e["fds"] and all(fd > 2 for fd in e["fds"]), e
+    assert e["pages"] in ("4k", "thp", "huge") and e["age_s"] >= 0, e
+procs = {p["pid"]: p for p in doc["processes"]}
+assert procs[cpid]["accelerated"] == 1 and procs[spid]["accelerated"] == 1, procs
+assert procs[cpid]["sent"]["bytes"] == c2s and procs[cpid]["received"]["bytes"] == s2c, procs
+assert procs[cpid]["plain_tcp"] == 1, procs[cpid]        # to the listener without doorway
+assert procs[spid]["tcp_listen"] == 1 and procs[spid]["plain_tcp"] == 0, procs[spid]
+print("json ok")
+PY
+
+"$STAT" --dir="$DOORS" >"$WORK/stat.txt" || fail "stat failed"
+grep -E "^$cpid/python3\[[0-9,]+\] +$spid/python3\[[0-9,]+\] +127\.0\.0\.1:[0-9]+ +127\.0\.0\.1:$port +$C2S +5 +$S2C +1 +1M/1M +0/0 " \
+  "$WORK/stat.txt" >/dev/null || fail "stat table: $(cat "$WORK/stat.txt")"
+grep -qE "^$cpid +python3 +1/1 +$C2S +5 +$S2C +1 +1 +0 " "$WORK/stat.txt" ||
+  fail "stat process table: $(cat "$WORK/stat.txt")"
+
+# --watch with a count: one JSON document per refresh, then it stops.
+timeout 20 "$STAT" --dir="$DOORS" --json --watch=0.1 --count=3 >"$WORK/watch.json" ||
+  fail "stat --watch failed"
+[ "$(wc -l <"$WORK/watch.json")" = 3 ] || fail "stat --watch --count=3: $(wc -l <"$WORK/watch.json") lines"
+python3 -c "
+import json, sys
+for line in open(sys.argv[1]): json.loads(line)" "$WORK/watch.json" || fail "stat --watch output is not JSON lines"
+
+# SIGKILL: the client cannot remove its file; stat must not show it.
+kill -9 "$cpid"
+wait "$cpid" 2>/dev/null || true
+[ -f "$DOORS/stats.$cpid" ] || fail "the killed client's stats file is gone: the check below would prove nothing"
+"$STAT" --dir="$DOORS" --json >"$WORK/after.json" || fail "stat --json after kill failed"
+python3 - "$WORK/after.json" "$cpid" "$spid" <<'PY' || fail "after kill -9: $(cat "$WORK/after.json")"
+import json, sys
+doc = json.load(open(sys.argv[1]))
+cpid, spid = int(sys.argv[2]), int(sys.argv[3])
+assert cpid not in {p["pid"] for p in doc["processes"]}, doc["processes"]
+assert spid in {p["pid"] for p in doc["processes"]}, doc["processes"]
+assert all(e["pid"] != cpid for c in doc["connections"] for e in c["ends"]), doc["connections"]
+print("stale ok")
+PY
+[ ! -e "$DOORS/stats.$cpid" ] || fail "stat left the stale stats file of $cpid"
+
+# DOORWAY_STATS=off: nothing published.
+under_doorway off env DOORWAY_STATS=off python3 -c "
+import os, socket, sys
+s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()
+c = socket.create_connection(s.getsockname()); a, _ = s.accept()
+sys.exit(1 if os.path.exists('$DOORS/stats.%d' % os.getpid()) else 0)" ||
+  fail "DOORWAY_STATS=off still created a stats file"
+echo "ok"
