@@ -142,7 +142,13 @@ PIDS+=($!)
 hold=$!
 wait_for "$WORK/hold.out" held 10
 expect_log created-client "accelerated connection"
-echo "ok: door directory created 0700, door $(stat -c %A "$dd/tcp4-127.0.0.1-$lp")"
+# Stats files (runtime/stats.h) live beside the doors: 0600 at most.
+for f in "$dd"/*; do
+  [ -S "$f" ] && continue
+  [ $((0$(stat -c %a "$f") & 077)) = 0 ] || fail "$f has mode $(stat -c %a "$f")"
+done
+echo "ok: door directory created 0700, door $(stat -c %A "$dd/tcp4-127.0.0.1-$lp")," \
+  "$(find "$dd" -type f | wc -l) stats files, none readable by others"
 
 # Another uid can reach neither the door nor the connection's memfd.
 if [ "$other" = 1 ]; then
