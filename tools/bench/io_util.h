@@ -37,6 +37,13 @@ inline long NowNs() {
   return ts.tv_sec * 1000000000L + ts.tv_nsec;
 }
 
+// CPU time of the whole process (all threads) so far.
+inline long CpuNs() {
+  timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return ts.tv_sec * 1000000000L + ts.tv_nsec;
+}
+
 }  // namespace doorway::bench
 
 #endif  // DOORWAY_TOOLS_BENCH_IO_UTIL_H_

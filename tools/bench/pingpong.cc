@@ -1,14 +1,25 @@
-// A plain POSIX TCP ping-pong program, used unchanged with and without
-// doorway (and later over every transport). Nothing in it knows about
+// A plain POSIX socket ping-pong program, used unchanged over every transport
+// (kernel TCP, Unix-domain sockets, doorway). Nothing in it knows about
 // doorway.
+//
+// PORT is a TCP port on 127.0.0.1, or, if it contains a '/', the path of a
+// Unix-domain stream socket (HOST is then ignored): the same code, another
+// address family.
 //
 //   pingpong server PORT                    echo one connection, then exit
 //   pingpong client HOST PORT SIZE ITERS    print RTT statistics
-//   pingpong sink PORT                      accept one connection, read to EOF,
-//                                           print the throughput
+//   pingpong sink PORT [READSIZE]           accept one connection, read to EOF
+//                                           (READSIZE bytes per read, default
+//                                           1 MiB), print the throughput
 //   pingpong stream HOST PORT SIZE SECONDS  write SIZE-byte chunks for SECONDS
 //   pingpong acceptor PORT N                accept and close N connections
 //   pingpong connector HOST PORT N          connect+close N times, print rate
+//   pingpong idleserver PORT N              accept N connections, echo on all
+//                                           of them with one poll() loop until
+//                                           every one is closed
+//   pingpong idleclient HOST PORT N         open N connections, one 64 B round
+//                                           trip on each, print "idle", then
+//                                           hold them open until stdin closes
 //   pingpong calls SIZE ITERS               per-call cost of write+read on a
 //                                           socketpair in one thread (the
 //                                           interposition overhead, without
@@ -16,15 +27,21 @@
 //
 // The client sends SIZE bytes, waits for the SIZE-byte echo, ITERS times
 // (after ITERS/10 warm-up rounds), and prints one line:
-//   size=64 iters=100000 p50_ns=... p99_ns=... mean_ns=... min_ns=...
+//   size=64 iters=100000 p50_ns=... p99_ns=... mean_ns=... min_ns=... cpu_ns=...
+// cpu_ns, printed by every side that moves data, is the process's CPU time
+// over the measured part only (not start-up): the client's over its ITERS
+// timed rounds, the server's, sink's and acceptor's from their first byte or
+// connection to the end.
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -35,86 +52,52 @@
 
 namespace {
 
+using doorway::bench::CpuNs;
 using doorway::bench::NowNs;
 using doorway::bench::ReadFull;
 using doorway::bench::WriteFull;
 
-int Server(int port) {
-  int l = socket(AF_INET, SOCK_STREAM, 0);
-  int one = 1;
-  setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (bind(l, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 || listen(l, 1) != 0) {
-    perror("pingpong server: bind/listen");
-    return 1;
+struct Addr {
+  sockaddr_storage ss{};
+  socklen_t len = 0;
+  int family = AF_INET;
+};
+
+Addr MakeAddr(const char* host, const char* port) {
+  Addr a;
+  if (strchr(port, '/') != nullptr) {
+    auto* un = reinterpret_cast<sockaddr_un*>(&a.ss);
+    if (strlen(port) >= sizeof(un->sun_path)) {
+      fprintf(stderr, "pingpong: socket path too long: %s\n", port);
+      exit(2);
+    }
+    un->sun_family = AF_UNIX;
+    strcpy(un->sun_path, port);
+    a.len = sizeof(sockaddr_un);
+    a.family = AF_UNIX;
+    return a;
   }
-  printf("listening\n");
-  fflush(stdout);
-  int c = accept(l, nullptr, nullptr);
-  if (c < 0) return 1;
-  setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  std::vector<char> buf(1 << 20);
-  for (;;) {
-    ssize_t r = read(c, buf.data(), buf.size());
-    if (r <= 0) break;
-    if (!WriteFull(c, buf.data(), static_cast<size_t>(r))) break;
-  }
-  close(c);
-  close(l);
-  return 0;
+  auto* in = reinterpret_cast<sockaddr_in*>(&a.ss);
+  in->sin_family = AF_INET;
+  in->sin_port = htons(static_cast<uint16_t>(atoi(port)));
+  if (inet_pton(AF_INET, host, &in->sin_addr) != 1) exit(2);
+  a.len = sizeof(sockaddr_in);
+  return a;
 }
 
-int Client(const char* host, int port, size_t size, long iters) {
-  int c = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  if (inet_pton(AF_INET, host, &a.sin_addr) != 1) return 2;
-  for (int tries = 0; connect(c, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0; ++tries) {
-    if (tries > 200) {
-      perror("pingpong client: connect");
-      return 1;
-    }
-    close(c);
-    c = socket(AF_INET, SOCK_STREAM, 0);
-    usleep(10000);
-  }
+void NoDelay(int fd) {
   int one = 1;
-  setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  std::vector<char> out(size, 'p'), in(size);
-  std::vector<long> rtt;
-  rtt.reserve(static_cast<size_t>(iters));
-  long warmup = iters / 10;
-  for (long i = 0; i < warmup + iters; ++i) {
-    long t0 = NowNs();
-    if (!WriteFull(c, out.data(), size) || !ReadFull(c, in.data(), size)) {
-      fprintf(stderr, "pingpong client: connection lost\n");
-      return 1;
-    }
-    if (i >= warmup) rtt.push_back(NowNs() - t0);
-  }
-  close(c);
-  std::sort(rtt.begin(), rtt.end());
-  double sum = 0;
-  for (long v : rtt) sum += static_cast<double>(v);
-  printf("size=%zu iters=%ld p50_ns=%ld p99_ns=%ld mean_ns=%.0f min_ns=%ld\n", size, iters,
-         rtt[rtt.size() / 2], rtt[rtt.size() * 99 / 100], sum / static_cast<double>(rtt.size()),
-         rtt.front());
-  return 0;
+  // Fails harmlessly (EOPNOTSUPP) on a Unix socket.
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
-int Listener(int port) {
-  int l = socket(AF_INET, SOCK_STREAM, 0);
+int Listener(const char* port) {
+  Addr a = MakeAddr("127.0.0.1", port);
+  int l = socket(a.family, SOCK_STREAM, 0);
   int one = 1;
-  setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (bind(l, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 || listen(l, 128) != 0) {
+  if (a.family == AF_INET) setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (a.family == AF_UNIX) unlink(port);
+  if (bind(l, reinterpret_cast<sockaddr*>(&a.ss), a.len) != 0 || listen(l, 128) != 0) {
     perror("pingpong: bind/listen");
     exit(1);
   }
@@ -123,65 +106,182 @@ int Listener(int port) {
   return l;
 }
 
-int Dial(const char* host, int port) {
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  if (inet_pton(AF_INET, host, &a.sin_addr) != 1) exit(2);
-  int c = socket(AF_INET, SOCK_STREAM, 0);
-  if (connect(c, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
+void Unlisten(int l, const char* port) {
+  close(l);
+  if (strchr(port, '/') != nullptr) unlink(port);
+}
+
+int Dial(const char* host, const char* port) {
+  Addr a = MakeAddr(host, port);
+  int c = socket(a.family, SOCK_STREAM, 0);
+  if (connect(c, reinterpret_cast<sockaddr*>(&a.ss), a.len) != 0) {
     perror("pingpong: connect");
     exit(1);
   }
   return c;
 }
 
-int Sink(int port) {
+int Server(const char* port) {
   int l = Listener(port);
   int c = accept(l, nullptr, nullptr);
+  if (c < 0) return 1;
+  NoDelay(c);
   std::vector<char> buf(1 << 20);
-  long total = 0, t0 = 0;
+  long cpu0 = 0;
   for (;;) {
     ssize_t r = read(c, buf.data(), buf.size());
     if (r <= 0) break;
-    if (t0 == 0) t0 = NowNs();
-    total += r;
+    if (cpu0 == 0) cpu0 = CpuNs();
+    if (!WriteFull(c, buf.data(), static_cast<size_t>(r))) break;
   }
-  long dt = NowNs() - t0;
-  printf("bytes=%ld ns=%ld gbps=%.3f\n", total, dt,
-         static_cast<double>(total) / static_cast<double>(dt));
+  printf("cpu_ns=%ld\n", CpuNs() - cpu0);
+  close(c);
+  Unlisten(l, port);
   return 0;
 }
 
-int Stream(const char* host, int port, size_t size, double seconds) {
+int Client(const char* host, const char* port, size_t size, long iters) {
+  Addr a = MakeAddr(host, port);
+  int c = socket(a.family, SOCK_STREAM, 0);
+  for (int tries = 0; connect(c, reinterpret_cast<sockaddr*>(&a.ss), a.len) != 0; ++tries) {
+    if (tries > 200) {
+      perror("pingpong client: connect");
+      return 1;
+    }
+    close(c);
+    c = socket(a.family, SOCK_STREAM, 0);
+    usleep(10000);
+  }
+  NoDelay(c);
+  std::vector<char> out(size, 'p'), in(size);
+  std::vector<long> rtt;
+  rtt.reserve(static_cast<size_t>(iters));
+  long warmup = iters / 10;
+  long cpu0 = 0;
+  for (long i = 0; i < warmup + iters; ++i) {
+    if (i == warmup) cpu0 = CpuNs();
+    long t0 = NowNs();
+    if (!WriteFull(c, out.data(), size) || !ReadFull(c, in.data(), size)) {
+      fprintf(stderr, "pingpong client: connection lost\n");
+      return 1;
+    }
+    if (i >= warmup) rtt.push_back(NowNs() - t0);
+  }
+  long cpu = CpuNs() - cpu0;
+  close(c);
+  std::sort(rtt.begin(), rtt.end());
+  double sum = 0;
+  for (long v : rtt) sum += static_cast<double>(v);
+  printf("size=%zu iters=%ld p50_ns=%ld p99_ns=%ld mean_ns=%.0f min_ns=%ld cpu_ns=%ld\n", size,
+         iters, rtt[rtt.size() / 2], rtt[rtt.size() * 99 / 100],
+         sum / static_cast<double>(rtt.size()), rtt.front(), cpu);
+  return 0;
+}
+
+int Sink(const char* port, size_t read_size) {
+  int l = Listener(port);
+  int c = accept(l, nullptr, nullptr);
+  std::vector<char> buf(read_size);
+  long total = 0, t0 = 0, cpu0 = 0;
+  for (;;) {
+    ssize_t r = read(c, buf.data(), buf.size());
+    if (r <= 0) break;
+    if (t0 == 0) {
+      t0 = NowNs();
+      cpu0 = CpuNs();
+    }
+    total += r;
+  }
+  long dt = NowNs() - t0;
+  printf("bytes=%ld ns=%ld gbps=%.3f cpu_ns=%ld\n", total, dt,
+         static_cast<double>(total) / static_cast<double>(dt), CpuNs() - cpu0);
+  close(c);
+  Unlisten(l, port);
+  return 0;
+}
+
+int Stream(const char* host, const char* port, size_t size, double seconds) {
   int c = Dial(host, port);
   std::vector<char> buf(size, 's');
+  long cpu0 = CpuNs();
   long end = NowNs() + static_cast<long>(seconds * 1e9);
   while (NowNs() < end) {
     for (int i = 0; i < 16; ++i) {
       if (!WriteFull(c, buf.data(), size)) return 1;
     }
   }
+  printf("cpu_ns=%ld\n", CpuNs() - cpu0);
   close(c);
   return 0;
 }
 
-int Acceptor(int port, long n) {
+int Acceptor(const char* port, long n) {
   int l = Listener(port);
+  long cpu0 = 0;
   for (long i = 0; i < n; ++i) {
     int c = accept(l, nullptr, nullptr);
     if (c < 0) return 1;
+    if (i == 0) cpu0 = CpuNs();
     close(c);
+  }
+  printf("cpu_ns=%ld\n", CpuNs() - cpu0);
+  Unlisten(l, port);
+  return 0;
+}
+
+int Connector(const char* host, const char* port, long n) {
+  long t0 = NowNs(), cpu0 = CpuNs();
+  for (long i = 0; i < n; ++i) close(Dial(host, port));
+  long dt = NowNs() - t0;
+  printf("conns=%ld ns=%ld per_s=%.0f cpu_ns=%ld\n", n, dt,
+         static_cast<double>(n) * 1e9 / static_cast<double>(dt), CpuNs() - cpu0);
+  return 0;
+}
+
+// One poll() loop over every connection: what an event-driven server does
+// with many idle clients.
+int IdleServer(const char* port, long n) {
+  int l = Listener(port);
+  std::vector<pollfd> fds;
+  for (long i = 0; i < n; ++i) {
+    int c = accept(l, nullptr, nullptr);
+    if (c < 0) return 1;
+    fds.push_back({c, POLLIN, 0});
+  }
+  Unlisten(l, port);
+  char buf[65536];
+  while (!fds.empty()) {
+    if (poll(fds.data(), fds.size(), -1) < 0) return 1;
+    for (size_t i = 0; i < fds.size();) {
+      if (fds[i].revents != 0) {
+        ssize_t r = read(fds[i].fd, buf, sizeof buf);
+        if (r <= 0 || !WriteFull(fds[i].fd, buf, static_cast<size_t>(r))) {
+          close(fds[i].fd);
+          fds[i] = fds.back();
+          fds.pop_back();
+          continue;
+        }
+      }
+      ++i;
+    }
   }
   return 0;
 }
 
-int Connector(const char* host, int port, long n) {
-  long t0 = NowNs();
-  for (long i = 0; i < n; ++i) close(Dial(host, port));
-  long dt = NowNs() - t0;
-  printf("conns=%ld ns=%ld per_s=%.0f\n", n, dt,
-         static_cast<double>(n) * 1e9 / static_cast<double>(dt));
+int IdleClient(const char* host, const char* port, long n) {
+  std::vector<int> conns;
+  char msg[64] = {'i'}, in[64];
+  // All connected first: the server accepts all n before it echoes.
+  for (long i = 0; i < n; ++i) conns.push_back(Dial(host, port));
+  for (int c : conns) {
+    if (!WriteFull(c, msg, sizeof msg) || !ReadFull(c, in, sizeof in)) return 1;
+  }
+  printf("idle\n");
+  fflush(stdout);
+  char b;
+  while (read(0, &b, 1) > 0) {
+  }
+  for (int c : conns) close(c);
   return 0;
 }
 
@@ -209,24 +309,30 @@ int Calls(size_t size, long iters) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc == 3 && strcmp(argv[1], "server") == 0) return Server(atoi(argv[2]));
+  if (argc == 3 && strcmp(argv[1], "server") == 0) return Server(argv[2]);
   if (argc == 6 && strcmp(argv[1], "client") == 0) {
-    return Client(argv[2], atoi(argv[3]), static_cast<size_t>(atol(argv[4])), atol(argv[5]));
+    return Client(argv[2], argv[3], static_cast<size_t>(atol(argv[4])), atol(argv[5]));
   }
-  if (argc == 3 && strcmp(argv[1], "sink") == 0) return Sink(atoi(argv[2]));
+  if ((argc == 3 || argc == 4) && strcmp(argv[1], "sink") == 0) {
+    return Sink(argv[2], argc == 4 ? static_cast<size_t>(atol(argv[3])) : size_t{1} << 20);
+  }
   if (argc == 6 && strcmp(argv[1], "stream") == 0) {
-    return Stream(argv[2], atoi(argv[3]), static_cast<size_t>(atol(argv[4])), atof(argv[5]));
+    return Stream(argv[2], argv[3], static_cast<size_t>(atol(argv[4])), atof(argv[5]));
   }
-  if (argc == 4 && strcmp(argv[1], "acceptor") == 0) return Acceptor(atoi(argv[2]), atol(argv[3]));
+  if (argc == 4 && strcmp(argv[1], "acceptor") == 0) return Acceptor(argv[2], atol(argv[3]));
   if (argc == 5 && strcmp(argv[1], "connector") == 0) {
-    return Connector(argv[2], atoi(argv[3]), atol(argv[4]));
+    return Connector(argv[2], argv[3], atol(argv[4]));
+  }
+  if (argc == 4 && strcmp(argv[1], "idleserver") == 0) return IdleServer(argv[2], atol(argv[3]));
+  if (argc == 5 && strcmp(argv[1], "idleclient") == 0) {
+    return IdleClient(argv[2], argv[3], atol(argv[4]));
   }
   if (argc == 4 && strcmp(argv[1], "calls") == 0) {
     return Calls(static_cast<size_t>(atol(argv[2])), atol(argv[3]));
   }
   fprintf(stderr,
-          "usage: pingpong server PORT | client HOST PORT SIZE ITERS | sink PORT |"
+          "usage: pingpong server PORT | client HOST PORT SIZE ITERS | sink PORT [READSIZE] |"
           " stream HOST PORT SIZE SECONDS | acceptor PORT N | connector HOST PORT N |"
-          " calls SIZE ITERS\n");
+          " idleserver PORT N | idleclient HOST PORT N | calls SIZE ITERS\n");
   return 2;
 }
