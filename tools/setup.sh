@@ -11,6 +11,7 @@ PACKAGES=(
   curl socat python3 libpython3.11-testsuite procps iproute2 util-linux coreutils
   # benchmarks
   numactl sockperf redis-server redis-tools nginx-light
+  iperf3 wrk python3-matplotlib
   # code hygiene
   clang-format clang-tidy
 )
