@@ -42,6 +42,7 @@
 #include <cstdint>
 
 #include "fdtable/fdtable.h"
+#include "runtime/config.h"
 #include "runtime/door.h"
 #include "runtime/endpoint.h"
 #include "transport/segment.h"
@@ -85,6 +86,13 @@ struct OptionSnapshot {
 // The bit NoteOptionSet records for (level, name).
 std::uint32_t OptionBit(int level, int name);
 
+// A connection's wait policy: the transport's adaptive default, or the
+// fixed budget that DOORWAY_SPIN_NS asks for.
+inline transport::SpinPolicy ConnSpinPolicy() {
+  long long ns = GetConfig().spin_ns;
+  return ns < 0 ? transport::SpinPolicy() : transport::SpinPolicy(ns, ns, ns);
+}
+
 struct Connection {
   static constexpr std::uint32_t kTypeTag = 0x434F4E4E;  // "CONN"
   Connection() = default;
@@ -96,7 +104,7 @@ struct Connection {
   transport::Role role = transport::Role::kClient;
   transport::RingStats tx_stats, rx_stats;
   transport::Ring tx, rx;
-  transport::SpinPolicy rx_spin, tx_spin;
+  transport::SpinPolicy rx_spin = ConnSpinPolicy(), tx_spin = ConnSpinPolicy();
   Endpoint local, peer;
   OptionSnapshot opts;
   std::atomic<int> fds{0};  // fd numbers of this process that refer to it

@@ -71,7 +71,7 @@ int ParseChoice(Config* c, const char* const* envp, const char* name, const char
 // scripts, or carry state from one runtime to the next across exec.
 constexpr const char* kKnownNames[] = {
     "DOORWAY_DISABLE", "DOORWAY_ACCELERATE", "DOORWAY_LOG", "DOORWAY_LOG_FILE", "DOORWAY_DIR",
-    "DOORWAY_ALLOW_UIDS", "DOORWAY_FALLBACK", "DOORWAY_STATS",
+    "DOORWAY_ALLOW_UIDS", "DOORWAY_FALLBACK", "DOORWAY_STATS", "DOORWAY_SPIN_NS",
     // Not settings of the runtime:
     "DOORWAY_INHERIT",        // runtime/inherit.h: connections crossing exec
     "DOORWAY_PRELOAD_SO",     // tools/preload
@@ -149,6 +149,18 @@ Config ParseConfig(const char* const* envp) {
                                            StatsMode::kOn,  StatsMode::kOff, StatsMode::kOn};
     int i = ParseChoice(&c, envp, "DOORWAY_STATS", kNames, "on|off|exit", "on");
     if (i >= 0) c.stats = kModes[i];
+  }
+  if (const char* v = Lookup(envp, "DOORWAY_SPIN_NS"); v != nullptr && v[0] != '\0') {
+    char* end = nullptr;
+    long long ns = strtoll(v, &end, 10);
+    if (*end != '\0' || ns < 0 || ns > 1'000'000'000) {
+      Report(&c, "DOORWAY_SPIN_NS", 15,
+             "DOORWAY_SPIN_NS=%s is not a number of ns in 0..1000000000; using the adaptive "
+             "default",
+             v);
+    } else {
+      c.spin_ns = ns;
+    }
   }
   ReportUnknownNames(&c, envp);
   return c;

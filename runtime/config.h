@@ -46,6 +46,11 @@ struct Config {
   FallbackMode fallback = FallbackMode::kPassthrough;
   // DOORWAY_STATS=on|off|exit.
   StatsMode stats = StatsMode::kOn;
+  // DOORWAY_SPIN_NS=N (0..1000000000): every wait spins for exactly N ns
+  // before it sleeps (blocking calls on accelerated connections and the
+  // poll/select/epoll engines), instead of the adaptive default. For
+  // studying the spin-versus-sleep policy (docs/benchmarks.md). -1: unset.
+  long long spin_ns = -1;
 
   // Variables reported as bad by ParseConfig (pointers into envp, name
   // lengths), for ForgetReportedSettings.

@@ -38,6 +38,20 @@ TEST(Config, DoorSettings) {
   EXPECT_EQ(b.allowed_uid_count, 0);
 }
 
+TEST(Config, SpinBudget) {
+  const char* unset[] = {"PATH=/bin", nullptr};
+  EXPECT_EQ(ParseConfig(unset).spin_ns, -1);
+  const char* zero[] = {"DOORWAY_SPIN_NS=0", nullptr};
+  EXPECT_EQ(ParseConfig(zero).spin_ns, 0);
+  const char* some[] = {"DOORWAY_SPIN_NS=200000", nullptr};
+  EXPECT_EQ(ParseConfig(some).spin_ns, 200000);
+  for (const char* bad :
+       {"DOORWAY_SPIN_NS=-1", "DOORWAY_SPIN_NS=5us", "DOORWAY_SPIN_NS=2000000000"}) {
+    const char* env[] = {bad, nullptr};
+    EXPECT_EQ(ParseConfig(env).spin_ns, -1) << bad;
+  }
+}
+
 TEST(Config, FallbackMode) {
   const char* none[] = {nullptr};
   EXPECT_EQ(ParseConfig(none).fallback, FallbackMode::kPassthrough);

@@ -26,7 +26,9 @@ using fdtable::Ref;
 // of their data: user-space pointers and small integers never do.
 constexpr std::uint64_t kMarker = 0xD00Dull << 48;
 constexpr std::uint64_t kMarkerMask = 0xFFFFull << 48;
-constexpr std::int64_t kSpinNs = 30'000;
+constexpr std::int64_t kSpinNs = 30'000;  // as runtime/poll.cc
+
+std::int64_t SpinNs() { return GetConfig().spin_ns >= 0 ? GetConfig().spin_ns : kSpinNs; }
 
 std::int64_t NowNs() {
   timespec ts;
@@ -266,7 +268,7 @@ int EpollWait(int epfd, epoll_event* events, int maxevents, std::int64_t timeout
     if (n + k > 0 || timeout_ns == 0) return n + k;
     if (!spun) {
       spun = true;
-      std::int64_t spin_end = NowNs() + kSpinNs;
+      std::int64_t spin_end = NowNs() + SpinNs();
       if (deadline >= 0 && spin_end > deadline) spin_end = deadline;
       for (unsigned iter = 1; NowNs() < spin_end; ++iter) {
         s->lock.Lock();

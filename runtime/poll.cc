@@ -23,6 +23,8 @@ using fdtable::Ref;
 constexpr std::int64_t kSpinNs = 30'000;
 constexpr nfds_t kStackFds = 64;
 
+std::int64_t SpinNs() { return GetConfig().spin_ns >= 0 ? GetConfig().spin_ns : kSpinNs; }
+
 std::int64_t NowNs() {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -195,7 +197,7 @@ int EnginePoll(pollfd* fds, nfds_t n, std::int64_t timeout_ns, const sigset_t* s
     if (!spun) {
       // Spin on the rings (and, now and then, the kernel fds).
       spun = true;
-      std::int64_t spin_end = NowNs() + kSpinNs;
+      std::int64_t spin_end = NowNs() + SpinNs();
       if (deadline >= 0 && spin_end > deadline) spin_end = deadline;
       int k = 0;
       for (unsigned iter = 1;; ++iter) {
