@@ -7,6 +7,10 @@
 
 namespace doorway::runtime {
 
+const char* const kSettingNames[] = {
+    "DOORWAY_DISABLE",    "DOORWAY_ACCELERATE", "DOORWAY_LOG",   "DOORWAY_LOG_FILE", "DOORWAY_DIR",
+    "DOORWAY_ALLOW_UIDS", "DOORWAY_FALLBACK",   "DOORWAY_STATS", "DOORWAY_SPIN_NS",  nullptr};
+
 namespace {
 
 constinit Config g_config;
@@ -66,13 +70,10 @@ int ParseChoice(Config* c, const char* const* envp, const char* name, const char
   return -1;
 }
 
-// Every DOORWAY_* variable something in doorway reads. The runtime parses
-// the first group; the rest belong to the launcher, the test and demo
-// scripts, or carry state from one runtime to the next across exec.
-constexpr const char* kKnownNames[] = {
-    "DOORWAY_DISABLE", "DOORWAY_ACCELERATE", "DOORWAY_LOG", "DOORWAY_LOG_FILE", "DOORWAY_DIR",
-    "DOORWAY_ALLOW_UIDS", "DOORWAY_FALLBACK", "DOORWAY_STATS", "DOORWAY_SPIN_NS",
-    // Not settings of the runtime:
+// Other DOORWAY_* variables that something in doorway reads: they belong to
+// the launcher, the test and demo scripts, or carry state from one runtime
+// to the next across exec.
+constexpr const char* kOtherNames[] = {
     "DOORWAY_INHERIT",        // runtime/inherit.h: connections crossing exec
     "DOORWAY_PRELOAD_SO",     // tools/preload
     "DOORWAY_DISK_CACHE",     // tools/test.sh
@@ -87,7 +88,10 @@ void ReportUnknownNames(Config* c, const char* const* envp) {
     const char* eq = strchr(*e, '=');
     size_t len = eq != nullptr ? static_cast<size_t>(eq - *e) : strlen(*e);
     bool known = false;
-    for (const char* k : kKnownNames) {
+    for (const char* const* k = kSettingNames; *k != nullptr; ++k) {
+      if (strlen(*k) == len && strncmp(*k, *e, len) == 0) known = true;
+    }
+    for (const char* k : kOtherNames) {
       if (strlen(k) == len && strncmp(k, *e, len) == 0) known = true;
     }
     if (!known) {

@@ -60,6 +60,10 @@ struct Config {
   int reported_count = 0;
 };
 
+// The names of the settings ParseConfig reads (null-terminated); every one
+// is in docs/configuration.md's table (config_test).
+extern const char* const kSettingNames[];
+
 // Parses the environment. A bad value, or a DOORWAY_* name that is not a
 // setting (a typo), is reported on stderr and the default is used: the
 // program must still run. Every setting is parsed here and listed in

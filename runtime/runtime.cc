@@ -6,6 +6,8 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstdlib>
+#include <cstring>
 
 #include "runtime/config.h"
 #include "runtime/endpoint.h"
@@ -39,8 +41,11 @@ void Initialise() {
     if (fd >= 0) {
       g_log_fd.store(fd, std::memory_order_relaxed);
     } else {
-      RawLog(LogLevel::kWarn, "cannot open DOORWAY_LOG_FILE=%s; logging to stderr",
-             config.log_file);
+      RawLog(LogLevel::kWarn, "cannot open DOORWAY_LOG_FILE=%s (%s); logging to stderr",
+             config.log_file, strerror(errno));
+      // Like a bad setting: reported once, and the programs this one starts
+      // log to stderr without repeating the message.
+      unsetenv("DOORWAY_LOG_FILE");
     }
   }
   g_log_level.store(static_cast<int>(config.log_level), std::memory_order_relaxed);

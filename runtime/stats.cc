@@ -149,10 +149,24 @@ int CreateTemp(const char* dir, pid_t pid, char* tmp, std::size_t size) {
   return -1;
 }
 
+// The inode in "pid:[4026531836]", the target of /proc/self/ns/pid; 0 if unknown.
+std::uint64_t PidNamespace() {
+  char buf[64];
+  long n = syscall(SYS_readlinkat, AT_FDCWD, "/proc/self/ns/pid", buf, sizeof(buf) - 1);
+  if (n <= 0) return 0;
+  buf[n] = '\0';
+  std::uint64_t v = 0;
+  for (const char* p = buf; *p != '\0'; ++p) {
+    if (*p >= '0' && *p <= '9') v = v * 10 + static_cast<std::uint64_t>(*p - '0');
+  }
+  return v;
+}
+
 void FillIdentity(ProcessHeader* h) {
   h->pid = static_cast<std::int32_t>(syscall(SYS_getpid));
   h->uid = static_cast<std::uint32_t>(geteuid());
   h->start_ticks = StartTicks();
+  h->pid_namespace = PidNamespace();
   h->created_ns = MonotonicNs();
 }
 

@@ -71,6 +71,10 @@ struct alignas(64) ProcessHeader {
   std::uint8_t accelerate;  // DOORWAY_ACCELERATE
   std::uint8_t fallback;    // runtime::FallbackMode
   std::uint8_t pad0[6];
+  // The inode of /proc/self/ns/pid: a reader in another pid namespace (a
+  // container sharing the door directory) cannot check the pid, and leaves
+  // the file alone.
+  std::uint64_t pid_namespace;
   // Slots at or above this index were never used (lets a reader, and the
   // copy made for a fork child, skip the untouched tail).
   alignas(64) std::atomic<std::uint32_t> high_water;

@@ -4,7 +4,9 @@
 // runfiles tree under `bazel run`, next to this binary otherwise), appends its
 // absolute path to LD_PRELOAD, returns to the directory `bazel run` was
 // started from, and execs prog. exec keeps the pid, so the exit status,
-// signals and stdin/stdout/stderr are prog's own.
+// signals and stdin/stdout/stderr are prog's own. Its own options (before
+// "--") only set DOORWAY_* variables (kFlags), so that the runtime has one
+// source of settings (runtime/config.cc).
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,11 +19,57 @@
 namespace {
 
 const char kUsage[] =
-    "usage: preload [--] PROGRAM [ARGS...]\n"
-    "Runs PROGRAM with the doorway runtime preloaded (LD_PRELOAD).\n"
+    "usage: preload [OPTIONS] [--] PROGRAM [ARGS...]\n"
+    "Runs PROGRAM with the doorway runtime preloaded (LD_PRELOAD): its local TCP\n"
+    "connections to other programs under doorway travel through shared memory.\n"
     "Under `bazel run //tools:preload -- ...` PROGRAM runs in the directory\n"
-    "bazel was started from. Settings are DOORWAY_* environment variables\n"
-    "(docs/configuration.md), e.g. DOORWAY_LOG=debug, DOORWAY_DISABLE=1.\n";
+    "bazel was started from.\n"
+    "\n"
+    "Options (before PROGRAM; each sets the DOORWAY_* variable named, for PROGRAM\n"
+    "and every program it starts):\n"
+    "  --log=LEVEL      doorway's own log: off, error, warn, info or debug (DOORWAY_LOG)\n"
+    "  --log-file=PATH  append the log to PATH instead of stderr (DOORWAY_LOG_FILE)\n"
+    "  --disable        load doorway but accelerate and track nothing (DOORWAY_DISABLE=1)\n"
+    "  --stats          at exit, each process that used Internet sockets logs one line:\n"
+    "                   accelerated connections, bytes and messages sent and received\n"
+    "                   through them (DOORWAY_STATS=exit; to stderr or the log file).\n"
+    "                   Live counters: bazel run //tools:stat\n"
+    "  --dir=DIR        the door directory (DOORWAY_DIR)\n"
+    "  --help           this text\n"
+    "\n"
+    "Every setting is a DOORWAY_* environment variable (docs/configuration.md).\n";
+
+// The launcher's options and the variables they set.
+struct Flag {
+  const char* name;  // "--log=" takes a value, "--disable" none
+  const char* variable;
+  const char* fixed_value;  // for flags without a value
+};
+constexpr Flag kFlags[] = {
+    {"--log=", "DOORWAY_LOG", nullptr},    {"--log-file=", "DOORWAY_LOG_FILE", nullptr},
+    {"--disable", "DOORWAY_DISABLE", "1"}, {"--stats", "DOORWAY_STATS", "exit"},
+    {"--dir=", "DOORWAY_DIR", nullptr},
+};
+
+// Applies the option at arg; false if it is not one.
+bool ApplyFlag(const char* arg) {
+  for (const Flag& f : kFlags) {
+    size_t n = strlen(f.name);
+    if (f.fixed_value != nullptr) {
+      if (strcmp(arg, f.name) != 0) continue;
+      setenv(f.variable, f.fixed_value, 1);
+      return true;
+    }
+    if (strncmp(arg, f.name, n) != 0) continue;
+    if (arg[n] == '\0') {
+      fprintf(stderr, "preload: %s needs a value\n", arg);
+      exit(2);
+    }
+    setenv(f.variable, arg + n, 1);
+    return true;
+  }
+  return false;
+}
 
 bool Exists(const std::string& path) { return access(path.c_str(), R_OK) == 0; }
 
@@ -59,11 +107,23 @@ std::string FindRuntime(const char* argv0) {
 
 int main(int argc, char** argv) {
   int first = 1;
-  if (first < argc && strcmp(argv[first], "--help") == 0) {
-    fputs(kUsage, stdout);
-    return 0;
+  // Options until "--" or the first argument that is not one (PROGRAM).
+  while (first < argc && strncmp(argv[first], "--", 2) == 0) {
+    const char* arg = argv[first];
+    if (strcmp(arg, "--") == 0) {
+      ++first;
+      break;
+    }
+    if (strcmp(arg, "--help") == 0) {
+      fputs(kUsage, stdout);
+      return 0;
+    }
+    if (!ApplyFlag(arg)) {
+      fprintf(stderr, "preload: unknown option %s\n%s", arg, kUsage);
+      return 2;
+    }
+    ++first;
   }
-  if (first < argc && strcmp(argv[first], "--") == 0) ++first;
   if (first >= argc) {
     fputs(kUsage, stderr);
     return 2;

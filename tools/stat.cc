@@ -130,6 +130,14 @@ std::uint64_t StartTicks(long pid) {
   return 0;
 }
 
+std::uint64_t OwnPidNamespace() {
+  static const std::uint64_t ns = [] {
+    struct stat st;
+    return stat("/proc/self/ns/pid", &st) == 0 ? static_cast<std::uint64_t>(st.st_ino) : 0;
+  }();
+  return ns;
+}
+
 std::string Command(long pid, const char* fallback, size_t fallback_size) {
   std::string s;
   if (ReadSmallFile("/proc/" + std::to_string(pid) + "/comm", &s, 256)) {
@@ -408,6 +416,13 @@ void ReadProcessFile(const std::string& dir, int dfd, const char* name, const Op
   bool valid = h->magic == stats::kMagic && h->version == stats::kVersion &&
                h->header_size == sizeof(ProcessHeader) && h->slot_size == sizeof(Slot) &&
                h->slot_count == stats::kSlots && h->pid == pid;
+  if (valid && h->pid_namespace != 0 && OwnPidNamespace() != 0 &&
+      h->pid_namespace != OwnPidNamespace()) {
+    // Another pid namespace (a container sharing the directory): its pids
+    // mean nothing here, so neither live nor stale. Leave it alone.
+    munmap(base, stats::kFileSize);
+    return;
+  }
   std::uint64_t ticks = valid ? StartTicks(pid) : 0;
   if (!valid || ticks == 0 || ticks != h->start_ticks) {
     // Stale (or not ours to understand). Remove it if it is the caller's
