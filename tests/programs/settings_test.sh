@@ -83,4 +83,7 @@ print("done")' >"$WORK/s.out" 2>"$WORK/s.err" || fail "preload --stats failed: $
 grep -qE '^doorway\[[0-9]+\]: stats: 2 accelerated connection\(s\) \(0 still open at exit\), sent 1500 bytes in 2 writes, received 1500 bytes in 2 reads$' \
   "$WORK/s.err" || fail "preload --stats: $(cat "$WORK/s.err")"
 [ "$(wc -l <"$WORK/s.err")" = 1 ] || fail "preload --stats printed more: $(cat "$WORK/s.err")"
+# Every process above exited normally: no stats file is left behind.
+left="$(cd "$DOORS" && ls -A | grep stats || true)"
+[ -z "$left" ] || fail "stats files left after normal exits: $left"
 echo "ok: launcher options"

@@ -3,12 +3,15 @@ connection open after the transfer (until killed) so that stat can see it.
 
   stat_peer.py server PORT C2S S2C         accepts one connection, reads C2S
                                            bytes, answers S2C bytes in one send
-  stat_peer.py client PORT C2S S2C CHUNKS [PLAIN_PORT]
+  stat_peer.py client PORT C2S S2C CHUNKS PLAIN_PORT FORKED
                                            sends C2S bytes in CHUNKS sends,
-                                           reads S2C bytes; with PLAIN_PORT
-                                           also holds a TCP connection to a
-                                           listener that does not run doorway
+                                           reads S2C bytes; also holds a TCP
+                                           connection to PLAIN_PORT (a listener
+                                           that does not run doorway); then
+                                           forks a child that sends FORKED more
+                                           bytes on the shared connection
 """
+import os
 import socket
 import sys
 import time
@@ -44,17 +47,18 @@ def main():
         print("served", flush=True)
         hold()
     else:
-        chunks = int(sys.argv[5])
-        plain = None
-        if len(sys.argv) > 6:
-            plain = socket.create_connection(("127.0.0.1", int(sys.argv[6])))
+        chunks, plain_port, forked = int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
+        plain = socket.create_connection(("127.0.0.1", plain_port))
         conn = socket.create_connection(("127.0.0.1", port))
         size = c2s // chunks
         for i in range(chunks):
             n = size if i < chunks - 1 else c2s - size * (chunks - 1)
             conn.sendall(b"c" * n)
         read_exactly(conn, s2c)
-        print("done", flush=True)
+        pid = os.fork()
+        if pid == 0:
+            conn.sendall(b"f" * forked)
+            print(f"child {os.getpid()}", flush=True)
         hold()
 
 

@@ -3,7 +3,9 @@
 # exchange C2S and S2C bytes over an accelerated connection and keep it open;
 # stat (table and --json) must show that connection between those two pids
 # with exactly those byte counts, and the per-process totals (the client also
-# holds a plain TCP connection to a listener without doorway). Then the
+# holds a plain TCP connection to a listener without doorway). The client
+# then forks a child that sends FORKED more bytes on the shared connection:
+# it is listed on the client side with counters of its own. Then the
 # client is killed with SIGKILL: its stats file stays behind, and stat must
 # not show it (and removes it). DOORWAY_STATS=off must publish nothing.
 source "$(dirname "$0")/lib.sh" "$1"
@@ -12,6 +14,7 @@ STAT="$(realpath "$3")"
 
 C2S=123455   # in 5 sends of 24691 bytes: each fits the 1 MiB ring, so 5 writes
 S2C=4321
+FORKED=1000  # the server does not read them: they fill the ring
 
 wait_for() {  # file pattern seconds
   for _ in $(seq 1 $(($3 * 20))); do
@@ -36,25 +39,33 @@ port="$(free_port)"
 spawn server "$WORK/server.out" python3 "$peer" server "$port" "$C2S" "$S2C"
 spid=$!
 wait_for "$WORK/server.out" listening 10
-spawn client "$WORK/client.out" python3 "$peer" client "$port" "$C2S" "$S2C" 5 "$plain_port"
+spawn client "$WORK/client.out" python3 "$peer" client "$port" "$C2S" "$S2C" 5 "$plain_port" "$FORKED"
 cpid=$!
-wait_for "$WORK/client.out" holding 10
+wait_for "$WORK/client.out" "^child [0-9]" 10
+kpid="$(sed -n 's/^child //p' "$WORK/client.out")"
+PIDS+=("$kpid")
 wait_for "$WORK/server.out" holding 10
 expect_log client "accelerated connection to port $port"
 
 [ -f "$DOORS/stats.$cpid" ] || fail "no stats file for the client: $(ls -A "$DOORS")"
+[ -f "$DOORS/stats.$kpid" ] || fail "no stats file for the client's fork child: $(ls -A "$DOORS")"
 [ "$(stat -c %a "$DOORS/stats.$cpid")" = 600 ] || fail "stats file mode $(stat -c %a "$DOORS/stats.$cpid")"
 
 "$STAT" --dir="$DOORS" --json >"$WORK/stat.json" || fail "stat --json failed"
-python3 - "$WORK/stat.json" "$cpid" "$spid" "$port" "$C2S" "$S2C" <<'PY' || fail "stat --json: $(cat "$WORK/stat.json")"
+python3 - "$WORK/stat.json" "$cpid" "$spid" "$port" "$C2S" "$S2C" "$kpid" "$FORKED" <<'PY' || fail "stat --json: $(cat "$WORK/stat.json")"
 import json, sys
 doc = json.load(open(sys.argv[1]))
-cpid, spid, port, c2s, s2c = (int(x) for x in sys.argv[2:])
+cpid, spid, port, c2s, s2c, kpid, forked = (int(x) for x in sys.argv[2:])
 conns = [c for c in doc["connections"] if {e["pid"] for e in c["ends"]} & {cpid, spid}]
 assert len(conns) == 1, conns
 c = conns[0]
-ends = {e["role"]: e for e in c["ends"]}
-assert len(c["ends"]) == 2, c["ends"]
+# The fork child shares the client's end and counts what it sent itself.
+assert [(e["role"], e["pid"]) for e in c["ends"]] == [("client", cpid), ("client", kpid), ("server", spid)], c["ends"]
+child = c["ends"][1]
+assert child["shared"] and c["ends"][0]["shared"], c["ends"]
+assert child["sent"]["bytes"] == forked and child["sent"]["msgs"] == 1, child
+assert child["received"]["bytes"] == 0 and child["fds"], child
+ends = {e["role"]: e for e in (c["ends"][0], c["ends"][2])}
 assert ends["client"]["pid"] == cpid and ends["server"]["pid"] == spid, ends
 assert ends["client"]["command"] == ends["server"]["command"] == "python3", ends
 assert c["server"] == f"127.0.0.1:{port}", c["server"]
@@ -63,12 +74,12 @@ assert ends["client"]["peer"] == c["server"] and ends["server"]["peer"] == c["cl
 # Bytes each way: the rings' totals and both ends' counters agree with
 # what the peers sent.
 assert c["c2s"]["from_rings"] and c["s2c"]["from_rings"], c
-assert c["c2s"]["bytes"] == c2s and c["s2c"]["bytes"] == s2c, c
-assert c["c2s"]["fill"] == 0 and c["s2c"]["fill"] == 0, c
+assert c["c2s"]["bytes"] == c2s + forked and c["s2c"]["bytes"] == s2c, c
+assert c["c2s"]["fill"] == forked and c["s2c"]["fill"] == 0, c
 assert c["c2s"]["capacity"] == c["s2c"]["capacity"] == 1 << 20, c
 assert ends["client"]["sent"]["bytes"] == c2s and ends["server"]["received"]["bytes"] == c2s
 assert ends["server"]["sent"]["bytes"] == s2c and ends["client"]["received"]["bytes"] == s2c
-assert ends["client"]["sent"]["msgs"] == 5 and c["c2s"]["msgs"] == 5, c
+assert ends["client"]["sent"]["msgs"] == 5 and c["c2s"]["msgs"] == 6, c
 assert ends["server"]["sent"]["msgs"] == 1 and c["s2c"]["msgs"] == 1, c
 for e in c["ends"]:
     assert e["fds"] and all(fd > 2 for fd in e["fds"]), e
@@ -78,11 +89,12 @@ assert procs[cpid]["accelerated"] == 1 and procs[spid]["accelerated"] == 1, proc
 assert procs[cpid]["sent"]["bytes"] == c2s and procs[cpid]["received"]["bytes"] == s2c, procs
 assert procs[cpid]["plain_tcp"] == 1, procs[cpid]        # to the listener without doorway
 assert procs[spid]["tcp_listen"] == 1 and procs[spid]["plain_tcp"] == 0, procs[spid]
+assert procs[kpid]["accelerated"] == 1 and procs[kpid]["sent"]["bytes"] == forked, procs[kpid]
 print("json ok")
 PY
 
 "$STAT" --dir="$DOORS" >"$WORK/stat.txt" || fail "stat failed"
-grep -E "^$cpid/python3\[[0-9,]+\] +$spid/python3\[[0-9,]+\] +127\.0\.0\.1:[0-9]+ +127\.0\.0\.1:$port +$C2S +5 +$S2C +1 +1M/1M +0/0 " \
+grep -E "^$cpid/python3\[[0-9,]+\],$kpid/python3\[[0-9,]+\] +$spid/python3\[[0-9,]+\] +127\.0\.0\.1:[0-9]+ +127\.0\.0\.1:$port +$((C2S + FORKED)) +6 +$S2C +1 +1M/1M +$FORKED/0 " \
   "$WORK/stat.txt" >/dev/null || fail "stat table: $(cat "$WORK/stat.txt")"
 grep -qE "^$cpid +python3 +1/1 +$C2S +5 +$S2C +1 +1 +0 " "$WORK/stat.txt" ||
   fail "stat process table: $(cat "$WORK/stat.txt")"
@@ -100,10 +112,13 @@ kill -9 "$cpid"
 wait "$cpid" 2>/dev/null || true
 [ -f "$DOORS/stats.$cpid" ] || fail "the killed client's stats file is gone: the check below would prove nothing"
 "$STAT" --dir="$DOORS" --json >"$WORK/after.json" || fail "stat --json after kill failed"
-python3 - "$WORK/after.json" "$cpid" "$spid" <<'PY' || fail "after kill -9: $(cat "$WORK/after.json")"
+python3 - "$WORK/after.json" "$cpid" "$spid" "$kpid" <<'PY' || fail "after kill -9: $(cat "$WORK/after.json")"
 import json, sys
 doc = json.load(open(sys.argv[1]))
-cpid, spid = int(sys.argv[2]), int(sys.argv[3])
+cpid, spid, kpid = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+# The fork child still holds the connection.
+assert [[(e["role"], e["pid"]) for e in c["ends"]] for c in doc["connections"]] == \
+    [[("client", kpid), ("server", spid)]], doc["connections"]
 assert cpid not in {p["pid"] for p in doc["processes"]}, doc["processes"]
 assert spid in {p["pid"] for p in doc["processes"]}, doc["processes"]
 assert all(e["pid"] != cpid for c in doc["connections"] for e in c["ends"]), doc["connections"]
