@@ -69,7 +69,8 @@ const char kUsage[] =
     "  --help            this text\n"
     "\n"
     "Connection columns: CLIENT and SERVER are pid/command[fds]; C>S and S>C are\n"
-    "bytes and messages (write calls) each way; RING is the capacity each way,\n"
+    "bytes and messages (write calls) each way (with --watch also bytes per\n"
+    "second since the previous refresh); RING is the capacity each way,\n"
     "FILL the bytes waiting in each ring; WAKE/SLEEP count futex wake-ups sent\n"
     "and sleeps, SPIN waits that ended while spinning; PAGES the segment's page\n"
     "kind (4k, thp, huge) and NUMA nodes the rings are bound to ('-': not bound).\n"
@@ -251,6 +252,9 @@ struct Conn {
   std::vector<End> ends;  // client ends first
   bool have_rings = false;
   transport::RingSnapshot rings[2];
+  // --watch: bytes per second each way since the previous refresh; < 0:
+  // unknown (first refresh, or the connection is new).
+  double rate[2] = {-1, -1};
 };
 
 // A connection: its segment (st_dev, st_ino) and the segment's generation.
@@ -270,6 +274,8 @@ struct Proc {
 };
 
 struct Snapshot {
+  bool watching = false;
+  std::int64_t taken_ns = 0;
   std::vector<Proc> procs;
   std::vector<Conn> conns;
   std::vector<std::string> dirs;
@@ -435,6 +441,15 @@ void ReadProcessFile(const std::string& dir, int dfd, const char* name, const Op
     munmap(base, stats::kFileSize);
     return;
   }
+  // A file speaks only for a process of its owner (root reading every
+  // user's directory must not believe one user's file about another's
+  // process).
+  struct stat proc_st;
+  if (stat(("/proc/" + std::to_string(pid)).c_str(), &proc_st) != 0 ||
+      proc_st.st_uid != st.st_uid) {
+    munmap(base, stats::kFileSize);
+    return;
+  }
   Proc p;
   p.pid = pid;
   p.uid = h->uid;
@@ -516,6 +531,8 @@ std::vector<std::string> DefaultDirs() {
 
 Snapshot Collect(const Options& opt) {
   Snapshot snap;
+  snap.watching = opt.watch;
+  snap.taken_ns = MonotonicNs();
   snap.dirs = opt.dirs.empty() ? DefaultDirs() : opt.dirs;
   std::map<ConnKey, Conn> conns;
   std::uint64_t anon = 0;
@@ -630,12 +647,29 @@ void PrintTable(const std::vector<std::vector<std::string>>& rows, std::string* 
   }
 }
 
+std::string Rate(double bytes_per_s) {
+  if (bytes_per_s < 0) return "-";
+  char buf[32];
+  const char* unit[] = {"", "K", "M", "G", "T"};
+  int u = 0;
+  while (bytes_per_s >= 1000 && u < 4) {
+    bytes_per_s /= 1000;
+    ++u;
+  }
+  snprintf(buf, sizeof(buf), u == 0 ? "%.0f%s" : "%.1f%s", bytes_per_s, unit[u]);
+  return buf;
+}
+
+// --watch: each connection's rate from the bytes of the previous refresh.
+void ComputeRates(const Snapshot& prev, Snapshot* cur);
+
 std::string FormatText(const Snapshot& snap) {
   std::string out;
   std::int64_t now = MonotonicNs();
   std::vector<std::vector<std::string>> rows;
   rows.push_back({"CLIENT", "SERVER", "CLIENT ADDR", "SERVER ADDR", "C>S BYTES", "MSGS",
                   "S>C BYTES", "MSGS", "RING", "FILL", "WAKE", "SLEEP", "SPIN", "PAGES", "AGE"});
+  if (snap.watching) rows.back().insert(rows.back().begin() + 8, {"C>S/s", "S>C/s"});
   for (const Conn& c : snap.conns) {
     Dir c2s = Direction(c, 0), s2c = Direction(c, 1);
     std::string caddr, saddr;
@@ -659,6 +693,8 @@ std::string FormatText(const Snapshot& snap) {
                     std::to_string(sleeps), std::to_string(spins),
                     std::string(PagesName(first.slot.pages)) + " " + Numa(first),
                     Age(now - opened)});
+    if (snap.watching)
+      rows.back().insert(rows.back().begin() + 8, {Rate(c.rate[0]), Rate(c.rate[1])});
   }
   if (snap.conns.empty()) {
     out += "no accelerated connections\n";
@@ -742,7 +778,12 @@ std::string FormatJson(const Snapshot& snap) {
              ", \"msgs\": " + std::to_string(d[r].msgs) +
              ", \"capacity\": " + std::to_string(d[r].capacity) +
              ", \"fill\": " + (d[r].have_fill ? std::to_string(d[r].fill) : "null") +
-             ", \"from_rings\": " + (c.have_rings ? "true" : "false") + "}";
+             ", \"from_rings\": " + (c.have_rings ? "true" : "false");
+      if (snap.watching) {
+        out += ", \"rate_bps\": " +
+               (c.rate[r] >= 0 ? std::to_string(static_cast<std::uint64_t>(c.rate[r])) : "null");
+      }
+      out += "}";
     }
     out += ", \"ends\": [";
     for (size_t j = 0; j < c.ends.size(); ++j) {
@@ -769,6 +810,23 @@ std::string FormatJson(const Snapshot& snap) {
   }
   out += "]}\n";
   return out;
+}
+
+void ComputeRates(const Snapshot& prev, Snapshot* cur) {
+  double secs = static_cast<double>(cur->taken_ns - prev.taken_ns) / 1e9;
+  if (secs <= 0) return;
+  std::map<ConnKey, const Conn*> before;
+  for (const Conn& c : prev.conns) before[ConnKey{c.dev, c.ino, c.generation}] = &c;
+  for (Conn& c : cur->conns) {
+    auto it = before.find(ConnKey{c.dev, c.ino, c.generation});
+    if (it == before.end()) continue;
+    for (int r = 0; r < 2; ++r) {
+      std::uint64_t now = Direction(c, r).bytes, then = Direction(*it->second, r).bytes;
+      // A process of the connection that came or went changes the sum of
+      // the senders' counters (when the rings were not readable): unknown.
+      if (now >= then) c.rate[r] = static_cast<double>(now - then) / secs;
+    }
+  }
 }
 
 bool ParseOptions(int argc, char** argv, Options* opt) {
@@ -834,13 +892,16 @@ bool ParseOptions(int argc, char** argv, Options* opt) {
 int main(int argc, char** argv) {
   Options opt;
   if (!ParseOptions(argc, argv, &opt)) return 2;
+  Snapshot prev;
   for (long n = 0;; ++n) {
     Snapshot snap = Collect(opt);
+    if (n > 0) ComputeRates(prev, &snap);
     std::string text = opt.json ? FormatJson(snap) : FormatText(snap);
     if (opt.watch && !opt.json && isatty(STDOUT_FILENO)) text = "\033[H\033[2J" + text;
     if (opt.watch && !opt.json && !isatty(STDOUT_FILENO) && n > 0) text = "\n" + text;
     fwrite(text.data(), 1, text.size(), stdout);
     fflush(stdout);
+    if (opt.watch) prev = std::move(snap);
     if (!opt.watch || (opt.count > 0 && n + 1 >= opt.count)) break;
     timespec ts;
     ts.tv_sec = static_cast<time_t>(opt.interval);
