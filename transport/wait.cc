@@ -110,12 +110,19 @@ int WaitOn(Ring& ring, internal::WaitLine& wl, Ready ready, bool consumer, const
     }
     int rc = internal::FutexWait(&wl.seq, seq, slice);
     StatAdd(stats->futex_waits);
+    bool peer_gone;
     if (rc == -EINTR) {
       if (ready()) break;
-      return -EINTR;
+      // Check the peer here too: a caller that restarts after every signal
+      // (SA_RESTART) under a signal stream faster than the liveness slice
+      // would otherwise never see a slice expire, nor its dead peer.
+      peer_gone = opts.liveness_fd >= 0 && PeerGone(opts.liveness_fd);
+      if (!peer_gone) return -EINTR;
+    } else {
+      if (ready()) break;
+      peer_gone = rc == -ETIMEDOUT && opts.liveness_fd >= 0 && PeerGone(opts.liveness_fd);
     }
-    if (ready()) break;
-    if (rc == -ETIMEDOUT && opts.liveness_fd >= 0 && PeerGone(opts.liveness_fd)) {
+    if (peer_gone) {
       if (consumer) {
         ring.MarkWriterGone();
       } else {

@@ -161,6 +161,44 @@ TEST_F(WaitTest, SignalInterruptsWithEintr) {
   sigaction(SIGUSR1, &old, nullptr);
 }
 
+// A signal stream faster than the liveness slice, and a caller that
+// restarts after each EINTR (SA_RESTART): the dead peer must still be seen
+// (it was not: every wait was interrupted before its slice expired).
+TEST_F(WaitTest, PeerDeathSeenUnderASignalStorm) {
+  struct sigaction sa = {}, old = {};
+  sa.sa_handler = OnSignal;
+  sigemptyset(&sa.sa_mask);
+  ASSERT_EQ(sigaction(SIGUSR1, &sa, &old), 0);
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  close(sv[1]);  // the peer is gone before the wait starts
+  std::atomic<bool> done{false};
+  std::atomic<int> rc{1}, restarts{0};
+  std::thread waiter([&] {
+    WaitOptions o;
+    o.liveness_fd = sv[0];
+    o.liveness_interval_ns = 10'000'000'000;  // never expires in this test
+    for (int i = 0; i < 100000; ++i) {
+      rc = WaitReadable(cons_, o, nullptr);
+      if (rc.load() != -EINTR) break;
+      restarts.fetch_add(1);
+    }
+    done = true;
+  });
+  ASSERT_TRUE(WaitForWaiter(prod_.control()->data_wait));
+  for (int i = 0; i < 10000 && !done.load(); ++i) {
+    pthread_kill(waiter.native_handle(), SIGUSR1);
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  waiter.join();
+  EXPECT_EQ(rc.load(), 0);
+  EXPECT_LE(restarts.load(), 0);  // the first interrupted wait saw the hang-up
+  char buf[4];
+  EXPECT_EQ(cons_.Read(buf, sizeof buf), 0);  // EOF
+  close(sv[0]);
+  sigaction(SIGUSR1, &old, nullptr);
+}
+
 TEST_F(WaitTest, PeerDeathThroughLivenessFd) {
   int sv[2];
   ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
