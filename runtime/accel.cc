@@ -564,8 +564,17 @@ void Install(int fd, Ref obj, std::uint32_t tag) {
 // One connection from a door, or -EAGAIN if none is pending (or the one
 // pending was unusable: it is dropped and the client sees a reset).
 int AcceptDoor(Listener& l, int door, sockaddr* addr, socklen_t* len, int flags) {
+  // A door connection needs two descriptors: its socket, and the memfd that
+  // arrives with the Hello, which the kernel drops if there is no room for
+  // it (the client would then see a reset). Keep one free across the
+  // accept, so that running out of fds leaves the connection pending and
+  // accept says EMFILE, as the kernel's accept does.
+  int reserve = DOORWAY_REAL(fcntl)(door, F_DUPFD_CLOEXEC, 0);
+  if (reserve < 0) return -errno;
   int conn = DOORWAY_REAL(accept4)(door, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
-  if (conn < 0) return errno == EAGAIN ? -EAGAIN : -errno;
+  int accept_errno = errno;
+  DOORWAY_REAL(close)(reserve);
+  if (conn < 0) return accept_errno == EAGAIN ? -EAGAIN : -accept_errno;
   ucred cred{};
   socklen_t cl = sizeof(cred);
   Hello hello{};
