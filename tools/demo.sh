@@ -41,7 +41,7 @@ echo "server: pid $server, http://127.0.0.1:$port/"
 
 start=$(date +%s.%N)
 DOORWAY_LOG=debug DOORWAY_LOG_FILE="$work/client.log" \
-  "$PRELOAD" -- curl -sS --max-time 60 -o "$work/got.bin" "http://127.0.0.1:$port/payload.bin"
+  "$PRELOAD" --stats -- curl -sS --max-time 60 -o "$work/got.bin" "http://127.0.0.1:$port/payload.bin"
 end=$(date +%s.%N)
 
 want="$(sha256sum "$work/www/payload.bin" | cut -d' ' -f1)"
@@ -58,8 +58,13 @@ show() {
 }
 echo "-- what doorway saw in the server (DOORWAY_LOG=debug):"
 show "$work/server.log"
-echo "-- what doorway saw in curl:"
+echo "-- what doorway saw in curl (its last line is --stats' summary at exit):"
 show "$work/client.log"
+STAT="$(dirname "$PRELOAD")/stat"
+if [ -x "$STAT" ]; then
+  echo "-- bazel run //tools:stat, with the server still running (curl's connection is closed):"
+  "$STAT" --dir="$DOORWAY_DIR" | sed 's/^./   &/'
+fi
 echo
 if [ "$want" = "$got" ]; then
   echo "bytes: sha256 $got matches"
