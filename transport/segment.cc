@@ -409,6 +409,13 @@ bool TakeFromPool(ReusePool& pool, Match match, PoolEntry* out) {
 
 void Segment::Recycle(Role self) && {
   if (!valid()) return;
+  auto* prefix = static_cast<SegmentPrefix*>(base_);
+  bool light = true;
+  for (const RingControl& rc : prefix->ring) {
+    // Free-running byte counters: the bytes each ring carried (a hint; the
+    // peer could lie, which only costs it reuse).
+    light = light && rc.prod.index.load(std::memory_order_relaxed) <= kReuseMaxBytes;
+  }
   PoolEntry e;
   e.fd = fd_;
   e.base = base_;
@@ -426,6 +433,7 @@ void Segment::Recycle(Role self) && {
     std::atomic_ref<uint32_t>(HeaderOf(base_)->released)
         .store(generation_, std::memory_order_release);
   }
+  if (!light) return;  // the destructor unmaps and closes
   fd_ = -1;
   base_ = nullptr;
   PutInPool(g_pool[static_cast<int>(self)], e);

@@ -152,8 +152,14 @@ int BindRingToNode(void* base, const SegmentLayout& layout, uint32_t ring, int n
 // unmapped and closed when a new one comes), per process (a forked child
 // drops what it inherited), and take their lock with try-lock only, so that
 // Recycle from a signal handler never deadlocks (the segment is then just
-// destroyed).
-inline constexpr int kReusePoolSize = 8;
+// destroyed). Only segments whose rings carried at most kReuseMaxBytes each
+// way are kept: short connections are the ones whose set-up cost matters,
+// and their segments have few pages (the pool then holds at most
+// 2 x 32 x (64 KiB + 8 KiB) of memory per process, usually far less). The
+// pool is as large as it is because a client that opens connections faster
+// than its server accepts them is ahead by that many unreleased segments.
+inline constexpr int kReusePoolSize = 32;
+inline constexpr uint64_t kReuseMaxBytes = 64 << 10;
 
 class Segment {
  public:

@@ -192,6 +192,27 @@ TEST(Segment, ReuseAfterReceiverReleases) {
   EXPECT_EQ(h.base(), a_base);  // the parent still reuses it
 }
 
+TEST(Segment, HeavySegmentsAreNotKept) {
+  SegmentOptions opts = SmallOptions();
+  opts.reuse = true;
+  Segment a, b;
+  ASSERT_EQ(Segment::Create(opts, &a), 0);
+  ASSERT_EQ(Segment::Attach(dup(a.fd()), &b), 0);
+  RingStats st;
+  Ring tx = a.MakeTxRing(Role::kClient, &st);
+  Ring rx = b.MakeRxRing(Role::kServer, &st);
+  std::vector<char> buf(16 << 10);
+  for (uint64_t moved = 0; moved <= kReuseMaxBytes;) {
+    ASSERT_EQ(tx.Write(buf.data(), buf.size()), static_cast<ssize_t>(buf.size()));
+    ASSERT_EQ(rx.Read(buf.data(), buf.size()), static_cast<ssize_t>(buf.size()));
+    moved += buf.size();
+  }
+  const int a_fd = a.fd();
+  std::move(b).Recycle(Role::kServer);
+  std::move(a).Recycle(Role::kClient);
+  EXPECT_FALSE(PoolHolds(a_fd));
+}
+
 TEST(Segment, MoveKeepsOwnership) {
   Segment a;
   ASSERT_EQ(Segment::Create(SmallOptions(), &a), 0);
