@@ -5,6 +5,7 @@
 
 #include "abi/doorway.h"
 #include "abi/internal/trampoline.h"
+#include "runtime/relay.h"
 
 namespace rt = doorway::runtime;
 
@@ -21,3 +22,9 @@ DOORWAY_EXPORT int doorway_fd_info(int fd, struct doorway_socket_info* info) {
 }
 
 DOORWAY_EXPORT const char* doorway_version(void) { return "0.1.0"; }
+
+// For doorway-relay (abi/relay_main.cc), found with dlsym.
+DOORWAY_EXPORT int doorway_relay(int conn_fd, int tcp_fd) {
+  if (!rt::IsAccelerated(conn_fd)) return 2;
+  return rt::RelayLoop(conn_fd, tcp_fd);
+}

@@ -12,6 +12,7 @@
 
 #include "abi/internal/trampoline.h"
 #include "runtime/inherit.h"
+#include "runtime/relay.h"
 
 using doorway::abi::Ret;
 namespace rt = doorway::runtime;
@@ -29,33 +30,39 @@ DOORWAY_EXPORT pid_t vfork(void) { return Ret(rt::Fork()); }
 // runtime about accelerated connections that cross the exec
 // (runtime/inherit.h); if the exec fails, the extra descriptors go.
 DOORWAY_EXPORT int execve(const char* path, char* const argv[], char* const envp[]) {
-  rt::ExecEnv env(envp);
+  rt::ExecTarget t{path, false, AT_FDCWD, -1};
+  rt::ExecEnv env(envp, &t);
   return DOORWAY_REAL(execve)(path, argv, env.envp());
 }
 
 DOORWAY_EXPORT int execv(const char* path, char* const argv[]) {
-  rt::ExecEnv env(environ);
+  rt::ExecTarget t{path, false, AT_FDCWD, -1};
+  rt::ExecEnv env(environ, &t);
   return DOORWAY_REAL(execve)(path, argv, env.envp());
 }
 
 DOORWAY_EXPORT int execvp(const char* file, char* const argv[]) {
-  rt::ExecEnv env(environ);
+  rt::ExecTarget t{file, true, AT_FDCWD, -1};
+  rt::ExecEnv env(environ, &t);
   return DOORWAY_REAL(execvpe)(file, argv, env.envp());
 }
 
 DOORWAY_EXPORT int execvpe(const char* file, char* const argv[], char* const envp[]) {
-  rt::ExecEnv env(envp);
+  rt::ExecTarget t{file, true, AT_FDCWD, -1};
+  rt::ExecEnv env(envp, &t);
   return DOORWAY_REAL(execvpe)(file, argv, env.envp());
 }
 
 DOORWAY_EXPORT int fexecve(int fd, char* const argv[], char* const envp[]) {
-  rt::ExecEnv env(envp);
+  rt::ExecTarget t{nullptr, false, AT_FDCWD, fd};
+  rt::ExecEnv env(envp, &t);
   return DOORWAY_REAL(fexecve)(fd, argv, env.envp());
 }
 
 DOORWAY_EXPORT int execveat(int dirfd, const char* path, char* const argv[], char* const envp[],
                             int flags) {
-  rt::ExecEnv env(envp);
+  rt::ExecTarget t{path, false, dirfd, (flags & AT_EMPTY_PATH) ? dirfd : -1};
+  rt::ExecEnv env(envp, &t);
   return DOORWAY_REAL(execveat)(dirfd, path, argv, env.envp(), flags);
 }
 
@@ -117,7 +124,8 @@ DOORWAY_EXPORT int posix_spawn(pid_t* pid, const char* path,
                                const posix_spawnattr_t* attr, char* const argv[],
                                char* const envp[]) {
   // The child holds its copies of the memfds once spawned; ours go.
-  rt::ExecEnv env(envp);
+  rt::ExecTarget t{path, false, AT_FDCWD, -1};
+  rt::ExecEnv env(envp, &t);
   return DOORWAY_REAL(posix_spawn)(pid, path, actions, attr, argv, env.envp());
 }
 
@@ -125,6 +133,7 @@ DOORWAY_EXPORT int posix_spawnp(pid_t* pid, const char* file,
                                 const posix_spawn_file_actions_t* actions,
                                 const posix_spawnattr_t* attr, char* const argv[],
                                 char* const envp[]) {
-  rt::ExecEnv env(envp);
+  rt::ExecTarget t{file, true, AT_FDCWD, -1};
+  rt::ExecEnv env(envp, &t);
   return DOORWAY_REAL(posix_spawnp)(pid, file, actions, attr, argv, env.envp());
 }

@@ -381,7 +381,10 @@ void ConnShutdownWrite(Connection& c, int fd, bool reset) {
 // The last fd of c in this process is going away.
 void ConnRelease(Connection& c) {
   if (c.shared.load(std::memory_order_relaxed)) return;
-  bool unread = c.rx.Readable() > 0;
+  // Unread data, or SO_LINGER with a zero timeout: the peer gets a reset,
+  // as TCP sends RST in both cases.
+  bool unread = c.rx.Readable() > 0 || (c.opts.linger_onoff.load(std::memory_order_relaxed) != 0 &&
+                                        c.opts.linger_secs.load(std::memory_order_relaxed) == 0);
   c.shut_wr.store(true, std::memory_order_relaxed);
   c.tx.ShutdownWrite(unread);
   c.rx.ShutdownRead(unread);
@@ -783,6 +786,8 @@ int CollectOwnFds(unsigned first, unsigned last, int* out, int max) {
     }
     out[i] = fd;
   };
+  // The log file (DOORWAY_LOG_FILE), when it is ours and not stderr.
+  if (int lf = g_log_fd.load(std::memory_order_relaxed); lf > 2) add(lf);
   int pooled[2 * transport::kReusePoolSize];
   int np = transport::ReusePoolFds(pooled, 2 * transport::kReusePoolSize);
   for (int i = 0; i < np; ++i) add(pooled[i]);

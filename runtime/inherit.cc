@@ -14,6 +14,8 @@
 #include "runtime/accel.h"
 #include "runtime/log.h"
 #include "runtime/real.h"
+#include "runtime/relay.h"
+#include "runtime/sockets.h"
 
 extern "C" char** environ;
 
@@ -57,7 +59,53 @@ bool Unhex(const char* s, size_t n, void* p) {
 
 }  // namespace
 
-ExecEnv::ExecEnv(char* const* envp) : envp_(envp) {
+namespace {
+
+// Hands every accelerated connection that would survive the exec to a
+// relay; its other fd numbers (dup) follow the first.
+void RelaySurvivors() {
+  struct Seen {
+    const Connection* c;
+    int fd;
+    bool survives;
+  } seen[kMaxInherited];
+  int n = 0;
+  GlobalTable().ForEach([&](int fd, const Ref& r) {
+    const Connection* c = r.As<Connection>();
+    if (c == nullptr || n == kMaxInherited) return;
+    int fdflags = DOORWAY_REAL(fcntl)(fd, F_GETFD);
+    seen[n++] = Seen{c, fd, fdflags >= 0 && (fdflags & FD_CLOEXEC) == 0};
+  });
+  for (int i = 0; i < n; ++i) {
+    bool survives = false, first = true;
+    for (int j = 0; j < n; ++j) {
+      if (seen[j].c != seen[i].c) continue;
+      survives = survives || seen[j].survives;
+      if (j < i) first = false;
+    }
+    if (!survives || !first) continue;
+    if (int rc = RelayConnection(seen[i].fd); rc != 0) {
+      DOORWAY_LOG(kWarn, "fd %d: no relay for the exec (%s)", seen[i].fd, strerror(-rc));
+      continue;
+    }
+    for (int j = i + 1; j < n; ++j) {
+      if (seen[j].c != seen[i].c) continue;
+      int fdflags = DOORWAY_REAL(fcntl)(seen[j].fd, F_GETFD);
+      Dup3(seen[i].fd, seen[j].fd, (fdflags & FD_CLOEXEC) ? O_CLOEXEC : 0);
+    }
+  }
+}
+
+}  // namespace
+
+ExecEnv::ExecEnv(char* const* envp, const ExecTarget* target) : envp_(envp) {
+  bool any = false;
+  GlobalTable().ForEach([&](int, const Ref& r) { any = any || r.As<Connection>() != nullptr; });
+  if (!any) return;
+  if (target != nullptr && !WillLoadDoorway(*target, envp)) {
+    RelaySurvivors();
+    return;
+  }
   struct Entry {
     int fd, memfd, role, shared;
     Endpoint local, peer;

@@ -6,20 +6,26 @@
 // without FD_CLOEXEC, its role, endpoints and whether it is shared. When the
 // new program's runtime starts it validates and maps each segment again
 // (transport's Attach: the memfd is as untrusted as any peer's), puts the
-// connection back at its fd, and removes the variable. A program that does
-// not load doorway gets the door's Unix socket as is: it cannot use it as
-// TCP (issue 6), but nothing leaks and the peer sees EOF when it exits.
+// connection back at its fd, and removes the variable. A program that will
+// not load doorway gets kernel TCP sockets relayed to the connections
+// instead (runtime/relay.h).
 #ifndef DOORWAY_RUNTIME_INHERIT_H_
 #define DOORWAY_RUNTIME_INHERIT_H_
 
 namespace doorway::runtime {
+
+struct ExecTarget;
 
 // An environment for exec: envp plus DOORWAY_INHERIT when accelerated
 // connections cross the exec. Holds what it allocated (mmap; safe after
 // fork in a multithreaded program) and the memfd copies until Release().
 class ExecEnv {
  public:
-  explicit ExecEnv(char* const* envp);
+  // With a target (runtime/relay.h) that will not load doorway, every
+  // accelerated connection that survives the exec is handed to a relay
+  // first (its fds become kernel TCP sockets); without one, or if the target
+  // loads doorway, they are described in DOORWAY_INHERIT.
+  explicit ExecEnv(char* const* envp, const struct ExecTarget* target = nullptr);
   ~ExecEnv() { Release(true); }
   ExecEnv(const ExecEnv&) = delete;
   ExecEnv& operator=(const ExecEnv&) = delete;

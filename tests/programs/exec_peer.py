@@ -1,8 +1,10 @@
 """An accelerated connection handed to a program started with exec.
 
-  exec_peer.py server PORT   accept one connection and run `cat` with the
+  exec_peer.py server PORT [plain]
+                             accept one connection and run `cat` with the
                              connection as its stdin and stdout (subprocess:
-                             fork + exec), then close it
+                             fork + exec), then close it; with `plain`, cat
+                             runs without LD_PRELOAD (doorway relays)
   exec_peer.py client PORT BYTES  send BYTES, half-close, read the echo
 """
 import hashlib
@@ -21,7 +23,11 @@ def main():
         listener.listen(1)
         print("listening", flush=True)
         conn, _ = listener.accept()
-        rc = subprocess.run(["cat"], stdin=conn.fileno(), stdout=conn.fileno()).returncode
+        env = dict(os.environ)
+        if sys.argv[3:] == ["plain"]:
+            env.pop("LD_PRELOAD", None)
+        rc = subprocess.run(["cat"], stdin=conn.fileno(), stdout=conn.fileno(),
+                            env=env).returncode
         conn.close()
         print(f"cat exited {rc}", flush=True)
         return rc

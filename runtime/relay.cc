@@ -1,0 +1,410 @@
+#include "runtime/relay.h"
+
+#include <dlfcn.h>
+#include <elf.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+#include "fdtable/fdtable.h"
+#include "runtime/accel.h"
+#include "runtime/inherit.h"
+#include "runtime/log.h"
+#include "runtime/poll.h"
+#include "runtime/real.h"
+#include "runtime/sockets.h"
+
+extern "C" char** environ;
+
+namespace doorway::runtime {
+
+namespace {
+
+using fdtable::GlobalTable;
+using fdtable::Ref;
+
+constexpr char kPreloadVar[] = "LD_PRELOAD=";
+
+const char* PreloadValue(char* const* envp) {
+  for (char* const* e = envp; e != nullptr && *e != nullptr; ++e) {
+    if (strncmp(*e, kPreloadVar, sizeof(kPreloadVar) - 1) == 0) {
+      return *e + sizeof(kPreloadVar) - 1;
+    }
+  }
+  return nullptr;
+}
+
+// The kernel runs set-uid/set-gid images and images with file capabilities
+// in secure mode (AT_SECURE), where ld.so ignores an LD_PRELOAD path with a
+// slash and loads others only from system directories.
+bool SecureMode(int fd, const struct stat& st) {
+  if ((st.st_mode & S_ISUID) != 0 && st.st_uid != geteuid()) return true;
+  if ((st.st_mode & S_ISGID) != 0 && st.st_gid != getegid()) return true;
+  return fgetxattr(fd, "security.capability", nullptr, 0) > 0;
+}
+
+int OpenImage(const char* path) { return open(path, O_RDONLY | O_CLOEXEC); }
+
+bool ImageLoadsPreload(int fd, int depth);
+
+// "#!interpreter [arg]": the interpreter decides.
+bool ScriptLoadsPreload(const char* head, ssize_t n, int depth) {
+  if (depth > 2) return false;  // the kernel allows a few levels; be conservative
+  char interp[PATH_MAX];
+  ssize_t i = 2;
+  while (i < n && (head[i] == ' ' || head[i] == '\t')) ++i;
+  size_t k = 0;
+  while (i < n && head[i] != ' ' && head[i] != '\t' && head[i] != '\n' && k + 1 < sizeof(interp)) {
+    interp[k++] = head[i++];
+  }
+  interp[k] = '\0';
+  if (k == 0) return false;
+  int ifd = OpenImage(interp);
+  if (ifd < 0) return false;
+  bool r = ImageLoadsPreload(ifd, depth + 1);
+  close(ifd);
+  return r;
+}
+
+template <typename Ehdr, typename Phdr>
+bool ElfHasInterpreter(int fd) {
+  Ehdr eh;
+  if (pread(fd, &eh, sizeof(eh), 0) != static_cast<ssize_t>(sizeof(eh))) return false;
+  if (eh.e_phentsize != sizeof(Phdr) || eh.e_phnum == 0 || eh.e_phnum > 512) return false;
+  for (unsigned i = 0; i < eh.e_phnum; ++i) {
+    Phdr ph;
+    off_t at = static_cast<off_t>(eh.e_phoff + i * sizeof(Phdr));
+    if (pread(fd, &ph, sizeof(ph), at) != static_cast<ssize_t>(sizeof(ph))) return false;
+    if (ph.p_type == PT_INTERP) return true;
+  }
+  return false;  // statically linked: ld.so never runs, LD_PRELOAD has no effect
+}
+
+bool ImageLoadsPreload(int fd, int depth) {
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || SecureMode(fd, st)) return false;
+  char head[256];
+  ssize_t n = pread(fd, head, sizeof(head), 0);
+  if (n >= 2 && head[0] == '#' && head[1] == '!') return ScriptLoadsPreload(head, n, depth);
+  if (n < EI_NIDENT || memcmp(head, ELFMAG, SELFMAG) != 0) return false;
+  if (head[EI_CLASS] == ELFCLASS64) return ElfHasInterpreter<Elf64_Ehdr, Elf64_Phdr>(fd);
+  if (head[EI_CLASS] == ELFCLASS32) return ElfHasInterpreter<Elf32_Ehdr, Elf32_Phdr>(fd);
+  return false;
+}
+
+// What execvp would run: the first PATH entry with an executable file.
+int OpenSearched(const char* file) {
+  const char* path = getenv("PATH");
+  if (path == nullptr) path = "/bin:/usr/bin";
+  char buf[PATH_MAX];
+  for (const char* p = path;; ++p) {
+    const char* end = strchrnul(p, ':');
+    int n = end == p ? snprintf(buf, sizeof(buf), "%s", file)
+                     : snprintf(buf, sizeof(buf), "%.*s/%s", static_cast<int>(end - p), p, file);
+    if (n > 0 && static_cast<size_t>(n) < sizeof(buf) && access(buf, X_OK) == 0) {
+      int fd = OpenImage(buf);
+      if (fd >= 0) return fd;
+    }
+    if (*end == '\0') return -1;
+    p = end;
+  }
+}
+
+// Where this code was loaded from (libdoorway.so, or the program it is
+// linked into).
+bool OwnObjectPath(char* out, size_t size) {
+  Dl_info info{};
+  if (dladdr(reinterpret_cast<void*>(&RelayLoop), &info) == 0 || info.dli_fname == nullptr) {
+    return false;
+  }
+  return snprintf(out, size, "%s", info.dli_fname) < static_cast<int>(size);
+}
+
+// doorway-relay beside libdoorway.so, if doorway was preloaded.
+bool FindRelayBinary(char* lib, size_t lib_size, char* relay, size_t relay_size) {
+  if (!OwnObjectPath(lib, lib_size) || strstr(lib, "libdoorway") == nullptr) return false;
+  const char* slash = strrchr(lib, '/');
+  int dir = slash == nullptr ? 0 : static_cast<int>(slash - lib);
+  int n = slash == nullptr ? snprintf(relay, relay_size, "doorway-relay")
+                           : snprintf(relay, relay_size, "%.*s/doorway-relay", dir, lib);
+  return n > 0 && static_cast<size_t>(n) < relay_size && access(relay, X_OK) == 0;
+}
+
+// A connected pair of kernel TCP sockets on the loopback of `family`.
+int TcpPair(int family, int out[2]) {
+  sockaddr_storage ss{};
+  socklen_t len;
+  if (family == AF_INET6) {
+    auto* s6 = reinterpret_cast<sockaddr_in6*>(&ss);
+    s6->sin6_family = AF_INET6;
+    s6->sin6_addr = in6addr_loopback;
+    len = sizeof(*s6);
+  } else {
+    auto* s4 = reinterpret_cast<sockaddr_in*>(&ss);
+    s4->sin_family = AF_INET;
+    s4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    len = sizeof(*s4);
+  }
+  int l = DOORWAY_REAL(socket)(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (l < 0) return -errno;
+  int a = -1, b = -1, e = 0;
+  if (DOORWAY_REAL(bind)(l, reinterpret_cast<sockaddr*>(&ss), len) != 0 ||
+      DOORWAY_REAL(listen)(l, 1) != 0 ||
+      DOORWAY_REAL(getsockname)(l, reinterpret_cast<sockaddr*>(&ss), &len) != 0 ||
+      (a = DOORWAY_REAL(socket)(family, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0 ||
+      DOORWAY_REAL(connect)(a, reinterpret_cast<sockaddr*>(&ss), len) != 0 ||
+      (b = DOORWAY_REAL(accept4)(l, nullptr, nullptr, SOCK_CLOEXEC)) < 0) {
+    e = errno;
+  }
+  DOORWAY_REAL(close)(l);
+  if (e != 0) {
+    if (a >= 0) DOORWAY_REAL(close)(a);
+    return -e;
+  }
+  out[0] = a;
+  out[1] = b;
+  return 0;
+}
+
+// The kernel socket is abandoned with a reset (the program reads
+// ECONNRESET), as the peer's reset arrived on the rings.
+void ResetKernel(int fd) {
+  linger lg{1, 0};
+  DOORWAY_REAL(setsockopt)(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+  DOORWAY_REAL(close)(fd);
+}
+
+// ... and the accelerated connection likewise (SO_LINGER 0: close resets).
+void ResetConnection(int fd) {
+  linger lg{1, 0};
+  ManagedSetsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+  Close(fd);
+}
+
+// In the relay process: closes what belongs to the program (without
+// shutting down its connections or removing its doors), then either execs
+// doorway-relay or relays itself.
+[[noreturn]] void BecomeRelay(int fd, int tcp, Connection* conn, bool was_shared, const char* lib,
+                              const char* relay) {
+  GlobalTable().ForEach([&](int, const Ref& r) {
+    if (Connection* c = const_cast<Ref&>(r).As<Connection>(); c != nullptr && c != conn) {
+      c->shared.store(true, std::memory_order_relaxed);
+    }
+    if (Listener* l = const_cast<Ref&>(r).As<Listener>(); l != nullptr) {
+      l->shared.store(true, std::memory_order_relaxed);
+    }
+  });
+  conn->shared.store(was_shared, std::memory_order_relaxed);
+  int lo = std::min(fd, tcp), hi = std::max(fd, tcp);
+  if (lo > 0) CloseRange(0, static_cast<unsigned>(lo - 1), 0);
+  if (hi > lo + 1) CloseRange(static_cast<unsigned>(lo + 1), static_cast<unsigned>(hi - 1), 0);
+  CloseRange(static_cast<unsigned>(hi + 1), ~0U, 0);
+  for (int i = 0; i < 3; ++i) {
+    if (i == fd || i == tcp) continue;
+    int null = open("/dev/null", O_RDWR);  // lowest free number: i
+    if (null >= 0 && null != i) DOORWAY_REAL(close)(null);
+  }
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  for (int s = 1; s < NSIG; ++s) sigaction(s, &dfl, nullptr);
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, nullptr);
+  if (relay != nullptr) {
+    // The environment: ours, with LD_PRELOAD set to this libdoorway.so
+    // (and DOORWAY_INHERIT added by ExecEnv for fd).
+    size_t count = 0;
+    for (char** e = environ; e != nullptr && *e != nullptr; ++e) ++count;
+    size_t bytes = (count + 2) * sizeof(char*) + sizeof(kPreloadVar) + strlen(lib) + 1;
+    void* mem = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem != MAP_FAILED) {
+      char** env = static_cast<char**>(mem);
+      char* preload = reinterpret_cast<char*>(env + count + 2);
+      snprintf(preload, sizeof(kPreloadVar) + strlen(lib), "%s%s", kPreloadVar, lib);
+      size_t k = 0;
+      for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
+        if (strncmp(*e, kPreloadVar, sizeof(kPreloadVar) - 1) != 0) env[k++] = *e;
+      }
+      env[k++] = preload;
+      env[k] = nullptr;
+      DOORWAY_REAL(fcntl)(tcp, F_SETFD, 0);
+      char fd_arg[16], tcp_arg[16];
+      snprintf(fd_arg, sizeof(fd_arg), "%d", fd);
+      snprintf(tcp_arg, sizeof(tcp_arg), "%d", tcp);
+      char* argv[] = {const_cast<char*>("doorway-relay"), fd_arg, tcp_arg, nullptr};
+      ExecEnv exec_env(env);
+      DOORWAY_REAL(execve)(relay, argv, exec_env.envp());
+      exec_env.Release(true);
+      DOORWAY_LOG(kWarn, "cannot exec %s (%s); relaying in the forked process", relay,
+                  strerror(errno));
+    }
+  }
+  _exit(RelayLoop(fd, tcp));
+}
+
+}  // namespace
+
+bool WillLoadDoorway(const ExecTarget& t, char* const* envp) {
+  const char* preload = PreloadValue(envp);
+  if (preload == nullptr || strstr(preload, "libdoorway") == nullptr) return false;
+  int fd = -1;
+  bool own = true;
+  if (t.fd >= 0 && (t.path == nullptr || t.path[0] == '\0')) {
+    fd = t.fd;
+    own = false;
+  } else if (t.path == nullptr) {
+    return false;
+  } else if (t.search && strchr(t.path, '/') == nullptr) {
+    fd = OpenSearched(t.path);
+  } else {
+    fd = openat(t.dirfd, t.path, O_RDONLY | O_CLOEXEC);
+  }
+  if (fd < 0) return false;
+  bool r = ImageLoadsPreload(fd, 0);
+  if (own) close(fd);
+  return r;
+}
+
+int RelayConnection(int fd) {
+  Ref r = GlobalTable().Get(fd);
+  Connection* c = r.As<Connection>();
+  if (c == nullptr) return -EINVAL;
+  int pair[2];
+  int rc = TcpPair(c->local.family == AF_INET6 ? AF_INET6 : AF_INET, pair);
+  if (rc != 0) return rc;
+  char lib[PATH_MAX], relay[PATH_MAX];
+  bool have_relay = FindRelayBinary(lib, sizeof(lib), relay, sizeof(relay));
+  // From now on the relay holds the connection: our fd number moving to
+  // the kernel socket must not shut it down.
+  bool was_shared = c->shared.exchange(true, std::memory_order_relaxed);
+  pid_t pid = DOORWAY_REAL(fork)();
+  if (pid < 0) {
+    int e = errno;
+    c->shared.store(was_shared, std::memory_order_relaxed);
+    DOORWAY_REAL(close)(pair[0]);
+    DOORWAY_REAL(close)(pair[1]);
+    return -e;
+  }
+  if (pid == 0) {
+    // Double fork: the relay is reparented at once, so the program that is
+    // about to start never finds an unknown child in wait().
+    pid_t relay_pid = DOORWAY_REAL(fork)();
+    if (relay_pid != 0) _exit(relay_pid < 0 ? 1 : 0);
+    DOORWAY_REAL(close)(pair[0]);
+    BecomeRelay(fd, pair[1], c, was_shared, lib, have_relay ? relay : nullptr);
+  }
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  int fdflags = DOORWAY_REAL(fcntl)(fd, F_GETFD);
+  if (c->nonblocking.load(std::memory_order_relaxed)) {
+    DOORWAY_REAL(fcntl)(pair[0], F_SETFL, O_NONBLOCK);
+  }
+  // dup3 replaces the door socket atomically: fd is never closed meanwhile.
+  if (DOORWAY_REAL(dup3)(pair[0], fd, (fdflags & FD_CLOEXEC) ? O_CLOEXEC : 0) != fd) {
+    rc = -errno;
+  }
+  DOORWAY_REAL(close)(pair[0]);
+  DOORWAY_REAL(close)(pair[1]);
+  if (rc != 0) return rc;  // the relay has the connection; this fd keeps the door socket
+  SocketFile sf;
+  sf.domain = c->local.family == AF_INET6 ? AF_INET6 : AF_INET;
+  sf.type = SOCK_STREAM;
+  sf.protocol = IPPROTO_TCP;
+  sf.origin = Origin::kSocket;
+  Ref obj = fdtable::Make<SocketFile>(sf);
+  bool ok = false;
+  Ref old = GlobalTable().Install(fd, std::move(obj), &ok, kTagPlain);
+  if (old) OnFdDetached(old);
+  DOORWAY_LOG(kDebug, "fd %d: accelerated connection handed to a relay for exec", fd);
+  return 0;
+}
+
+int RelayLoop(int conn, int tcp) {
+  static char up[64 << 10], down[64 << 10];  // conn -> tcp, tcp -> conn
+  size_t up_off = 0, up_len = 0, down_off = 0, down_len = 0;
+  bool conn_eof = false, tcp_eof = false;
+  int fl = DOORWAY_REAL(fcntl)(tcp, F_GETFL);
+  DOORWAY_REAL(fcntl)(tcp, F_SETFL, (fl < 0 ? 0 : fl) | O_NONBLOCK);
+  for (;;) {
+    pollfd p[2] = {{conn, 0, 0}, {tcp, 0, 0}};
+    if (!conn_eof && up_len == 0) p[0].events |= POLLIN;
+    if (down_len > 0) p[0].events |= POLLOUT;
+    if (!tcp_eof && down_len == 0) p[1].events |= POLLIN;
+    if (up_len > 0) p[1].events |= POLLOUT;
+    if (p[0].events == 0 && p[1].events == 0) break;  // both directions finished
+    int n = EnginePoll(p, 2, -1, nullptr);
+    if (n < 0 && n != -EINTR) break;
+    if (!conn_eof && up_len == 0) {
+      iovec iov{up, sizeof(up)};
+      ssize_t r = ManagedRecv(conn, &iov, 1, MSG_DONTWAIT, nullptr);
+      if (r > 0) {
+        up_off = 0;
+        up_len = static_cast<size_t>(r);
+      } else if (r == 0) {
+        conn_eof = true;
+        DOORWAY_REAL(shutdown)(tcp, SHUT_WR);
+      } else if (r != -EAGAIN && r != -EINTR) {
+        ResetKernel(tcp);
+        Close(conn);
+        return 1;
+      }
+    }
+    if (up_len > 0) {
+      ssize_t w = DOORWAY_REAL(send)(tcp, up + up_off, up_len, MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (w > 0) {
+        up_off += static_cast<size_t>(w);
+        up_len -= static_cast<size_t>(w);
+      } else if (w < 0 && errno != EAGAIN && errno != EINTR) {
+        ResetConnection(conn);  // the program is gone: the peer's writes fail
+        DOORWAY_REAL(close)(tcp);
+        return 1;
+      }
+    }
+    if (!tcp_eof && down_len == 0) {
+      ssize_t r = DOORWAY_REAL(recv)(tcp, down, sizeof(down), MSG_DONTWAIT);
+      if (r > 0) {
+        down_off = 0;
+        down_len = static_cast<size_t>(r);
+      } else if (r == 0) {
+        tcp_eof = true;
+        ManagedShutdown(conn, SHUT_WR);
+      } else if (errno != EAGAIN && errno != EINTR) {
+        ResetConnection(conn);
+        DOORWAY_REAL(close)(tcp);
+        return 1;
+      }
+    }
+    if (down_len > 0) {
+      iovec iov{down + down_off, down_len};
+      ssize_t w = ManagedSend(conn, &iov, 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (w > 0) {
+        down_off += static_cast<size_t>(w);
+        down_len -= static_cast<size_t>(w);
+      } else if (w < 0 && w != -EAGAIN && w != -EINTR) {
+        ResetKernel(tcp);
+        Close(conn);
+        return 1;
+      }
+    }
+  }
+  Close(conn);
+  DOORWAY_REAL(close)(tcp);
+  return 0;
+}
+
+}  // namespace doorway::runtime
