@@ -788,8 +788,8 @@ int CollectOwnFds(unsigned first, unsigned last, int* out, int max) {
   };
   // The log file (DOORWAY_LOG_FILE), when it is ours and not stderr.
   if (int lf = g_log_fd.load(std::memory_order_relaxed); lf > 2) add(lf);
-  int pooled[2 * transport::kReusePoolSize];
-  int np = transport::ReusePoolFds(pooled, 2 * transport::kReusePoolSize);
+  int pooled[transport::kCreatorPoolSize];
+  int np = transport::ReusePoolFds(pooled, transport::kCreatorPoolSize);
   for (int i = 0; i < np; ++i) add(pooled[i]);
   GlobalTable().ForEach([&](int, const Ref& r) {
     if (const Connection* c = r.As<Connection>()) add(c->seg.fd());

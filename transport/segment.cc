@@ -327,14 +327,18 @@ struct PoolEntry {
 // handler (close() there) that interrupted a thread inside the pool.
 struct ReusePool {
   std::atomic_flag busy = ATOMIC_FLAG_INIT;
-  PoolEntry entry[kReusePoolSize];
+  PoolEntry entry[kReceiverPoolSize];
+  int size = kReceiverPoolSize;  // entries in use: kCreatorPoolSize for the creator
   uint64_t clock = 0;
   // acquire/release: entries written by the previous holder are visible.
   bool TryLock() { return !busy.test_and_set(std::memory_order_acquire); }
   void Unlock() { busy.clear(std::memory_order_release); }
 };
 
-ReusePool g_pool[2];  // [Role::kClient]: creator pool; [Role::kServer]: receiver cache
+// [Role::kClient]: creator pool; [Role::kServer]: receiver cache.
+ReusePool g_pool[2];
+static_assert(kCreatorPoolSize <= kReceiverPoolSize);
+[[maybe_unused]] const bool g_sized = (g_pool[0].size = kCreatorPoolSize, true);
 
 void StoreFd(PoolEntry& e, int fd) {
   std::atomic_ref<int>(e.fd).store(fd, std::memory_order_relaxed);
@@ -370,8 +374,8 @@ void PutInPool(ReusePool& pool, PoolEntry e) {
     return;
   }
   int slot = 0;
-  for (int i = 0; i < kReusePoolSize; ++i) {
-    if (pool.entry[i].fd < 0) {
+  for (int i = 0; i < pool.size; ++i) {
+    if (pool.entry[i].base == nullptr) {
       slot = i;
       break;
     }
@@ -393,7 +397,7 @@ bool TakeFromPool(ReusePool& pool, Match match, PoolEntry* out) {
   if (!pool.TryLock()) return false;
   bool found = false;
   for (PoolEntry& e : pool.entry) {
-    if (e.fd >= 0 && match(e)) {
+    if (e.base != nullptr && match(e)) {
       *out = e;
       StoreFd(e, -1);
       e = PoolEntry{};
@@ -427,6 +431,7 @@ void Segment::Recycle(Role self) && {
   e.dev = dev_;
   e.ino = ino_;
   if (self == Role::kServer) {
+    e.fd = -1;  // the mapping is enough (see segment.h)
     // release: all of this process's accesses to the segment for this
     // connection happen before the creator's acquire load in Create, after
     // which it re-initialises the segment for another connection.
@@ -434,6 +439,7 @@ void Segment::Recycle(Role self) && {
         .store(generation_, std::memory_order_release);
   }
   if (!light) return;  // the destructor unmaps and closes
+  if (self == Role::kServer) close(fd_);
   fd_ = -1;
   base_ = nullptr;
   PutInPool(g_pool[static_cast<int>(self)], e);
@@ -575,8 +581,8 @@ int Segment::Attach(int fd, Segment* out) {
   auto dev = static_cast<uint64_t>(st.st_dev);
   auto ino = static_cast<uint64_t>(st.st_ino);
   PoolEntry cached;
-  // A memfd we mapped before and still hold open (so its inode cannot have
-  // been reused): it passed CheckSegmentFd then, and its seals and size
+  // A memfd we mapped before and still have mapped (so its inode cannot
+  // have been reused): it passed CheckSegmentFd then, and its seals and size
   // cannot have changed since (F_SEAL_SEAL, F_SEAL_GROW, F_SEAL_SHRINK).
   if (TakeFromPool(
           g_pool[static_cast<int>(Role::kServer)],
@@ -587,9 +593,8 @@ int Segment::Attach(int fd, Segment* out) {
       Destroy(cached);
       return rc;
     }
-    close(fd);  // success: we own fd, and keep the cached one for the same file
     Segment s;
-    s.fd_ = cached.fd;
+    s.fd_ = fd;
     s.base_ = cached.base;
     s.size_ = cached.size;
     s.layout_ = layout;

@@ -148,17 +148,19 @@ int BindRingToNode(void* base, const SegmentLayout& layout, uint32_t ring, int n
 //   * the receiver, when its connection ends, releases it and keeps its
 //     mapping (and its fd, so that the inode cannot be reused) in a small
 //     cache: an Attach of a memfd for the same file reuses the mapping.
-// Both pools are bounded (kReusePoolSize entries each; the oldest entry is
-// unmapped and closed when a new one comes), per process (a forked child
-// drops what it inherited), and take their lock with try-lock only, so that
-// Recycle from a signal handler never deadlocks (the segment is then just
-// destroyed). Only segments whose rings carried at most kReuseMaxBytes each
+// Both pools are bounded (the oldest entry goes when a new one comes), per
+// process (a forked child drops what it inherited), and take their lock with
+// try-lock only, so that Recycle from a signal handler never deadlocks (the
+// segment is then just destroyed). The creator's pool holds an fd per entry
+// (it sends it again), kCreatorPoolSize of them at most; the receiver's
+// cache holds mappings only (a mapping keeps the file, so its inode cannot
+// be reused while cached), more of them, because a client that opens
+// connections faster than its server accepts them is ahead by that many
+// segments. Only segments whose rings carried at most kReuseMaxBytes each
 // way are kept: short connections are the ones whose set-up cost matters,
-// and their segments have few pages (the pool then holds at most
-// 2 x 32 x (64 KiB + 8 KiB) of memory per process, usually far less). The
-// pool is as large as it is because a client that opens connections faster
-// than its server accepts them is ahead by that many unreleased segments.
-inline constexpr int kReusePoolSize = 32;
+// and their segments have few pages in memory.
+inline constexpr int kCreatorPoolSize = 8;
+inline constexpr int kReceiverPoolSize = 32;
 inline constexpr uint64_t kReuseMaxBytes = 64 << 10;
 
 class Segment {
@@ -218,8 +220,9 @@ class Segment {
   uint64_t dev_ = 0, ino_ = 0;             // receiver: the memfd's identity
 };
 
-// The fds held by the reuse pools (so that close_range and closefrom in the
-// program leave them alone). Returns how many were written (at most max).
+// The fds held by the creator's reuse pool (so that close_range and
+// closefrom in the program leave them alone): at most kCreatorPoolSize.
+// Returns how many were written (at most max).
 int ReusePoolFds(int* out, int max);
 
 }  // namespace doorway::transport

@@ -111,8 +111,8 @@ TEST(Segment, AttachSharesData) {
 }
 
 bool PoolHolds(int fd) {
-  int fds[2 * kReusePoolSize];
-  int n = ReusePoolFds(fds, 2 * kReusePoolSize);
+  int fds[kCreatorPoolSize];
+  int n = ReusePoolFds(fds, kCreatorPoolSize);
   for (int i = 0; i < n; ++i) {
     if (fds[i] == fd) return true;
   }
