@@ -996,7 +996,7 @@ int Connect(int fd, const sockaddr* addr, socklen_t len) {
   if (FindDoors(dest, &doors) == 0) return kernel();
 
   // Everything the Hello needs is ready before the door connects: the
-  // server wakes on the connect and should find the Hello there, not wait.
+  // server wakes on the connect and should not wait long for the Hello.
   Endpoint local;
   transport::Segment seg;
   Ref obj;
@@ -1027,13 +1027,6 @@ int Connect(int fd, const sockaddr* addr, socklen_t len) {
       why = "no door answered";
     } else if (seg.generation() > 1 && !IsOwnUid(server_uid)) {
       why = "door served by another uid";
-    } else {
-      Hello hello{};
-      hello.magic = Hello::kMagic;
-      hello.version = Hello::kVersion;
-      hello.client = Unmapped(local);
-      hello.server = Unmapped(dest);
-      if (SendHello(door, hello, seg.fd()) != 0) why = "handshake failed";
     }
   }
   if (why != nullptr) {
@@ -1052,8 +1045,7 @@ int Connect(int fd, const sockaddr* addr, socklen_t len) {
   bool nonblock = (fl_flags & O_NONBLOCK) != 0;
   c.nonblocking.store(nonblock, std::memory_order_relaxed);
   // The door connection takes the program's fd number (the TCP socket,
-  // which never connected, goes away). From here on the connection exists:
-  // the server will find the Hello when it accepts.
+  // which never connected, goes away). From here on the connection exists.
   if (DOORWAY_REAL(dup3)(door, fd, (fd_flags & FD_CLOEXEC) ? O_CLOEXEC : 0) != fd) {
     int e = errno;
     DOORWAY_REAL(close)(door);
@@ -1064,6 +1056,24 @@ int Connect(int fd, const sockaddr* addr, socklen_t len) {
   if (!nonblock) DOORWAY_REAL(fcntl)(fd, F_SETFL, 0);  // the door socket was non-blocking
   if (nonblock) c.connect_state.store(1, std::memory_order_relaxed);
   Install(fd, std::move(obj), kTagConnection);
+  // The Hello goes last: the server's accept returns once it has it, and by
+  // then the connection is in place at fd, as a TCP client's socket is
+  // established before the server's accept returns. If the server died
+  // since the door answered, the connection exists and is reset, as a TCP
+  // connection whose server dies after the handshake.
+  Hello hello{};
+  hello.magic = Hello::kMagic;
+  hello.version = Hello::kVersion;
+  hello.client = Unmapped(local);
+  hello.server = Unmapped(dest);
+  Ref keep = GlobalTable().Get(fd);
+  if (Connection* kc = keep.As<Connection>(); kc != nullptr) {
+    if (int rc = SendHello(fd, hello, kc->seg.fd()); rc != 0) {
+      DOORWAY_LOG(kDebug, "fd %d: the server went away during the handshake (%s)", fd,
+                  strerror(-rc));
+      NotePeerHangup(*kc);
+    }
+  }
   DOORWAY_LOG(kDebug, "fd %d: accelerated connection to port %u", fd, dest.port);
   return nonblock ? -EINPROGRESS : 0;
 }
