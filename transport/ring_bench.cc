@@ -5,6 +5,7 @@
 //   bazel run -c opt //transport:ring_bench            # full run
 //   bazel run -c opt //transport:ring_bench -- --quick # smaller counts, one round
 //   bazel run -c opt //transport:ring_bench -- --rounds=9
+//   bazel run -c opt //transport:ring_bench -- --only=pingpong,pipelined
 //
 // Every wait loop is bounded in time (a partner that died makes the bench
 // abort, not spin), and children die with the parent (PR_SET_PDEATHSIG).
@@ -46,6 +47,13 @@ namespace {
 
 bool g_quick = false;
 int g_rounds = 5;
+std::string g_only;  // comma-separated sections to run; empty: all
+
+bool Section(const char* name) {
+  if (g_only.empty()) return true;
+  std::string list = "," + g_only + ",";
+  return list.find(std::string(",") + name + ",") != std::string::npos;
+}
 
 double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -412,6 +420,15 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) g_quick = true;
     if (std::strncmp(argv[i], "--rounds=", 9) == 0) g_rounds = std::max(1, atoi(argv[i] + 9));
+    if (std::strncmp(argv[i], "--only=", 7) == 0) g_only = argv[i] + 7;
+    if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0) {
+      printf(
+          "usage: ring_bench [--quick] [--rounds=N] [--only=pingpong,futex,stream,pipelined]\n"
+          "  --quick      10x smaller counts, one round\n"
+          "  --rounds=N   rounds per figure (default 5); each figure is the median\n"
+          "  --only=LIST  run only these sections (default: all)\n");
+      return 0;
+    }
   }
   setvbuf(stdout, nullptr, _IOLBF, 0);
   g_sh = static_cast<Shared*>(
@@ -449,71 +466,92 @@ int main(int argc, char** argv) {
       "back to back\n",
       rounds);
 
-  std::vector<double> floor_v, futex_v, spin_v, nospin_v;
-  uint64_t nospin_wakes = 0;
-  for (int r = 0; r < rounds; ++r) {
-    floor_v.push_back(FloorHandoffNs(400'000 / q));
-    spin_v.push_back(RingPingPongNs(400'000 / q, true).rtt_ns);
-    futex_v.push_back(FloorFutexNs(5'000 / q));
-    PingPong np = RingPingPongNs(5'000 / q, false);
-    nospin_v.push_back(np.rtt_ns);
-    nospin_wakes = np.wakes;
-  }
-  double floor_ns = Median(floor_v), futex_ns = Median(futex_v);
-  double spin_ns = Median(spin_v), nospin_ns = Median(nospin_v);
-  printf("\n%-52s %12s %12s %10s\n", "64 B ping-pong round trip", "ns", "floor ns", "ratio");
-  printf("%-52s %12.0f   (min %.0f, max %.0f)\n", "floor: cache-line handoff (spin)", floor_ns,
-         Min(floor_v), Max(floor_v));
-  printf("%-52s %12.0f   (min %.0f, max %.0f)\n", "floor: futex wait/wake ping-pong", futex_ns,
-         Min(futex_v), Max(futex_v));
-  printf("%-52s %12.0f %12.0f %9.2fx  (target <= 2x)\n", "rings, adaptive spin", spin_ns, floor_ns,
-         spin_ns / floor_ns);
-  printf("%-52s %12.0f %12.0f %9.2fx  (target <= 1.1x; %llu FUTEX_WAKEs in %llu round trips)\n",
-         "rings, spin disabled (futex only)", nospin_ns, futex_ns, nospin_ns / futex_ns,
-         static_cast<unsigned long long>(nospin_wakes), static_cast<unsigned long long>(5'000 / q));
-
-  const size_t kChunk = 64 << 10;
-  const uint64_t kStream = (2ull << 30) / q;
-  const uint64_t caps[] = {uint64_t{256} << 10, uint64_t{512} << 10, uint64_t{1} << 20,
-                           uint64_t{4} << 20};
-  std::vector<double> mc_v, tcp_v, uds_v, ring_v[4];
-  double mc_skew = CopyGBps(false, kChunk, (1ull << 30) / q, 16);
-  double rc = CopyGBps(true, kChunk, (4ull << 30) / q, 0);
-  double rc_skew = CopyGBps(true, kChunk, (4ull << 30) / q, 16);
-  for (int r = 0; r < rounds; ++r) {
-    mc_v.push_back(CopyGBps(false, kChunk, (4ull << 30) / q, 0));
-    tcp_v.push_back(SocketStreamGBps(AF_INET, kChunk, (512ull << 20) / q));
-    uds_v.push_back(SocketStreamGBps(AF_UNIX, kChunk, (512ull << 20) / q));
-    for (int c = 0; c < 4; ++c) ring_v[c].push_back(RingStreamGBps(caps[c], kChunk, kStream));
-  }
-  double mc = Median(mc_v), tcp = Median(tcp_v), uds = Median(uds_v);
-  printf("\n%-52s %12s %12s %12s\n", "streaming, 64 KiB chunks", "GB/s", "/memcpy", "/TCP");
-  printf("%-52s %12.2f\n", "floor: single-core glibc memcpy 64 KiB (aligned)", mc);
-  printf("%-52s %12.2f %12.2f\n", "  glibc memcpy, destination +16 B in its page", mc_skew,
-         mc_skew / mc);
-  printf("%-52s %12.2f %12.2f\n", "  ring CopyBytes (aligned)", rc, rc / mc);
-  printf("%-52s %12.2f %12.2f\n", "  ring CopyBytes, destination +16 B", rc_skew, rc_skew / mc);
-  printf("%-52s %12.2f %12.2f\n", "kernel TCP loopback", tcp, tcp / mc);
-  printf("%-52s %12.2f %12.2f %12.2f\n", "kernel Unix stream socket", uds, uds / mc, uds / tcp);
-  for (int c = 0; c < 4; ++c) {
-    double g = Median(ring_v[c]);
-    char name[80];
-    snprintf(name, sizeof name, "rings, capacity %llu KiB%s",
-             static_cast<unsigned long long>(caps[c] >> 10),
-             caps[c] == dt::kDefaultRingCapacity ? " (default)" : "");
-    printf("%-52s %12.2f %12.2f %12.2f%s\n", name, g, g / mc, g / tcp,
-           caps[c] == dt::kDefaultRingCapacity ? "  (targets >= 0.3x, >= 8x)" : "");
+  if (Section("pingpong") || Section("futex")) {
+    std::vector<double> floor_v, futex_v, spin_v, nospin_v, spin_ratio_v, nospin_ratio_v;
+    uint64_t nospin_wakes = 0;
+    for (int r = 0; r < rounds; ++r) {
+      if (Section("pingpong")) {
+        floor_v.push_back(FloorHandoffNs(400'000 / q));
+        spin_v.push_back(RingPingPongNs(400'000 / q, true).rtt_ns);
+        spin_ratio_v.push_back(spin_v.back() / floor_v.back());
+      }
+      if (Section("futex")) {
+        futex_v.push_back(FloorFutexNs(5'000 / q));
+        PingPong np = RingPingPongNs(5'000 / q, false);
+        nospin_v.push_back(np.rtt_ns);
+        nospin_wakes = np.wakes;
+        nospin_ratio_v.push_back(nospin_v.back() / futex_v.back());
+      }
+    }
+    printf("\n%-52s %12s %12s %10s\n", "64 B ping-pong round trip", "ns", "floor ns", "ratio");
+    if (Section("pingpong")) {
+      double floor_ns = Median(floor_v), spin_ns = Median(spin_v);
+      printf("%-52s %12.0f   (min %.0f, max %.0f)\n", "floor: cache-line handoff (spin)", floor_ns,
+             Min(floor_v), Max(floor_v));
+      printf("%-52s %12.0f %12.0f %9.2fx  (target <= 2x)\n", "rings, adaptive spin", spin_ns,
+             floor_ns, spin_ns / floor_ns);
+      printf("%-52s %12s %12s %9.2fx  (min %.2f, max %.2f)\n", "  ratio within each round, median",
+             "", "", Median(spin_ratio_v), Min(spin_ratio_v), Max(spin_ratio_v));
+    }
+    if (Section("futex")) {
+      double futex_ns = Median(futex_v), nospin_ns = Median(nospin_v);
+      printf("%-52s %12.0f   (min %.0f, max %.0f)\n", "floor: futex wait/wake ping-pong", futex_ns,
+             Min(futex_v), Max(futex_v));
+      printf("%-52s %12.0f %12.0f %9.2fx  (target <= 1.1x; %llu FUTEX_WAKEs in %llu round trips)\n",
+             "rings, spin disabled (futex only)", nospin_ns, futex_ns, nospin_ns / futex_ns,
+             static_cast<unsigned long long>(nospin_wakes),
+             static_cast<unsigned long long>(5'000 / q));
+      printf("%-52s %12s %12s %9.2fx  (min %.2f, max %.2f)\n", "  ratio within each round, median",
+             "", "", Median(nospin_ratio_v), Min(nospin_ratio_v), Max(nospin_ratio_v));
+    }
   }
 
-  const uint64_t kMsgs = 10'000'000 / q;
-  std::vector<double> mps_v, mpsb_v;
-  for (int r = 0; r < rounds; ++r) {
-    mps_v.push_back(RingPipelinedMps(kMsgs, 64, false));
-    mpsb_v.push_back(RingPipelinedMps(kMsgs, 64, true));
+  if (Section("stream")) {
+    const size_t kChunk = 64 << 10;
+    const uint64_t kStream = (2ull << 30) / q;
+    const uint64_t caps[] = {uint64_t{256} << 10, uint64_t{512} << 10, uint64_t{1} << 20,
+                             uint64_t{4} << 20};
+    std::vector<double> mc_v, tcp_v, uds_v, ring_v[4];
+    double mc_skew = CopyGBps(false, kChunk, (1ull << 30) / q, 16);
+    double rc = CopyGBps(true, kChunk, (4ull << 30) / q, 0);
+    double rc_skew = CopyGBps(true, kChunk, (4ull << 30) / q, 16);
+    for (int r = 0; r < rounds; ++r) {
+      mc_v.push_back(CopyGBps(false, kChunk, (4ull << 30) / q, 0));
+      tcp_v.push_back(SocketStreamGBps(AF_INET, kChunk, (512ull << 20) / q));
+      uds_v.push_back(SocketStreamGBps(AF_UNIX, kChunk, (512ull << 20) / q));
+      for (int c = 0; c < 4; ++c) ring_v[c].push_back(RingStreamGBps(caps[c], kChunk, kStream));
+    }
+    double mc = Median(mc_v), tcp = Median(tcp_v), uds = Median(uds_v);
+    printf("\n%-52s %12s %12s %12s\n", "streaming, 64 KiB chunks", "GB/s", "/memcpy", "/TCP");
+    printf("%-52s %12.2f\n", "floor: single-core glibc memcpy 64 KiB (aligned)", mc);
+    printf("%-52s %12.2f %12.2f\n", "  glibc memcpy, destination +16 B in its page", mc_skew,
+           mc_skew / mc);
+    printf("%-52s %12.2f %12.2f\n", "  ring CopyBytes (aligned)", rc, rc / mc);
+    printf("%-52s %12.2f %12.2f\n", "  ring CopyBytes, destination +16 B", rc_skew, rc_skew / mc);
+    printf("%-52s %12.2f %12.2f\n", "kernel TCP loopback", tcp, tcp / mc);
+    printf("%-52s %12.2f %12.2f %12.2f\n", "kernel Unix stream socket", uds, uds / mc, uds / tcp);
+    for (int c = 0; c < 4; ++c) {
+      double g = Median(ring_v[c]);
+      char name[80];
+      snprintf(name, sizeof name, "rings, capacity %llu KiB%s",
+               static_cast<unsigned long long>(caps[c] >> 10),
+               caps[c] == dt::kDefaultRingCapacity ? " (default)" : "");
+      printf("%-52s %12.2f %12.2f %12.2f%s\n", name, g, g / mc, g / tcp,
+             caps[c] == dt::kDefaultRingCapacity ? "  (targets >= 0.3x, >= 8x)" : "");
+    }
   }
-  printf("\n%-52s %12s\n", "64 B messages, pipelined", "M msg/s");
-  printf("%-52s %12.1f  (target >= 20; min %.1f, max %.1f)\n",
-         "rings, one Write and one Read per message", Median(mps_v), Min(mps_v), Max(mps_v));
-  printf("%-52s %12.1f\n", "rings, one Write per message, reader batches 64 KiB", Median(mpsb_v));
+
+  if (Section("pipelined")) {
+    const uint64_t kMsgs = 10'000'000 / q;
+    std::vector<double> mps_v, mpsb_v;
+    for (int r = 0; r < rounds; ++r) {
+      mps_v.push_back(RingPipelinedMps(kMsgs, 64, false));
+      mpsb_v.push_back(RingPipelinedMps(kMsgs, 64, true));
+    }
+    printf("\n%-52s %12s\n", "64 B messages, pipelined", "M msg/s");
+    printf("%-52s %12.1f  (target >= 20; min %.1f, max %.1f)\n",
+           "rings, one Write and one Read per message", Median(mps_v), Min(mps_v), Max(mps_v));
+    printf("%-52s %12.1f\n", "rings, one Write per message, reader batches 64 KiB", Median(mpsb_v));
+  }
   return 0;
 }
