@@ -92,6 +92,22 @@ bool Ring::ArmWriteDoorbell(size_t min) {
 
 // --------------------------------------------------------------- producer
 
+void Ring::CopyIn(uint64_t index, const std::byte* src, uint64_t len) {
+  uint64_t pos = index & mask_;
+  uint64_t first = cap_ - pos;  // room before the end of the data area
+  if (first > len) first = len;
+  internal::CopyBytes(data_ + pos, src, first);
+  if (len > first) internal::CopyBytes(data_, src + first, len - first);
+}
+
+void Ring::CopyOut(uint64_t index, std::byte* dst, uint64_t len) const {
+  uint64_t pos = index & mask_;
+  uint64_t first = cap_ - pos;
+  if (first > len) first = len;
+  internal::CopyBytes(dst, data_ + pos, first);
+  if (len > first) internal::CopyBytes(dst + first, data_, len - first);
+}
+
 int Ring::CheckWriteState() const {
   // Own state: relaxed, only this end writes it (and a handover between
   // threads/processes of this end goes through the end's lock).
@@ -137,11 +153,28 @@ void Ring::PublishTail(uint64_t tail) {
   // the consumer's W1 in wait.cc); on x86 this is one xchg.
   ctrl_->prod.index.store(tail, std::memory_order_seq_cst);
   Notify(ctrl_->data_wait);
+  internal::PrefetchForWrite(data_ + (tail & mask_));
 }
 
+// The single-buffer calls are the hot path of small messages (a 64 B
+// ping-pong or a pipelined stream of small writes): they do the iovec
+// version's work without the iovec loop, and the helpers they call are
+// visible here for inlining.
 int64_t Ring::Write(const void* buf, size_t len) {
-  struct iovec iov = {const_cast<void*>(buf), len};
-  return Write(&iov, 1);
+  if (int rc = CheckWriteState(); rc != 0) return rc;
+  uint64_t total = len < cap_ ? len : cap_;
+  if (total == 0) return 0;
+  uint64_t tail;
+  int64_t used = LoadUsedForProducer(&tail, total);
+  if (used < 0) return used;
+  uint64_t n = cap_ - static_cast<uint64_t>(used);
+  if (n == 0) return -EAGAIN;
+  if (n > total) n = total;
+  CopyIn(tail, static_cast<const std::byte*>(buf), n);
+  PublishTail(tail + n);
+  StatAdd(stats_->bytes, n);
+  StatAdd(stats_->ops);
+  return static_cast<int64_t>(n);
 }
 
 int64_t Ring::Write(const struct iovec* iov, int iovcnt) {
@@ -157,15 +190,10 @@ int64_t Ring::Write(const struct iovec* iov, int iovcnt) {
   uint64_t done = 0;
   for (int i = 0; done < n; ++i) {
     DOORWAY_CHECK(i < iovcnt);  // n <= the iovec total, so this cannot fire
-    const std::byte* src = static_cast<const std::byte*>(iov[i].iov_base);
     uint64_t len = iov[i].iov_len;
     if (len > n - done) len = n - done;
     if (len == 0) continue;  // iov_base may be null
-    uint64_t pos = (tail + done) & mask_;
-    uint64_t first = cap_ - pos;  // room before the end of the data area
-    if (first > len) first = len;
-    internal::CopyBytes(data_ + pos, src, first);
-    if (len > first) internal::CopyBytes(data_, src + first, len - first);
+    CopyIn(tail + done, static_cast<const std::byte*>(iov[i].iov_base), len);
     done += len;
   }
   PublishTail(tail + n);
@@ -301,8 +329,16 @@ int64_t Ring::EmptyResult() {
 }
 
 int64_t Ring::Read(void* buf, size_t len) {
-  struct iovec iov = {buf, len};
-  return Read(&iov, 1);
+  uint64_t total = len < cap_ ? len : cap_;
+  uint64_t head;
+  int64_t avail = AvailToConsume(total, &head);
+  if (avail <= 0) return avail;
+  uint64_t n = static_cast<uint64_t>(avail) < total ? static_cast<uint64_t>(avail) : total;
+  CopyOut(head, static_cast<std::byte*>(buf), n);
+  PublishHead(head + n);
+  StatAdd(stats_->bytes, n);
+  StatAdd(stats_->ops);
+  return static_cast<int64_t>(n);
 }
 
 int64_t Ring::AvailToConsume(uint64_t want, uint64_t* head) {
@@ -334,15 +370,10 @@ int64_t Ring::Read(const struct iovec* iov, int iovcnt) {
   uint64_t done = 0;
   for (int i = 0; done < n; ++i) {
     DOORWAY_CHECK(i < iovcnt);  // n <= the iovec total, so this cannot fire
-    std::byte* dst = static_cast<std::byte*>(iov[i].iov_base);
     uint64_t len = iov[i].iov_len;
     if (len > n - done) len = n - done;
     if (len == 0) continue;  // iov_base may be null
-    uint64_t pos = (head + done) & mask_;
-    uint64_t first = cap_ - pos;
-    if (first > len) first = len;
-    internal::CopyBytes(dst, data_ + pos, first);
-    if (len > first) internal::CopyBytes(dst + first, data_, len - first);
+    CopyOut(head + done, static_cast<std::byte*>(iov[i].iov_base), len);
     done += len;
   }
   PublishHead(head + n);
@@ -380,15 +411,10 @@ int64_t Ring::Peek(size_t offset, const struct iovec* iov, int iovcnt) {
   uint64_t done = 0;
   for (int i = 0; done < n; ++i) {
     DOORWAY_CHECK(i < iovcnt);  // n <= the iovec total, so this cannot fire
-    std::byte* dst = static_cast<std::byte*>(iov[i].iov_base);
     uint64_t len = iov[i].iov_len;
     if (len > n - done) len = n - done;
     if (len == 0) continue;  // iov_base may be null
-    uint64_t pos = (head + offset + done) & mask_;
-    uint64_t first = cap_ - pos;
-    if (first > len) first = len;
-    internal::CopyBytes(dst, data_ + pos, first);
-    if (len > first) internal::CopyBytes(dst + first, data_, len - first);
+    CopyOut(head + offset + done, static_cast<std::byte*>(iov[i].iov_base), len);
     done += len;
   }
   return static_cast<int64_t>(n);

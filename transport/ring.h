@@ -187,6 +187,10 @@ class Ring {
   void Notify(internal::WaitLine& w);
   void Corrupt() const;
   void FillSpan(uint64_t index, uint64_t n, RingSpan* span) const;
+  // Copy len (<= capacity) bytes to / from the ring at free-running `index`,
+  // across the wrap.
+  void CopyIn(uint64_t index, const std::byte* src, uint64_t len);
+  void CopyOut(uint64_t index, std::byte* dst, uint64_t len) const;
 
   internal::RingControl* ctrl_ = nullptr;
   std::byte* data_ = nullptr;

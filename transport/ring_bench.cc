@@ -90,6 +90,7 @@ struct Shared {
 };
 
 Shared* g_sh = nullptr;
+double g_reader_waits_per_msg = 0;  // of the last pipelined run
 
 // Spin until pred() with a time bound.
 template <typename P>
@@ -355,7 +356,9 @@ double RingPipelinedMps(uint64_t n, size_t msg, bool batch_reader) {
           if (g <= 0) Die("pipelined read");
           got += g;
         }
-        return double(n) / (MonotonicNs() - t0) * 1e3;  // M msg/s
+        double mps = double(n) / (MonotonicNs() - t0) * 1e3;  // M msg/s
+        g_reader_waits_per_msg = double(st.spin_hits.load() + st.spin_misses.load()) / n;
+        return mps;
       });
 }
 
@@ -544,13 +547,17 @@ int main(int argc, char** argv) {
   if (Section("pipelined")) {
     const uint64_t kMsgs = 10'000'000 / q;
     std::vector<double> mps_v, mpsb_v;
+    std::vector<double> waits_v;
     for (int r = 0; r < rounds; ++r) {
       mps_v.push_back(RingPipelinedMps(kMsgs, 64, false));
+      waits_v.push_back(g_reader_waits_per_msg);
       mpsb_v.push_back(RingPipelinedMps(kMsgs, 64, true));
     }
     printf("\n%-52s %12s\n", "64 B messages, pipelined", "M msg/s");
     printf("%-52s %12.1f  (target >= 20; min %.1f, max %.1f)\n",
            "rings, one Write and one Read per message", Median(mps_v), Min(mps_v), Max(mps_v));
+    printf("%-52s %12.3f  (min %.3f, max %.3f)\n", "  reader waits per message, median",
+           Median(waits_v), Min(waits_v), Max(waits_v));
     printf("%-52s %12.1f\n", "rings, one Write per message, reader batches 64 KiB", Median(mpsb_v));
   }
   return 0;

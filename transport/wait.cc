@@ -35,6 +35,27 @@ void SpinPolicy::OnSlept(int64_t waited_ns) {
   if (next != b) budget_ns_.store(next, std::memory_order_relaxed);
 }
 
+uint32_t SpinPolicy::BackoffForWait() {
+  uint32_t b = backoff_pauses();
+  if (b == 0) return 0;
+  uint32_t n = backoff_waits_.load(std::memory_order_relaxed) + 1;
+  backoff_waits_.store(n, std::memory_order_relaxed);
+  return n % kBackoffProbeEvery == 0 ? 0 : b;
+}
+
+void SpinPolicy::OnFirstPoll(bool ready, uint32_t used) {
+  uint32_t b = backoff_pauses();
+  uint32_t next;
+  if (!ready) {
+    next = 0;
+  } else if (used == 0) {
+    next = b == 0 ? kBackoffMinPauses : b;  // first sign of a stream, or a probe that confirms it
+  } else {
+    next = std::min(2 * used, kBackoffMaxPauses);
+  }
+  if (next != b) backoff_.store(next, std::memory_order_relaxed);
+}
+
 bool PeerGone(int fd) {
   if (fd < 0) return false;
   struct pollfd p = {fd, POLLRDHUP, 0};
@@ -51,13 +72,21 @@ namespace {
 template <typename Ready>
 int WaitOn(Ring& ring, internal::WaitLine& wl, Ready ready, bool consumer, const WaitOptions& opts,
            SpinPolicy* spin) {
-  if (ready()) return 0;
+  // Streaming back-off (SpinPolicy::backoff_pauses): when it is on, the
+  // caller's failed attempt has just looked at the peer's index; do not look
+  // again before the pauses.
+  const uint32_t backoff = spin != nullptr ? spin->BackoffForWait() : 0;
+  if ((backoff == 0 || opts.timeout_ns == 0) && ready()) return 0;
   if (opts.timeout_ns == 0) return -EAGAIN;
   RingStats* stats = ring.stats();
   // The clock costs ~33 ns (vDSO) on the development VM, as much as the whole
-  // cache-line handoff we are waiting for: read it only when a timeout needs
-  // it, or every kPollsPerClock polls while spinning.
-  int64_t start = opts.timeout_ns > 0 ? internal::MonotonicNs() : 0;
+  // cache-line handoff we are waiting for: read it only when a short timeout
+  // needs it, or every kPollsPerClock polls while spinning. A long timeout
+  // starts at the first clock reading of the spin, < kPollsPerClock pauses
+  // (~2 µs here) late.
+  constexpr int64_t kLazyClockMinTimeoutNs = 1'000'000;
+  int64_t start =
+      opts.timeout_ns > 0 && opts.timeout_ns < kLazyClockMinTimeoutNs ? internal::MonotonicNs() : 0;
 
   // ---- spin phase: bounded in time (budget) and therefore in count.
   int64_t budget = spin != nullptr ? spin->budget_ns() : 0;
@@ -67,10 +96,14 @@ int WaitOn(Ring& ring, internal::WaitLine& wl, Ready ready, bool consumer, const
     int64_t spin_end = 0, next_yield = 0, last = 0;
     for (uint32_t i = 1;; ++i) {
       internal::CpuRelax();
-      if (ready()) {
-        StatAdd(stats->spin_hits);
-        spin->OnSpinSuccess(last != 0 ? last - start : 0);
-        return 0;
+      if (i > backoff) {
+        bool r = ready();
+        if (i == backoff + 1) spin->OnFirstPoll(r, backoff);
+        if (r) {
+          StatAdd(stats->spin_hits);
+          spin->OnSpinSuccess(last != 0 ? last - start : 0);
+          return 0;
+        }
       }
       if (i % kPollsPerClock == 0) {
         int64_t now = internal::MonotonicNs();

@@ -87,10 +87,31 @@ class SpinPolicy {
   void OnSpinSuccess(int64_t spent_ns);
   void OnSlept(int64_t waited_ns);
 
+  // Streaming back-off: pauses before the first poll of a spin (0 = poll at
+  // once). A wait that its first poll satisfies means the other side
+  // produces (or frees space) faster than this side consumes; polling the
+  // peer's index line right behind it costs the peer a cache-line transfer
+  // per operation (wait.h "Spin policy"). Starts at kBackoffMinPauses after
+  // such a wait, doubles up to kBackoffMaxPauses while first polls keep
+  // succeeding, and drops to 0 when a first poll finds nothing. Every
+  // kBackoffProbeEvery-th wait polls at once as a probe, so that a back-off
+  // left over from a stream cannot outlive it (with a back-off longer than
+  // the peer's reply time, the delayed first poll always succeeds).
+  static constexpr uint32_t kBackoffMinPauses = 2;
+  static constexpr uint32_t kBackoffMaxPauses = 32;
+  static constexpr uint32_t kBackoffProbeEvery = 8;
+  uint32_t backoff_pauses() const { return backoff_.load(std::memory_order_relaxed); }
+  // The back-off for the wait that starts now (0 for a probe).
+  uint32_t BackoffForWait();
+  // Result of a spin's first poll, made after `used` back-off pauses.
+  void OnFirstPoll(bool ready, uint32_t used);
+
  private:
   std::atomic<int64_t> budget_ns_;
   int64_t max_ns_;
   int64_t min_ns_;
+  std::atomic<uint32_t> backoff_{0};
+  std::atomic<uint32_t> backoff_waits_{0};
 };
 
 // Blocks until Read on `ring` would not return -EAGAIN (data, EOF, reset,

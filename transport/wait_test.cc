@@ -264,6 +264,53 @@ TEST(SpinPolicy, Adapts) {
   EXPECT_EQ(d.budget_ns(), 0);
 }
 
+TEST(SpinPolicy, StreamingBackoff) {
+  SpinPolicy p;
+  EXPECT_EQ(p.BackoffForWait(), 0u);
+  p.OnFirstPoll(false, 0);  // a first poll that finds nothing: no stream
+  EXPECT_EQ(p.backoff_pauses(), 0u);
+  p.OnFirstPoll(true, 0);  // ready at the first poll: a stream
+  EXPECT_EQ(p.backoff_pauses(), SpinPolicy::kBackoffMinPauses);
+  uint32_t b = p.BackoffForWait();
+  EXPECT_EQ(b, SpinPolicy::kBackoffMinPauses);
+  for (int i = 0; i < 10; ++i) p.OnFirstPoll(true, p.backoff_pauses());  // doubles, capped
+  EXPECT_EQ(p.backoff_pauses(), SpinPolicy::kBackoffMaxPauses);
+  // Every kBackoffProbeEvery-th wait is a probe (no back-off); one that still
+  // finds data at once keeps the back-off, one that finds nothing ends it.
+  int probes = 0;
+  for (uint32_t i = 0; i < 2 * SpinPolicy::kBackoffProbeEvery; ++i) {
+    uint32_t w = p.BackoffForWait();
+    if (w == 0) {
+      ++probes;
+      p.OnFirstPoll(true, 0);
+    } else {
+      EXPECT_EQ(w, SpinPolicy::kBackoffMaxPauses);
+    }
+  }
+  EXPECT_EQ(probes, 2);
+  EXPECT_EQ(p.backoff_pauses(), SpinPolicy::kBackoffMaxPauses);
+  p.OnFirstPoll(false, 0);
+  EXPECT_EQ(p.backoff_pauses(), 0u);
+  EXPECT_EQ(p.BackoffForWait(), 0u);
+}
+
+TEST_F(WaitTest, BackoffStillSeesData) {
+  // A wait with the back-off at its maximum returns at once when data is
+  // already there (after the pauses), and a non-blocking one without pausing.
+  SpinPolicy spin;
+  for (int i = 0; i < 10; ++i) spin.OnFirstPoll(true, spin.backoff_pauses());
+  ASSERT_EQ(spin.backoff_pauses(), SpinPolicy::kBackoffMaxPauses);
+  WaitOptions now;
+  now.timeout_ns = 0;
+  EXPECT_EQ(WaitReadable(cons_, now, &spin), -EAGAIN);
+  ASSERT_EQ(prod_.Write("x", 1), 1);
+  EXPECT_EQ(WaitReadable(cons_, now, &spin), 0);
+  WaitOptions bounded;
+  bounded.timeout_ns = 5'000'000'000;
+  EXPECT_EQ(WaitReadable(cons_, bounded, &spin), 0);
+  EXPECT_EQ(cstats_.futex_waits.load(), 0u);
+}
+
 TEST_F(WaitTest, SpinCatchesAQuickWriter) {
   // Not a timing assertion: either the spin or the futex path must deliver.
   SpinPolicy spin(50'000, 50'000, 0);
