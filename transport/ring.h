@@ -185,6 +185,7 @@ class Ring {
   void PublishTail(uint64_t tail);
   void PublishHead(uint64_t head);
   void Notify(internal::WaitLine& w);
+  void TakeArmed(internal::WaitLine& w);
   void Corrupt() const;
   void FillSpan(uint64_t index, uint64_t n, RingSpan* span) const;
   // Copy len (<= capacity) bytes to / from the ring at free-running `index`,
