@@ -11,6 +11,7 @@
 #include <cstdarg>
 
 #include "abi/internal/trampoline.h"
+#include "runtime/accel.h"
 #include "runtime/inherit.h"
 #include "runtime/relay.h"
 
@@ -123,7 +124,10 @@ DOORWAY_EXPORT int posix_spawn(pid_t* pid, const char* path,
                                const posix_spawn_file_actions_t* actions,
                                const posix_spawnattr_t* attr, char* const argv[],
                                char* const envp[]) {
-  // The child holds its copies of the memfds once spawned; ours go.
+  // The child holds its copies of the memfds once spawned; ours go. Like
+  // fork, the child gets our connections (glibc's clone does not come
+  // through our fork): a close here must not shut them down under it.
+  rt::MarkAllShared();
   rt::ExecTarget t{path, false, AT_FDCWD, -1};
   rt::ExecEnv env(envp, &t);
   return DOORWAY_REAL(posix_spawn)(pid, path, actions, attr, argv, env.envp());
@@ -133,6 +137,7 @@ DOORWAY_EXPORT int posix_spawnp(pid_t* pid, const char* file,
                                 const posix_spawn_file_actions_t* actions,
                                 const posix_spawnattr_t* attr, char* const argv[],
                                 char* const envp[]) {
+  rt::MarkAllShared();  // as in posix_spawn
   rt::ExecTarget t{file, true, AT_FDCWD, -1};
   rt::ExecEnv env(envp, &t);
   return DOORWAY_REAL(posix_spawnp)(pid, file, actions, attr, argv, env.envp());

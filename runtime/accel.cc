@@ -231,6 +231,14 @@ transport::WaitOptions WaitFor(int fd, std::int64_t timeout_ns, std::int64_t sta
 
 // ---------------------------------------------------------------- data path
 
+// The peer's process let go of the connection without closing it (it
+// exited or died): TCP's close sends RST instead of FIN when the socket
+// still held unread data, so the connection is reset if bytes we sent are
+// still in the ring, else closed (EOF).
+bool PeerLeftUnread(Connection& c) {
+  return c.tx.ReaderState() == transport::EndState::kOpen && !c.tx.WriteReady(c.tx.capacity());
+}
+
 ssize_t ConnRecv(Connection& c, int fd, const iovec* iov, int iovcnt, int flags) {
   if (iovcnt < 0 || iovcnt > kMaxIov) return -EINVAL;
   if (flags & MSG_OOB) return -EINVAL;  // no urgent data ever arrives
@@ -269,7 +277,16 @@ ssize_t ConnRecv(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
       if (!waitall || got >= want) break;
       continue;
     }
-    if (r == 0) break;  // EOF
+    if (r == 0) {
+      // EOF: from a close, or from a wait that found the peer's socket hung
+      // up (transport/wait.h marks it closed). A peer that died with our
+      // bytes unread is a reset (one poll(2), once per connection).
+      if (got == 0 && !peek && PeerLeftUnread(c) && transport::PeerGone(fd)) {
+        NotePeerHangup(c);
+        continue;
+      }
+      break;
+    }
     if (r == -EAGAIN) {
       if (got > 0 && !waitall) break;  // the rest of a long vector found nothing more
       if (c.shut_rd.load(std::memory_order_relaxed)) break;
@@ -861,7 +878,13 @@ int ConnWait(Connection& c, int fd, short events, std::int64_t timeout_ns) {
                            : transport::WaitWritable(c.tx, 1, w, &c.tx_spin);
 }
 
-void NotePeerHangup(Connection& c) { c.seg.MarkPeerGone(c.role); }
+void NotePeerHangup(Connection& c) {
+  if (PeerLeftUnread(c)) {
+    c.rx.ShutdownWrite(true);
+    c.tx.ShutdownRead(true);
+  }
+  c.seg.MarkPeerGone(c.role);
+}
 
 // ---------------------------------------------------------------- listen
 
