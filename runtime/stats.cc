@@ -29,7 +29,8 @@ enum FileState : int {
   kArmed = 1,         // created on first use
   kCreating = 2,
   kReady = 3,
-  kOff = 4,  // DOORWAY_STATS=off, or creation failed
+  kOff = 4,     // DOORWAY_STATS=off, or creation failed
+  kForked = 5,  // a fork child: counters in a private copy, published on first use
 };
 
 constinit std::atomic<int> g_state{kUnconfigured};
@@ -209,15 +210,23 @@ bool CreateFile() {
   return true;
 }
 
+void PublishForkCopy();
+
 ProcessHeader* Header() {
   // Acquire pairs with the release stores of g_state below: a thread that
   // sees kReady sees the mapping and its header.
   int s = g_state.load(std::memory_order_acquire);
   if (s == kReady) return g_header.load(std::memory_order_relaxed);
-  if (s != kArmed && s != kCreating) return nullptr;
-  int expected = kArmed;
+  if (s != kArmed && s != kForked && s != kCreating) return nullptr;
+  int expected = s == kCreating ? kArmed : s;
   if (g_state.compare_exchange_strong(expected, kCreating, std::memory_order_acq_rel)) {
     ErrnoSaver saver;
+    if (s == kForked) {
+      // The copy stays usable (unpublished) if the file cannot be made.
+      PublishForkCopy();
+      g_state.store(kReady, std::memory_order_release);
+      return g_header.load(std::memory_order_relaxed);
+    }
     bool ok = CreateFile();
     if (!ok) DOORWAY_LOG(kInfo, "no stats file (connections will not show in stat)");
     g_state.store(ok ? kReady : kOff, std::memory_order_release);
@@ -294,52 +303,36 @@ void MarkLiveShared(ProcessHeader* h) {
   }
 }
 
-// A fork child must not write into its parent's file: it gets a copy of
-// its own, mapped at the same address (MAP_FIXED), so that every RingStats
-// pointer stays valid. If that fails, a private copy takes the mapping's
-// place and nothing is published.
+// A fork child must not write into its parent's file. Right after fork it
+// swaps the mapping for a private copy at the same address (every RingStats
+// pointer stays valid) and publishes the copy as its own file
+// (PublishForkCopy): at once if it inherited live accelerated connections
+// (a forking server's child must show up with the connection it serves),
+// else the first time it opens an Internet socket or a connection, so that
+// the usual fork+exec makes no file. Its counters restart at zero.
 void ForkChild() {
   ProcessHeader* h = g_header.load(std::memory_order_relaxed);
   g_path_owner = 0;  // the inherited name is the parent's
-  pid_t pid = static_cast<pid_t>(syscall(SYS_getpid));
   std::size_t used = sizeof(ProcessHeader) + std::size_t{HighWater(h)} * sizeof(Slot);
-  char dir[kDoorPathMax];
-  char tmp[sizeof(g_path)];
-  char path[sizeof(g_path)];
-  int fd = -1;
-  if (DoorDirectory(dir, sizeof(dir), true) == 0 &&
-      MakePath(path, sizeof(path), dir, stats::kFilePrefix, pid, "")) {
-    fd = CreateTemp(dir, pid, tmp, sizeof(tmp));
+  void* copy =
+      mmap(nullptr, stats::kFileSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  bool moved = false;
+  if (copy != MAP_FAILED) {
+    memcpy(copy, h, used);
+    moved = syscall(SYS_mremap, copy, stats::kFileSize, stats::kFileSize,
+                    MREMAP_MAYMOVE | MREMAP_FIXED, h) == reinterpret_cast<long>(h);
+    if (!moved) munmap(copy, stats::kFileSize);
   }
-  bool ok = false;
-  if (fd >= 0) {
-    const char* p = reinterpret_cast<const char*>(h);
-    std::size_t done = 0;
-    while (done < used) {
-      long n = syscall(SYS_write, fd, p + done, used - done);
-      if (n <= 0) break;
-      done += static_cast<std::size_t>(n);
+  if (!moved) {
+    // Fresh zero pages in place: slot states are lost (the child's
+    // counters may then be mis-attributed), but the parent's are safe.
+    if (mmap(h, stats::kFileSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+             -1, 0) != h) {
+      g_state.store(kOff, std::memory_order_release);  // cannot happen: h was mapped
+      return;
     }
-    ok = done == used &&
-         mmap(h, stats::kFileSize, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0) == h;
-    syscall(SYS_close, fd);
-    if (!ok) unlink(tmp);
+    return;  // not worth publishing
   }
-  if (!ok) {
-    void* copy =
-        mmap(nullptr, stats::kFileSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (copy != MAP_FAILED) {
-      memcpy(copy, h, used);
-      if (syscall(SYS_mremap, copy, stats::kFileSize, stats::kFileSize,
-                  MREMAP_MAYMOVE | MREMAP_FIXED, h) != reinterpret_cast<long>(h)) {
-        munmap(copy, stats::kFileSize);
-      }
-    }
-    // If even that failed the child keeps writing the parent's counters:
-    // wrong numbers in stat, nothing worse.
-    return;
-  }
-  FillIdentity(h);
   h->opened.store(0, std::memory_order_relaxed);
   h->slots_full.store(0, std::memory_order_relaxed);
   h->closed.store(0, std::memory_order_relaxed);
@@ -353,7 +346,46 @@ void ForkChild() {
     ZeroCounters(slots[i].rx);
   }
   MarkLiveShared(h);
-  if (rename(tmp, path) != 0) {
+  bool inherited = false;
+  for (std::uint32_t i = 0; i < HighWater(h) && !inherited; ++i) {
+    inherited = slots[i].state.load(std::memory_order_relaxed) == stats::kLive;
+  }
+  if (inherited) {
+    PublishForkCopy();
+    g_state.store(kReady, std::memory_order_release);
+  } else {
+    g_state.store(kForked, std::memory_order_release);
+  }
+}
+
+// Makes the fork child's private copy its own file: written out, then
+// mapped over the copy (MAP_FIXED, same address). Counts other threads add
+// between the two are lost; nothing else is.
+void PublishForkCopy() {
+  ProcessHeader* h = g_header.load(std::memory_order_relaxed);
+  pid_t pid = static_cast<pid_t>(syscall(SYS_getpid));
+  char dir[kDoorPathMax];
+  char tmp[sizeof(g_path)];
+  char path[sizeof(g_path)];
+  if (DoorDirectory(dir, sizeof(dir), true) != 0 ||
+      !MakePath(path, sizeof(path), dir, stats::kFilePrefix, pid, "")) {
+    return;
+  }
+  int fd = CreateTemp(dir, pid, tmp, sizeof(tmp));
+  if (fd < 0) return;
+  FillIdentity(h);
+  std::size_t used = sizeof(ProcessHeader) + std::size_t{HighWater(h)} * sizeof(Slot);
+  const char* p = reinterpret_cast<const char*>(h);
+  std::size_t done = 0;
+  while (done < used) {
+    long n = syscall(SYS_write, fd, p + done, used - done);
+    if (n <= 0) break;
+    done += static_cast<std::size_t>(n);
+  }
+  bool ok = done == used &&
+            mmap(h, stats::kFileSize, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0) == h;
+  syscall(SYS_close, fd);
+  if (!ok || rename(tmp, path) != 0) {
     unlink(tmp);
     return;
   }
@@ -387,7 +419,8 @@ __attribute__((destructor)) void StatsAtExit() {
   ErrnoSaver saver;
   int s = g_state.load(std::memory_order_acquire);
   if (g_summary) {
-    ProcessHeader* h = s == kReady ? g_header.load(std::memory_order_relaxed) : nullptr;
+    ProcessHeader* h =
+        s == kReady || s == kForked ? g_header.load(std::memory_order_relaxed) : nullptr;
     // Only processes that used Internet sockets have a file: the shells
     // and tools around the program stay quiet.
     if (h != nullptr) PrintSummary(h);
@@ -408,7 +441,8 @@ void StatsConfigure(const Config& config) {
 }
 
 void StatsNoteSocket() {
-  if (g_state.load(std::memory_order_relaxed) == kArmed) (void)Header();
+  int s = g_state.load(std::memory_order_relaxed);
+  if (s == kArmed || s == kForked) (void)Header();
 }
 
 void StatsOpen(Connection& c) {
@@ -490,7 +524,8 @@ void StatsClose(Connection& c) {
 }
 
 void StatsAfterFork(pid_t pid) {
-  if (g_state.load(std::memory_order_acquire) != kReady) return;
+  int s = g_state.load(std::memory_order_acquire);
+  if (s != kReady && s != kForked) return;
   ErrnoSaver saver;
   if (pid == 0) {
     ForkChild();

@@ -15,9 +15,11 @@
 //   StatsTx/StatsRx   the counters to hand to Segment::MakeTxRing/MakeRxRing
 //   StatsPublish      once the connection has its fd and addresses: visible
 //   StatsClose        ~Connection: counters go to the process totals, slot freed
-//   StatsAfterFork    the child gets a file of its own (a copy; its counters
-//                     restart at zero), so the two processes never write the
-//                     same counters; both mark their connections shared
+//   StatsAfterFork    the child gets a copy of its own (its counters restart
+//                     at zero), so the two processes never write the same
+//                     counters, published as its file at once if it has live
+//                     connections, else at its first socket; both processes
+//                     mark their connections shared
 //   at exit           the file is removed (a destructor); a process killed
 //                     before that leaves a stale file, which the tool
 //                     recognises (pid gone or started at another time),

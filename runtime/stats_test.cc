@@ -4,6 +4,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -137,6 +138,57 @@ TEST_F(StatsTest, UnpublishedConnectionsCountLocally) {
   EXPECT_EQ(StatsTx(c), &c.tx_stats);
   EXPECT_EQ(StatsRx(c), &c.rx_stats);
   StatsClose(c);  // no slot: nothing happens
+}
+
+// Runs fn in a fork child (as the runtime's fork wrapper does, with
+// StatsAfterFork on both sides) and returns its exit status.
+template <typename Fn>
+int InForkChild(Fn fn) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    StatsAfterFork(0);
+    _exit(fn());
+  }
+  StatsAfterFork(pid);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+TEST_F(StatsTest, ForkChildGetsItsOwnFile) {
+  StatsNoteSocket();  // the parent has a file
+  ASSERT_EQ(access(Path().c_str(), F_OK), 0);
+  auto own_file = [this] {
+    return access((*dir_ + "/stats." + std::to_string(getpid())).c_str(), F_OK) == 0;
+  };
+  // Nothing to show: no file until the child uses a socket (fork+exec
+  // makes none).
+  EXPECT_EQ(InForkChild([&] {
+              if (own_file()) return 1;
+              StatsNoteSocket();
+              return own_file() ? 0 : 2;
+            }),
+            0);
+  // With a live connection: a file at once, and the child's counters are
+  // its own (the parent's do not move).
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  Connection c;
+  Open(c, sv[0]);
+  ASSERT_NE(c.stats, nullptr);
+  transport::StatAdd(c.stats->tx.bytes, 3);
+  EXPECT_EQ(InForkChild([&] {
+              if (!own_file()) return 1;
+              if (c.stats->tx.bytes.load() != 0 || c.stats->shared == 0) return 2;
+              transport::StatAdd(c.stats->tx.bytes, 1000);
+              return 0;
+            }),
+            0);
+  EXPECT_EQ(c.stats->tx.bytes.load(), 3u);
+  EXPECT_EQ(c.stats->shared, 1);
+  StatsClose(c);
+  close(sv[0]);
+  close(sv[1]);
 }
 
 }  // namespace
