@@ -371,10 +371,17 @@ class Bench:
 
     # ---- one repetition of the programs of our own ----
 
+    def phase(self, name):
+        now = time.monotonic()
+        if getattr(self, "_phase", None):
+            print(f"bench:   {self._phase[0]}: {now - self._phase[1]:.1f} s", file=sys.stderr)
+        self._phase = (name, now) if name else None
+
     def rep_own(self, rep):
         q = self.q
         r = self.r
         order = list(TRANSPORTS[rep % 3:] + TRANSPORTS[:rep % 3])
+        self.phase("rtt")
         sec = ("Ping-pong round trip (//tools/bench:pingpong, blocking read/write, TCP_NODELAY; "
                "server on CPU 1, client on CPU 0)")
         for size in SIZES_RTT:
@@ -392,6 +399,7 @@ class Bench:
             r.add(sec, f"RTT {size_name(size)} p50", "µs", False, "floor", p50)
             r.add(sec, f"RTT {size_name(size)} p99", "µs", False, "floor", p99)
 
+        self.phase("stream")
         sec = ("Streaming (pingpong stream -> sink: one write() per chunk, the reader reads up "
                "to 1 MiB per call; receiver on CPU 1, sender on CPU 0)")
         secs = 0.15 if q else 0.6
@@ -416,6 +424,7 @@ class Bench:
             r.add("Pipelined 64 B messages", "64 B messages, one read() per message", "M msg/s",
                   True, t, gbps * 1e3 / 64)
 
+        self.phase("connections")
         sec = "Connection setup (pingpong connector -> acceptor: connect + accept + close)"
         n = 200 if q else 3000
         for t in order + ["doorway-nolog"]:
@@ -425,6 +434,7 @@ class Bench:
                 r.add(sec, "CPU per connection, client", "µs", False, t, ccpu)
                 r.add(sec, "CPU per connection, server", "µs", False, t, scpu)
 
+        self.phase("idle")
         sec = ("Idle connections (pingpong idleclient -> idleserver: N connections, one round trip "
                "each, then idle; the server waits in one poll() over all of them)")
         n, settle, window = (10, 0.2, 0.3) if q else (200, 1.0, 2.0)
@@ -433,6 +443,7 @@ class Bench:
             r.add(sec, f"idle CPU, server ({n} connections)", "% of a core", False, t, s)
             r.add(sec, f"idle CPU, client ({n} connections)", "% of a core", False, t, c)
 
+        self.phase("one core")
         sec = "One core: both sides pinned to CPU 0 (the machine oversubscribed)"
         for t in order:
             p50, p99, _, _ = self.rtt(t, 64, 300 if q else 10000, one_core=True)
@@ -562,25 +573,31 @@ http {{
             srv.stop(signal.SIGQUIT)
             srv.kill()
         self.verify(transport, tag, conns, conns)
-        rps = float(re.search(r"Requests/sec:\s*([0-9.]+)", out).group(1))
+        m = re.search(r"Requests/sec:\s*([0-9.]+)", out)
+        if not m:
+            raise BenchError(f"wrk printed no rate: {out[-1500:]}")
+        rps = float(m.group(1))
         m = re.search(r"50%\s+([0-9.]+)(us|ms|s)\b", out)
-        p50 = float(m.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6}[m.group(2)]
+        p50 = float(m.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6}[m.group(2)] if m else None
         return rps, p50
 
     def rep_external(self, rep):
         q = self.q
         r = self.r
         order = ["tcp", "doorway"] if rep % 2 == 0 else ["doorway", "tcp"]
+        self.phase("sockperf")
         if shutil.which("sockperf"):
             sec = ("sockperf ping-pong, 64 B, TCP, paced at 100 k msg/s (one-way latency = RTT/2; "
                    "sockperf sr on CPU 1, sockperf pp on CPU 0)")
-            for mode in ("select", "poll", "epoll"):
+            # The smoke run (--quick) keeps one mode: sockperf runs whole seconds.
+            for mode in ("epoll",) if q else ("select", "poll", "epoll"):
                 for t in order:
                     p50, p99, _ = self.sockperf(t, mode, 1 if q else 2, 100000)
                     r.add(sec, f"sockperf {mode} p50", "µs", False, t, p50)
                     r.add(sec, f"sockperf {mode} p99", "µs", False, t, p99)
         else:
             self.notes.append("sockperf not installed: its rows are missing.")
+        self.phase("other programs")
         sec = "Other programs (unmodified Debian binaries; server on CPU 1, client on CPU 0)"
         if shutil.which("iperf3"):
             for t in order:
@@ -600,7 +617,8 @@ http {{
                 rps, p50 = self.nginx_wrk(t, 1 if q else 3, 16)
                 r.add(sec, "wrk -> nginx, 1 KiB file (16 connections, 1 worker)", "req/s", True,
                       t, rps)
-                r.add(sec, "wrk -> nginx latency p50", "µs", False, t, p50)
+                if p50 is not None:
+                    r.add(sec, "wrk -> nginx latency p50", "µs", False, t, p50)
         else:
             self.notes.append("nginx or wrk not installed: their rows are missing.")
 
@@ -644,7 +662,7 @@ http {{
         """RTT and CPU as a function of a fixed spin budget (DOORWAY_SPIN_NS),
         against the adaptive default."""
         q = self.q
-        budgets = [None, 0, 2000, 10000, 50000, 200000]
+        budgets = [None, 0] if q else [None, 0, 2000, 10000, 50000, 200000]
         self.spin = {"budgets": [], "rtt_p50": [], "rtt_p99": [], "cpu_rt": [],
                      "paced_p50": [], "paced_cpu": []}
         for b in budgets:
@@ -888,7 +906,7 @@ def plot(b, out_dir):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny counts, one repetition")
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--out-dir", default="",
                     help="where benchmarks.md and the PNGs go (default: the workspace's docs/)")
     args = ap.parse_args()
@@ -910,6 +928,7 @@ def main():
             b.rep_own(rep)
             print(f"bench: repetition {rep + 1}/{args.reps}: external programs", file=sys.stderr)
             b.rep_external(rep)
+            b.phase(None)
         with open(b.so, "rb") as f:
             knob = b"DOORWAY_SPIN_NS" in f.read()
         if not knob:
@@ -918,12 +937,13 @@ def main():
         elif not shutil.which("sockperf"):
             b.spin_note = "Not studied: sockperf is not installed."
         else:
-            print("bench: spin budget study", file=sys.stderr)
+            b.phase("spin budget study")
             b.spin_study()
-        print("bench: ring_bench", file=sys.stderr)
+        b.phase("ring_bench")
         b.ring_bench_run(args.reps)
+        b.phase(None)
         cmd = "bazel run //tools:bench" + (" -- --quick" if args.quick else "")
-        if args.reps != 3 and not args.quick:
+        if args.reps != 5 and not args.quick:
             cmd += f" -- --reps {args.reps}"
         meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": cmd,
                 "reps": args.reps, "elapsed": time.monotonic() - start, "machine": machine(),
