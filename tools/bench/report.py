@@ -46,6 +46,9 @@ LABEL = {
 SIZES_RTT = (64, 1024, 16384, 65536)
 SIZES_STREAM = (64, 256, 1024, 4096, 16384, 65536, 262144, 1048576)
 SERVER_CPU, CLIENT_CPU = 1, 0
+# No new repetition starts after this long, so that a run on a loaded machine
+# still ends within ~15 minutes.
+BUDGET_S = 10 * 60
 
 
 def size_name(n):
@@ -385,7 +388,7 @@ class Bench:
         sec = ("Ping-pong round trip (//tools/bench:pingpong, blocking read/write, TCP_NODELAY; "
                "server on CPU 1, client on CPU 0)")
         for size in SIZES_RTT:
-            iters = {64: 20000, 1024: 20000, 16384: 10000, 65536: 5000}[size]
+            iters = {64: 10000, 1024: 10000, 16384: 5000, 65536: 3000}[size]
             if q:
                 iters = 300
             for t in order:
@@ -395,7 +398,7 @@ class Bench:
                 if size == 64:
                     r.add(sec, "CPU per 64 B round trip, client", "µs", False, t, ccpu)
                     r.add(sec, "CPU per 64 B round trip, server", "µs", False, t, scpu)
-            p50, p99 = self.floor_rtt(size, iters * 5)
+            p50, p99 = self.floor_rtt(size, 300 if q else 20000)
             r.add(sec, f"RTT {size_name(size)} p50", "µs", False, "floor", p50)
             r.add(sec, f"RTT {size_name(size)} p99", "µs", False, "floor", p99)
 
@@ -607,7 +610,7 @@ http {{
             self.notes.append("iperf3 not installed: its row is missing.")
         if shutil.which("redis-server") and shutil.which("redis-benchmark"):
             for t in order + ["unix"]:
-                get, set_ = self.redis(t, 2000 if q else 100000, 50)
+                get, set_ = self.redis(t, 2000 if q else 30000, 50)
                 r.add(sec, "redis-benchmark GET (50 clients)", "req/s", True, t, get)
                 r.add(sec, "redis-benchmark SET (50 clients)", "req/s", True, t, set_)
         else:
@@ -878,6 +881,28 @@ def spin_section(b):
         L.append(f"| {name} | {fmt(s['rtt_p50'][i])} | {fmt(s['rtt_p99'][i])} | "
                  f"{fmt(s['cpu_rt'][i])} | {fmt(s['paced_p50'][i])} | {fmt(s['paced_cpu'][i])} |")
     L.append("")
+    at = {bud: i for i, bud in enumerate(s["budgets"])}
+    if None in at and 0 in at:
+        d, z = at[None], at[0]
+        L += [f"What the numbers of this run say: without spinning (budget 0) a back-to-back "
+              f"round trip takes {fmt(s['rtt_p50'][z])} µs (p50), "
+              f"{s['rtt_p50'][z] / s['rtt_p50'][d]:.0f}× the adaptive default's "
+              f"{fmt(s['rtt_p50'][d])} µs, because every hop pays a futex wake-up; the default "
+              f"buys that with {fmt(s['cpu_rt'][d])} µs of CPU per round trip (both sides) against "
+              f"{fmt(s['cpu_rt'][z])} µs. On the paced run the server used "
+              f"{fmt(s['paced_cpu'][d])}% of a core with the default and "
+              f"{fmt(s['paced_cpu'][z])}% without spinning"
+              + (f", {fmt(s['paced_cpu'][at[200000]])}% with a 200 µs budget (which covers the "
+                 f"100 µs gap, so it never sleeps, one-way p50 {fmt(s['paced_p50'][at[200000]])} "
+                 f"µs)" if 200000 in at else "") + ".", ""]
+    L += ["Why the default is adaptive and short: a peer that answers at once is caught within "
+          "the first microseconds of spinning, so a budget of a few futex wake-up costs (20 µs at "
+          "first, at most 50 µs) gives the spinning round trip; a peer that answers later than "
+          "that costs at most the budget in wasted CPU per wait (a fixed 200 µs budget would burn "
+          "a core on the paced workload above), and an idle connection costs nothing once the "
+          "budget has run out (the idle rows). The adaptation (double when a sleep ended within "
+          "the maximum, halve otherwise; transport/wait.h) moves the budget towards the "
+          "workload's gap without a setting.", ""]
     return L
 
 
@@ -906,7 +931,7 @@ def plot(b, out_dir):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny counts, one repetition")
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out-dir", default="",
                     help="where benchmarks.md and the PNGs go (default: the workspace's docs/)")
     args = ap.parse_args()
@@ -922,8 +947,24 @@ def main():
     tmp = tempfile.mkdtemp(prefix="dwbench.", dir="/tmp")
     b = Bench(args, tmp)
     ok = False
+
+    def interrupted(signum, frame):
+        raise BenchError(f"interrupted by signal {signum}")
+
+    # The finally clauses then stop every child (pinned, possibly spinning).
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)
+    cmd = "bazel run //tools:bench" + (" -- --quick" if args.quick else "")
+    if args.reps != 3 and not args.quick:
+        cmd += f" -- --reps {args.reps}"
     try:
         for rep in range(args.reps):
+            if rep > 0 and time.monotonic() - start > BUDGET_S:
+                b.notes.append(f"Stopped after {rep} of {args.reps} repetitions: the run had "
+                               f"taken {(time.monotonic() - start) / 60:.1f} minutes "
+                               f"(bound: {BUDGET_S // 60} minutes before the last phases).")
+                args.reps = rep
+                break
             print(f"bench: repetition {rep + 1}/{args.reps}: own programs", file=sys.stderr)
             b.rep_own(rep)
             print(f"bench: repetition {rep + 1}/{args.reps}: external programs", file=sys.stderr)
@@ -942,9 +983,6 @@ def main():
         b.phase("ring_bench")
         b.ring_bench_run(args.reps)
         b.phase(None)
-        cmd = "bazel run //tools:bench" + (" -- --quick" if args.quick else "")
-        if args.reps != 5 and not args.quick:
-            cmd += f" -- --reps {args.reps}"
         meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": cmd,
                 "reps": args.reps, "elapsed": time.monotonic() - start, "machine": machine(),
                 "load_start": load_start,
