@@ -7,7 +7,10 @@
 // address family.
 //
 //   pingpong server PORT                    echo one connection, then exit
-//   pingpong client HOST PORT SIZE ITERS    print RTT statistics
+//   pingpong client HOST PORT SIZE ITERS [GAP_NS]
+//                                           print RTT statistics; with GAP_NS,
+//                                           wait that long (busy, so that the
+//                                           gap is exact) between round trips
 //   pingpong sink PORT [READSIZE]           accept one connection, read to EOF
 //                                           (READSIZE bytes per read, default
 //                                           1 MiB), print the throughput
@@ -140,7 +143,7 @@ int Server(const char* port) {
   return 0;
 }
 
-int Client(const char* host, const char* port, size_t size, long iters) {
+int Client(const char* host, const char* port, size_t size, long iters, long gap_ns) {
   Addr a = MakeAddr(host, port);
   int c = socket(a.family, SOCK_STREAM, 0);
   for (int tries = 0; connect(c, reinterpret_cast<sockaddr*>(&a.ss), a.len) != 0; ++tries) {
@@ -159,6 +162,10 @@ int Client(const char* host, const char* port, size_t size, long iters) {
   long warmup = iters / 10;
   long cpu0 = 0;
   for (long i = 0; i < warmup + iters; ++i) {
+    if (gap_ns > 0) {
+      for (long until = NowNs() + gap_ns; NowNs() < until;) {
+      }
+    }
     if (i == warmup) cpu0 = CpuNs();
     long t0 = NowNs();
     if (!WriteFull(c, out.data(), size) || !ReadFull(c, in.data(), size)) {
@@ -310,8 +317,9 @@ int Calls(size_t size, long iters) {
 
 int main(int argc, char** argv) {
   if (argc == 3 && strcmp(argv[1], "server") == 0) return Server(argv[2]);
-  if (argc == 6 && strcmp(argv[1], "client") == 0) {
-    return Client(argv[2], argv[3], static_cast<size_t>(atol(argv[4])), atol(argv[5]));
+  if ((argc == 6 || argc == 7) && strcmp(argv[1], "client") == 0) {
+    return Client(argv[2], argv[3], static_cast<size_t>(atol(argv[4])), atol(argv[5]),
+                  argc == 7 ? atol(argv[6]) : 0);
   }
   if ((argc == 3 || argc == 4) && strcmp(argv[1], "sink") == 0) {
     return Sink(argv[2], argc == 4 ? static_cast<size_t>(atol(argv[3])) : size_t{1} << 20);
@@ -330,9 +338,10 @@ int main(int argc, char** argv) {
   if (argc == 4 && strcmp(argv[1], "calls") == 0) {
     return Calls(static_cast<size_t>(atol(argv[2])), atol(argv[3]));
   }
-  fprintf(stderr,
-          "usage: pingpong server PORT | client HOST PORT SIZE ITERS | sink PORT [READSIZE] |"
-          " stream HOST PORT SIZE SECONDS | acceptor PORT N | connector HOST PORT N |"
-          " idleserver PORT N | idleclient HOST PORT N | calls SIZE ITERS\n");
+  fprintf(
+      stderr,
+      "usage: pingpong server PORT | client HOST PORT SIZE ITERS [GAP_NS] | sink PORT [READSIZE] |"
+      " stream HOST PORT SIZE SECONDS | acceptor PORT N | connector HOST PORT N |"
+      " idleserver PORT N | idleclient HOST PORT N | calls SIZE ITERS\n");
   return 2;
 }

@@ -98,9 +98,9 @@ def main():
         a1.plot(xs, [s["rtt_p50"][i] for i in fixed], "o-", label="RTT p50 (µs)")
         a1.plot(xs, [s["cpu_rt"][i] for i in fixed], "s-", label="CPU per round trip (µs)")
         a1.set_title("back-to-back 64 B ping-pong")
-        a2.plot(xs, [s["paced_p50"][i] for i in fixed], "o-", label="one-way p50 (µs)")
-        a2.plot(xs, [s["paced_cpu"][i] for i in fixed], "s-", label="server CPU (% of a core)")
-        a2.set_title("sockperf epoll, paced at 10 k msg/s")
+        a2.plot(xs, [s["paced_p50"][i] for i in fixed], "o-", label="RTT p50 (µs)")
+        a2.plot(xs, [s["paced_cpu"][i] for i in fixed], "s-", label="server CPU per request (µs)")
+        a2.set_title("64 B requests 100 µs apart")
         for a in (a1, a2):
             a.set_xscale("log")
             a.set_yscale("log")
