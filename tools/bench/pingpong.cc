@@ -22,7 +22,8 @@
 //                                           every one is closed
 //   pingpong idleclient HOST PORT N         open N connections, one 64 B round
 //                                           trip on each, print "idle", then
-//                                           hold them open until stdin closes
+//                                           poll() them (and stdin) until stdin
+//                                           closes
 //   pingpong calls SIZE ITERS               per-call cost of write+read on a
 //                                           socketpair in one thread (the
 //                                           interposition overhead, without
@@ -285,8 +286,20 @@ int IdleClient(const char* host, const char* port, long n) {
   }
   printf("idle\n");
   fflush(stdout);
-  char b;
-  while (read(0, &b, 1) > 0) {
+  // Wait on every connection and on stdin (closed by the driver to end the
+  // run) in one poll(), as an event-driven client would.
+  std::vector<pollfd> fds;
+  for (int c : conns) fds.push_back({c, POLLIN, 0});
+  fds.push_back({0, POLLIN, 0});
+  for (;;) {
+    if (poll(fds.data(), fds.size(), -1) < 0) return 1;
+    if (fds.back().revents != 0) break;
+    for (size_t i = 0; i + 1 < fds.size(); ++i) {
+      if (fds[i].revents != 0) {
+        fprintf(stderr, "pingpong idleclient: unexpected event on an idle connection\n");
+        return 1;
+      }
+    }
   }
   for (int c : conns) close(c);
   return 0;
