@@ -76,7 +76,9 @@ const char kUsage[] =
     "kind (4k, thp, huge) and NUMA nodes the rings are bound to ('-': not bound).\n"
     "Processes: ACCEL open/opened accelerated connections, SENT/RECEIVED bytes\n"
     "through them (closed ones included), TCP/LISTEN the plain kernel TCP\n"
-    "connections and listeners it holds (fallback and pass-through).\n";
+    "connections and listeners it holds (fallback and pass-through); 'local'\n"
+    "counts TCP connections to this host that were not accelerated (the peer\n"
+    "does not run doorway, is another uid, or DOORWAY_ACCELERATE=0).\n";
 
 struct Options {
   bool json = false;
@@ -269,7 +271,7 @@ struct Proc {
   unsigned accel_live = 0;
   std::uint64_t opened = 0, slots_full = 0, closed = 0;
   std::uint64_t sent_bytes = 0, sent_msgs = 0, received_bytes = 0, received_msgs = 0;
-  unsigned plain_tcp = 0, tcp_listen = 0;
+  unsigned plain_tcp = 0, plain_tcp_local = 0, tcp_listen = 0;
   bool accelerate = true;
 };
 
@@ -300,10 +302,25 @@ bool SocketFds(long pid, std::map<std::uint64_t, std::vector<int>>* out) {
   return true;
 }
 
-// inode -> TCP state (hex field "st": 0A is LISTEN) from the process's
-// network namespace.
-std::map<std::uint64_t, int> TcpSockets(long pid) {
-  std::map<std::uint64_t, int> out;
+struct TcpSocket {
+  int state = 0;            // hex field "st": 0A is LISTEN
+  bool local_peer = false;  // the peer is on this host (loopback, or our own address)
+};
+
+// "0100007F:1F90" (IPv4, bytes of each 32-bit word in host order) or 32 hex
+// digits (IPv6): a loopback address, or IPv4-mapped loopback.
+bool LoopbackHex(const std::string& ip) {
+  if (ip.size() == 8) return ip.compare(6, 2, "7F") == 0;
+  if (ip.size() == 32) {
+    return ip == "00000000000000000000000001000000" ||
+           (ip.compare(0, 24, "0000000000000000FFFF0000") == 0 && ip.compare(30, 2, "7F") == 0);
+  }
+  return false;
+}
+
+// inode -> TCP socket from the process's network namespace.
+std::map<std::uint64_t, TcpSocket> TcpSockets(long pid) {
+  std::map<std::uint64_t, TcpSocket> out;
   for (const char* f : {"tcp", "tcp6"}) {
     std::string s;
     if (!ReadSmallFile("/proc/" + std::to_string(pid) + "/net/" + f, &s, 64 << 20)) continue;
@@ -321,7 +338,10 @@ std::map<std::uint64_t, int> TcpSockets(long pid) {
       if (sscanf(line.c_str(), " %lu: %127s %127s %x %*s %*s %*s %*u %*u %llu", &dummy, local, rem,
                  &st, &ino) == 5 &&
           ino != 0) {
-        out[ino] = static_cast<int>(st);
+        std::string l(local), r(rem);
+        l = l.substr(0, l.find(':'));
+        r = r.substr(0, r.find(':'));
+        out[ino] = TcpSocket{static_cast<int>(st), LoopbackHex(r) || r == l};
       }
     }
   }
@@ -499,14 +519,15 @@ void ReadProcessFile(const std::string& dir, int dfd, const char* name, const Op
   }
   munmap(base, stats::kFileSize);
   if (p.fds_readable) {
-    std::map<std::uint64_t, int> tcp = TcpSockets(pid);
+    std::map<std::uint64_t, TcpSocket> tcp = TcpSockets(pid);
     for (const auto& [ino, list] : fds) {
       auto it = tcp.find(ino);
       if (it == tcp.end() || accel_sockets.count(ino) != 0) continue;
-      if (it->second == 0x0A) {
+      if (it->second.state == 0x0A) {
         p.tcp_listen += 1;
       } else {
         p.plain_tcp += 1;
+        if (it->second.local_peer) p.plain_tcp_local += 1;
       }
     }
   }
@@ -712,7 +733,9 @@ std::string FormatText(const Snapshot& snap) {
     rows.push_back({std::to_string(p.pid), p.command, accel, std::to_string(p.sent_bytes),
                     std::to_string(p.sent_msgs), std::to_string(p.received_bytes),
                     std::to_string(p.received_msgs),
-                    p.fds_readable ? std::to_string(p.plain_tcp) : "?",
+                    p.fds_readable ? std::to_string(p.plain_tcp) + " (" +
+                                         std::to_string(p.plain_tcp_local) + " local)"
+                                   : "?",
                     p.fds_readable ? std::to_string(p.tcp_listen) : "?", p.dir});
   }
   if (snap.procs.empty()) {
@@ -754,11 +777,12 @@ std::string FormatJson(const Snapshot& snap) {
              "\"accelerated\": %u, \"opened\": %" PRIu64 ", \"closed\": %" PRIu64
              ", \"unlisted\": %" PRIu64 ", \"sent\": {\"bytes\": %" PRIu64 ", \"msgs\": %" PRIu64
              "}, \"received\": {\"bytes\": %" PRIu64 ", \"msgs\": %" PRIu64
-             "}, \"plain_tcp\": %s, \"tcp_listen\": %s}",
+             "}, \"plain_tcp\": %s, \"plain_tcp_local\": %s, \"tcp_listen\": %s}",
              p.pid, p.uid, JsonString(p.command).c_str(), JsonString(p.dir).c_str(),
              p.accelerate ? "true" : "false", p.accel_live, p.opened, p.closed, p.slots_full,
              p.sent_bytes, p.sent_msgs, p.received_bytes, p.received_msgs,
              p.fds_readable ? std::to_string(p.plain_tcp).c_str() : "null",
+             p.fds_readable ? std::to_string(p.plain_tcp_local).c_str() : "null",
              p.fds_readable ? std::to_string(p.tcp_listen).c_str() : "null");
     out += (i ? ", " : "") + std::string(buf);
   }

@@ -87,7 +87,8 @@ for e in c["ends"]:
 procs = {p["pid"]: p for p in doc["processes"]}
 assert procs[cpid]["accelerated"] == 1 and procs[spid]["accelerated"] == 1, procs
 assert procs[cpid]["sent"]["bytes"] == c2s and procs[cpid]["received"]["bytes"] == s2c, procs
-assert procs[cpid]["plain_tcp"] == 1, procs[cpid]        # to the listener without doorway
+# To the listener without doorway: kernel TCP, to this host.
+assert procs[cpid]["plain_tcp"] == 1 and procs[cpid]["plain_tcp_local"] == 1, procs[cpid]
 assert procs[spid]["tcp_listen"] == 1 and procs[spid]["plain_tcp"] == 0, procs[spid]
 assert procs[kpid]["accelerated"] == 1 and procs[kpid]["sent"]["bytes"] == forked, procs[kpid]
 print("json ok")
@@ -96,7 +97,7 @@ PY
 "$STAT" --dir="$DOORS" >"$WORK/stat.txt" || fail "stat failed"
 grep -E "^$cpid/python3\[[0-9,]+\],$kpid/python3\[[0-9,]+\] +$spid/python3\[[0-9,]+\] +127\.0\.0\.1:[0-9]+ +127\.0\.0\.1:$port +$((C2S + FORKED)) +6 +$S2C +1 +1M/1M +$FORKED/0 " \
   "$WORK/stat.txt" >/dev/null || fail "stat table: $(cat "$WORK/stat.txt")"
-grep -qE "^$cpid +python3 +1/1 +$C2S +5 +$S2C +1 +1 +0 " "$WORK/stat.txt" ||
+grep -qE "^$cpid +python3 +1/1 +$C2S +5 +$S2C +1 +1 \(1 local\) +0 " "$WORK/stat.txt" ||
   fail "stat process table: $(cat "$WORK/stat.txt")"
 
 # --watch with a count: one JSON document per refresh, then it stops.
