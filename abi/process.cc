@@ -5,6 +5,7 @@
 // read/recv/poll as inline wrappers that would clash with our definitions.
 #undef _FORTIFY_SOURCE
 
+#include <signal.h>
 #include <spawn.h>
 #include <unistd.h>
 
@@ -14,6 +15,7 @@
 #include "runtime/accel.h"
 #include "runtime/inherit.h"
 #include "runtime/relay.h"
+#include "runtime/signals.h"
 
 using doorway::abi::Ret;
 namespace rt = doorway::runtime;
@@ -21,6 +23,16 @@ namespace rt = doorway::runtime;
 extern "C" char** environ;
 
 DOORWAY_EXPORT pid_t fork(void) { return Ret(rt::Fork()); }
+
+// Handlers run through a counting trampoline (runtime/signals.h), so that
+// waits on accelerated sockets return EINTR like the kernel's.
+DOORWAY_EXPORT int sigaction(int sig, const struct sigaction* act, struct sigaction* old) {
+  return rt::Sigaction(sig, act, old);
+}
+
+DOORWAY_EXPORT sighandler_t signal(int sig, sighandler_t handler) {
+  return rt::Signal(sig, handler);
+}
 
 // A vfork wrapper cannot return into its caller's frame from the child
 // without corrupting the parent's stack, so vfork is served by fork: POSIX

@@ -19,6 +19,7 @@
 #include "runtime/config.h"
 #include "runtime/log.h"
 #include "runtime/real.h"
+#include "runtime/signals.h"
 #include "runtime/sockets.h"
 #include "runtime/stats.h"
 
@@ -220,6 +221,8 @@ constexpr int kMaxIov = 1024;  // IOV_MAX
 transport::WaitOptions WaitFor(int fd, std::int64_t timeout_ns, std::int64_t start_ns) {
   transport::WaitOptions w;
   w.liveness_fd = fd;
+  w.interrupt_counter = SignalEpochOfThisThread();
+  w.interrupt_epoch = w.interrupt_counter->load(std::memory_order_relaxed);
   if (timeout_ns > 0) {
     std::int64_t left = timeout_ns - (NowNs() - start_ns);
     w.timeout_ns = left > 0 ? left : 1;
@@ -873,6 +876,8 @@ void DrainDoorbells(int fd) {
 int ConnWait(Connection& c, int fd, short events, std::int64_t timeout_ns) {
   transport::WaitOptions w;
   w.liveness_fd = fd;
+  w.interrupt_counter = SignalEpochOfThisThread();
+  w.interrupt_epoch = w.interrupt_counter->load(std::memory_order_relaxed);
   w.timeout_ns = timeout_ns;
   return (events & POLLIN) ? transport::WaitReadable(c.rx, w, &c.rx_spin)
                            : transport::WaitWritable(c.tx, 1, w, &c.tx_spin);

@@ -13,6 +13,7 @@
 #include "fdtable/fdtable.h"
 #include "runtime/accel.h"
 #include "runtime/real.h"
+#include "runtime/signals.h"
 
 namespace doorway::runtime {
 
@@ -259,6 +260,10 @@ int EpollWait(int epfd, epoll_event* events, int maxevents, std::int64_t timeout
   }
   const std::int64_t deadline = timeout_ns < 0 ? -1 : NowNs() + timeout_ns;
   bool spun = false;
+  // A handler that runs while we spin must end the call with EINTR, as it
+  // would end the kernel's epoll_wait (signals.h).
+  const std::atomic<std::uint64_t>* signals = SignalEpochOfThisThread();
+  const std::uint64_t epoch = signals->load(std::memory_order_relaxed);
   for (;;) {
     s->lock.Lock();
     int n = Collect(*s, events, maxevents);
@@ -281,6 +286,7 @@ int EpollWait(int epfd, epoll_event* events, int maxevents, std::int64_t timeout
         if ((iter & 63) == 0) {
           k = KernelWait(*s, epfd, events, maxevents, 0, nullptr);
           if (k != 0) return k;
+          if (signals->load(std::memory_order_relaxed) != epoch) return -EINTR;
         }
 #if defined(__x86_64__) || defined(__i386__)
         __builtin_ia32_pause();
@@ -303,6 +309,7 @@ int EpollWait(int epfd, epoll_event* events, int maxevents, std::int64_t timeout
     }
     s->lock.Unlock();
     if (ready_now) continue;
+    if (signals->load(std::memory_order_relaxed) != epoch) return -EINTR;
     k = KernelWait(*s, epfd, events, maxevents, ms_of(left), sigmask);
     if (k < 0) return k;  // EINTR: epoll_wait is never restarted
     if (k > 0) {

@@ -9,6 +9,7 @@
 #include "fdtable/fdtable.h"
 #include "runtime/accel.h"
 #include "runtime/real.h"
+#include "runtime/signals.h"
 
 namespace doorway::runtime {
 
@@ -180,6 +181,10 @@ int EnginePoll(pollfd* fds, nfds_t n, std::int64_t timeout_ns, const sigset_t* s
   const timespec zero{0, 0};
   int result = 0;
   bool spun = false;
+  // A handler that runs while we spin or between two kernel waits must end
+  // the call with EINTR as it would end the kernel's poll (signals.h).
+  const std::atomic<std::uint64_t>* signals = SignalEpochOfThisThread();
+  const std::uint64_t epoch = signals->load(std::memory_order_relaxed);
   for (;;) {
     int ready = EvaluateAccelerated(fds, n, s.refs);
     if (have_kernel && (ready > 0 || timeout_ns == 0 || !spun)) {
@@ -209,6 +214,7 @@ int EnginePoll(pollfd* fds, nfds_t n, std::int64_t timeout_ns, const sigset_t* s
           ready += k;
         }
         if (ready > 0 || ((iter & 15) == 0 && NowNs() >= spin_end)) break;
+        if ((iter & 15) == 0 && signals->load(std::memory_order_relaxed) != epoch) break;
       }
       if (k < 0) {
         result = k;
@@ -236,6 +242,10 @@ int EnginePoll(pollfd* fds, nfds_t n, std::int64_t timeout_ns, const sigset_t* s
       }
     }
     if (ready_now) continue;
+    if (signals->load(std::memory_order_relaxed) != epoch) {
+      result = -EINTR;  // poll is never restarted (signal(7))
+      break;
+    }
     std::int64_t now = NowNs();
     std::int64_t slice = deadline < 0 ? -1 : deadline - now;
     if (deadline >= 0 && slice < 0) slice = 0;

@@ -13,6 +13,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
 #include <spawn.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
@@ -81,7 +82,9 @@
   X(fexecve, 0)                       \
   X(execveat, SYS_execveat)           \
   X(posix_spawn, 0)                   \
-  X(posix_spawnp, 0)
+  X(posix_spawnp, 0)                  \
+  X(sigaction, 0)                     \
+  X(signal, 0)
 
 namespace doorway::runtime::real {
 

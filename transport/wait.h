@@ -68,6 +68,13 @@ struct WaitOptions {
   int liveness_fd = -1;
   // Upper bound on the time between liveness checks while asleep.
   int64_t liveness_interval_ns = kDefaultLivenessIntervalNs;
+  // If set: a counter that the caller's signal handlers bump (this
+  // thread's). When it moves away from `interrupt_epoch` during the wait
+  // (checked while spinning and after every futex wake or slice), the wait
+  // returns -EINTR: a handler ran, though maybe not during the futex
+  // system call, which alone would have said EINTR.
+  const std::atomic<uint64_t>* interrupt_counter = nullptr;
+  uint64_t interrupt_epoch = 0;
 };
 
 // Process-local adaptive spin budget for one waiting end; thread-safe (relaxed

@@ -577,6 +577,61 @@ TEST_P(Conformance, SignalWithRestartButTimeoutInterruptsRead) {
   EXPECT_EQ(read(server_, buf, sizeof(buf)), 4);
 }
 
+// poll and epoll_wait are never restarted after a handler, SA_RESTART or
+// not (signal(7)). (Run with a long DOORWAY_SPIN_NS too, so that under
+// doorway the signal lands while the wait spins, not in a system call.)
+TEST_P(Conformance, SignalInterruptsPollEvenWithRestart) {
+  Connect();
+  SignalCase sc(SA_RESTART);
+  std::thread t = sc.WriteAfterSignal(client_, "late");
+  pollfd p{server_, POLLIN, 0};
+  errno = 0;
+  EXPECT_EQ(poll(&p, 1, 5000), -1);
+  EXPECT_EQ(errno, EINTR);
+  t.join();
+  EXPECT_EQ(poll(&p, 1, 5000), 1);
+  char buf[8];
+  EXPECT_EQ(read(server_, buf, sizeof(buf)), 4);
+}
+
+TEST_P(Conformance, SignalInterruptsEpollWaitEvenWithRestart) {
+  Connect();
+  int ep = epoll_create1(EPOLL_CLOEXEC);
+  ASSERT_GE(ep, 0);
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = 7;
+  ASSERT_EQ(epoll_ctl(ep, EPOLL_CTL_ADD, server_, &ev), 0);
+  SignalCase sc(SA_RESTART);
+  std::thread t = sc.WriteAfterSignal(client_, "late");
+  epoll_event out[2];
+  errno = 0;
+  EXPECT_EQ(epoll_wait(ep, out, 2, 5000), -1);
+  EXPECT_EQ(errno, EINTR);
+  t.join();
+  ASSERT_EQ(epoll_wait(ep, out, 2, 5000), 1);
+  EXPECT_EQ(out[0].data.u64, 7u);
+  close(ep);
+}
+
+// sigaction reports the program's own handler, whatever doorway does with it.
+TEST_P(Conformance, SigactionReportsTheProgramsHandler) {
+  struct sigaction act {
+  }, old{};
+  act.sa_handler = +[](int) {};
+  sigemptyset(&act.sa_mask);
+  act.sa_flags = SA_RESTART;
+  ASSERT_EQ(sigaction(SIGUSR2, &act, &old), 0);
+  struct sigaction now {};
+  ASSERT_EQ(sigaction(SIGUSR2, nullptr, &now), 0);
+  EXPECT_EQ(now.sa_handler, act.sa_handler);
+  EXPECT_EQ(now.sa_flags & SA_SIGINFO, 0);
+  EXPECT_NE(now.sa_flags & SA_RESTART, 0);
+  auto prev = signal(SIGUSR2, SIG_IGN);
+  EXPECT_EQ(prev, act.sa_handler);
+  ASSERT_EQ(sigaction(SIGUSR2, &old, nullptr), 0);
+}
+
 // ---- epoll (DESIGN §7): events event for event, as the kernel gives them.
 
 class Epoll {

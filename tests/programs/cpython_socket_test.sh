@@ -17,9 +17,13 @@
 # needed. Bounds: regrtest's --timeout (per test: a hung test dumps its
 # traceback and ends the run) and `timeout` around each run.
 #
-# Usage: cpython_socket_test.sh <libdoorway.so>
+# Usage: cpython_socket_test.sh <libdoorway.so> [MODULE MIN_ACCELERATED]
+# MODULE defaults to test_socket. Any other module runs through
+# tcp_socketpair_run.py (socket.socketpair() gives TCP pairs, so that its
+# tests' connections can be accelerated), natively and under doorway alike.
 # CPY_PYTHON (e.g. --test_env=CPY_PYTHON=/path/python3) picks another python.
 source "$(dirname "$0")/lib.sh" "$1"
+MODULE="${2:-test_socket}"
 
 PY="${CPY_PYTHON:-}"
 if [ -z "$PY" ]; then
@@ -28,17 +32,25 @@ if [ -z "$PY" ]; then
 fi
 PER_TEST_TIMEOUT=120  # seconds, regrtest --timeout
 RUN_TIMEOUT=400       # seconds per whole run (two runs < the 900 s of size "large")
-MIN_ACCELERATED=50    # "accelerated connection" log lines the preloaded run must show
+MIN_ACCELERATED="${3:-50}"  # "accelerated connection" log lines the preloaded run must show
 
 command -v "$PY" >/dev/null || fail "$PY not found"
-"$PY" -c 'import test.test_socket' 2>/dev/null ||
-  fail "$("$PY" -c 'import sys; print(sys.executable)') has no test.test_socket" \
+"$PY" -c "import test.$MODULE" 2>/dev/null ||
+  fail "$("$PY" -c 'import sys; print(sys.executable)') has no test.$MODULE" \
     "(Debian: apt-get install libpython3.11-testsuite; tools/setup.sh installs it)"
 
 # A short temporary directory: some tests bind AF_UNIX sockets under $TMPDIR,
 # and a Unix socket path holds only 108 bytes (Bazel's TEST_TMPDIR is long).
 SCRATCH="$(mktemp -d /tmp/doorway-cpy.XXXXXX)"
 trap 'cleanup; rm -rf "$SCRATCH"' EXIT
+
+if [ "$MODULE" = test_socket ]; then
+  RUNNER=("$PY" -m test)
+  EXCLUDE=(-i '*VSOCK*')
+else
+  RUNNER=("$PY" "$(dirname "$(realpath "$0")")/tcp_socketpair_run.py")
+  EXCLUDE=()
+fi
 
 # run_suite NAME [env assignments...]: runs the suite with the given extra
 # environment; output in $WORK/NAME.out, results in $WORK/NAME.xml (JUnit,
@@ -50,7 +62,7 @@ run_suite() {
   (
     cd "$SCRATCH/$name"
     timeout -k 10 "$RUN_TIMEOUT" env TMPDIR="$SCRATCH/$name" "$@" \
-      "$PY" -m test test_socket -i '*VSOCK*' -v --timeout "$PER_TEST_TIMEOUT" \
+      "${RUNNER[@]}" "$MODULE" "${EXCLUDE[@]}" -v --timeout "$PER_TEST_TIMEOUT" \
       --junit-xml "$WORK/$name.xml"
   ) >"$WORK/$name.out" 2>&1
 }
@@ -122,5 +134,5 @@ grep -q 'accelerated connection accepted' "$WORK/doorway.log" ||
 [ "$accelerated" -ge "$MIN_ACCELERATED" ] ||
   fail "only $accelerated 'accelerated connection' log lines (want >= $MIN_ACCELERATED)"
 
-echo "PASS: test_socket: $doorway_ran tests, no failure added by doorway;" \
+echo "PASS: $MODULE: $doorway_ran tests, no failure added by doorway;" \
   "$accelerated accelerated connection ends logged"
