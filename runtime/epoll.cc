@@ -213,6 +213,18 @@ int EpollCtl(int epfd, int op, int fd, epoll_event* event) {
   epoll_event kev{};
   kev.events = EPOLLIN | EPOLLRDHUP;
   kev.data.u64 = kMarker | static_cast<std::uint32_t>(fd);
+  if (op != EPOLL_CTL_DEL && (event->events & EPOLLEXCLUSIVE) != 0) {
+    // The kernel's rules for EPOLLEXCLUSIVE (only with these events; never
+    // with EPOLL_CTL_MOD, nor on a registration made with it): check the
+    // program's events here, and register the wake-up with the flag too
+    // (without EPOLLRDHUP, which it refuses; a peer's close still shows as
+    // EPOLLHUP), so that the kernel applies the rest.
+    constexpr std::uint32_t kExclusiveOk = EPOLLIN | EPOLLOUT | EPOLLRDNORM | EPOLLRDBAND |
+                                           EPOLLWRNORM | EPOLLWRBAND | EPOLLERR | EPOLLHUP |
+                                           EPOLLWAKEUP | EPOLLET | EPOLLEXCLUSIVE;
+    if (op == EPOLL_CTL_ADD && (event->events & ~kExclusiveOk) != 0) return -EINVAL;
+    kev.events = EPOLLIN | EPOLLEXCLUSIVE;
+  }
   if (DOORWAY_REAL(epoll_ctl)(epfd, op, fd, op == EPOLL_CTL_DEL ? nullptr : &kev) != 0) {
     return -errno;
   }

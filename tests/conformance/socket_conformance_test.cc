@@ -15,6 +15,7 @@
 #include <sys/time.h>
 #include <sys/uio.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -764,6 +765,69 @@ TEST_P(Conformance, EpollRdhupAndMixedFds) {
   EXPECT_EQ(sock_events, static_cast<uint32_t>(EPOLLIN | EPOLLRDHUP));
   close(p[0]);
   close(p[1]);
+}
+
+TEST_P(Conformance, EpollExclusiveRules) {
+  Connect();
+  Epoll ep;
+  errno = 0;
+  EXPECT_EQ(ep.Ctl(EPOLL_CTL_ADD, server_, EPOLLIN | EPOLLEXCLUSIVE | EPOLLRDHUP, 1), -1);
+  EXPECT_EQ(errno, EINVAL);
+  errno = 0;
+  EXPECT_EQ(ep.Ctl(EPOLL_CTL_ADD, server_, EPOLLIN | EPOLLEXCLUSIVE | EPOLLONESHOT, 1), -1);
+  EXPECT_EQ(errno, EINVAL);
+  ASSERT_EQ(ep.Ctl(EPOLL_CTL_ADD, server_, EPOLLIN | EPOLLEXCLUSIVE, 1), 0);
+  errno = 0;
+  EXPECT_EQ(ep.Ctl(EPOLL_CTL_MOD, server_, EPOLLIN, 2), -1);  // registered exclusive
+  EXPECT_EQ(errno, EINVAL);
+  ASSERT_EQ(write(client_, "x", 1), 1);
+  auto ev = ep.Wait(5000);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].events, static_cast<uint32_t>(EPOLLIN));
+  EXPECT_EQ(ev[0].data.u64, 1u);
+  ASSERT_EQ(ep.Ctl(EPOLL_CTL_DEL, server_, 0, 0), 0);
+  ASSERT_EQ(ep.Ctl(EPOLL_CTL_ADD, server_, EPOLLIN, 3), 0);
+  errno = 0;
+  EXPECT_EQ(ep.Ctl(EPOLL_CTL_MOD, server_, EPOLLIN | EPOLLEXCLUSIVE, 3), -1);
+  EXPECT_EQ(errno, EINVAL);
+}
+
+TEST_P(Conformance, EpollOneSocketInTwoSets) {
+  Connect();
+  Epoll a, b;
+  ASSERT_EQ(a.Ctl(EPOLL_CTL_ADD, server_, EPOLLIN, 1), 0);
+  ASSERT_EQ(b.Ctl(EPOLL_CTL_ADD, server_, EPOLLIN | EPOLLET, 2), 0);
+  EXPECT_TRUE(a.Wait(0).empty());
+  EXPECT_TRUE(b.Wait(0).empty());
+  ASSERT_EQ(write(client_, "xy", 2), 2);
+  auto ea = a.Wait(5000);
+  auto eb = b.Wait(5000);
+  ASSERT_EQ(ea.size(), 1u);
+  ASSERT_EQ(eb.size(), 1u);
+  EXPECT_EQ(ea[0].data.u64, 1u);
+  EXPECT_EQ(eb[0].data.u64, 2u);
+  EXPECT_EQ(a.Wait(0).size(), 1u);  // level-triggered: still readable
+  EXPECT_TRUE(b.Wait(0).empty());   // edge-triggered: reported once
+}
+
+TEST_P(Conformance, EpollSetInheritedAcrossFork) {
+  Connect();
+  Epoll ep;
+  ASSERT_EQ(ep.Ctl(EPOLL_CTL_ADD, server_, EPOLLIN, 42), 0);
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    epoll_event out[2];
+    int n = epoll_wait(ep.fd(), out, 2, 5000);
+    char buf[4];
+    bool ok = n == 1 && out[0].data.u64 == 42 && out[0].events == EPOLLIN &&
+              read(server_, buf, sizeof(buf)) == 3;
+    _exit(ok ? 0 : 1);
+  }
+  ASSERT_EQ(write(client_, "abc", 3), 3);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
 }
 
 TEST_P(Conformance, LongIoVectors) {
