@@ -435,6 +435,28 @@ __attribute__((destructor)) void StatsAtExit() {
 
 void StatsConfigure(const Config& config) {
   g_summary = config.stats == StatsMode::kExit;
+  if (config.stats != StatsMode::kOff) {
+    // A file under our pid is not ours: the program this process ran
+    // before exec left it (its slots would linger if this one never uses a
+    // socket), or a dead process whose pid we got. unlink never follows a
+    // symlink; the name is simply gone until we publish ours.
+    char dir[kDoorPathMax];
+    char path[sizeof(g_path)];
+    char* p = dir;
+    char* end = dir + sizeof(dir) - 1;
+    if (config.door_dir != nullptr) {
+      p = AppendString(p, end, config.door_dir);
+    } else {
+      p = AppendString(p, end, "/tmp/doorway-");
+      p = AppendUnsigned(p, end, static_cast<unsigned long>(geteuid()));
+    }
+    *p = '\0';
+    if (p < end && MakePath(path, sizeof(path), dir, stats::kFilePrefix,
+                            static_cast<pid_t>(syscall(SYS_getpid)), "")) {
+      ErrnoSaver saver;
+      unlink(path);
+    }
+  }
   int expected = kUnconfigured;
   g_state.compare_exchange_strong(expected, config.stats == StatsMode::kOff ? kOff : kArmed,
                                   std::memory_order_acq_rel);

@@ -127,6 +127,15 @@ print("stale ok")
 PY
 [ ! -e "$DOORS/stats.$cpid" ] || fail "stat left the stale stats file of $cpid"
 
+# exec: the next program's runtime drops the file the previous program left
+# under the pid (here sh, which never uses a socket, so makes none).
+under_doorway execer python3 -c "
+import os, socket
+s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()
+assert os.path.exists('$DOORS/stats.%d' % os.getpid()), 'no stats file before exec'
+os.execv('/bin/sh', ['sh', '-c', 'test ! -e $DOORS/stats.\$\$'])" ||
+  fail "after exec the previous program's stats file is still there"
+
 # DOORWAY_STATS=off: nothing published.
 under_doorway off env DOORWAY_STATS=off python3 -c "
 import os, socket, sys
