@@ -63,6 +63,25 @@ class BenchError(Exception):
     pass
 
 
+class Retry(BenchError):
+    """A failure that says nothing about the transport: a port taken between
+    free_port() and bind() by a parallel test, or a sockperf run that kept no
+    observation (seen on a loaded machine). The workload is run again."""
+
+
+def retried(method):
+    def run(self, *args, **kwargs):
+        for attempt in range(3):
+            try:
+                return method(self, *args, **kwargs)
+            except Retry as e:
+                self.notes_retry.append(f"{method.__name__}: {str(e)[:200]}")
+                last = e
+        raise BenchError(f"{method.__name__} failed three times; last: {last}")
+    run.__name__ = method.__name__
+    return run
+
+
 def task_cpu_ns(pid):
     """CPU time (ns) of every thread of pid so far (schedstat: ns resolution)."""
     total = 0
@@ -128,7 +147,9 @@ class Proc:
         deadline = time.monotonic() + timeout
         while not test():
             if not self.alive():
-                raise BenchError(f"{' '.join(self.argv)} exited early: {self.text()[-2000:]}")
+                text = self.text()
+                cls = Retry if "in use" in text else BenchError
+                raise cls(f"{' '.join(self.argv)} exited early: {text[-2000:]}")
             if time.monotonic() > deadline:
                 self.kill()
                 raise BenchError(f"{' '.join(self.argv)} not ready after {timeout}s")
@@ -215,6 +236,7 @@ class Bench:
         self.accel_checked = 0
         self.spin = None
         self.spin_note = ""
+        self.notes_retry = []
         self.ring_bench_out = ""
 
     # ---- processes and transports ----
@@ -276,6 +298,7 @@ class Bench:
 
     # ---- pingpong workloads ----
 
+    @retried
     def rtt(self, transport, size, iters, one_core=False):
         tag = self.tag(f"rtt{size}-{transport}")
         port = self.address(transport, tag)
@@ -295,6 +318,7 @@ class Bench:
         return (f["p50_ns"] / 1e3, f["p99_ns"] / 1e3, f["cpu_ns"] / 1e3 / iters,
                 fs["cpu_ns"] / 1e3 / rounds)
 
+    @retried
     def stream(self, transport, size, seconds, read_size=None, one_core=False):
         tag = self.tag(f"stream{size}-{transport}")
         port = self.address(transport, tag)
@@ -312,6 +336,7 @@ class Bench:
         self.verify(transport, tag, 1, 1)
         return f["gbps"], f["bytes"], fc["cpu_ns"] / 1e9, f["cpu_ns"] / 1e9
 
+    @retried
     def connrate(self, transport, n, one_core=False):
         tag = self.tag(f"conn-{transport}")
         port = self.address(transport, tag)
@@ -328,6 +353,7 @@ class Bench:
         self.verify(transport, tag, n, n)
         return f["per_s"], f["cpu_ns"] / 1e3 / n, fs["cpu_ns"] / 1e3 / n
 
+    @retried
     def idle(self, transport, n, settle, window):
         tag = self.tag(f"idle-{transport}")
         port = self.address(transport, tag)
@@ -460,6 +486,7 @@ class Bench:
 
     # ---- external programs ----
 
+    @retried
     def sockperf(self, transport, mode, secs, mps, extra=None):
         """Returns sockperf's p50 and p99 one-way latency (µs) and the server's
         CPU use (% of a core) while the client ran."""
@@ -485,9 +512,11 @@ class Bench:
         p50 = re.search(r"percentile 50.000 =\s*([0-9.]+)", out)
         p99 = re.search(r"percentile 99.000 =\s*([0-9.]+)", out)
         if not p50 or not p99:
-            raise BenchError(f"sockperf printed no percentiles: {out[-1500:]}")
+            cls = Retry if "No valid observations" in out else BenchError
+            raise cls(f"sockperf printed no percentiles: {out[-1500:]}")
         return float(p50.group(1)), float(p99.group(1)), busy
 
+    @retried
     def iperf3(self, transport, secs):
         tag = self.tag(f"iperf3-{transport}")
         port = str(free_port())
@@ -508,6 +537,7 @@ class Bench:
             raise BenchError(f"iperf3: {d['error']}")
         return d["end"]["sum_received"]["bits_per_second"] / 8e9
 
+    @retried
     def redis(self, transport, n, clients):
         tag = self.tag(f"redis-{transport}")
         work = os.path.join(self.tmp, tag)
@@ -538,6 +568,7 @@ class Bench:
             raise BenchError(f"redis-benchmark printed no GET/SET rates: {out[-1000:]}")
         return got["GET"], got["SET"]
 
+    @retried
     def nginx_wrk(self, transport, secs, conns):
         tag = self.tag(f"nginx-{transport}")
         work = os.path.join(self.tmp, tag)
@@ -662,6 +693,23 @@ http {{
 
     # ---- spin budget ----
 
+    @retried
+    def spin_pair(self, budget, gap, iters, extra):
+        tag = self.tag(f"spin{budget}-gap{gap}")
+        port = str(free_port())
+        srv = self.spawn("doorway", tag, "server", [self.pp, "server", port], SERVER_CPU, extra)
+        try:
+            srv.wait_line("listening")
+            cli = self.spawn("doorway", tag, "client",
+                             [self.pp, "client", "127.0.0.1", port, "64", str(iters), str(gap)],
+                             CLIENT_CPU, extra)
+            f = fields(cli.check(120))
+            fs = fields(srv.check(30))
+        finally:
+            srv.kill()
+        self.verify("doorway", tag, 1, 1)
+        return f, fs
+
     def spin_study(self):
         """RTT and CPU as a function of a fixed spin budget (DOORWAY_SPIN_NS),
         against the adaptive default: back-to-back round trips, and round
@@ -674,20 +722,7 @@ http {{
             extra = {} if b is None else {"DOORWAY_SPIN_NS": str(b)}
             self.spin["budgets"].append(b)
             for gap, iters in ((0, 300 if q else 5000), (100000, 300 if q else 3000)):
-                tag = self.tag(f"spin{b}-gap{gap}")
-                port = str(free_port())
-                srv = self.spawn("doorway", tag, "server", [self.pp, "server", port], SERVER_CPU,
-                                 extra)
-                try:
-                    srv.wait_line("listening")
-                    cli = self.spawn("doorway", tag, "client",
-                                     [self.pp, "client", "127.0.0.1", port, "64", str(iters),
-                                      str(gap)], CLIENT_CPU, extra)
-                    f = fields(cli.check(120))
-                    fs = fields(srv.check(30))
-                finally:
-                    srv.kill()
-                self.verify("doorway", tag, 1, 1)
+                f, fs = self.spin_pair(b, gap, iters, extra)
                 rounds = iters + iters // 10
                 if gap == 0:
                     self.spin["rtt_p50"].append(f["p50_ns"] / 1e3)
@@ -869,6 +904,10 @@ def write_report(b, path, meta):
             "cost of the transport), not investigated here: while building this report a "
             "python http.client keep-alive loop against nginx, both under doorway, also hung "
             "once, while another run of it completed 300 requests.")
+    if b.notes_retry:
+        b.notes.append(f"{len(b.notes_retry)} workload run(s) were repeated after a failure that "
+                       "says nothing about the transport (a port taken by a parallel process, or "
+                       "sockperf keeping no observation): " + "; ".join(b.notes_retry[:5]))
     if b.notes:
         L += ["## Notes from this run", ""] + [f"- {n}" for n in b.notes] + [""]
     if getattr(b, "ring_bench_out", ""):
