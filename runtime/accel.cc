@@ -218,11 +218,13 @@ int Advance(const iovec* iov, int iovcnt, std::size_t n, iovec* scratch) {
 
 constexpr int kMaxIov = 1024;  // IOV_MAX
 
-transport::WaitOptions WaitFor(int fd, std::int64_t timeout_ns, std::int64_t start_ns) {
+transport::WaitOptions WaitFor(const Connection& c, int fd, std::int64_t timeout_ns,
+                               std::int64_t start_ns) {
   transport::WaitOptions w;
   w.liveness_fd = fd;
   w.interrupt_counter = SignalEpochOfThisThread();
   w.interrupt_epoch = w.interrupt_counter->load(std::memory_order_relaxed);
+  w.liveness_fd_override = &c.held_fd;
   if (timeout_ns > 0) {
     std::int64_t left = timeout_ns - (NowNs() - start_ns);
     w.timeout_ns = left > 0 ? left : 1;
@@ -230,6 +232,44 @@ transport::WaitOptions WaitFor(int fd, std::int64_t timeout_ns, std::int64_t sta
     w.timeout_ns = -1;
   }
   return w;
+}
+
+// ---------------------------------------------------------------- close under a waiting call
+// (Connection::held_fd.) A call that is about to wait counts itself in
+// c.waiting until it returns; close() of the last fd that finds a waiter
+// duplicates the Unix socket into held_fd and leaves the release to the last
+// waiter. Dekker pair: the closer stores release_pending then loads waiting,
+// a waiter decrements waiting then loads release_pending (all seq_cst), so
+// at least one of them sees the other and FinishRelease runs exactly once.
+
+void ConnRelease(Connection& c);
+
+void FinishRelease(Connection& c) {
+  if (!c.release_pending.exchange(false, std::memory_order_acq_rel)) return;
+  ConnRelease(c);
+  int h = c.held_fd.exchange(-1, std::memory_order_acq_rel);
+  if (h >= 0) DOORWAY_REAL(close)(h);
+}
+
+void CountWaiter(Connection& c, bool* counted) {
+  if (*counted) return;
+  *counted = true;
+  c.waiting.fetch_add(1, std::memory_order_seq_cst);
+}
+
+void WaiterDone(Connection& c) {
+  c.waiting.fetch_sub(1, std::memory_order_seq_cst);
+  if (c.release_pending.load(std::memory_order_seq_cst) &&
+      c.waiting.load(std::memory_order_seq_cst) == 0) {
+    FinishRelease(c);
+  }
+}
+
+// The fd to send doorbells on: the caller's, unless another thread closed
+// it under the call (then the number may already name another file).
+int FdFor(const Connection& c, int fd) {
+  int h = c.held_fd.load(std::memory_order_acquire);
+  return h >= 0 ? h : fd;
 }
 
 // ---------------------------------------------------------------- data path
@@ -258,6 +298,7 @@ ssize_t ConnRecv(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
   if (int lrc = LockEnd(lock, c.shared.load(std::memory_order_relaxed)); lrc < 0) return lrc;
 
   iovec scratch[kScratchIov];
+  bool counted = false;  // in c.waiting
   std::size_t got = 0;
   ssize_t result = 0;
   for (;;) {
@@ -284,7 +325,7 @@ ssize_t ConnRecv(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
       // EOF: from a close, or from a wait that found the peer's socket hung
       // up (transport/wait.h marks it closed). A peer that died with our
       // bytes unread is a reset (one poll(2), once per connection).
-      if (got == 0 && !peek && PeerLeftUnread(c) && transport::PeerGone(fd)) {
+      if (got == 0 && !peek && PeerLeftUnread(c) && transport::PeerGone(FdFor(c, fd))) {
         NotePeerHangup(c);
         continue;
       }
@@ -298,7 +339,8 @@ ssize_t ConnRecv(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
         c.rx_eagain_gen.fetch_add(1, std::memory_order_relaxed);
         break;
       }
-      int w = transport::WaitReadable(c.rx, WaitFor(fd, timeout, start), &c.rx_spin);
+      CountWaiter(c, &counted);
+      int w = transport::WaitReadable(c.rx, WaitFor(c, fd, timeout, start), &c.rx_spin);
       if (!KeepWaiting(w, got, timeout, &result)) break;
       continue;
     }
@@ -312,8 +354,9 @@ ssize_t ConnRecv(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
     if (got == 0) result = r;
     break;
   }
-  if (got > 0 && !peek) SendDoorbell(c.rx, fd);  // room for a writer waiting in poll
+  if (got > 0 && !peek) SendDoorbell(c.rx, FdFor(c, fd));  // room for a writer waiting in poll
   lock.Unlock();
+  if (counted) WaiterDone(c);
   return result < 0 ? result : static_cast<ssize_t>(got);
 }
 
@@ -341,6 +384,7 @@ ssize_t ConnSend(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
   if (int lrc = LockEnd(lock, c.shared.load(std::memory_order_relaxed)); lrc < 0) return lrc;
 
   iovec scratch[kScratchIov];
+  bool counted = false;  // in c.waiting
   std::size_t sent = 0;
   ssize_t result = 0;
   for (;;) {
@@ -348,7 +392,7 @@ ssize_t ConnSend(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
     std::int64_t r = c.tx.Write(scratch, n);
     if (r > 0) {
       sent += static_cast<std::size_t>(r);
-      SendDoorbell(c.tx, fd);
+      SendDoorbell(c.tx, FdFor(c, fd));
       if (sent >= want) break;
       continue;
     }
@@ -358,7 +402,8 @@ ssize_t ConnSend(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
         c.tx_eagain_gen.fetch_add(1, std::memory_order_relaxed);
         break;
       }
-      int w = transport::WaitWritable(c.tx, 1, WaitFor(fd, timeout, start), &c.tx_spin);
+      CountWaiter(c, &counted);
+      int w = transport::WaitWritable(c.tx, 1, WaitFor(c, fd, timeout, start), &c.tx_spin);
       if (!KeepWaiting(w, sent, timeout, &result)) break;
       continue;
     }
@@ -386,6 +431,7 @@ ssize_t ConnSend(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
     break;
   }
   lock.Unlock();
+  if (counted) WaiterDone(c);
   return result < 0 ? result : static_cast<ssize_t>(sent);
 }
 
@@ -750,6 +796,7 @@ void OptionSnapshot::ReadChanged(int fd, int domain, std::uint32_t mask) {
 }
 
 Connection::~Connection() {
+  if (int h = held_fd.load(std::memory_order_relaxed); h >= 0) DOORWAY_REAL(close)(h);
   StatsClose(*this);
   if (recyclable && !shared.load(std::memory_order_relaxed)) std::move(seg).Recycle(role);
 }
@@ -770,11 +817,23 @@ void OnFdAttached(const Ref& ref) {
   if (Listener* l = ref.As<Listener>()) l->fds.fetch_add(1, std::memory_order_relaxed);
 }
 
-void OnFdDetached(const Ref& ref) {
+void OnFdDetached(const Ref& ref, int fd) {
   if (Connection* c = ref.As<Connection>()) {
     // acq_rel: the thread that releases the last fd sees every other
     // thread's use of the connection before shutting it down.
-    if (c->fds.fetch_sub(1, std::memory_order_acq_rel) == 1) ConnRelease(*c);
+    if (c->fds.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+    // Another thread waits in a call on it: as with the kernel, the
+    // connection stays open until that call returns (see FinishRelease).
+    if (fd >= 0 && c->waiting.load(std::memory_order_seq_cst) > 0) {
+      int h = DOORWAY_REAL(fcntl)(fd, F_DUPFD_CLOEXEC, 0);
+      if (h >= 0) {
+        c->held_fd.store(h, std::memory_order_release);
+        c->release_pending.store(true, std::memory_order_seq_cst);
+        if (c->waiting.load(std::memory_order_seq_cst) == 0) FinishRelease(*c);
+        return;
+      }
+    }
+    ConnRelease(*c);
   }
   // A listener's hidden fds close when the object dies (its destructor):
   // a thread blocked in accept() still holds a reference.

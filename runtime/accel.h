@@ -122,6 +122,15 @@ struct Connection {
   // EAGAIN: an edge-triggered epoll owes the program a new edge after that.
   std::atomic<std::uint32_t> rx_eagain_gen{0};
   std::atomic<std::uint32_t> tx_eagain_gen{0};
+  // close() of the last fd while calls of this process wait on the
+  // connection (another thread blocked in read or write): the kernel keeps
+  // a socket open while a system call holds its file, so the release waits
+  // for the last such call, and held_fd (a duplicate of the Unix socket)
+  // keeps the peer from seeing a hang-up and stands in for the closed
+  // number in the waits' liveness checks.
+  std::atomic<int> waiting{0};  // calls that waited (counted until they return)
+  std::atomic<bool> release_pending{false};
+  std::atomic<int> held_fd{-1};
   // The connection's slot in the process's stats file (runtime/stats.h);
   // the rings count into it. Null: counted in tx_stats/rx_stats, unpublished.
   stats::Slot* stats = nullptr;
@@ -149,7 +158,9 @@ struct Listener {
 // Called by the bookkeeping in sockets.cc when an fd number stops or starts
 // referring to a managed object (close, dup2 over it, close_range; dup).
 void OnFdAttached(const fdtable::Ref& ref);
-void OnFdDetached(const fdtable::Ref& ref);
+// fd: the number going away, still open (close() passes it, so that a
+// connection another thread waits on can be held open); -1 if unknown.
+void OnFdDetached(const fdtable::Ref& ref, int fd = -1);
 // The descriptors doorway itself holds (segment memfds, listeners' kernel
 // sockets and doors) within [first, last], sorted; at most max. Returns
 // how many.

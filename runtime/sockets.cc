@@ -247,7 +247,7 @@ int Close(int fd) {
   // An accelerated connection shuts its rings down before the kernel closes
   // the door socket, so the peer sees the reset before the hang-up.
   Ref old = GlobalTable().Remove(fd);
-  if (old) OnFdDetached(old);
+  if (old) OnFdDetached(old, fd);
   return Neg(DOORWAY_REAL(close)(fd));
 }
 

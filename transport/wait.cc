@@ -56,6 +56,16 @@ void SpinPolicy::OnFirstPoll(bool ready, uint32_t used) {
   if (next != b) backoff_.store(next, std::memory_order_relaxed);
 }
 
+namespace {
+int LivenessFd(const WaitOptions& opts) {
+  if (opts.liveness_fd_override != nullptr) {
+    int fd = opts.liveness_fd_override->load(std::memory_order_acquire);
+    if (fd >= 0) return fd;
+  }
+  return opts.liveness_fd;
+}
+}  // namespace
+
 bool PeerGone(int fd) {
   if (fd < 0) return false;
   struct pollfd p = {fd, POLLRDHUP, 0};
@@ -155,12 +165,12 @@ int WaitOn(Ring& ring, internal::WaitLine& wl, Ready ready, bool consumer, const
       // Check the peer here too: a caller that restarts after every signal
       // (SA_RESTART) under a signal stream faster than the liveness slice
       // would otherwise never see a slice expire, nor its dead peer.
-      peer_gone = opts.liveness_fd >= 0 && PeerGone(opts.liveness_fd);
+      peer_gone = opts.liveness_fd >= 0 && PeerGone(LivenessFd(opts));
       if (!peer_gone) return -EINTR;
     } else {
       if (ready()) break;
       if (interrupted()) return -EINTR;
-      peer_gone = rc == -ETIMEDOUT && opts.liveness_fd >= 0 && PeerGone(opts.liveness_fd);
+      peer_gone = rc == -ETIMEDOUT && opts.liveness_fd >= 0 && PeerGone(LivenessFd(opts));
     }
     if (peer_gone) {
       if (consumer) {

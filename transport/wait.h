@@ -66,6 +66,10 @@ struct WaitOptions {
   int64_t timeout_ns = -1;
   // Kernel fd whose POLLHUP/POLLERR/POLLRDHUP means "the peer is gone"; -1: none.
   int liveness_fd = -1;
+  // If set and >= 0 when the wait checks the peer, used instead of
+  // liveness_fd: the caller's fd number was closed under the wait (another
+  // thread's close()) and this duplicate of the socket stands in for it.
+  const std::atomic<int>* liveness_fd_override = nullptr;
   // Upper bound on the time between liveness checks while asleep.
   int64_t liveness_interval_ns = kDefaultLivenessIntervalNs;
   // If set: a counter that the caller's signal handlers bump (this
