@@ -16,6 +16,7 @@
 #include "runtime/inherit.h"
 #include "runtime/relay.h"
 #include "runtime/signals.h"
+#include "runtime/stats.h"
 
 using doorway::abi::Ret;
 namespace rt = doorway::runtime;
@@ -140,6 +141,7 @@ DOORWAY_EXPORT int posix_spawn(pid_t* pid, const char* path,
   // fork, the child gets our connections (glibc's clone does not come
   // through our fork): a close here must not shut them down under it.
   rt::MarkAllShared();
+  rt::StatsMarkShared();
   rt::ExecTarget t{path, false, AT_FDCWD, -1};
   rt::ExecEnv env(envp, &t);
   return DOORWAY_REAL(posix_spawn)(pid, path, actions, attr, argv, env.envp());
@@ -150,6 +152,7 @@ DOORWAY_EXPORT int posix_spawnp(pid_t* pid, const char* file,
                                 const posix_spawnattr_t* attr, char* const argv[],
                                 char* const envp[]) {
   rt::MarkAllShared();  // as in posix_spawn
+  rt::StatsMarkShared();
   rt::ExecTarget t{file, true, AT_FDCWD, -1};
   rt::ExecEnv env(envp, &t);
   return DOORWAY_REAL(posix_spawnp)(pid, file, actions, attr, argv, env.envp());

@@ -545,6 +545,11 @@ void StatsClose(Connection& c) {
   s->state.store(stats::kFree, std::memory_order_release);
 }
 
+void StatsMarkShared() {
+  int s = g_state.load(std::memory_order_acquire);
+  if (s == kReady || s == kForked) MarkLiveShared(g_header.load(std::memory_order_relaxed));
+}
+
 void StatsAfterFork(pid_t pid) {
   int s = g_state.load(std::memory_order_acquire);
   if (s != kReady && s != kForked) return;

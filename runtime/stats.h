@@ -51,6 +51,9 @@ void StatsPublish(Connection& c, int fd);
 void StatsClose(Connection& c);
 // Called in both processes right after fork (child: pid == 0).
 void StatsAfterFork(pid_t pid);
+// Every live connection is now shared with another process (posix_spawn
+// hands them to the child without a fork of ours).
+void StatsMarkShared();
 
 }  // namespace doorway::runtime
 
