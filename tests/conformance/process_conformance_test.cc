@@ -557,16 +557,16 @@ TEST_F(Process, CloseRacingABlockedRead) {
   ssize_t got = -2;
   int err = 0;
   char buf[16] = {};
+  int fd = server_;  // the test closes it, not TearDown
+  server_ = -1;
   std::thread reader([&] {
     tid = static_cast<pid_t>(syscall(SYS_gettid));
-    got = read(server_, buf, sizeof(buf));
+    got = read(fd, buf, sizeof(buf));
     err = errno;
   });
   while (tid.load() == 0) usleep(100);
   ASSERT_TRUE(WaitUntilSleeping(tid.load()));
   usleep(20000);  // sleeping in read, not on the way to it (no assertion on time)
-  int fd = server_;
-  server_ = -1;
   EXPECT_EQ(close(fd), 0);
   EXPECT_EQ(fcntl(fd, F_GETFD), -1);
   EXPECT_EQ(errno, EBADF);
@@ -587,15 +587,15 @@ TEST_F(Process, CloseRacingABlockedReadReturns) {
   Connect();
   std::atomic<pid_t> tid{0};
   std::atomic<ssize_t> got{-2};
+  int fd = server_;  // the test closes it, not TearDown
+  server_ = -1;
   std::thread reader([&] {
     tid = static_cast<pid_t>(syscall(SYS_gettid));
     char buf[16];
-    got = read(server_, buf, sizeof(buf));
+    got = read(fd, buf, sizeof(buf));
   });
   while (tid.load() == 0) usleep(100);
   ASSERT_TRUE(WaitUntilSleeping(tid.load()));
-  int fd = server_;
-  server_ = -1;
   EXPECT_EQ(close(fd), 0);
   // Another socket may take the number at once; the reader must not touch it.
   int other = socket(AF_INET, SOCK_STREAM, 0);
