@@ -45,12 +45,13 @@ void Report(Config* c, const char* name, size_t name_len, const char* fmt, ...) 
 
 bool ParseBool(Config* c, const char* const* envp, const char* name, bool fallback) {
   const char* value = Lookup(envp, name);
-  if (value == nullptr) return fallback;
+  // Empty is the default, as for every setting (DOORWAY_ACCELERATE= must
+  // not turn acceleration off).
+  if (value == nullptr || value[0] == '\0') return fallback;
   if (strcmp(value, "1") == 0 || strcmp(value, "yes") == 0 || strcmp(value, "true") == 0) {
     return true;
   }
-  if (strcmp(value, "0") == 0 || strcmp(value, "no") == 0 || strcmp(value, "false") == 0 ||
-      value[0] == '\0') {
+  if (strcmp(value, "0") == 0 || strcmp(value, "no") == 0 || strcmp(value, "false") == 0) {
     return false;
   }
   Report(c, name, strlen(name), "%s=%s is not 1|0|yes|no|true|false; using %d", name, value,

@@ -176,6 +176,27 @@ TEST(Config, EachBadValueReportedOnceWithTheDefault) {
   unsetenv("DOORWAY_PRELOAD_SO");
 }
 
+TEST(Config, EmptyMeansDefault) {
+  const char* env[] = {"DOORWAY_DISABLE=",  "DOORWAY_ACCELERATE=",
+                       "DOORWAY_LOG=",      "DOORWAY_LOG_FILE=",
+                       "DOORWAY_DIR=",      "DOORWAY_ALLOW_UIDS=",
+                       "DOORWAY_FALLBACK=", "DOORWAY_STATS=",
+                       "DOORWAY_SPIN_NS=",  nullptr};
+  Config c;
+  EXPECT_EQ(CaptureLog([&] { c = ParseConfig(env); }), "");
+  Config d;
+  EXPECT_EQ(c.disabled, d.disabled);
+  EXPECT_EQ(c.accelerate, d.accelerate);
+  EXPECT_EQ(c.log_level, d.log_level);
+  EXPECT_EQ(c.log_file, nullptr);
+  EXPECT_EQ(c.door_dir, nullptr);
+  EXPECT_EQ(c.allowed_uid_count, 0);
+  EXPECT_EQ(c.fallback, d.fallback);
+  EXPECT_EQ(c.stats, d.stats);
+  EXPECT_EQ(c.spin_ns, d.spin_ns);
+  EXPECT_EQ(c.reported_count, 0);
+}
+
 TEST(Config, GoodValuesAreQuiet) {
   const char* env[] = {"DOORWAY_DISABLE=0",      "DOORWAY_ACCELERATE=yes",
                        "DOORWAY_LOG=warn",       "DOORWAY_LOG_FILE=/tmp/l",
