@@ -16,6 +16,7 @@
 #include "abi/internal/trampoline.h"
 #include "runtime/epoll.h"
 #include "runtime/poll.h"
+#include "runtime/sockets.h"
 
 using doorway::abi::Ret;
 namespace rt = doorway::runtime;
@@ -100,9 +101,19 @@ DOORWAY_EXPORT int pselect(int nfds, fd_set* r, fd_set* w, fd_set* e, const time
   return Ret(rt::EngineSelect(nfds, r, w, e, timeout != nullptr ? &ns : nullptr, sigmask));
 }
 
-DOORWAY_EXPORT int epoll_create(int size) { return DOORWAY_REAL(epoll_create)(size); }
+// Every epoll fd is known (runtime/epoll.h), so that nesting it in another
+// set is seen.
+DOORWAY_EXPORT int epoll_create(int size) {
+  int fd = DOORWAY_REAL(epoll_create)(size);
+  if (fd >= 0 && rt::TrackingEnabled()) rt::NoteEpollCreated(fd);
+  return fd;
+}
 
-DOORWAY_EXPORT int epoll_create1(int flags) { return DOORWAY_REAL(epoll_create1)(flags); }
+DOORWAY_EXPORT int epoll_create1(int flags) {
+  int fd = DOORWAY_REAL(epoll_create1)(flags);
+  if (fd >= 0 && rt::TrackingEnabled()) rt::NoteEpollCreated(fd);
+  return fd;
+}
 
 DOORWAY_EXPORT int epoll_ctl(int epfd, int op, int fd, epoll_event* event) {
   // An accelerated listener's fd is an epoll fd (runtime/accel.h), and the
@@ -116,7 +127,8 @@ DOORWAY_EXPORT int epoll_ctl(int epfd, int op, int fd, epoll_event* event) {
     ev.events &= ~EPOLLEXCLUSIVE;
     return DOORWAY_REAL(epoll_ctl)(epfd, op, fd, &ev);
   }
-  if (tag == rt::kTagConnection || doorway::fdtable::GlobalTable().Tag(epfd) == rt::kTagEpoll) {
+  if (tag == rt::kTagConnection || tag == rt::kTagEpoll || tag == rt::kTagEpollPlain ||
+      doorway::fdtable::GlobalTable().Tag(epfd) == rt::kTagEpoll) {
     return Ret(rt::EpollCtl(epfd, op, fd, event));
   }
   return DOORWAY_REAL(epoll_ctl)(epfd, op, fd, event);

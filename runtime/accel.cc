@@ -578,7 +578,8 @@ int SendHello(int door, const Hello& hello, int memfd) {
 
 // Receives the Hello and the memfd from an accepted door connection.
 // Returns the memfd or -errno.
-int ReceiveHello(int conn, Hello* hello) {
+// -EAGAIN: not there yet (after waiting up to wait_ms).
+int ReceiveHello(int conn, Hello* hello, int wait_ms) {
   for (int attempt = 0; attempt < 2; ++attempt) {
     iovec iov{hello, sizeof(*hello)};
     alignas(cmsghdr) char control[CMSG_SPACE(4 * sizeof(int))] = {};
@@ -588,14 +589,15 @@ int ReceiveHello(int conn, Hello* hello) {
     msg.msg_control = control;
     msg.msg_controllen = sizeof(control);
     ssize_t n = DOORWAY_REAL(recvmsg)(conn, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-    if (n < 0 && errno == EAGAIN && attempt == 0) {
-      // The client sends its Hello right after connecting; it may be a few
-      // microseconds behind the connection itself.
+    if (n < 0 && errno == EAGAIN && attempt == 0 && wait_ms > 0) {
+      // The client sends its Hello right after connecting; it may be behind
+      // the connection itself.
       pollfd p{conn, POLLIN, 0};
-      (void)DOORWAY_REAL(poll)(&p, 1, 200);
+      (void)DOORWAY_REAL(poll)(&p, 1, wait_ms);
       continue;
     }
     if (n < 0) return -errno;
+    if (n == 0) return -ECONNRESET;  // the client went away before its Hello
     int memfd = -1;
     for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
       if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
@@ -632,28 +634,20 @@ void Install(int fd, Ref obj, std::uint32_t tag) {
 
 // One connection from a door, or -EAGAIN if none is pending (or the one
 // pending was unusable: it is dropped and the client sees a reset).
-int AcceptDoor(Listener& l, int door, sockaddr* addr, socklen_t* len, int flags) {
-  // A door connection needs two descriptors: its socket, and the memfd that
-  // arrives with the Hello, which the kernel drops if there is no room for
-  // it (the client would then see a reset). Keep one free across the
-  // accept, so that running out of fds leaves the connection pending and
-  // accept says EMFILE, as the kernel's accept does.
-  int reserve = DOORWAY_REAL(fcntl)(door, F_DUPFD_CLOEXEC, 0);
-  if (reserve < 0) return -errno;
-  int conn = DOORWAY_REAL(accept4)(door, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
-  int accept_errno = errno;
-  DOORWAY_REAL(close)(reserve);
-  if (conn < 0) return accept_errno == EAGAIN ? -EAGAIN : -accept_errno;
-  ucred cred{};
-  socklen_t cl = sizeof(cred);
-  Hello hello{};
-  int memfd = -1;
+// The listener's sources, as registered in its epoll fd (data).
+constexpr unsigned kSourceTcp = 0;
+constexpr unsigned kSourceDoor = 1;     // + door index
+constexpr unsigned kSourcePending = 3;  // a door connection waiting for its Hello
+constexpr unsigned kSourceCount = 4;
+
+// Completes the accept of door connection conn whose Hello was received
+// (memfd >= 0) or not (-errno). Returns the connection's fd, or -EAGAIN
+// when it was unusable (it is dropped: the client sees a reset).
+int FinishDoor(Listener& l, int conn, const ucred& cred, int memfd, const Hello& hello,
+               sockaddr* addr, socklen_t* len, int flags) {
   transport::Segment seg;
   const char* why = nullptr;
-  if (DOORWAY_REAL(getsockopt)(conn, SOL_SOCKET, SO_PEERCRED, &cred, &cl) != 0 ||
-      !UidAllowed(cred.uid)) {
-    why = "peer uid not allowed";
-  } else if ((memfd = ReceiveHello(conn, &hello)) < 0) {
+  if (memfd < 0) {
     why = "bad hello";
   } else if (int rc = transport::Segment::Attach(memfd, &seg); rc != 0) {
     DOORWAY_REAL(close)(memfd);
@@ -687,20 +681,88 @@ int AcceptDoor(Listener& l, int door, sockaddr* addr, socklen_t* len, int flags)
   return conn;
 }
 
-// A listener's sources, as registered in its epoll fd.
-constexpr unsigned kSourceTcp = 0;
-constexpr unsigned kSourceDoor = 1;  // + door index
+// Parks door connection conn until its Hello arrives; false if no slot.
+bool ParkPending(Listener& l, int listen_fd, int conn) {
+  for (auto& slot : l.pending) {
+    int expected = -1;
+    if (!slot.compare_exchange_strong(expected, conn)) continue;
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = kSourcePending;
+    if (DOORWAY_REAL(epoll_ctl)(listen_fd, EPOLL_CTL_ADD, conn, &ev) != 0) {
+      slot.store(-1);
+      return false;
+    }
+    return true;
+  }
+  return false;
+}
+
+// One connection from a door, or -EAGAIN if none is pending (or the one
+// pending was unusable: it is dropped and the client sees a reset, or its
+// Hello is late: it is parked).
+int AcceptDoor(Listener& l, int listen_fd, int door, sockaddr* addr, socklen_t* len, int flags) {
+  // A door connection needs two descriptors: its socket, and the memfd that
+  // arrives with the Hello, which the kernel drops if there is no room for
+  // it (the client would then see a reset). Keep one free across the
+  // accept, so that running out of fds leaves the connection pending and
+  // accept says EMFILE, as the kernel's accept does.
+  int reserve = DOORWAY_REAL(fcntl)(door, F_DUPFD_CLOEXEC, 0);
+  if (reserve < 0) return -errno;
+  int conn = DOORWAY_REAL(accept4)(door, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+  int accept_errno = errno;
+  DOORWAY_REAL(close)(reserve);
+  if (conn < 0) return accept_errno == EAGAIN ? -EAGAIN : -accept_errno;
+  ucred cred{};
+  socklen_t cl = sizeof(cred);
+  if (DOORWAY_REAL(getsockopt)(conn, SOL_SOCKET, SO_PEERCRED, &cred, &cl) != 0 ||
+      !UidAllowed(cred.uid)) {
+    DOORWAY_LOG(kDebug, "door connection from pid %d dropped: peer uid not allowed",
+                static_cast<int>(cred.pid));
+    DOORWAY_REAL(close)(conn);
+    return -EAGAIN;
+  }
+  // The client sends its Hello right after its connect: wait for it a
+  // little (a TCP connection in the accept queue is complete, and a program
+  // told by poll that the listener is readable expects accept to succeed);
+  // a client held up longer (a loaded machine) is parked, not dropped.
+  Hello hello{};
+  int memfd = ReceiveHello(conn, &hello, 200);
+  if (memfd == -EAGAIN && ParkPending(l, listen_fd, conn)) return -EAGAIN;
+  return FinishDoor(l, conn, cred, memfd, hello, addr, len, flags);
+}
+
+// A parked door connection whose Hello has arrived, or -EAGAIN.
+int AcceptPending(Listener& l, int listen_fd, sockaddr* addr, socklen_t* len, int flags) {
+  for (auto& slot : l.pending) {
+    int conn = slot.exchange(-1);  // claimed: no other thread looks at it now
+    if (conn < 0) continue;
+    Hello hello{};
+    int memfd = ReceiveHello(conn, &hello, 0);
+    if (memfd == -EAGAIN) {
+      slot.store(conn);
+      continue;
+    }
+    (void)DOORWAY_REAL(epoll_ctl)(listen_fd, EPOLL_CTL_DEL, conn, nullptr);
+    ucred cred{};
+    socklen_t cl = sizeof(cred);
+    (void)DOORWAY_REAL(getsockopt)(conn, SOL_SOCKET, SO_PEERCRED, &cred, &cl);
+    int c = FinishDoor(l, conn, cred, memfd, hello, addr, len, flags);
+    if (c != -EAGAIN) return c;
+  }
+  return -EAGAIN;
+}
 
 // Which of listener fd's sources have a pending connection, waiting up to
 // timeout_ms (0: just look; -1: forever) for one: a bit per source, or
 // -errno (-EINTR).
 int ReadySources(int fd, int timeout_ms) {
-  epoll_event ev[3];
-  int n = DOORWAY_REAL(epoll_wait)(fd, ev, 3, timeout_ms);
+  epoll_event ev[8];
+  int n = DOORWAY_REAL(epoll_wait)(fd, ev, 8, timeout_ms);
   if (n < 0) return -errno;
   int mask = 0;
   for (int i = 0; i < n; ++i) {
-    if (ev[i].data.u64 < 3) mask |= 1 << ev[i].data.u64;
+    if (ev[i].data.u64 < kSourceCount) mask |= 1 << ev[i].data.u64;
   }
   return mask;
 }
@@ -803,6 +865,9 @@ Connection::~Connection() {
 
 Listener::~Listener() {
   if (tcp_fd >= 0) DOORWAY_REAL(close)(tcp_fd);
+  for (auto& slot : pending) {
+    if (int conn = slot.exchange(-1); conn >= 0) DOORWAY_REAL(close)(conn);
+  }
   for (int i = 0; i < 2; ++i) {
     if (door_fd[i] < 0) continue;
     // Only the process that opened a door removes it, and only if no
@@ -879,6 +944,16 @@ int CollectOwnFds(unsigned first, unsigned last, int* out, int max) {
     }
   });
   return n;
+}
+
+void ForgetPendingHellos() {
+  GlobalTable().ForEach([](int, const Ref& r) {
+    if (Listener* l = const_cast<Ref&>(r).As<Listener>()) {
+      for (auto& slot : l->pending) {
+        if (int conn = slot.exchange(-1); conn >= 0) DOORWAY_REAL(close)(conn);
+      }
+    }
+  });
 }
 
 void MarkAllShared() {
@@ -1209,8 +1284,8 @@ int ManagedAccept(int fd, sockaddr* addr, socklen_t* len, int flags, bool accept
     }
     // Rotate the first source tried so that neither kind starves.
     unsigned turn = l->turn.fetch_add(1, std::memory_order_relaxed);
-    for (unsigned k = 0; k < 3; ++k) {
-      unsigned src = (turn + k) % 3;
+    for (unsigned k = 0; k < kSourceCount; ++k) {
+      unsigned src = (turn + k) % kSourceCount;
       if ((ready & (1 << src)) == 0) continue;
       if (src == kSourceTcp) {
         int c = DOORWAY_REAL(accept4)(l->tcp_fd, addr, len, flags);
@@ -1224,8 +1299,11 @@ int ManagedAccept(int fd, sockaddr* addr, socklen_t* len, int flags, bool accept
           return c;
         }
         if (errno != EAGAIN) return -errno;
+      } else if (src == kSourcePending) {
+        int c = AcceptPending(*l, fd, addr, len, flags);
+        if (c != -EAGAIN) return c;
       } else if (int d = l->door_fd[src - kSourceDoor]; d >= 0) {
-        int c = AcceptDoor(*l, d, addr, len, flags);
+        int c = AcceptDoor(*l, fd, d, addr, len, flags);
         if (c != -EAGAIN) return c;
       }
     }

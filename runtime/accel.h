@@ -59,7 +59,8 @@ enum FdTag : std::uint32_t {
   kTagPlain = 0,       // a kernel socket doorway only tracks
   kTagConnection = 1,  // an accelerated connection
   kTagListener = 2,    // an accelerated listener
-  kTagEpoll = 3,       // an epoll fd with accelerated members (runtime/epoll.h)
+  kTagEpoll = 3,       // an epoll fd with accelerated or nested members (runtime/epoll.h)
+  kTagEpollPlain = 4,  // an epoll fd with neither (yet): the kernel answers for it
 };
 
 // Socket options that are answered from a snapshot taken from the kernel
@@ -138,7 +139,9 @@ struct Connection {
 
 struct Listener {
   static constexpr std::uint32_t kTypeTag = 0x4C53544E;  // "LSTN"
-  Listener() = default;
+  Listener() {
+    for (auto& p : pending) p.store(-1, std::memory_order_relaxed);
+  }
   ~Listener();
   Listener(const Listener&) = delete;
   Listener& operator=(const Listener&) = delete;
@@ -153,7 +156,17 @@ struct Listener {
   std::atomic<int> fds{0};
   std::atomic<bool> shared{false};
   std::atomic<unsigned> turn{0};  // alternates door/TCP so neither starves
+  // Door connections accepted before their Hello arrived (the client sends
+  // it just after connecting, but a loaded machine can delay it): watched
+  // by the listener's epoll fd and completed by a later accept, so that an
+  // accept never waits for one client's Hello. -1: free slot.
+  static constexpr int kMaxPending = 16;
+  std::atomic<int> pending[kMaxPending];
 };
+
+// In a fork child: the door connections still waiting for their Hello
+// belong to the parent (which accepted them); the child's copies close.
+void ForgetPendingHellos();
 
 // Called by the bookkeeping in sockets.cc when an fd number stops or starts
 // referring to a managed object (close, dup2 over it, close_range; dup).

@@ -1,5 +1,6 @@
 #include "runtime/epoll.h"
 
+#include <poll.h>
 #include <sched.h>
 #include <sys/mman.h>
 #include <time.h>
@@ -45,6 +46,7 @@ struct Member {
   std::uint32_t last;  // events reported and still holding (edge-triggered)
   std::uint32_t rx_gen, tx_gen;
   bool disabled;  // EPOLLONESHOT fired
+  bool nested;    // conn is the EpollSet of a nested epoll fd
 };
 
 class SpinLock {
@@ -97,6 +99,7 @@ struct EpollSet {
     return true;
   }
   void Remove(Member* m) {
+    if (m->nested) --nested;
     Member* lastm = &members[count - 1];
     if (m != lastm) *m = std::move(*lastm);
     lastm->~Member();
@@ -105,6 +108,7 @@ struct EpollSet {
 
   SpinLock lock;
   int epfd = -1;
+  int nested = 0;  // members that are epoll sets
   Member* members = nullptr;
   int count = 0;
   int cap = 0;
@@ -114,15 +118,70 @@ namespace {
 
 // The program's events for member m now, applying EPOLLET and EPOLLONESHOT.
 // Drops members whose fd no longer refers to their connection.
-int Collect(EpollSet& s, epoll_event* out, int max) {
+// Whether nested set s has something to report (its accelerated members,
+// peeked without consuming their edge or one-shot state, and, if
+// check_kernel, its kernel members through its epoll fd).
+bool NestedReady(EpollSet& s, bool check_kernel, int depth) {
+  if (depth > 5) return false;  // the kernel nests at most 5 levels deep (ELOOP)
+  bool ready = false;
+  s.lock.Lock();
+  for (int i = 0; i < s.count && !ready; ++i) {
+    Member& m = s.members[i];
+    if (m.disabled) continue;
+    if (m.nested) {
+      if (EpollSet* inner = m.conn.As<EpollSet>())
+        ready = NestedReady(*inner, check_kernel, depth + 1);
+      continue;
+    }
+    Connection* c = m.conn.As<Connection>();
+    if (c == nullptr) continue;
+    std::uint32_t interest =
+        m.events & (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLRDNORM | EPOLLWRNORM | EPOLLPRI);
+    std::uint32_t now =
+        static_cast<std::uint32_t>(ConnPollEvents(*c)) & (interest | EPOLLERR | EPOLLHUP);
+    if (m.events & EPOLLET) now &= ~m.last;
+    ready = now != 0;
+  }
+  int epfd = s.epfd;
+  s.lock.Unlock();
+  if (!ready && check_kernel && epfd >= 0) {
+    pollfd p{epfd, POLLIN, 0};
+    ready = DOORWAY_REAL(poll)(&p, 1, 0) == 1 && (p.revents & POLLIN) != 0;
+  }
+  return ready;
+}
+
+// Arms every accelerated member of s (and of the sets nested in it) for
+// `events`; true if one is ready already.
+bool ArmSet(EpollSet& s, int depth) {
+  if (depth > 5) return false;
+  bool ready_now = false;
+  s.lock.Lock();
+  for (int i = 0; i < s.count; ++i) {
+    Member& m = s.members[i];
+    if (m.disabled) continue;
+    if (m.nested) {
+      if (EpollSet* inner = m.conn.As<EpollSet>()) ready_now |= ArmSet(*inner, depth + 1);
+    } else if (Connection* c = m.conn.As<Connection>()) {
+      ready_now |= ArmDoorbells(*c, static_cast<short>(m.events & (EPOLLIN | EPOLLOUT)));
+    }
+  }
+  s.lock.Unlock();
+  return ready_now;
+}
+
+int Collect(EpollSet& s, epoll_event* out, int max, bool check_kernel = true) {
   int n = 0;
   for (int i = 0; i < s.count && n < max;) {
     Member& m = s.members[i];
-    Connection* c = m.conn.As<Connection>();
     // Closed (or replaced) since it was added: the kernel dropped its
     // registration when the file closed; drop ours.
-    if (GlobalTable().Tag(m.fd) != kTagConnection ||
-        GlobalTable().Get(m.fd).node() != m.conn.node()) {
+    if (GlobalTable().Tag(m.fd) != (m.nested ? kTagEpoll : kTagConnection) &&
+        !(m.nested && GlobalTable().Tag(m.fd) == kTagEpollPlain)) {
+      s.Remove(&m);
+      continue;
+    }
+    if (GlobalTable().Get(m.fd).node() != m.conn.node()) {
       s.Remove(&m);
       continue;
     }
@@ -130,10 +189,22 @@ int Collect(EpollSet& s, epoll_event* out, int max) {
     if (m.disabled) continue;
     std::uint32_t interest =
         m.events & (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLRDNORM | EPOLLWRNORM | EPOLLPRI);
-    std::uint32_t now =
-        static_cast<std::uint32_t>(ConnPollEvents(*c)) & (interest | EPOLLERR | EPOLLHUP);
+    std::uint32_t now = 0;
+    Connection* c = nullptr;
+    if (m.nested) {
+      EpollSet* inner = m.conn.As<EpollSet>();
+      if (inner != nullptr && NestedReady(*inner, check_kernel, 1)) now = EPOLLIN & interest;
+      // Kernel readiness is only looked at now and then: keep the last edge.
+      if (!check_kernel && (m.events & EPOLLET)) now |= m.last & EPOLLIN;
+    } else {
+      c = m.conn.As<Connection>();
+      now = static_cast<std::uint32_t>(ConnPollEvents(*c)) & (interest | EPOLLERR | EPOLLHUP);
+    }
     std::uint32_t report = now;
-    if (m.events & EPOLLET) {
+    if (m.nested && (m.events & EPOLLET)) {
+      report = now & ~m.last;
+      m.last = now;
+    } else if (m.events & EPOLLET) {
       std::uint32_t rx_gen = c->rx_eagain_gen.load(std::memory_order_relaxed);
       std::uint32_t tx_gen = c->tx_eagain_gen.load(std::memory_order_relaxed);
       report = now & ~m.last;
@@ -188,8 +259,37 @@ int KernelWait(EpollSet& s, int epfd, epoll_event* out, int max, int timeout_ms,
 
 }  // namespace
 
+void NoteEpollCreated(int epfd) {
+  Ref fresh = Make<EpollSet>();
+  if (!fresh) return;  // nesting this set will not be seen: the kernel still works
+  fresh.As<EpollSet>()->epfd = epfd;
+  GlobalTable().Install(epfd, std::move(fresh), nullptr, kTagEpollPlain).Reset();
+}
+
+namespace {
+
+// The EpollSet at epfd (made if needed), tagged kTagEpoll: it has a member
+// that the kernel cannot answer for.
+Ref ManagedSet(int epfd) {
+  Ref sr = GlobalTable().Get(epfd);
+  if (sr.As<EpollSet>() == nullptr) {
+    sr = Make<EpollSet>();
+    if (!sr) return sr;
+  }
+  if (GlobalTable().Tag(epfd) != kTagEpoll) {
+    // The same object again under the new tag: a set this one is nested in
+    // refers to it.
+    GlobalTable().Install(epfd, sr.Clone(), nullptr, kTagEpoll).Reset();
+  }
+  return sr;
+}
+
+}  // namespace
+
 int EpollCtl(int epfd, int op, int fd, epoll_event* event) {
-  if (GlobalTable().Tag(fd) != kTagConnection) {
+  const std::uint32_t tag = GlobalTable().Tag(fd);
+  const bool nested = tag == kTagEpoll || tag == kTagEpollPlain;
+  if (tag != kTagConnection && !nested) {
     if (op == EPOLL_CTL_DEL && GlobalTable().Tag(epfd) == kTagEpoll) {
       // A member whose fd was replaced: forget it too.
       Ref sr = GlobalTable().Get(epfd);
@@ -201,24 +301,24 @@ int EpollCtl(int epfd, int op, int fd, epoll_event* event) {
     }
     return DOORWAY_REAL(epoll_ctl)(epfd, op, fd, event) == 0 ? 0 : -errno;
   }
-  Ref conn = GlobalTable().Get(fd);
-  if (conn.As<Connection>() == nullptr) {
+  Ref target = GlobalTable().Get(fd);
+  if ((nested ? target.As<EpollSet>() == nullptr : target.As<Connection>() == nullptr)) {
     return DOORWAY_REAL(epoll_ctl)(epfd, op, fd, event) == 0 ? 0 : -errno;
   }
   // The kernel checks the operation (EEXIST, ENOENT, EINVAL, ELOOP, EBADF):
   // register the wake-up part with it first.
   if (op != EPOLL_CTL_DEL && event == nullptr) return -EFAULT;
-  // The kernel watches the Unix socket for doorbells and the peer's
-  // hang-up only; the program's events are computed from the rings.
+  // The kernel watches the Unix socket (the nested epoll fd) for doorbells
+  // and the peer's hang-up only; the program's events are computed here.
   epoll_event kev{};
-  kev.events = EPOLLIN | EPOLLRDHUP;
+  kev.events = nested ? EPOLLIN : EPOLLIN | EPOLLRDHUP;
   kev.data.u64 = kMarker | static_cast<std::uint32_t>(fd);
   if (op != EPOLL_CTL_DEL && (event->events & EPOLLEXCLUSIVE) != 0) {
     // The kernel's rules for EPOLLEXCLUSIVE (only with these events; never
-    // with EPOLL_CTL_MOD, nor on a registration made with it): check the
-    // program's events here, and register the wake-up with the flag too
-    // (without EPOLLRDHUP, which it refuses; a peer's close still shows as
-    // EPOLLHUP), so that the kernel applies the rest.
+    // with EPOLL_CTL_MOD, nor on a registration made with it, nor on an
+    // epoll fd): check the program's events here, and register the wake-up
+    // with the flag too (without EPOLLRDHUP, which it refuses; a peer's
+    // close still shows as EPOLLHUP), so that the kernel applies the rest.
     constexpr std::uint32_t kExclusiveOk = EPOLLIN | EPOLLOUT | EPOLLRDNORM | EPOLLRDBAND |
                                            EPOLLWRNORM | EPOLLWRBAND | EPOLLERR | EPOLLHUP |
                                            EPOLLWAKEUP | EPOLLET | EPOLLEXCLUSIVE;
@@ -228,14 +328,9 @@ int EpollCtl(int epfd, int op, int fd, epoll_event* event) {
   if (DOORWAY_REAL(epoll_ctl)(epfd, op, fd, op == EPOLL_CTL_DEL ? nullptr : &kev) != 0) {
     return -errno;
   }
-  if (GlobalTable().Tag(epfd) != kTagEpoll) {
-    Ref fresh = Make<EpollSet>();
-    if (!fresh) return -ENOMEM;
-    GlobalTable().Install(epfd, std::move(fresh), nullptr, kTagEpoll).Reset();
-  }
-  Ref sr = GlobalTable().Get(epfd);
+  Ref sr = ManagedSet(epfd);
   EpollSet* s = sr.As<EpollSet>();
-  if (s == nullptr) return -EBADF;
+  if (s == nullptr) return -ENOMEM;
   s->lock.Lock();
   s->epfd = epfd;
   Member* m = s->Find(fd);
@@ -243,15 +338,20 @@ int EpollCtl(int epfd, int op, int fd, epoll_event* event) {
   if (op == EPOLL_CTL_DEL) {
     if (m != nullptr) s->Remove(m);
   } else {
-    Member fresh{fd, event->events, event->data, Ref(), 0, 0, 0, false};
-    Connection* c = conn.As<Connection>();
-    fresh.rx_gen = c->rx_eagain_gen.load(std::memory_order_relaxed) - 1;  // first wait is an edge
-    fresh.tx_gen = c->tx_eagain_gen.load(std::memory_order_relaxed) - 1;
-    fresh.conn = std::move(conn);
+    Member fresh{fd, event->events, event->data, Ref(), 0, 0, 0, false, nested};
+    if (Connection* c = target.As<Connection>()) {
+      fresh.rx_gen = c->rx_eagain_gen.load(std::memory_order_relaxed) - 1;  // first wait: an edge
+      fresh.tx_gen = c->tx_eagain_gen.load(std::memory_order_relaxed) - 1;
+    }
+    fresh.conn = std::move(target);
     if (m != nullptr) {
+      if (m->nested) --s->nested;
       *m = std::move(fresh);
+      if (nested) ++s->nested;
     } else if (!s->Add(std::move(fresh))) {
       rc = -ENOMEM;
+    } else if (nested) {
+      ++s->nested;
     }
   }
   s->lock.Unlock();
@@ -266,7 +366,7 @@ int EpollWait(int epfd, epoll_event* events, int maxevents, std::int64_t timeout
   auto ms_of = [](std::int64_t ns) {
     return ns < 0 ? -1 : static_cast<int>((ns + 999999) / 1000000);
   };
-  if (s == nullptr) {
+  if (s == nullptr || s->count == 0) {
     int k = DOORWAY_REAL(epoll_pwait)(epfd, events, maxevents, ms_of(timeout_ns), sigmask);
     return k < 0 ? -errno : k;
   }
@@ -289,7 +389,7 @@ int EpollWait(int epfd, epoll_event* events, int maxevents, std::int64_t timeout
       if (deadline >= 0 && spin_end > deadline) spin_end = deadline;
       for (unsigned iter = 1; NowNs() < spin_end; ++iter) {
         s->lock.Lock();
-        n = Collect(*s, events, maxevents);
+        n = Collect(*s, events, maxevents, (iter & 63) == 0);
         s->lock.Unlock();
         if (n > 0) {
           k = KernelWait(*s, epfd, events + n, maxevents - n, 0, nullptr);
@@ -310,17 +410,7 @@ int EpollWait(int epfd, epoll_event* events, int maxevents, std::int64_t timeout
     if (deadline >= 0 && left <= 0) return 0;
     // Arm every member so that its peer rings when it turns ready; do not
     // sleep if one is ready already.
-    bool ready_now = false;
-    s->lock.Lock();
-    for (int i = 0; i < s->count; ++i) {
-      Member& m = s->members[i];
-      Connection* c = m.conn.As<Connection>();
-      if (c != nullptr && !m.disabled) {
-        ready_now |= ArmDoorbells(*c, static_cast<short>(m.events & (EPOLLIN | EPOLLOUT)));
-      }
-    }
-    s->lock.Unlock();
-    if (ready_now) continue;
+    if (ArmSet(*s, 0)) continue;
     if (signals->load(std::memory_order_relaxed) != epoch) return -EINTR;
     k = KernelWait(*s, epfd, events, maxevents, ms_of(left), sigmask);
     if (k < 0) return k;  // EINTR: epoll_wait is never restarted

@@ -335,6 +335,7 @@ pid_t Fork() {
   ForgetHistories();
   pid_t pid = DOORWAY_REAL(fork)();
   if (pid < 0) return -errno;
+  if (pid == 0) ForgetPendingHellos();
   StatsAfterFork(pid);
   return pid;
 }

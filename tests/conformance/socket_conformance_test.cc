@@ -830,6 +830,47 @@ TEST_P(Conformance, EpollSetInheritedAcrossFork) {
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
 }
 
+// An epoll set inside another: the outer set reports the inner one readable
+// (EPOLLIN, its own data) when a member of the inner set is, either order of
+// adding; edge-triggered on the outer set, once per edge.
+TEST_P(Conformance, EpollNestedSets) {
+  Connect();
+  Epoll inner, outer, outer_et;
+  ASSERT_EQ(outer.Ctl(EPOLL_CTL_ADD, inner.fd(), EPOLLIN, 10), 0);  // before the member
+  ASSERT_EQ(inner.Ctl(EPOLL_CTL_ADD, server_, EPOLLIN, 1), 0);
+  ASSERT_EQ(outer_et.Ctl(EPOLL_CTL_ADD, inner.fd(), EPOLLIN | EPOLLET, 20), 0);  // after
+  EXPECT_TRUE(outer.Wait(0).empty());
+  EXPECT_TRUE(outer_et.Wait(0).empty());
+  ASSERT_EQ(write(client_, "n", 1), 1);
+  auto ev = outer.Wait(5000);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].data.u64, 10u);
+  EXPECT_EQ(ev[0].events, static_cast<uint32_t>(EPOLLIN));
+  ev = outer_et.Wait(5000);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].data.u64, 20u);
+  EXPECT_TRUE(outer_et.Wait(0).empty());  // the same edge
+  EXPECT_EQ(outer.Wait(0).size(), 1u);    // level: still ready
+  ev = inner.Wait(0);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].data.u64, 1u);
+  char c;
+  ASSERT_EQ(read(server_, &c, 1), 1);
+  EXPECT_TRUE(inner.Wait(0).empty());
+  EXPECT_TRUE(outer.Wait(0).empty());
+  // A sleeping outer wait wakes for the inner member.
+  std::thread t([this] {
+    usleep(50000);
+    EXPECT_EQ(write(client_, "m", 1), 1);
+  });
+  ev = outer.Wait(5000);
+  t.join();
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].data.u64, 10u);
+  ASSERT_EQ(outer.Ctl(EPOLL_CTL_DEL, inner.fd(), 0, 0), 0);
+  EXPECT_TRUE(outer.Wait(0).empty());
+}
+
 TEST_P(Conformance, LongIoVectors) {
   Connect();
   // More iovecs than doorway copies at once (64): all of them are used.
