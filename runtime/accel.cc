@@ -158,6 +158,14 @@ bool RestartAfterSignal(std::int64_t timeout_ns) {
       void* restorer;
       unsigned long mask;
     } ka{};
+    // Fault signals come from the faulting instruction, not during a
+    // wait: their handlers (crash reporters, sanitizers, Python's
+    // faulthandler; rarely with SA_RESTART) must not turn every restart
+    // into EINTR.
+    if (sig == SIGSEGV || sig == SIGBUS || sig == SIGFPE || sig == SIGILL || sig == SIGTRAP ||
+        sig == SIGSYS) {
+      continue;
+    }
     if (syscall(SYS_rt_sigaction, sig, nullptr, &ka, sizeof(ka.mask)) != 0) continue;
     void* h = ka.handler;
     if (h == reinterpret_cast<void*>(SIG_DFL) || h == reinterpret_cast<void*>(SIG_IGN)) continue;

@@ -552,6 +552,23 @@ TEST_P(Conformance, SignalWithRestartRestartsRead) {
   EXPECT_EQ(g_alarms.load(), 1);
 }
 
+// A fault handler without SA_RESTART (crash reporters, sanitizers) beside
+// it changes nothing: a fault signal cannot be what interrupted the read.
+TEST_P(Conformance, SignalWithRestartRestartsReadBesideAFaultHandler) {
+  Connect();
+  struct sigaction fault {
+  }, old_fault{};
+  fault.sa_handler = [](int) { _exit(99); };
+  sigaction(SIGBUS, &fault, &old_fault);
+  SignalCase sc(SA_RESTART);
+  std::thread t = sc.WriteAfterSignal(client_, "late");
+  char buf[8];
+  EXPECT_EQ(read(server_, buf, sizeof(buf)), 4);
+  t.join();
+  EXPECT_EQ(g_alarms.load(), 1);
+  sigaction(SIGBUS, &old_fault, nullptr);
+}
+
 TEST_P(Conformance, SignalWithoutRestartInterruptsRead) {
   Connect();
   SignalCase sc(0);
