@@ -93,6 +93,19 @@ int WaitOn(Ring& ring, internal::WaitLine& wl, Ready ready, bool consumer, const
     return opts.interrupt_counter != nullptr &&
            opts.interrupt_counter->load(std::memory_order_relaxed) != opts.interrupt_epoch;
   };
+  // A handler ran: EINTR, unless the peer is gone. A caller that restarts
+  // after every signal (SA_RESTART) under a signal stream faster than the
+  // liveness slice would otherwise never see a slice expire, nor its dead
+  // peer (found by tests/reliability/integrity_test.sh).
+  auto on_signal = [&] {
+    if (opts.liveness_fd < 0 || !PeerGone(LivenessFd(opts))) return -EINTR;
+    if (consumer) {
+      ring.MarkWriterGone();
+    } else {
+      ring.MarkReaderGone();
+    }
+    return 0;
+  };
   RingStats* stats = ring.stats();
   // The clock costs ~33 ns (vDSO) on the development VM, as much as the whole
   // cache-line handoff we are waiting for: read it only when a short timeout
@@ -121,7 +134,7 @@ int WaitOn(Ring& ring, internal::WaitLine& wl, Ready ready, bool consumer, const
         }
       }
       if (i % kPollsPerClock == 0) {
-        if (interrupted()) return -EINTR;
+        if (interrupted()) return on_signal();
         int64_t now = internal::MonotonicNs();
         if (start == 0) start = now;  // undercounts by < kPollsPerClock polls
         if (spin_end == 0) {
@@ -159,20 +172,9 @@ int WaitOn(Ring& ring, internal::WaitLine& wl, Ready ready, bool consumer, const
     }
     int rc = internal::FutexWait(&wl.seq, seq, slice);
     StatAdd(stats->futex_waits);
-    bool peer_gone;
-    if (rc == -EINTR) {
-      if (ready()) break;
-      // Check the peer here too: a caller that restarts after every signal
-      // (SA_RESTART) under a signal stream faster than the liveness slice
-      // would otherwise never see a slice expire, nor its dead peer.
-      peer_gone = opts.liveness_fd >= 0 && PeerGone(LivenessFd(opts));
-      if (!peer_gone) return -EINTR;
-    } else {
-      if (ready()) break;
-      if (interrupted()) return -EINTR;
-      peer_gone = rc == -ETIMEDOUT && opts.liveness_fd >= 0 && PeerGone(LivenessFd(opts));
-    }
-    if (peer_gone) {
+    if (ready()) break;
+    if (rc == -EINTR || interrupted()) return on_signal();
+    if (rc == -ETIMEDOUT && opts.liveness_fd >= 0 && PeerGone(LivenessFd(opts))) {
       if (consumer) {
         ring.MarkWriterGone();
       } else {
