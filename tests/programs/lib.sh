@@ -48,8 +48,26 @@ spawn() {  # name out cmd...
   PIDS+=($!)
 }
 
+# A port below the ephemeral range: a port the kernel picked for bind(0) is
+# free now but may be handed to any test's connecting socket (accelerated
+# clients bind one too) before this test binds it (EADDRINUSE seen with
+# tests making thousands of connections beside it).
 free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+  python3 -c '
+import random, socket
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+for _ in range(200):
+    p = random.randint(max(1024, low - 12000), low - 1)
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    print(p)
+    break
+'
 }
 
 # Waits (at most ~10 s) until something listens on 127.0.0.1:$1.
