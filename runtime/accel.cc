@@ -280,6 +280,24 @@ int FdFor(const Connection& c, int fd) {
   return h >= 0 ? h : fd;
 }
 
+// Blocking waits notice a dead peer through their liveness slices, and
+// poll/epoll through the door socket they sleep on; a caller that never
+// waits (a non-blocking reader or writer, poll with a zero timeout) saw a
+// peer that died or exited without closing as silent forever, where TCP
+// says EOF or ECONNRESET. When such a caller finds nothing to do it polls
+// the door socket, at most every kIdleLivenessNs per connection: a clock
+// read per EAGAIN, at most one poll(2) per 10 ms.
+constexpr std::int64_t kIdleLivenessNs = 10'000'000;
+bool PeerGoneRarely(Connection& c, int fd) {
+  if (fd < 0) return false;
+  std::int64_t now = NowNs();
+  if (now < c.next_liveness_ns.load(std::memory_order_relaxed)) return false;
+  c.next_liveness_ns.store(now + kIdleLivenessNs, std::memory_order_relaxed);
+  if (!transport::PeerGone(fd)) return false;
+  NotePeerHangup(c);
+  return true;
+}
+
 // ---------------------------------------------------------------- data path
 
 // The peer's process let go of the connection without closing it (it
@@ -343,6 +361,7 @@ ssize_t ConnRecv(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
       if (got > 0 && !waitall) break;  // the rest of a long vector found nothing more
       if (c.shut_rd.load(std::memory_order_relaxed)) break;
       if (dontwait) {
+        if (got == 0 && PeerGoneRarely(c, FdFor(c, fd))) continue;  // the rest, then EOF
         if (got == 0) result = -EAGAIN;
         c.rx_eagain_gen.fetch_add(1, std::memory_order_relaxed);
         break;
@@ -406,6 +425,7 @@ ssize_t ConnSend(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
     }
     if (r == -EAGAIN) {
       if (dontwait) {
+        if (sent == 0 && PeerGoneRarely(c, FdFor(c, fd))) continue;  // now EPIPE
         if (sent == 0) result = -EAGAIN;
         c.tx_eagain_gen.fetch_add(1, std::memory_order_relaxed);
         break;
@@ -973,7 +993,7 @@ void MarkAllShared() {
 
 bool IsAccelerated(int fd) { return GlobalTable().Tag(fd) == kTagConnection; }
 
-short ConnPollEvents(Connection& c) {
+short ConnPollEvents(Connection& c, int fd) {
   short ev = 0;
   char scratch;
   iovec iov{&scratch, 1};
@@ -996,6 +1016,7 @@ short ConnPollEvents(Connection& c) {
       !c.reset_reported.load(std::memory_order_relaxed)) {
     ev |= POLLERR;
   }
+  if ((ev & (POLLIN | POLLHUP | POLLERR)) == 0 && PeerGoneRarely(c, fd)) return ConnPollEvents(c);
   return ev;
 }
 

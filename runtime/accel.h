@@ -135,6 +135,9 @@ struct Connection {
   // The connection's slot in the process's stats file (runtime/stats.h);
   // the rings count into it. Null: counted in tx_stats/rx_stats, unpublished.
   stats::Slot* stats = nullptr;
+  // Next time a caller that does not wait may look for the peer's death
+  // (accel.cc PeerGoneRarely), CLOCK_MONOTONIC ns.
+  std::atomic<std::int64_t> next_liveness_ns{0};
 };
 
 struct Listener {
@@ -210,7 +213,10 @@ bool IsAccelerated(int fd);
 // ---- readiness, for the poll engine (runtime/poll.h) ----
 // The poll(2) events of an accelerated connection, computed from its rings:
 // POLLIN/POLLRDNORM, POLLOUT/POLLWRNORM, POLLRDHUP, POLLHUP, POLLERR.
-short ConnPollEvents(Connection& c);
+// With the connection's fd, a connection with nothing to report also looks
+// for the peer's death on the door socket, at most every 10 ms (for poll
+// with a zero timeout, which never sleeps on that socket).
+short ConnPollEvents(Connection& c, int fd = -1);
 // Before sleeping in the kernel on c's Unix socket for `events` (POLLIN,
 // POLLOUT): arms c's rings so that the peer sends a doorbell when they
 // become ready. Returns true if c is ready already (do not sleep then).

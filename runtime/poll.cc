@@ -80,7 +80,7 @@ int EvaluateAccelerated(pollfd* fds, nfds_t n, Ref* refs) {
   for (nfds_t i = 0; i < n; ++i) {
     Connection* c = refs[i].As<Connection>();
     if (c == nullptr) continue;
-    short ev = ConnPollEvents(*c) & (fds[i].events | kAlways);
+    short ev = ConnPollEvents(*c, fds[i].fd) & (fds[i].events | kAlways);
     fds[i].revents = ev;
     if (ev != 0) ++ready;
   }

@@ -10,6 +10,9 @@
       connects, prints "CONNECTED nfds", then sends blocks and reads their echo
       until killed (or SECONDS pass); prints "RESULT outcome wallclock nfds"
       if the connection ends first.
+  crash_peer.py nbecho PORT SECONDS
+      like echo, but never waits in the kernel afterwards: non-blocking
+      recv and poll(0) in a loop until EOF or an error.
   crash_peer.py once PORT
       one short exchange; prints "OK" (the listener still accepts).
 """
@@ -106,6 +109,38 @@ def echo(port, seconds):
     return 0
 
 
+def nbecho(port, seconds):
+    """Never waits in the kernel: non-blocking recv and poll(0) in a loop
+    (with short sleeps), as a busy event loop does."""
+    import select
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"x")
+    assert s.recv(1) == b"x"
+    s.setblocking(False)
+    p = select.poll()
+    p.register(s, select.POLLIN)
+    say("CONNECTED", nfds())
+    end = time.monotonic() + seconds
+    why = "TIMEOUT"
+    while time.monotonic() < end:
+        p.poll(0)
+        try:
+            d = s.recv(65536)
+            if not d:
+                why = "EOF"
+                break
+        except BlockingIOError:
+            pass
+        except OSError as e:
+            why = outcome(e)
+            break
+        time.sleep(0.001)
+    t = time.time()
+    s.close()
+    say("RESULT", why, "%.3f" % t, nfds())
+    return 0
+
+
 def once(port):
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
     s.sendall(b"ping")
@@ -123,6 +158,8 @@ def main():
         return echo(int(sys.argv[2]), float(sys.argv[3]))
     if mode == "once":
         return once(int(sys.argv[2]))
+    if mode == "nbecho":
+        return nbecho(int(sys.argv[2]), float(sys.argv[3]))
     return 2
 
 

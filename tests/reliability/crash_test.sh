@@ -7,7 +7,9 @@
 #      die-client);
 #   C. the worker serving a transfer killed (the master forks a new one);
 #   D. a raw server killed at each step of its side of the handshake, with a
-#      python client as the survivor (hostile_peer die-server).
+#      python client as the survivor (hostile_peer die-server);
+#   E. the worker of a client that never waits in the kernel (non-blocking
+#      recv and poll(0) only) killed.
 # The survivors must see EOF, ECONNRESET or EPIPE within BOUND seconds of the
 # kill (the runtime notices a dead peer within its 100 ms liveness interval
 # while blocked); workers' fd counts before each accept and a survivor
@@ -126,6 +128,26 @@ for i in 1 2 3 4; do
   wait_for "$S" "DIED $w" 5
   echo "CLOSED $w killed KILLED $t" >>"$S"
   echo "  worker kill $i: client saw $why"
+done
+# E. the same for a client that never waits in the kernel (non-blocking recv
+# and poll(0) only): it must see the death too (it did not: only waits
+# looked at the door socket).
+for i in 1 2; do
+  spawn "e$i" "$WORK/e$i.out" python3 "$prog" nbecho "$port" 20
+  cpid=$!
+  wait_for "$WORK/e$i.out" CONNECTED 10
+  w="$(grep '^ACCEPTED' "$S" | tail -1 | awk '{print $2}')"
+  t="$(now)"
+  kill -9 "$w"
+  kills=$((kills + 1))
+  wait_for "$WORK/e$i.out" RESULT $BOUND
+  read -r _ why at after < <(grep RESULT "$WORK/e$i.out")
+  case "$why" in EOF | ECONNRESET) ;; *) fail "worker kill $i: non-blocking client saw $why" ;; esac
+  note_latency "$t" "$at" "worker kill $i (non-blocking client)"
+  wait "$cpid" || fail "client $i exited $?"
+  wait_for "$S" "DIED $w" 5
+  echo "CLOSED $w killed KILLED $t" >>"$S"
+  echo "  worker kill $i: non-blocking client saw $why"
 done
 under_doorway after-c python3 "$prog" once "$port" >/dev/null || fail "listener stopped accepting"
 expect_log after-c "accelerated connection"
