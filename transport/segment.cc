@@ -524,15 +524,8 @@ int Segment::Create(const SegmentOptions& opts, Segment* out) {
                         &reused)) {
     uint32_t gen = reused.generation + 1 == 0 ? 1 : reused.generation + 1;
     InitializeSegment(reused.base, reused.layout, reused.placement.pages, gen);
-    Segment s;
-    s.fd_ = reused.fd;
-    s.base_ = reused.base;
-    s.size_ = reused.size;
-    s.layout_ = reused.layout;
-    s.placement_ = reused.placement;
-    s.generation_ = gen;
-    s.policy_ = reused.policy;
-    *out = std::move(s);
+    Assemble(reused.fd, reused.base, reused.size, reused.layout, reused.placement, gen, out);
+    out->policy_ = reused.policy;
     return 0;
   }
   PageSupport sup = RecentPageSupport(opts.pages == PagePolicy::kHugeTlb);
@@ -563,15 +556,8 @@ int Segment::Create(const SegmentOptions& opts, Segment* out) {
   }
   InitializeSegment(base, layout, pl.pages);
   pl.numa_available = NumaAvailable();
-  Segment s;
-  s.fd_ = fd;
-  s.base_ = base;
-  s.size_ = layout.segment_size;
-  s.layout_ = layout;
-  s.placement_ = pl;
-  s.generation_ = 1;
-  s.policy_ = opts.pages;
-  *out = std::move(s);
+  Assemble(fd, base, layout.segment_size, layout, pl, 1, out);
+  out->policy_ = opts.pages;
   return 0;
 }
 
@@ -593,17 +579,9 @@ int Segment::Attach(int fd, Segment* out) {
       Destroy(cached);
       return rc;
     }
-    Segment s;
-    s.fd_ = fd;
-    s.base_ = cached.base;
-    s.size_ = cached.size;
-    s.layout_ = layout;
-    s.placement_ = cached.placement;
-    s.generation_ = std::atomic_ref<uint32_t>(HeaderOf(cached.base)->generation)
-                        .load(std::memory_order_relaxed);
-    s.dev_ = dev;
-    s.ino_ = ino;
-    *out = std::move(s);
+    Assemble(fd, cached.base, cached.size, layout, cached.placement, 0, out);
+    out->dev_ = dev;
+    out->ino_ = ino;
     return 0;
   }
   uint64_t size = 0, block = 0;
@@ -626,18 +604,27 @@ int Segment::Attach(int fd, Segment* out) {
     pl.pages = PageKind::kTransparentHuge;
   }
   pl.numa_available = NumaAvailable();
+  Assemble(fd, base, size, layout, pl, 0, out);
+  out->dev_ = dev;
+  out->ino_ = ino;
+  return 0;
+}
+
+void Segment::Assemble(int fd, void* base, uint64_t size, const SegmentLayout& layout,
+                       const Placement& placement, uint32_t generation, Segment* out) {
   Segment s;
   s.fd_ = fd;
   s.base_ = base;
   s.size_ = size;
   s.layout_ = layout;
-  s.placement_ = pl;
+  s.placement_ = placement;
+  // 0: the receiver's view, the generation the creator wrote (untrusted;
+  // only echoed back in Recycle).
   s.generation_ =
-      std::atomic_ref<uint32_t>(HeaderOf(base)->generation).load(std::memory_order_relaxed);
-  s.dev_ = dev;
-  s.ino_ = ino;
+      generation != 0
+          ? generation
+          : std::atomic_ref<uint32_t>(HeaderOf(base)->generation).load(std::memory_order_relaxed);
   *out = std::move(s);
-  return 0;
 }
 
 int Segment::BindIncomingRing(Role self, int node) {

@@ -218,6 +218,10 @@ class Segment {
   uint32_t generation_ = 0;                // the header's generation when created/attached
   PagePolicy policy_ = PagePolicy::kAuto;  // creator: the policy it was made with
   uint64_t dev_ = 0, ino_ = 0;             // receiver: the memfd's identity
+
+  // What Create and Attach built, into *out (replacing what it held).
+  static void Assemble(int fd, void* base, uint64_t size, const SegmentLayout& layout,
+                       const Placement& placement, uint32_t generation, Segment* out);
 };
 
 // The fds held by the creator's reuse pool (so that close_range and
