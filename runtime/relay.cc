@@ -283,7 +283,7 @@ int RelayConnection(int fd) {
   Ref r = GlobalTable().Get(fd);
   Connection* c = r.As<Connection>();
   if (c == nullptr) return -EINVAL;
-  int pair[2];
+  int pair[2] = {-1, -1};
   int rc = TcpPair(c->local.family == AF_INET6 ? AF_INET6 : AF_INET, pair);
   if (rc != 0) return rc;
   char lib[PATH_MAX], relay[PATH_MAX];
