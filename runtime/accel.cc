@@ -124,9 +124,41 @@ long RawRecv(int fd, void* buf, size_t n, int flags) {
 // holder died; the ring is consistent, see shm_mutex.h) or -errno (-EIO: a
 // connection that only this process holds found its lock word forged by the
 // peer, which would otherwise stall even a non-blocking call forever).
+//
+// A signal handler that calls into the end its own thread holds (the thread
+// was interrupted inside a read or write of that end) would wait for itself
+// forever. If that call is parked in a wait (t_parked_on: it holds the lock
+// but touches nothing of the ring until it wakes), the handler's call runs
+// inside it, without the lock, and LockEnd returns kReentered (do not
+// unlock). If the interrupted call is in the middle of a copy, going on
+// would corrupt the ring and waiting would never end: -EINTR. The kernel
+// runs handlers only between system calls, so it never has this case.
+constexpr int kReentered = 2;
+__attribute__((tls_model(
+    "initial-exec"))) constinit thread_local const std::atomic<std::uint32_t>* t_parked_on =
+    nullptr;
+
+// Marks this thread as parked in a wait on the end whose lock word is w.
+class Parked {
+ public:
+  explicit Parked(const std::atomic<std::uint32_t>* w) : prev_(t_parked_on) { t_parked_on = w; }
+  ~Parked() { t_parked_on = prev_; }
+  Parked(const Parked&) = delete;
+  Parked& operator=(const Parked&) = delete;
+
+ private:
+  const std::atomic<std::uint32_t>* prev_;
+};
+
 int LockEnd(transport::ShmMutex& lock, bool shared) {
   using H = transport::ShmMutex::Holders;
-  int rc;
+  int rc = lock.TryLock();
+  if (rc != -EBUSY) return rc;
+  // Contended: is the holder this very thread (we run in its signal handler)?
+  if ((lock.word()->load(std::memory_order_relaxed) & transport::ShmMutex::kTidMask) ==
+      transport::ShmMutex::SelfTid()) {
+    return t_parked_on == lock.word() ? kReentered : -EINTR;
+  }
   while ((rc = lock.Lock(transport::WaitOptions{}, shared ? H::kAnyProcess : H::kThisProcess)) ==
          -EINTR) {
   }
@@ -321,7 +353,8 @@ ssize_t ConnRecv(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
   std::int64_t start = timeout > 0 ? NowNs() : 0;
 
   transport::ShmMutex lock = c.seg.ConsumerLock(transport::RxRingIndex(c.role));
-  if (int lrc = LockEnd(lock, c.shared.load(std::memory_order_relaxed)); lrc < 0) return lrc;
+  int lrc = LockEnd(lock, c.shared.load(std::memory_order_relaxed));
+  if (lrc < 0) return lrc;
 
   iovec scratch[kScratchIov];
   bool counted = false;  // in c.waiting
@@ -367,6 +400,7 @@ ssize_t ConnRecv(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
         break;
       }
       CountWaiter(c, &counted);
+      Parked parked(lock.word());
       int w = transport::WaitReadable(c.rx, WaitFor(c, fd, timeout, start), &c.rx_spin);
       if (!KeepWaiting(w, got, timeout, &result)) break;
       continue;
@@ -382,7 +416,7 @@ ssize_t ConnRecv(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
     break;
   }
   if (got > 0 && !peek) SendDoorbell(c.rx, FdFor(c, fd));  // room for a writer waiting in poll
-  lock.Unlock();
+  if (lrc != kReentered) lock.Unlock();
   if (counted) WaiterDone(c);
   return result < 0 ? result : static_cast<ssize_t>(got);
 }
@@ -408,7 +442,8 @@ ssize_t ConnSend(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
   std::int64_t start = timeout > 0 ? NowNs() : 0;
 
   transport::ShmMutex lock = c.seg.ProducerLock(transport::TxRingIndex(c.role));
-  if (int lrc = LockEnd(lock, c.shared.load(std::memory_order_relaxed)); lrc < 0) return lrc;
+  int lrc = LockEnd(lock, c.shared.load(std::memory_order_relaxed));
+  if (lrc < 0) return lrc;
 
   iovec scratch[kScratchIov];
   bool counted = false;  // in c.waiting
@@ -431,6 +466,7 @@ ssize_t ConnSend(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
         break;
       }
       CountWaiter(c, &counted);
+      Parked parked(lock.word());
       int w = transport::WaitWritable(c.tx, 1, WaitFor(c, fd, timeout, start), &c.tx_spin);
       if (!KeepWaiting(w, sent, timeout, &result)) break;
       continue;
@@ -458,7 +494,7 @@ ssize_t ConnSend(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
     }
     break;
   }
-  lock.Unlock();
+  if (lrc != kReentered) lock.Unlock();
   if (counted) WaiterDone(c);
   return result < 0 ? result : static_cast<ssize_t>(sent);
 }
@@ -466,10 +502,11 @@ ssize_t ConnSend(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
 void ConnShutdownWrite(Connection& c, int fd, bool reset) {
   if (c.shut_wr.exchange(true) && !reset) return;
   transport::ShmMutex lock = c.seg.ProducerLock(transport::TxRingIndex(c.role));
-  if (LockEnd(lock, c.shared.load(std::memory_order_relaxed)) < 0) return;
+  int lrc = LockEnd(lock, c.shared.load(std::memory_order_relaxed));
+  if (lrc < 0) return;
   c.tx.ShutdownWrite(reset);
   if (fd >= 0) SendDoorbell(c.tx, fd);
-  lock.Unlock();
+  if (lrc != kReentered) lock.Unlock();
 }
 
 // The last fd of c in this process is going away.

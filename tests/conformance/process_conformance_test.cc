@@ -963,14 +963,20 @@ TEST_F(Process, ReadWriteCloseFromASignalHandler) {
 // A handler writes to the very socket that the interrupted thread is
 // writing (blocked for room, or copying). The kernel runs the handler when
 // the interrupted write returns or is restarted, so both writes go through.
-// Known gap under doorway (docs/status.md): the handler waits for the
-// ring's producer lock that its own thread holds, and never returns; this
-// case is left out of the preloaded run (see BUILD).
+// Known gap under doorway (docs/process-model.md): a handler that
+// interrupted its thread in the middle of copying into the ring gets EINTR
+// (going on would corrupt the ring, waiting would never end); about half of
+// the handler's writes here. This case is left out of the preloaded run
+// (see BUILD).
 int g_same_fd = -1;
-std::atomic<int> g_same_writes{0};
+std::atomic<int> g_same_writes{0}, g_same_failures{0};
 void WriteSameSocket(int) {
   int saved = errno;
-  if (write(g_same_fd, "!", 1) == 1) g_same_writes.fetch_add(1);
+  if (write(g_same_fd, "!", 1) == 1) {
+    g_same_writes.fetch_add(1);
+  } else {
+    g_same_failures.fetch_add(1);
+  }
   errno = saved;
 }
 
@@ -978,6 +984,7 @@ TEST_F(Process, HandlerWritesTheSocketItsThreadIsWriting) {
   Connect();
   g_same_fd = server_;
   g_same_writes = 0;
+  g_same_failures = 0;
   std::atomic<std::uint64_t> received{0};
   std::thread r = Unsignalled([&] {
     std::vector<char> buf(65536);
@@ -1000,6 +1007,7 @@ TEST_F(Process, HandlerWritesTheSocketItsThreadIsWriting) {
   ASSERT_EQ(shutdown(server_, SHUT_WR), 0);
   r.join();
   EXPECT_GT(g_same_writes.load(), 0);
+  EXPECT_EQ(g_same_failures.load(), 0);
   EXPECT_EQ(received.load(), written + static_cast<std::uint64_t>(g_same_writes.load()));
 }
 
