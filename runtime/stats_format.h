@@ -125,6 +125,7 @@ static_assert(std::is_standard_layout_v<ProcessHeader>);
 static_assert(std::is_standard_layout_v<Slot>);
 static_assert(sizeof(transport::RingStats) == 64);
 static_assert(sizeof(ProcessHeader) == 192);
+static_assert(offsetof(ProcessHeader, pid) == 24 && offsetof(ProcessHeader, pid_namespace) == 88);
 static_assert(sizeof(Slot) == 256);
 static_assert(offsetof(Slot, tx) == 128 && offsetof(Slot, rx) == 192);
 

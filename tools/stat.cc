@@ -141,6 +141,28 @@ std::uint64_t OwnPidNamespace() {
   return ns;
 }
 
+// The pid namespaces of every process whose /proc/<pid>/ns/pid we may read
+// (built at most once per refresh, only if a file from another namespace
+// turns up; Collect forgets it).
+std::set<std::uint64_t>* g_live_namespaces = nullptr;
+
+const std::set<std::uint64_t>& LivePidNamespaces() {
+  std::set<std::uint64_t>*& live = g_live_namespaces;
+  if (live != nullptr) return *live;
+  live = new std::set<std::uint64_t>;
+  DIR* d = opendir("/proc");
+  if (d == nullptr) return *live;
+  while (dirent* e = readdir(d)) {
+    if (e->d_name[0] < '1' || e->d_name[0] > '9') continue;
+    struct stat st;
+    if (stat((std::string("/proc/") + e->d_name + "/ns/pid").c_str(), &st) == 0) {
+      live->insert(static_cast<std::uint64_t>(st.st_ino));
+    }
+  }
+  closedir(d);
+  return *live;
+}
+
 std::string Command(long pid, const char* fallback, size_t fallback_size) {
   std::string s;
   if (ReadSmallFile("/proc/" + std::to_string(pid) + "/comm", &s, 256)) {
@@ -442,14 +464,19 @@ void ReadProcessFile(const std::string& dir, int dfd, const char* name, const Op
   bool valid = h->magic == stats::kMagic && h->version == stats::kVersion &&
                h->header_size == sizeof(ProcessHeader) && h->slot_size == sizeof(Slot) &&
                h->slot_count == stats::kSlots && h->pid == pid;
-  if (valid && h->pid_namespace != 0 && OwnPidNamespace() != 0 &&
-      h->pid_namespace != OwnPidNamespace()) {
-    // Another pid namespace (a container sharing the directory): its pids
-    // mean nothing here, so neither live nor stale. Leave it alone.
+  bool foreign = valid && h->pid_namespace != 0 && OwnPidNamespace() != 0 &&
+                 h->pid_namespace != OwnPidNamespace();
+  if (foreign && LivePidNamespaces().count(h->pid_namespace) != 0) {
+    // Another pid namespace (a container sharing the directory) that still
+    // has processes: its pids mean nothing here, so the file is neither
+    // shown nor judged. Leave it alone.
     munmap(base, stats::kFileSize);
     return;
   }
-  std::uint64_t ticks = valid ? StartTicks(pid) : 0;
+  // A foreign namespace no visible process is in any more (a sandbox that
+  // ended) is stale: its writer, a process of the file's owner, would be
+  // visible to the owner if it were alive.
+  std::uint64_t ticks = valid && !foreign ? StartTicks(pid) : 0;
   if (!valid || ticks == 0 || ticks != h->start_ticks) {
     // Stale (or not ours to understand). Remove it if it is the caller's
     // and the name still refers to the file we judged.
@@ -551,6 +578,8 @@ std::vector<std::string> DefaultDirs() {
 }
 
 Snapshot Collect(const Options& opt) {
+  delete g_live_namespaces;
+  g_live_namespaces = nullptr;
   Snapshot snap;
   snap.watching = opt.watch;
   snap.taken_ns = MonotonicNs();

@@ -127,6 +127,20 @@ print("stale ok")
 PY
 [ ! -e "$DOORS/stats.$cpid" ] || fail "stat left the stale stats file of $cpid"
 
+# A file from a pid namespace that no process is in any more (a sandbox or
+# container that ended, whose processes were killed): stale, removed. Made
+# from the server's live file with another pid and namespace.
+python3 - "$DOORS/stats.$spid" "$DOORS/stats.4000000" <<'PY' || fail "could not craft a foreign stats file"
+import struct, sys
+data = bytearray(open(sys.argv[1], "rb").read())
+struct.pack_into("<i", data, 24, 4000000)    # ProcessHeader::pid
+struct.pack_into("<Q", data, 88, 4242)       # ProcessHeader::pid_namespace: nobody's
+open(sys.argv[2], "wb").write(data)
+PY
+"$STAT" --dir="$DOORS" --json >"$WORK/foreign.json" || fail "stat with a foreign file failed"
+grep -q '"pid": 4000000' "$WORK/foreign.json" && fail "a dead namespace's process is shown"
+[ ! -e "$DOORS/stats.4000000" ] || fail "the stats file of a dead pid namespace was not removed"
+
 # exec: the next program's runtime drops the file the previous program left
 # under the pid (here sh, which never uses a socket, so makes none).
 under_doorway execer python3 -c "
