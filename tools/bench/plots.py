@@ -101,6 +101,12 @@ def main():
         a2.plot(xs, [s["paced_p50"][i] for i in fixed], "o-", label="RTT p50 (µs)")
         a2.plot(xs, [s["paced_cpu"][i] for i in fixed], "s-", label="server CPU per request (µs)")
         a2.set_title("64 B requests 100 µs apart")
+        if None in s["budgets"]:
+            d = s["budgets"].index(None)
+            for a, rtt, cpu in ((a1, s["rtt_p50"][d], s["cpu_rt"][d]),
+                                (a2, s["paced_p50"][d], s["paced_cpu"][d])):
+                a.axhline(rtt, color="tab:blue", linestyle=":", label="adaptive default: RTT")
+                a.axhline(cpu, color="tab:orange", linestyle=":", label="adaptive default: CPU")
         for a in (a1, a2):
             a.set_xscale("log")
             a.set_yscale("log")
