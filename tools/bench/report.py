@@ -69,17 +69,30 @@ class Retry(BenchError):
     observation (seen on a loaded machine). The workload is run again."""
 
 
-def retried(method):
-    def run(self, *args, **kwargs):
-        for attempt in range(3):
-            try:
-                return method(self, *args, **kwargs)
-            except Retry as e:
-                self.notes_retry.append(f"{method.__name__}: {str(e)[:200]}")
-                last = e
-        raise BenchError(f"{method.__name__} failed three times; last: {last}")
-    run.__name__ = method.__name__
-    return run
+def retried(arity):
+    """Runs a workload again after a Retry (up to three times). Any other
+    failure (a hang, a crash, a doorway run that was not accelerated) is
+    recorded, the run goes on without that value (NaN: no row value), and the
+    whole run exits non-zero after writing the report, which lists it first."""
+    def wrap(method):
+        def run(self, *args, **kwargs):
+            err = None
+            for _ in range(3):
+                try:
+                    return method(self, *args, **kwargs)
+                except Retry as e:
+                    self.notes_retry.append(f"{method.__name__}: {str(e)[:200]}")
+                    err = e
+                except BenchError as e:
+                    err = e
+                    break
+            self.failures.append(f"{method.__name__}{args}: {str(err)[:600]}")
+            print(f"bench: FAILURE: {self.failures[-1]}", file=sys.stderr)
+            nan = float("nan")
+            return nan if arity == 1 else (nan,) * arity
+        run.__name__ = method.__name__
+        return run
+    return wrap
 
 
 def task_cpu_ns(pid):
@@ -208,6 +221,8 @@ class Results:
         self.sections = []
 
     def add(self, section, metric, unit, higher, transport, value):
+        if value is None or value != value:  # a failed run (NaN): no value
+            return
         if section not in self.sections:
             self.sections.append(section)
         self.meta.setdefault(metric, (section, unit, higher))
@@ -237,6 +252,7 @@ class Bench:
         self.spin = None
         self.spin_note = ""
         self.notes_retry = []
+        self.failures = []
         self.ring_bench_out = ""
 
     # ---- processes and transports ----
@@ -298,7 +314,7 @@ class Bench:
 
     # ---- pingpong workloads ----
 
-    @retried
+    @retried(4)
     def rtt(self, transport, size, iters, one_core=False):
         tag = self.tag(f"rtt{size}-{transport}")
         port = self.address(transport, tag)
@@ -318,7 +334,7 @@ class Bench:
         return (f["p50_ns"] / 1e3, f["p99_ns"] / 1e3, f["cpu_ns"] / 1e3 / iters,
                 fs["cpu_ns"] / 1e3 / rounds)
 
-    @retried
+    @retried(4)
     def stream(self, transport, size, seconds, read_size=None, one_core=False):
         tag = self.tag(f"stream{size}-{transport}")
         port = self.address(transport, tag)
@@ -336,7 +352,7 @@ class Bench:
         self.verify(transport, tag, 1, 1)
         return f["gbps"], f["bytes"], fc["cpu_ns"] / 1e9, f["cpu_ns"] / 1e9
 
-    @retried
+    @retried(3)
     def connrate(self, transport, n, one_core=False):
         tag = self.tag(f"conn-{transport}")
         port = self.address(transport, tag)
@@ -353,7 +369,7 @@ class Bench:
         self.verify(transport, tag, n, n)
         return f["per_s"], f["cpu_ns"] / 1e3 / n, fs["cpu_ns"] / 1e3 / n
 
-    @retried
+    @retried(2)
     def idle(self, transport, n, settle, window):
         tag = self.tag(f"idle-{transport}")
         port = self.address(transport, tag)
@@ -486,7 +502,7 @@ class Bench:
 
     # ---- external programs ----
 
-    @retried
+    @retried(3)
     def sockperf(self, transport, mode, secs, mps, extra=None):
         """Returns sockperf's p50 and p99 one-way latency (µs) and the server's
         CPU use (% of a core) while the client ran."""
@@ -516,7 +532,7 @@ class Bench:
             raise cls(f"sockperf printed no percentiles: {out[-1500:]}")
         return float(p50.group(1)), float(p99.group(1)), busy
 
-    @retried
+    @retried(1)
     def iperf3(self, transport, secs):
         tag = self.tag(f"iperf3-{transport}")
         port = str(free_port())
@@ -537,7 +553,7 @@ class Bench:
             raise BenchError(f"iperf3: {d['error']}")
         return d["end"]["sum_received"]["bits_per_second"] / 8e9
 
-    @retried
+    @retried(2)
     def redis(self, transport, n, clients):
         tag = self.tag(f"redis-{transport}")
         work = os.path.join(self.tmp, tag)
@@ -568,7 +584,7 @@ class Bench:
             raise BenchError(f"redis-benchmark printed no GET/SET rates: {out[-1000:]}")
         return got["GET"], got["SET"]
 
-    @retried
+    @retried(2)
     def nginx_wrk(self, transport, secs, conns):
         tag = self.tag(f"nginx-{transport}")
         work = os.path.join(self.tmp, tag)
@@ -693,7 +709,7 @@ http {{
 
     # ---- spin budget ----
 
-    @retried
+    @retried(2)
     def spin_pair(self, budget, gap, iters, extra):
         tag = self.tag(f"spin{budget}-gap{gap}")
         port = str(free_port())
@@ -723,6 +739,9 @@ http {{
             self.spin["budgets"].append(b)
             for gap, iters in ((0, 300 if q else 5000), (100000, 300 if q else 3000)):
                 f, fs = self.spin_pair(b, gap, iters, extra)
+                if not isinstance(f, dict):
+                    nan = float("nan")
+                    f, fs = {"p50_ns": nan, "p99_ns": nan, "cpu_ns": nan}, {"cpu_ns": nan}
                 rounds = iters + iters // 10
                 if gap == 0:
                     self.spin["rtt_p50"].append(f["p50_ns"] / 1e3)
@@ -741,6 +760,8 @@ http {{
 def fmt(v):
     if v is None:
         return "—"
+    if v != v:
+        return "failed"
     a = abs(v)
     if a >= 1000:
         return f"{v:,.0f}"
@@ -847,6 +868,9 @@ def write_report(b, path, meta):
           f"({meta['reps']} repetition(s), {meta['elapsed'] / 60:.1f} minutes in all)."]
     if b.q:
         L += ["", "**QUICK MODE: tiny counts; the numbers are not meaningful.**"]
+    if b.failures:
+        L += ["", f"## FAILURES ({len(b.failures)}): these runs failed, their values are missing",
+              ""] + [f"- {f}" for f in b.failures]
     L += ["",
           f"- Machine: {meta['machine']}.",
           f"- Load average (1, 5, 15 min) at the start: {meta['load_start']}; at the end: "
@@ -1047,6 +1071,9 @@ def main():
         write_report(b, os.path.join(out_dir, "benchmarks.md"), meta)
         print(f"bench: wrote {out_dir}/benchmarks.md and plots in {meta['elapsed'] / 60:.1f} "
               "minutes", file=sys.stderr)
+        if b.failures:
+            sys.exit(f"bench: {len(b.failures)} run(s) FAILED (listed at the top of the report; "
+                     f"logs kept in {tmp})")
         ok = True
     except BenchError as e:
         sys.exit(f"bench: FAILED: {e}\n(logs kept in {tmp})")
