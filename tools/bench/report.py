@@ -884,7 +884,8 @@ def write_report(b, path, meta):
           "(libdoorway.so preloaded into both sides).",
           f"- Every doorway run was checked ({b.accel_checked} runs): doorway's debug log of each "
           "side must show as many accelerated connects and accepts as the benchmark made, or "
-          "the whole run fails. The debug logging costs one write(2) per connection event; "
+          "that run is listed as a failure at the top of this report and the command exits "
+          "non-zero. The debug logging costs one write(2) per connection event; "
           "the connection-setup section shows the rate with logging off too.",
           "- The floor: //tools/bench:floor passes each message between two pinned processes "
           "through shared memory with spinning (the RTT floor at that size) and measures "
@@ -924,10 +925,12 @@ def write_report(b, path, meta):
             f"wrk -> nginx under doorway ran at {fmt(r.median(wrk, 'doorway'))} req/s against "
             f"{fmt(r.median(wrk, 'tcp'))} over kernel TCP: requests stall (tens to hundreds of ms) "
             "while those that do not stall are fast, so the latency p50 row describes only "
-            "the latter. This is a bug of the accelerated path with keep-alive HTTP (not a "
-            "cost of the transport), not investigated here: while building this report a "
-            "python http.client keep-alive loop against nginx, both under doorway, also hung "
-            "once, while another run of it completed 300 requests.")
+            "the latter. This is a bug of the accelerated path, not a cost of the transport. "
+            "While building this report, an strace of the nginx worker (wrk -c1, both under "
+            "doorway) showed doorway's epoll engine calling epoll_pwait in a loop (~570 k calls "
+            "in about a second), each returning EPOLLIN|EPOLLHUP|EPOLLRDHUP for the Unix socket "
+            "of an accelerated connection whose peer had closed (recvfrom on it returned 0): a "
+            "closed peer's hang-up stays level-triggered in the kernel set.")
     if b.notes_retry:
         b.notes.append(f"{len(b.notes_retry)} workload run(s) were repeated after a failure that "
                        "says nothing about the transport (a port taken by a parallel process, or "
