@@ -928,6 +928,44 @@ Connection::~Connection() {
   if (recyclable && !shared.load(std::memory_order_relaxed)) std::move(seg).Recycle(role);
 }
 
+namespace {
+// Whether some process of this network namespace still has a Unix socket
+// bound to `path` (/proc/net/unix lists every bound socket with its path
+// last on the line). Fixed buffer, raw system calls: closing a listener may
+// happen in a signal handler. On any doubt (cannot read), true.
+bool UnixPathHeld(const char* path) {
+  int fd = static_cast<int>(syscall(SYS_openat, AT_FDCWD, "/proc/net/unix", O_RDONLY | O_CLOEXEC));
+  if (fd < 0) return true;
+  const std::size_t plen = strlen(path);
+  char buf[4096];
+  std::size_t have = 0;
+  bool held = false, eof = false;
+  while (!held && !(eof && have == 0)) {
+    if (!eof && have < sizeof(buf)) {
+      long n = syscall(SYS_read, fd, buf + have, sizeof(buf) - have);
+      if (n < 0) {
+        held = true;
+        break;
+      }
+      if (n == 0) eof = true;
+      have += static_cast<std::size_t>(n);
+    }
+    char* nl = static_cast<char*>(memchr(buf, '\n', have));
+    if (nl == nullptr && !eof && have < sizeof(buf)) continue;
+    std::size_t len = nl != nullptr ? static_cast<std::size_t>(nl - buf) : have;
+    // The line ends with " <path>".
+    if (len > plen && buf[len - plen - 1] == ' ' && memcmp(buf + len - plen, path, plen) == 0) {
+      held = true;
+    }
+    std::size_t used = nl != nullptr ? len + 1 : have;
+    memmove(buf, buf + used, have - used);
+    have -= used;
+  }
+  syscall(SYS_close, fd);
+  return held;
+}
+}  // namespace
+
 Listener::~Listener() {
   if (tcp_fd >= 0) DOORWAY_REAL(close)(tcp_fd);
   for (auto& slot : pending) {
@@ -937,8 +975,12 @@ Listener::~Listener() {
     if (door_fd[i] < 0) continue;
     // Only the process that opened a door removes it, and only if no
     // forked process may still be accepting from it.
-    if (!shared.load(std::memory_order_relaxed) && creator == getpid()) unlink(door_path[i]);
+    bool is_shared = shared.load(std::memory_order_relaxed);
+    if (!is_shared && creator == getpid()) unlink(door_path[i]);
     DOORWAY_REAL(close)(door_fd[i]);
+    // A door shared by fork: whichever process closes it last removes it,
+    // once no process holds a socket bound to its path any more.
+    if (is_shared && !UnixPathHeld(door_path[i])) unlink(door_path[i]);
   }
 }
 

@@ -25,4 +25,39 @@ for kind in forking threading; do
   [ "$n" -eq "$clients" ] || fail "$kind: server accepted $n accelerated connections, want $clients"
   cat "$WORK/clients-$kind.out"
 done
+# A listener shared by fork: its door goes when the last process closes it,
+# whichever that is (parent first or child first), and not before.
+for order in parent-first child-first; do
+  dir="$(mktemp -d /tmp/doorway-test.XXXXXX)"
+  chmod 700 "$dir"
+  DOORWAY_DIR="$dir" under_doorway "door-$order" python3 - "$order" "$dir" <<'PY' ||
+import os, socket, sys
+order, d = sys.argv[1], sys.argv[2]
+doors = lambda: [f for f in os.listdir(d) if f.startswith("tcp")]
+l = socket.socket()
+l.bind(("127.0.0.1", 0))
+l.listen()
+assert len(doors()) == 1, doors()
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    if order == "parent-first":
+        os.read(r, 1)  # the parent closed
+    l.close()
+    os._exit(0 if (order == "child-first") == (len(doors()) == 1) else 1)
+if order == "parent-first":
+    l.close()
+    assert len(doors()) == 1, "door gone while the child still holds the listener"
+    os.write(w, b"x")
+    _, st = os.waitpid(pid, 0)
+else:
+    _, st = os.waitpid(pid, 0)
+    l.close()
+assert st == 0, f"child status {st}"
+assert doors() == [], f"door left after the last close: {doors()}"
+PY
+    fail "door of a fork-shared listener ($order)"
+  rm -rf "$dir"
+done
+
 echo "PASS: ForkingTCPServer and ThreadingTCPServer, $clients clients x $rounds rounds each, accelerated"
