@@ -1077,14 +1077,32 @@ short ConnPollEvents(Connection& c, int fd) {
   char scratch;
   iovec iov{&scratch, 1};
   // Peek reports data (> 0), EOF (0), reset or corruption (< 0 other than
-  // -EAGAIN) without consuming anything.
-  std::int64_t rx = c.rx.Peek(0, &iov, 1);
+  // -EAGAIN) without consuming anything. Peek and Writable refresh the end's
+  // cached index, which the end's lock protects: when another thread (or
+  // process) holds it, the lock-free predicates answer instead (data or
+  // room, or the end is finished; the closed/reset detail waits for the
+  // next poll). Found by tsan (process_threads_linked_test).
+  std::int64_t rx;
+  transport::ShmMutex rlock = c.seg.ConsumerLock(transport::RxRingIndex(c.role));
+  if (rlock.TryLock() >= 0) {
+    rx = c.rx.Peek(0, &iov, 1);
+    rlock.Unlock();
+  } else {
+    rx = c.rx.ReadReady() ? 1 : -EAGAIN;
+  }
   bool rx_data = rx > 0;
   bool rx_closed = rx == 0 || (rx < 0 && rx != -EAGAIN);
   bool rx_reset = rx < 0 && rx != -EAGAIN;
   if (rx_data || rx_closed || c.shut_rd.load(std::memory_order_relaxed)) ev |= POLLIN | POLLRDNORM;
   if (rx_closed) ev |= POLLRDHUP;
-  std::int64_t tx = c.tx.Writable();
+  std::int64_t tx;
+  transport::ShmMutex wlock = c.seg.ProducerLock(transport::TxRingIndex(c.role));
+  if (wlock.TryLock() >= 0) {
+    tx = c.tx.Writable();
+    wlock.Unlock();
+  } else {
+    tx = c.tx.WriteReady(1) ? 1 : 0;
+  }
   bool tx_broken = tx < 0;
   bool shut_wr = c.shut_wr.load(std::memory_order_relaxed);
   if (tx > 0 || tx_broken || shut_wr) ev |= POLLOUT | POLLWRNORM;
