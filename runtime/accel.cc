@@ -708,8 +708,9 @@ constexpr unsigned kSourceCount = 4;
 // Completes the accept of door connection conn whose Hello was received
 // (memfd >= 0) or not (-errno). Returns the connection's fd, or -EAGAIN
 // when it was unusable (it is dropped: the client sees a reset).
+// has_flags: the SOCK_NONBLOCK/SOCK_CLOEXEC that conn has now.
 int FinishDoor(Listener& l, int conn, const ucred& cred, int memfd, const Hello& hello,
-               sockaddr* addr, socklen_t* len, int flags) {
+               sockaddr* addr, socklen_t* len, int flags, int has_flags) {
   transport::Segment seg;
   const char* why = nullptr;
   if (memfd < 0) {
@@ -736,8 +737,12 @@ int FinishDoor(Listener& l, int conn, const ucred& cred, int memfd, const Hello&
   c.opts.CopyFrom(l.opts);
   bool nonblock = (flags & SOCK_NONBLOCK) != 0;
   c.nonblocking.store(nonblock, std::memory_order_relaxed);
-  if (!nonblock) DOORWAY_REAL(fcntl)(conn, F_SETFL, O_RDWR);
-  if ((flags & SOCK_CLOEXEC) == 0) DOORWAY_REAL(fcntl)(conn, F_SETFD, 0);
+  if ((flags ^ has_flags) & SOCK_NONBLOCK) {
+    DOORWAY_REAL(fcntl)(conn, F_SETFL, nonblock ? O_RDWR | O_NONBLOCK : O_RDWR);
+  }
+  if ((flags ^ has_flags) & SOCK_CLOEXEC) {
+    DOORWAY_REAL(fcntl)(conn, F_SETFD, (flags & SOCK_CLOEXEC) ? FD_CLOEXEC : 0);
+  }
   Endpoint peer = c.peer;
   Install(conn, std::move(obj), kTagConnection);
   CopyOut(peer, addr, len);
@@ -774,7 +779,9 @@ int AcceptDoor(Listener& l, int listen_fd, int door, sockaddr* addr, socklen_t* 
   // accept says EMFILE, as the kernel's accept does.
   int reserve = DOORWAY_REAL(fcntl)(door, F_DUPFD_CLOEXEC, 0);
   if (reserve < 0) return -errno;
-  int conn = DOORWAY_REAL(accept4)(door, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+  // With the program's flags: the Hello is read with MSG_DONTWAIT anyway.
+  const int has_flags = flags & (SOCK_CLOEXEC | SOCK_NONBLOCK);
+  int conn = DOORWAY_REAL(accept4)(door, nullptr, nullptr, has_flags);
   int accept_errno = errno;
   DOORWAY_REAL(close)(reserve);
   if (conn < 0) return accept_errno == EAGAIN ? -EAGAIN : -accept_errno;
@@ -791,10 +798,19 @@ int AcceptDoor(Listener& l, int listen_fd, int door, sockaddr* addr, socklen_t* 
   // little (a TCP connection in the accept queue is complete, and a program
   // told by poll that the listener is readable expects accept to succeed);
   // a client held up longer (a loaded machine) is parked, not dropped.
+  // A listener shared with other processes (fork) never parks: its epoll
+  // fd is theirs too, and a parked connection's readiness would wake them
+  // for a connection only this process can complete. It waits longer.
   Hello hello{};
-  int memfd = ReceiveHello(conn, &hello, 200);
-  if (memfd == -EAGAIN && ParkPending(l, listen_fd, conn)) return -EAGAIN;
-  return FinishDoor(l, conn, cred, memfd, hello, addr, len, flags);
+  const bool shared = l.shared.load(std::memory_order_relaxed);
+  int memfd = ReceiveHello(conn, &hello, shared ? 1000 : 200);
+  if (memfd == -EAGAIN && !shared) {
+    // Parked, it must not leak into a program started by exec meanwhile.
+    if ((has_flags & SOCK_CLOEXEC) == 0) DOORWAY_REAL(fcntl)(conn, F_SETFD, FD_CLOEXEC);
+    if (ParkPending(l, listen_fd, conn)) return -EAGAIN;
+    return FinishDoor(l, conn, cred, memfd, hello, addr, len, flags, has_flags | SOCK_CLOEXEC);
+  }
+  return FinishDoor(l, conn, cred, memfd, hello, addr, len, flags, has_flags);
 }
 
 // A parked door connection whose Hello has arrived, or -EAGAIN.
@@ -812,7 +828,9 @@ int AcceptPending(Listener& l, int listen_fd, sockaddr* addr, socklen_t* len, in
     ucred cred{};
     socklen_t cl = sizeof(cred);
     (void)DOORWAY_REAL(getsockopt)(conn, SOL_SOCKET, SO_PEERCRED, &cred, &cl);
-    int c = FinishDoor(l, conn, cred, memfd, hello, addr, len, flags);
+    // Its flags are unknown here (another accept call parked it): set both.
+    int c = FinishDoor(l, conn, cred, memfd, hello, addr, len, flags,
+                       ~flags & (SOCK_CLOEXEC | SOCK_NONBLOCK));
     if (c != -EAGAIN) return c;
   }
   return -EAGAIN;
@@ -1064,6 +1082,20 @@ void ForgetPendingHellos() {
 }
 
 void MarkAllShared() {
+  // Parked door connections (Listener::pending) cannot be shared: the other
+  // process would be woken for them and could not complete them. The few
+  // parked at the moment of a fork are dropped (their clients see a reset).
+  GlobalTable().ForEach([](int fd, const Ref& r) {
+    if (Listener* l = const_cast<Ref&>(r).As<Listener>()) {
+      for (auto& slot : l->pending) {
+        int conn = slot.exchange(-1);
+        if (conn < 0) continue;
+        (void)DOORWAY_REAL(epoll_ctl)(fd, EPOLL_CTL_DEL, conn, nullptr);
+        DOORWAY_REAL(close)(conn);
+        DOORWAY_LOG(kDebug, "fd %d: door connection waiting for its Hello dropped at fork", fd);
+      }
+    }
+  });
   GlobalTable().ForEach([](int, const Ref& r) {
     if (Connection* c = r.As<Connection>()) c->shared.store(true, std::memory_order_relaxed);
     if (Listener* l = r.As<Listener>()) l->shared.store(true, std::memory_order_relaxed);

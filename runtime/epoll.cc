@@ -47,6 +47,7 @@ struct Member {
   std::uint32_t rx_gen, tx_gen;
   bool disabled;  // EPOLLONESHOT fired
   bool nested;    // conn is the EpollSet of a nested epoll fd
+  bool quiet;     // peer gone: its kernel registration was removed (KernelWait)
 };
 
 class SpinLock {
@@ -151,6 +152,24 @@ bool NestedReady(EpollSet& s, bool check_kernel, int depth) {
   return ready;
 }
 
+// Whether Collect would report member m of connection c now (without
+// changing m): its events, less what an edge-triggered member was told.
+bool WouldReport(const Member& m, Connection& c) {
+  std::uint32_t interest =
+      m.events & (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLRDNORM | EPOLLWRNORM | EPOLLPRI);
+  std::uint32_t now =
+      static_cast<std::uint32_t>(ConnPollEvents(c)) & (interest | EPOLLERR | EPOLLHUP);
+  if ((m.events & EPOLLET) == 0) return now != 0;
+  std::uint32_t report = now & ~m.last;
+  if ((now & EPOLLIN) && c.rx_eagain_gen.load(std::memory_order_relaxed) != m.rx_gen) {
+    report |= EPOLLIN;
+  }
+  if ((now & EPOLLOUT) && c.tx_eagain_gen.load(std::memory_order_relaxed) != m.tx_gen) {
+    report |= EPOLLOUT;
+  }
+  return report != 0;
+}
+
 // Arms every accelerated member of s (and of the sets nested in it) for
 // `events`; true if one is ready already.
 bool ArmSet(EpollSet& s, int depth) {
@@ -163,7 +182,10 @@ bool ArmSet(EpollSet& s, int depth) {
     if (m.nested) {
       if (EpollSet* inner = m.conn.As<EpollSet>()) ready_now |= ArmSet(*inner, depth + 1);
     } else if (Connection* c = m.conn.As<Connection>()) {
-      ready_now |= ArmDoorbells(*c, static_cast<short>(m.events & (EPOLLIN | EPOLLOUT)));
+      bool ready = ArmDoorbells(*c, static_cast<short>(m.events & (EPOLLIN | EPOLLOUT)));
+      // Ready, but already reported to an edge-triggered member (e.g. EOF):
+      // not a reason to stay awake; only a new edge is.
+      ready_now |= ready && WouldReport(m, *c);
     }
   }
   s.lock.Unlock();
@@ -246,10 +268,22 @@ int KernelWait(EpollSet& s, int epfd, epoll_event* out, int max, int timeout_ms,
       int fd = static_cast<int>(out[i].data.u64 & 0xffffffffu);
       Ref r = GlobalTable().Get(fd);
       if (Connection* c = r.As<Connection>(); c != nullptr) {
-        if (out[i].events & (EPOLLHUP | EPOLLERR)) NotePeerHangup(*c);
+        if (out[i].events & (EPOLLHUP | EPOLLERR)) {
+          NotePeerHangup(*c);
+          // The hang-up stays reported by the kernel (EPOLLHUP cannot be
+          // masked, and a MOD re-arms it); from now on the rings say it
+          // (EOF, EPIPE). So the kernel registration goes: otherwise a
+          // member the program watches edge-triggered, whose hang-up it was
+          // told of already, would wake every kernel wait at once, forever.
+          s.lock.Lock();
+          if (Member* m = s.Find(fd); m != nullptr && !m->quiet && m->conn.node() == r.node()) {
+            (void)DOORWAY_REAL(epoll_ctl)(epfd, EPOLL_CTL_DEL, fd, nullptr);
+            m->quiet = true;
+          }
+          s.lock.Unlock();
+        }
         if (out[i].events & EPOLLIN) DrainDoorbells(fd);
       }
-      (void)s;
       continue;
     }
     out[kept++] = out[i];
@@ -325,8 +359,24 @@ int EpollCtl(int epfd, int op, int fd, epoll_event* event) {
     if (op == EPOLL_CTL_ADD && (event->events & ~kExclusiveOk) != 0) return -EINVAL;
     kev.events = EPOLLIN | EPOLLEXCLUSIVE;
   }
-  if (DOORWAY_REAL(epoll_ctl)(epfd, op, fd, op == EPOLL_CTL_DEL ? nullptr : &kev) != 0) {
-    return -errno;
+  // A member quieted after its peer's hang-up has no kernel registration
+  // any more: answer for the kernel (EEXIST), or register it again (MOD).
+  bool quiet = false;
+  if (GlobalTable().Tag(epfd) == kTagEpoll) {
+    Ref qr = GlobalTable().Get(epfd);
+    if (EpollSet* qs = qr.As<EpollSet>(); qs != nullptr) {
+      qs->lock.Lock();
+      Member* qm = qs->Find(fd);
+      quiet = qm != nullptr && qm->quiet && qm->conn.node() == target.node();
+      qs->lock.Unlock();
+    }
+  }
+  if (quiet && op == EPOLL_CTL_ADD) return -EEXIST;
+  if (!(quiet && op == EPOLL_CTL_DEL)) {
+    int kop = quiet ? EPOLL_CTL_ADD : op;
+    if (DOORWAY_REAL(epoll_ctl)(epfd, kop, fd, op == EPOLL_CTL_DEL ? nullptr : &kev) != 0) {
+      return -errno;
+    }
   }
   Ref sr = ManagedSet(epfd);
   EpollSet* s = sr.As<EpollSet>();
