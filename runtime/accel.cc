@@ -645,7 +645,8 @@ int SendHello(int door, const Hello& hello, int memfd) {
 // Returns the memfd or -errno.
 // -EAGAIN: not there yet (after waiting up to wait_ms).
 int ReceiveHello(int conn, Hello* hello, int wait_ms) {
-  for (int attempt = 0; attempt < 2; ++attempt) {
+  const std::int64_t deadline = NowNs() + std::int64_t{wait_ms} * 1000000;
+  for (int attempt = 0;; ++attempt) {
     iovec iov{hello, sizeof(*hello)};
     alignas(cmsghdr) char control[CMSG_SPACE(4 * sizeof(int))] = {};
     msghdr msg{};
@@ -654,12 +655,16 @@ int ReceiveHello(int conn, Hello* hello, int wait_ms) {
     msg.msg_control = control;
     msg.msg_controllen = sizeof(control);
     ssize_t n = DOORWAY_REAL(recvmsg)(conn, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-    if (n < 0 && errno == EAGAIN && attempt == 0 && wait_ms > 0) {
+    if (n < 0 && errno == EAGAIN && wait_ms > 0) {
       // The client sends its Hello right after connecting; it may be behind
-      // the connection itself.
-      pollfd p{conn, POLLIN, 0};
-      (void)DOORWAY_REAL(poll)(&p, 1, wait_ms);
-      continue;
+      // the connection itself. Wait until the deadline, whatever signals
+      // (a forking server's SIGCHLD) interrupt the poll meanwhile.
+      std::int64_t left_ms = (deadline - NowNs()) / 1000000;
+      if (left_ms > 0 && attempt < 1000) {
+        pollfd p{conn, POLLIN, 0};
+        (void)DOORWAY_REAL(poll)(&p, 1, static_cast<int>(left_ms));
+        continue;
+      }
     }
     if (n < 0) return -errno;
     if (n == 0) return -ECONNRESET;  // the client went away before its Hello
@@ -1341,12 +1346,18 @@ int Connect(int fd, const sockaddr* addr, socklen_t len) {
     // A reused segment is still mapped by its previous peer: only for a
     // listener of our own uid (checked again once connected).
     so.reuse = IsOwnUid(doors.owner[0]) && (doors.count < 2 || IsOwnUid(doors.owner[1]));
+    // The connection is complete (stats included, whose first use creates
+    // a file) before the door connects: from the connect to the Hello
+    // there are only a few fast system calls, and the server waits for it.
     if (int rc = transport::Segment::Create(so, &seg); rc != 0) {
       why = "cannot create segment";
-    } else if ((door = EnterDoor(doors, &server_uid)) < 0) {
-      why = "no door answered";
-    } else if (seg.generation() > 1 && !IsOwnUid(server_uid)) {
-      why = "door served by another uid";
+    } else {
+      InitConnection(*obj.As<Connection>(), std::move(seg), Role::kClient);
+      if ((door = EnterDoor(doors, &server_uid)) < 0) {
+        why = "no door answered";
+      } else if (obj.As<Connection>()->seg.generation() > 1 && !IsOwnUid(server_uid)) {
+        why = "door served by another uid";
+      }
     }
   }
   if (why != nullptr) {
@@ -1354,10 +1365,8 @@ int Connect(int fd, const sockaddr* addr, socklen_t len) {
     if (door >= 0) DOORWAY_REAL(close)(door);
     return kernel();
   }
-  const bool same_uid = IsOwnUid(server_uid);
   Connection& c = *obj.As<Connection>();
-  InitConnection(c, std::move(seg), Role::kClient);
-  c.recyclable = same_uid;
+  c.recyclable = IsOwnUid(server_uid);
   c.local = AsDomain(local, domain);
   c.peer = AsDomain(Unmapped(dest), domain);
   int fd_flags = DOORWAY_REAL(fcntl)(fd, F_GETFD);

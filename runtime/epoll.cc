@@ -45,10 +45,21 @@ struct Member {
   Ref conn;
   std::uint32_t last;  // events reported and still holding (edge-triggered)
   std::uint32_t rx_gen, tx_gen;
-  bool disabled;  // EPOLLONESHOT fired
-  bool nested;    // conn is the EpollSet of a nested epoll fd
-  bool quiet;     // peer gone: its kernel registration was removed (KernelWait)
+  bool disabled;          // EPOLLONESHOT fired
+  bool nested;            // conn is the EpollSet of a nested epoll fd
+  bool quiet;             // peer gone: its kernel registration was removed (KernelWait)
+  std::uint64_t rx_seen;  // ArrivedBytes when EPOLLIN was last reported (edge-triggered)
 };
+
+// Bytes that ever arrived on c's incoming ring (consumed + readable): new
+// data is a new edge for EPOLLET, as each arriving segment is for the
+// kernel's TCP, whether or not the program read up to EAGAIN.
+std::uint64_t ArrivedBytes(Connection& c) {
+  const transport::RingStats* st = c.rx.stats();
+  std::int64_t readable = c.rx.Readable();
+  return (st != nullptr ? st->bytes.load(std::memory_order_relaxed) : 0) +
+         static_cast<std::uint64_t>(readable > 0 ? readable : 0);
+}
 
 class SpinLock {
  public:
@@ -161,7 +172,8 @@ bool WouldReport(const Member& m, Connection& c) {
       static_cast<std::uint32_t>(ConnPollEvents(c)) & (interest | EPOLLERR | EPOLLHUP);
   if ((m.events & EPOLLET) == 0) return now != 0;
   std::uint32_t report = now & ~m.last;
-  if ((now & EPOLLIN) && c.rx_eagain_gen.load(std::memory_order_relaxed) != m.rx_gen) {
+  if ((now & EPOLLIN) && (c.rx_eagain_gen.load(std::memory_order_relaxed) != m.rx_gen ||
+                          ArrivedBytes(c) != m.rx_seen)) {
     report |= EPOLLIN;
   }
   if ((now & EPOLLOUT) && c.tx_eagain_gen.load(std::memory_order_relaxed) != m.tx_gen) {
@@ -229,14 +241,19 @@ int Collect(EpollSet& s, epoll_event* out, int max, bool check_kernel = true) {
     } else if (m.events & EPOLLET) {
       std::uint32_t rx_gen = c->rx_eagain_gen.load(std::memory_order_relaxed);
       std::uint32_t tx_gen = c->tx_eagain_gen.load(std::memory_order_relaxed);
+      std::uint64_t arrived = (now & EPOLLIN) ? ArrivedBytes(*c) : m.rx_seen;
       report = now & ~m.last;
-      // After the program saw EAGAIN, readiness is a new edge.
-      if ((now & EPOLLIN) && rx_gen != m.rx_gen) report |= now & (EPOLLIN | EPOLLRDNORM);
+      // After the program saw EAGAIN, readiness is a new edge; so is data
+      // that arrived since the last report.
+      if ((now & EPOLLIN) && (rx_gen != m.rx_gen || arrived != m.rx_seen)) {
+        report |= now & (EPOLLIN | EPOLLRDNORM);
+      }
       if ((now & EPOLLOUT) && tx_gen != m.tx_gen) report |= now & (EPOLLOUT | EPOLLWRNORM);
       m.last = now;
       if (report != 0) {
         m.rx_gen = rx_gen;
         m.tx_gen = tx_gen;
+        m.rx_seen = arrived;
       }
     }
     if (report == 0) continue;
@@ -388,7 +405,8 @@ int EpollCtl(int epfd, int op, int fd, epoll_event* event) {
   if (op == EPOLL_CTL_DEL) {
     if (m != nullptr) s->Remove(m);
   } else {
-    Member fresh{fd, event->events, event->data, Ref(), 0, 0, 0, false, nested};
+    Member fresh{fd,     event->events, event->data,      Ref(), 0, 0, 0, false,
+                 nested, false,         ~std::uint64_t{0}};
     if (Connection* c = target.As<Connection>()) {
       fresh.rx_gen = c->rx_eagain_gen.load(std::memory_order_relaxed) - 1;  // first wait: an edge
       fresh.tx_gen = c->tx_eagain_gen.load(std::memory_order_relaxed) - 1;

@@ -923,6 +923,31 @@ TEST_P(Conformance, EpollEdgeTriggeredHangupThenQuiet) {
   EXPECT_TRUE(ep.Wait(0).empty());
 }
 
+// Edge-triggered: new data is a new edge even if the program did not read
+// up to EAGAIN (nginx reads a whole request and waits for the next one).
+TEST_P(Conformance, EpollEdgeTriggeredNewDataIsAnEdge) {
+  Connect();
+  Epoll ep;
+  ASSERT_EQ(ep.Ctl(EPOLL_CTL_ADD, server_, EPOLLIN | EPOLLOUT | EPOLLET, 9), 0);
+  auto ev = ep.Wait(5000);  // writable
+  ASSERT_EQ(ev.size(), 1u);
+  ASSERT_EQ(write(client_, "req1", 4), 4);
+  ev = ep.Wait(5000);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_TRUE(ev[0].events & EPOLLIN);
+  char buf[4];
+  ASSERT_EQ(read(server_, buf, 4), 4);  // exactly the request: no EAGAIN seen
+  EXPECT_TRUE(ep.Wait(0).empty());
+  ASSERT_EQ(write(client_, "req2", 4), 4);
+  ev = ep.Wait(5000);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_TRUE(ev[0].events & EPOLLIN) << ev[0].events;
+  ASSERT_EQ(write(client_, "req3", 4), 4);  // unread data plus more: an edge again
+  ev = ep.Wait(5000);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_TRUE(ev[0].events & EPOLLIN) << ev[0].events;
+}
+
 TEST_P(Conformance, LongIoVectors) {
   Connect();
   // More iovecs than doorway copies at once (64): all of them are used.
