@@ -691,7 +691,6 @@ int ReceiveHello(int conn, Hello* hello, int wait_ms) {
     }
     return memfd;
   }
-  return -EAGAIN;
 }
 
 void Install(int fd, Ref obj, std::uint32_t tag) {
@@ -989,11 +988,28 @@ bool UnixPathHeld(const char* path) {
 }
 }  // namespace
 
+namespace {
+
+// Closes l's parked door connections (their clients see a reset); with
+// listen_fd >= 0 also takes them out of the listener's epoll fd (not in a
+// fork child, whose epoll fd is its parent's too). Returns how many.
+int DropParked(Listener& l, int listen_fd) {
+  int n = 0;
+  for (auto& slot : l.pending) {
+    int conn = slot.exchange(-1);
+    if (conn < 0) continue;
+    if (listen_fd >= 0) (void)DOORWAY_REAL(epoll_ctl)(listen_fd, EPOLL_CTL_DEL, conn, nullptr);
+    DOORWAY_REAL(close)(conn);
+    ++n;
+  }
+  return n;
+}
+
+}  // namespace
+
 Listener::~Listener() {
   if (tcp_fd >= 0) DOORWAY_REAL(close)(tcp_fd);
-  for (auto& slot : pending) {
-    if (int conn = slot.exchange(-1); conn >= 0) DOORWAY_REAL(close)(conn);
-  }
+  DropParked(*this, -1);
   for (int i = 0; i < 2; ++i) {
     if (door_fd[i] < 0) continue;
     // Only the process that opened a door removes it, and only if no
@@ -1078,11 +1094,7 @@ int CollectOwnFds(unsigned first, unsigned last, int* out, int max) {
 
 void ForgetPendingHellos() {
   GlobalTable().ForEach([](int, const Ref& r) {
-    if (Listener* l = const_cast<Ref&>(r).As<Listener>()) {
-      for (auto& slot : l->pending) {
-        if (int conn = slot.exchange(-1); conn >= 0) DOORWAY_REAL(close)(conn);
-      }
-    }
+    if (Listener* l = const_cast<Ref&>(r).As<Listener>()) DropParked(*l, -1);
   });
 }
 
@@ -1092,12 +1104,9 @@ void MarkAllShared() {
   // parked at the moment of a fork are dropped (their clients see a reset).
   GlobalTable().ForEach([](int fd, const Ref& r) {
     if (Listener* l = const_cast<Ref&>(r).As<Listener>()) {
-      for (auto& slot : l->pending) {
-        int conn = slot.exchange(-1);
-        if (conn < 0) continue;
-        (void)DOORWAY_REAL(epoll_ctl)(fd, EPOLL_CTL_DEL, conn, nullptr);
-        DOORWAY_REAL(close)(conn);
-        DOORWAY_LOG(kDebug, "fd %d: door connection waiting for its Hello dropped at fork", fd);
+      if (int n = DropParked(*l, fd); n > 0) {
+        DOORWAY_LOG(kDebug, "fd %d: %d door connection(s) waiting for a Hello dropped at fork", fd,
+                    n);
       }
     }
   });

@@ -112,6 +112,7 @@ struct EpollSet {
   }
   void Remove(Member* m) {
     if (m->nested) --nested;
+    if (m->quiet) quiet.fetch_sub(1, std::memory_order_relaxed);
     Member* lastm = &members[count - 1];
     if (m != lastm) *m = std::move(*lastm);
     lastm->~Member();
@@ -121,6 +122,9 @@ struct EpollSet {
   SpinLock lock;
   int epfd = -1;
   int nested = 0;  // members that are epoll sets
+  // Members with Member::quiet set. Written under the lock; read without it
+  // by EpollCtl to skip looking for one (the common case: none).
+  std::atomic<int> quiet{0};
   Member* members = nullptr;
   int count = 0;
   int cap = 0;
@@ -128,8 +132,45 @@ struct EpollSet {
 
 namespace {
 
-// The program's events for member m now, applying EPOLLET and EPOLLONESHOT.
-// Drops members whose fd no longer refers to their connection.
+// What accelerated member m of connection c would be told now: `now`, its
+// level events, and `report`, less what an edge-triggered member was told
+// already, with the state Commit records once it is told.
+struct Reading {
+  std::uint32_t now, report, rx_gen, tx_gen;
+  std::uint64_t arrived;
+};
+
+Reading Read(const Member& m, Connection& c) {
+  std::uint32_t interest =
+      m.events & (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLRDNORM | EPOLLWRNORM | EPOLLPRI);
+  Reading r{};
+  r.now = static_cast<std::uint32_t>(ConnPollEvents(c)) & (interest | EPOLLERR | EPOLLHUP);
+  r.report = r.now;
+  if ((m.events & EPOLLET) == 0) return r;
+  r.rx_gen = c.rx_eagain_gen.load(std::memory_order_relaxed);
+  r.tx_gen = c.tx_eagain_gen.load(std::memory_order_relaxed);
+  r.arrived = (r.now & EPOLLIN) ? ArrivedBytes(c) : m.rx_seen;
+  r.report = r.now & ~m.last;
+  // After the program saw EAGAIN, readiness is a new edge; so is data that
+  // arrived since the last report.
+  if ((r.now & EPOLLIN) && (r.rx_gen != m.rx_gen || r.arrived != m.rx_seen)) {
+    r.report |= r.now & (EPOLLIN | EPOLLRDNORM);
+  }
+  if ((r.now & EPOLLOUT) && r.tx_gen != m.tx_gen) r.report |= r.now & (EPOLLOUT | EPOLLWRNORM);
+  return r;
+}
+
+// Records, for an edge-triggered member, what Read found (and reported).
+void Commit(Member& m, const Reading& r) {
+  if ((m.events & EPOLLET) == 0) return;
+  m.last = r.now;
+  if (r.report != 0) {
+    m.rx_gen = r.rx_gen;
+    m.tx_gen = r.tx_gen;
+    m.rx_seen = r.arrived;
+  }
+}
+
 // Whether nested set s has something to report (its accelerated members,
 // peeked without consuming their edge or one-shot state, and, if
 // check_kernel, its kernel members through its epoll fd).
@@ -145,14 +186,7 @@ bool NestedReady(EpollSet& s, bool check_kernel, int depth) {
         ready = NestedReady(*inner, check_kernel, depth + 1);
       continue;
     }
-    Connection* c = m.conn.As<Connection>();
-    if (c == nullptr) continue;
-    std::uint32_t interest =
-        m.events & (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLRDNORM | EPOLLWRNORM | EPOLLPRI);
-    std::uint32_t now =
-        static_cast<std::uint32_t>(ConnPollEvents(*c)) & (interest | EPOLLERR | EPOLLHUP);
-    if (m.events & EPOLLET) now &= ~m.last;
-    ready = now != 0;
+    if (Connection* c = m.conn.As<Connection>()) ready = Read(m, *c).report != 0;
   }
   int epfd = s.epfd;
   s.lock.Unlock();
@@ -161,25 +195,6 @@ bool NestedReady(EpollSet& s, bool check_kernel, int depth) {
     ready = DOORWAY_REAL(poll)(&p, 1, 0) == 1 && (p.revents & POLLIN) != 0;
   }
   return ready;
-}
-
-// Whether Collect would report member m of connection c now (without
-// changing m): its events, less what an edge-triggered member was told.
-bool WouldReport(const Member& m, Connection& c) {
-  std::uint32_t interest =
-      m.events & (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLRDNORM | EPOLLWRNORM | EPOLLPRI);
-  std::uint32_t now =
-      static_cast<std::uint32_t>(ConnPollEvents(c)) & (interest | EPOLLERR | EPOLLHUP);
-  if ((m.events & EPOLLET) == 0) return now != 0;
-  std::uint32_t report = now & ~m.last;
-  if ((now & EPOLLIN) && (c.rx_eagain_gen.load(std::memory_order_relaxed) != m.rx_gen ||
-                          ArrivedBytes(c) != m.rx_seen)) {
-    report |= EPOLLIN;
-  }
-  if ((now & EPOLLOUT) && c.tx_eagain_gen.load(std::memory_order_relaxed) != m.tx_gen) {
-    report |= EPOLLOUT;
-  }
-  return report != 0;
 }
 
 // Arms every accelerated member of s (and of the sets nested in it) for
@@ -197,13 +212,15 @@ bool ArmSet(EpollSet& s, int depth) {
       bool ready = ArmDoorbells(*c, static_cast<short>(m.events & (EPOLLIN | EPOLLOUT)));
       // Ready, but already reported to an edge-triggered member (e.g. EOF):
       // not a reason to stay awake; only a new edge is.
-      ready_now |= ready && WouldReport(m, *c);
+      ready_now |= ready && Read(m, *c).report != 0;
     }
   }
   s.lock.Unlock();
   return ready_now;
 }
 
+// The program's events for the members of s now, applying EPOLLET and
+// EPOLLONESHOT. Drops members whose fd no longer refers to their object.
 int Collect(EpollSet& s, epoll_event* out, int max, bool check_kernel = true) {
   int n = 0;
   for (int i = 0; i < s.count && n < max;) {
@@ -221,40 +238,22 @@ int Collect(EpollSet& s, epoll_event* out, int max, bool check_kernel = true) {
     }
     ++i;
     if (m.disabled) continue;
-    std::uint32_t interest =
-        m.events & (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLRDNORM | EPOLLWRNORM | EPOLLPRI);
-    std::uint32_t now = 0;
-    Connection* c = nullptr;
+    std::uint32_t report = 0;
     if (m.nested) {
+      std::uint32_t now = 0;
       EpollSet* inner = m.conn.As<EpollSet>();
-      if (inner != nullptr && NestedReady(*inner, check_kernel, 1)) now = EPOLLIN & interest;
+      if (inner != nullptr && NestedReady(*inner, check_kernel, 1)) now = EPOLLIN & m.events;
       // Kernel readiness is only looked at now and then: keep the last edge.
       if (!check_kernel && (m.events & EPOLLET)) now |= m.last & EPOLLIN;
+      report = now;
+      if (m.events & EPOLLET) {
+        report = now & ~m.last;
+        m.last = now;
+      }
     } else {
-      c = m.conn.As<Connection>();
-      now = static_cast<std::uint32_t>(ConnPollEvents(*c)) & (interest | EPOLLERR | EPOLLHUP);
-    }
-    std::uint32_t report = now;
-    if (m.nested && (m.events & EPOLLET)) {
-      report = now & ~m.last;
-      m.last = now;
-    } else if (m.events & EPOLLET) {
-      std::uint32_t rx_gen = c->rx_eagain_gen.load(std::memory_order_relaxed);
-      std::uint32_t tx_gen = c->tx_eagain_gen.load(std::memory_order_relaxed);
-      std::uint64_t arrived = (now & EPOLLIN) ? ArrivedBytes(*c) : m.rx_seen;
-      report = now & ~m.last;
-      // After the program saw EAGAIN, readiness is a new edge; so is data
-      // that arrived since the last report.
-      if ((now & EPOLLIN) && (rx_gen != m.rx_gen || arrived != m.rx_seen)) {
-        report |= now & (EPOLLIN | EPOLLRDNORM);
-      }
-      if ((now & EPOLLOUT) && tx_gen != m.tx_gen) report |= now & (EPOLLOUT | EPOLLWRNORM);
-      m.last = now;
-      if (report != 0) {
-        m.rx_gen = rx_gen;
-        m.tx_gen = tx_gen;
-        m.rx_seen = arrived;
-      }
+      Reading r = Read(m, *m.conn.As<Connection>());
+      Commit(m, r);
+      report = r.report;
     }
     if (report == 0) continue;
     out[n].events = report;
@@ -296,6 +295,7 @@ int KernelWait(EpollSet& s, int epfd, epoll_event* out, int max, int timeout_ms,
           if (Member* m = s.Find(fd); m != nullptr && !m->quiet && m->conn.node() == r.node()) {
             (void)DOORWAY_REAL(epoll_ctl)(epfd, EPOLL_CTL_DEL, fd, nullptr);
             m->quiet = true;
+            s.quiet.fetch_add(1, std::memory_order_relaxed);
           }
           s.lock.Unlock();
         }
@@ -381,7 +381,8 @@ int EpollCtl(int epfd, int op, int fd, epoll_event* event) {
   bool quiet = false;
   if (GlobalTable().Tag(epfd) == kTagEpoll) {
     Ref qr = GlobalTable().Get(epfd);
-    if (EpollSet* qs = qr.As<EpollSet>(); qs != nullptr) {
+    EpollSet* qs = qr.As<EpollSet>();
+    if (qs != nullptr && qs->quiet.load(std::memory_order_relaxed) > 0) {
       qs->lock.Lock();
       Member* qm = qs->Find(fd);
       quiet = qm != nullptr && qm->quiet && qm->conn.node() == target.node();
@@ -414,6 +415,7 @@ int EpollCtl(int epfd, int op, int fd, epoll_event* event) {
     fresh.conn = std::move(target);
     if (m != nullptr) {
       if (m->nested) --s->nested;
+      if (m->quiet) s->quiet.fetch_sub(1, std::memory_order_relaxed);
       *m = std::move(fresh);
       if (nested) ++s->nested;
     } else if (!s->Add(std::move(fresh))) {
