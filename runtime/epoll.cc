@@ -82,17 +82,30 @@ struct EpollSet {
   ~EpollSet() {
     for (int i = 0; i < count; ++i) members[i].~Member();
     if (members != nullptr) munmap(members, static_cast<size_t>(cap) * sizeof(Member));
+    if (index != nullptr) munmap(index, static_cast<size_t>(index_cap) * sizeof(int));
   }
   EpollSet(const EpollSet&) = delete;
   EpollSet& operator=(const EpollSet&) = delete;
 
+  // O(1): index[fd] is the member's position in `members`, or -1.
   Member* Find(int fd) {
-    for (int i = 0; i < count; ++i) {
-      if (members[i].fd == fd) return &members[i];
-    }
-    return nullptr;
+    if (fd < 0 || fd >= index_cap || index[fd] < 0) return nullptr;
+    return &members[index[fd]];
   }
   bool Add(Member m) {
+    if (m.fd < 0) return false;
+    if (m.fd >= index_cap) {
+      int ncap = index_cap == 0 ? 1024 : index_cap;
+      while (ncap <= m.fd) ncap *= 2;
+      void* mem = mmap(nullptr, static_cast<size_t>(ncap) * sizeof(int), PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (mem == MAP_FAILED) return false;
+      int* fresh = static_cast<int*>(mem);
+      for (int i = 0; i < ncap; ++i) fresh[i] = i < index_cap ? index[i] : -1;
+      if (index != nullptr) munmap(index, static_cast<size_t>(index_cap) * sizeof(int));
+      index = fresh;
+      index_cap = ncap;
+    }
     if (count == cap) {
       int ncap = cap == 0 ? 64 : cap * 2;
       void* mem = mmap(nullptr, static_cast<size_t>(ncap) * sizeof(Member), PROT_READ | PROT_WRITE,
@@ -107,14 +120,19 @@ struct EpollSet {
       members = fresh;
       cap = ncap;
     }
+    index[m.fd] = count;
     new (&members[count++]) Member(std::move(m));
     return true;
   }
   void Remove(Member* m) {
     if (m->nested) --nested;
     if (m->quiet) quiet.fetch_sub(1, std::memory_order_relaxed);
+    index[m->fd] = -1;
     Member* lastm = &members[count - 1];
-    if (m != lastm) *m = std::move(*lastm);
+    if (m != lastm) {
+      *m = std::move(*lastm);
+      index[m->fd] = static_cast<int>(m - members);
+    }
     lastm->~Member();
     --count;
   }
@@ -128,6 +146,8 @@ struct EpollSet {
   Member* members = nullptr;
   int count = 0;
   int cap = 0;
+  int* index = nullptr;  // by fd number (mmap'd, grown by doubling)
+  int index_cap = 0;
 };
 
 namespace {
