@@ -31,9 +31,35 @@ DOORWAY_EXPORT int sigaction(int sig, const struct sigaction* act, struct sigact
   return rt::Sigaction(sig, act, old);
 }
 
+DOORWAY_EXPORT int __sigaction(int sig, const struct sigaction* act, struct sigaction* old) {
+  return rt::Sigaction(sig, act, old);
+}
+
+// glibc builds these on its internal sigaction, so without their own
+// trampolines their handlers would bypass the counting one.
 DOORWAY_EXPORT sighandler_t signal(int sig, sighandler_t handler) {
   return rt::Signal(sig, handler);
 }
+
+DOORWAY_EXPORT sighandler_t bsd_signal(int sig, sighandler_t handler) {
+  return rt::Signal(sig, handler);
+}
+
+DOORWAY_EXPORT sighandler_t ssignal(int sig, sighandler_t handler) {
+  return rt::Signal(sig, handler);
+}
+
+DOORWAY_EXPORT sighandler_t sysv_signal(int sig, sighandler_t handler) {
+  return rt::SysvSignal(sig, handler);
+}
+
+DOORWAY_EXPORT sighandler_t __sysv_signal(int sig, sighandler_t handler) {
+  return rt::SysvSignal(sig, handler);
+}
+
+DOORWAY_EXPORT sighandler_t sigset(int sig, sighandler_t disp) { return rt::Sigset(sig, disp); }
+
+DOORWAY_EXPORT int siginterrupt(int sig, int flag) { return rt::Siginterrupt(sig, flag); }
 
 // A vfork wrapper cannot return into its caller's frame from the child
 // without corrupting the parent's stack, so vfork is served by fork: POSIX

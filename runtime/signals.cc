@@ -98,18 +98,87 @@ int Sigaction(int sig, const struct sigaction* act, struct sigaction* old) {
   return 0;
 }
 
-// glibc's signal(): BSD semantics (SA_RESTART, the signal blocked in its
-// handler). glibc implements it on its internal sigaction, which the
-// interposed one never sees, hence this.
+namespace {
+
+// The signals siginterrupt(sig, 1) asked signal() to install without
+// SA_RESTART (glibc keeps the same set, _sigintr, for its signal()).
+std::atomic<std::uint64_t> g_interrupting{0};
+
+bool ValidHandlerCall(int sig, sighandler_t handler) {
+  if (handler == SIG_ERR || sig < 1 || sig >= NSIG) {
+    errno = EINVAL;
+    return false;
+  }
+  return true;
+}
+
+std::uint64_t Bit(int sig) { return sig <= 64 ? std::uint64_t{1} << (sig - 1) : 0; }
+
+}  // namespace
+
+// glibc's signal() (also bsd_signal, ssignal): BSD semantics (SA_RESTART,
+// the signal blocked in its handler). glibc implements these on its
+// internal sigaction, which the interposed one never sees, hence these.
 sighandler_t Signal(int sig, sighandler_t handler) {
+  if (!ValidHandlerCall(sig, handler)) return SIG_ERR;
   struct sigaction act {};
   act.sa_handler = handler;
   sigemptyset(&act.sa_mask);
-  if (sig > 0 && sig < NSIG) sigaddset(&act.sa_mask, sig);
-  act.sa_flags = SA_RESTART;
+  sigaddset(&act.sa_mask, sig);
+  bool interrupting = (g_interrupting.load(std::memory_order_relaxed) & Bit(sig)) != 0;
+  act.sa_flags = interrupting ? 0 : SA_RESTART;
   struct sigaction old {};
   if (Sigaction(sig, &act, &old) != 0) return SIG_ERR;
   return old.sa_handler;
+}
+
+sighandler_t SysvSignal(int sig, sighandler_t handler) {
+  if (!ValidHandlerCall(sig, handler)) return SIG_ERR;
+  struct sigaction act {};
+  act.sa_handler = handler;
+  sigemptyset(&act.sa_mask);
+  act.sa_flags = SA_RESETHAND | SA_NODEFER;
+  struct sigaction old {};
+  if (Sigaction(sig, &act, &old) != 0) return SIG_ERR;
+  return old.sa_handler;
+}
+
+sighandler_t Sigset(int sig, sighandler_t disp) {
+  if (!ValidHandlerCall(sig, disp)) return SIG_ERR;
+  sigset_t set, oset;
+  sigemptyset(&set);
+  sigaddset(&set, sig);
+  struct sigaction old {};
+  if (disp == SIG_HOLD) {
+    if (sigprocmask(SIG_BLOCK, &set, &oset) != 0) return SIG_ERR;
+    if (sigismember(&oset, sig)) return SIG_HOLD;
+    if (Sigaction(sig, nullptr, &old) != 0) return SIG_ERR;
+    return old.sa_handler;
+  }
+  struct sigaction act {};
+  act.sa_handler = disp;
+  sigemptyset(&act.sa_mask);
+  act.sa_flags = 0;
+  if (Sigaction(sig, &act, &old) != 0) return SIG_ERR;
+  if (sigprocmask(SIG_UNBLOCK, &set, &oset) != 0) return SIG_ERR;
+  return sigismember(&oset, sig) ? SIG_HOLD : old.sa_handler;
+}
+
+int Siginterrupt(int sig, int flag) {
+  if (sig < 1 || sig >= NSIG) {
+    errno = EINVAL;
+    return -1;
+  }
+  struct sigaction act {};
+  if (Sigaction(sig, nullptr, &act) != 0) return -1;
+  if (flag != 0) {
+    g_interrupting.fetch_or(Bit(sig), std::memory_order_relaxed);
+    act.sa_flags &= ~SA_RESTART;
+  } else {
+    g_interrupting.fetch_and(~Bit(sig), std::memory_order_relaxed);
+    act.sa_flags |= SA_RESTART;
+  }
+  return Sigaction(sig, &act, nullptr);
 }
 
 }  // namespace doorway::runtime

@@ -843,6 +843,207 @@ TEST_F(Process, PollSelectEpollAreNeverRestarted) {
   }
 }
 
+// ---------------------------------------------------------------- handler-installing calls
+// glibc builds signal/bsd_signal/ssignal, sysv_signal/__sysv_signal, sigset
+// and siginterrupt on its internal sigaction, so doorway interposes each:
+// under the preload their handlers must go through doorway's counting
+// trampoline too, or a signal that arrives while a wait spins goes unseen
+// (the long-spin run of this suite makes every signal arrive there). Each
+// case installs a SIGALRM handler with one call and interrupts a blocking
+// read on an idle connection: the read restarts (SA_RESTART) or fails with
+// EINTR, as the kernel's; the flags sigaction() reports and what the handler
+// sees (its signal blocked or not, the disposition reset or not) are the
+// kernel's too.
+
+using InstallFn = sighandler_t (*)(int, sighandler_t);
+
+// What a direct call of `symbol` binds to: doorway's when preloaded.
+InstallFn Api(const char* symbol) {
+  void* f = dlsym(RTLD_DEFAULT, symbol);
+  EXPECT_NE(f, nullptr) << symbol;
+  return reinterpret_cast<InstallFn>(f);
+}
+
+std::atomic<int> g_api_signals{0};
+std::atomic<int> g_api_blocked{-1};  // the signal blocked inside its handler
+std::atomic<int> g_api_reset{-1};    // the disposition was SIG_DFL inside it
+InstallFn g_api_reinstall = nullptr;
+
+void ApiHandler(int sig) {
+  int saved = errno;
+  sigset_t cur;
+  sigprocmask(SIG_BLOCK, nullptr, &cur);
+  g_api_blocked = sigismember(&cur, sig);
+  struct sigaction now {};
+  sigaction(sig, nullptr, &now);
+  g_api_reset = now.sa_handler == SIG_DFL;
+  // SysV style: put the handler back before the sender may send again.
+  if (g_api_reinstall != nullptr) g_api_reinstall(sig, ApiHandler);
+  g_api_signals.fetch_add(1);
+  errno = saved;
+}
+
+struct InstallCase {
+  const char* name;
+  // Installs ApiHandler for SIGALRM; returns what the call returned.
+  sighandler_t (*install)();
+  bool restart;  // SA_RESTART
+  bool reset;    // SA_RESETHAND
+  bool nodefer;  // SA_NODEFER
+};
+
+sighandler_t BySignal() { return Api("signal")(SIGALRM, ApiHandler); }
+sighandler_t ByBsdSignal() { return Api("bsd_signal")(SIGALRM, ApiHandler); }
+sighandler_t BySsignal() { return Api("ssignal")(SIGALRM, ApiHandler); }
+sighandler_t BySysvSignal() {
+  g_api_reinstall = Api("sysv_signal");
+  return g_api_reinstall(SIGALRM, ApiHandler);
+}
+sighandler_t ByUnderscoreSysvSignal() {
+  g_api_reinstall = Api("__sysv_signal");
+  return g_api_reinstall(SIGALRM, ApiHandler);
+}
+sighandler_t BySigset() { return Api("sigset")(SIGALRM, ApiHandler); }
+// siginterrupt(sig, 1) takes SA_RESTART off the installed handler, and a
+// later signal() installs without it too (glibc remembers the signal).
+sighandler_t BySignalAfterSiginterrupt() {
+  sighandler_t prev = Api("signal")(SIGALRM, ApiHandler);
+  auto interrupt = reinterpret_cast<int (*)(int, int)>(dlsym(RTLD_DEFAULT, "siginterrupt"));
+  EXPECT_EQ(interrupt(SIGALRM, 1), 0);
+  Api("signal")(SIGALRM, ApiHandler);
+  return prev;
+}
+
+void PrintTo(const InstallCase& k, std::ostream* os) { *os << k.name; }
+
+class HandlerInstalledBy : public testing::TestWithParam<InstallCase> {};
+
+TEST_P(HandlerInstalledBy, InterruptsABlockingReadAsTheKernel) {
+  const InstallCase& k = GetParam();
+  int listener = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(listener, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(a);
+  ASSERT_EQ(bind(listener, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  ASSERT_EQ(listen(listener, 4), 0);
+  ASSERT_EQ(getsockname(listener, reinterpret_cast<sockaddr*>(&a), &len), 0);
+  int client = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_EQ(connect(client, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  int server = accept(listener, nullptr, nullptr);
+  ASSERT_GE(server, 0);
+  ExpectAccelerated(server);
+
+  struct sigaction dfl {
+  }, old{};
+  dfl.sa_handler = SIG_DFL;
+  sigaction(SIGALRM, &dfl, &old);
+  g_api_signals = 0;
+  g_api_blocked = -1;
+  g_api_reset = -1;
+  g_api_reinstall = nullptr;
+  EXPECT_EQ(k.install(), SIG_DFL);
+  struct sigaction now {};
+  ASSERT_EQ(sigaction(SIGALRM, nullptr, &now), 0);
+  EXPECT_EQ(now.sa_handler, ApiHandler);
+  constexpr int kFlags = SA_RESTART | SA_RESETHAND | SA_NODEFER | SA_SIGINFO;
+  EXPECT_EQ(now.sa_flags & kFlags, (k.restart ? SA_RESTART : 0) | (k.reset ? SA_RESETHAND : 0) |
+                                       (k.nodefer ? SA_NODEFER : 0));
+  // Under doorway the kernel holds doorway's trampoline, which calls the
+  // handler (sigaction() above reports the handler all the same); a call
+  // that bypassed it would leave the handler itself there.
+  struct {
+    void* handler;
+    unsigned long flags;
+    void* restorer;
+    unsigned long mask;
+  } ka{};
+  ASSERT_EQ(syscall(SYS_rt_sigaction, SIGALRM, nullptr, &ka, sizeof(ka.mask)), 0);
+  EXPECT_EQ(ka.handler == reinterpret_cast<void*>(ApiHandler), !ExpectLoaded());
+
+  // A thread that does not take SIGALRM sends it to this one, one at a
+  // time (each handled before the next: a reset disposition is put back
+  // first), until the read returns; with SA_RESTART it sends a byte after
+  // three signals. Bounded: ~5000 signals, then the byte anyway.
+  pid_t self = static_cast<pid_t>(syscall(SYS_gettid));
+  std::atomic<bool> done{false};
+  std::thread sender = Unsignalled([&] {
+    for (int i = 0; i < 5000 && !done.load(); ++i) {
+      int before = g_api_signals.load();
+      syscall(SYS_tgkill, getpid(), self, SIGALRM);
+      for (int j = 0; j < 100000 && g_api_signals.load() == before; ++j) usleep(50);
+      if (k.restart && g_api_signals.load() >= 3) break;
+      usleep(1000);
+    }
+    if (!done.load()) EXPECT_EQ(write(client, "z", 1), 1);
+  });
+  char c = 0;
+  ssize_t r = read(server, &c, 1);
+  int err = errno;
+  done = true;
+  sender.join();
+  if (k.restart) {
+    EXPECT_EQ(r, 1) << strerror(err);
+    EXPECT_EQ(c, 'z');
+  } else {
+    EXPECT_EQ(r, -1);
+    EXPECT_EQ(err, EINTR);
+  }
+  EXPECT_GE(g_api_signals.load(), 1);
+  EXPECT_EQ(g_api_blocked.load(), k.nodefer ? 0 : 1);
+  EXPECT_EQ(g_api_reset.load(), k.reset ? 1 : 0);
+  g_api_reinstall = nullptr;
+  sigaction(SIGALRM, &old, nullptr);
+  close(server);
+  close(client);
+  close(listener);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Calls, HandlerInstalledBy,
+    testing::Values(InstallCase{"signal", BySignal, true, false, false},
+                    InstallCase{"bsd_signal", ByBsdSignal, true, false, false},
+                    InstallCase{"ssignal", BySsignal, true, false, false},
+                    InstallCase{"sysv_signal", BySysvSignal, false, true, true},
+                    InstallCase{"__sysv_signal", ByUnderscoreSysvSignal, false, true, true},
+                    InstallCase{"sigset", BySigset, false, false, false},
+                    InstallCase{"signal_after_siginterrupt", BySignalAfterSiginterrupt, false,
+                                false, false}),
+    [](const testing::TestParamInfo<InstallCase>& i) { return std::string(i.param.name); });
+
+// sigset(sig, SIG_HOLD) blocks the signal and reports the handler; the next
+// sigset() unblocks it and reports SIG_HOLD.
+TEST(SignalCalls, SigsetHoldThenInstall) {
+  auto sigset_fn = Api("sigset");
+  struct sigaction dfl {
+  }, old{};
+  dfl.sa_handler = SIG_IGN;
+  sigaction(SIGUSR2, &dfl, &old);
+  sigset_t prev;
+  sigprocmask(SIG_BLOCK, nullptr, &prev);
+  EXPECT_EQ(sigset_fn(SIGUSR2, SIG_HOLD), SIG_IGN);
+  sigset_t cur;
+  sigprocmask(SIG_BLOCK, nullptr, &cur);
+  EXPECT_TRUE(sigismember(&cur, SIGUSR2));
+  EXPECT_EQ(sigset_fn(SIGUSR2, SIG_HOLD), SIG_HOLD);
+  EXPECT_EQ(sigset_fn(SIGUSR2, ApiHandler), SIG_HOLD);
+  sigprocmask(SIG_BLOCK, nullptr, &cur);
+  EXPECT_FALSE(sigismember(&cur, SIGUSR2));
+  EXPECT_EQ(sigset_fn(SIGUSR2, SIG_IGN), ApiHandler);
+  errno = 0;
+  EXPECT_EQ(sigset_fn(0, SIG_IGN), SIG_ERR);
+  EXPECT_EQ(errno, EINVAL);
+  errno = 0;
+  EXPECT_EQ(Api("sysv_signal")(SIGUSR2, SIG_ERR), SIG_ERR);
+  EXPECT_EQ(errno, EINVAL);
+  errno = 0;
+  EXPECT_EQ(Api("bsd_signal")(NSIG, SIG_IGN), SIG_ERR);
+  EXPECT_EQ(errno, EINVAL);
+  sigaction(SIGUSR2, &old, nullptr);
+  sigprocmask(SIG_SETMASK, &prev, nullptr);
+}
+
 // An event loop under the storm (poll / epoll_wait, retrying EINTR, then a
 // non-blocking read) gets the whole stream.
 TEST_F(Process, SignalStormDuringPollAndEpollLoops) {
