@@ -514,8 +514,10 @@ void ConnRelease(Connection& c) {
   if (c.shared.load(std::memory_order_relaxed)) return;
   // Unread data, or SO_LINGER with a zero timeout: the peer gets a reset,
   // as TCP sends RST in both cases.
-  bool unread = c.rx.Readable() > 0 || (c.opts.linger_onoff.load(std::memory_order_relaxed) != 0 &&
-                                        c.opts.linger_secs.load(std::memory_order_relaxed) == 0);
+  // Queued, not Readable: no lock is held here (a thread still inside a
+  // read of this connection owns the consumer's cache).
+  bool unread = c.rx.Queued() > 0 || (c.opts.linger_onoff.load(std::memory_order_relaxed) != 0 &&
+                                      c.opts.linger_secs.load(std::memory_order_relaxed) == 0);
   c.shut_wr.store(true, std::memory_order_relaxed);
   c.tx.ShutdownWrite(unread);
   c.rx.ShutdownRead(unread);
@@ -1777,18 +1779,21 @@ int ManagedIoctl(int fd, unsigned long request, void* arg) {
   Listener* l = r.As<Listener>();
   if (c != nullptr) {
     switch (request) {
+      // Without the end's lock (the kernel's ioctl does not wait for a
+      // blocked read or write either): Queued reads a consistent pair of
+      // indices and no cache that the lock holder owns.
       case FIONREAD: {  // == SIOCINQ
-        std::int64_t n = c->rx.Readable();
+        std::int64_t n = c->rx.Queued();
         int v = n < 0 ? 0 : (n > 0x7fffffff ? 0x7fffffff : static_cast<int>(n));
         memcpy(arg, &v, sizeof(v));
         return 0;
       }
       case SIOCOUTQ:
       case SIOCOUTQNSD: {
-        std::int64_t free_bytes = c->tx.Writable();
-        std::int64_t used =
-            free_bytes < 0 ? 0 : static_cast<std::int64_t>(c->tx.capacity()) - free_bytes;
-        int v = static_cast<int>(used);
+        // Bytes the peer has not read yet; none once it closed or reset
+        // its reading side (the kernel drops the queue on the peer's reset).
+        std::int64_t used = c->tx.ReaderState() == transport::EndState::kOpen ? c->tx.Queued() : 0;
+        int v = used < 0 ? 0 : static_cast<int>(used);
         memcpy(arg, &v, sizeof(v));
         return 0;
       }

@@ -56,7 +56,8 @@ struct Member {
 // kernel's TCP, whether or not the program read up to EAGAIN.
 std::uint64_t ArrivedBytes(Connection& c) {
   const transport::RingStats* st = c.rx.stats();
-  std::int64_t readable = c.rx.Readable();
+  // Queued: no end lock is held here (a reading thread owns Readable's cache).
+  std::int64_t readable = c.rx.Queued();
   return (st != nullptr ? st->bytes.load(std::memory_order_relaxed) : 0) +
          static_cast<std::uint64_t>(readable > 0 ? readable : 0);
 }

@@ -467,6 +467,31 @@ int64_t Ring::Readable() {
   return LoadAvailForConsumer(&head, cap_);
 }
 
+int64_t Ring::Queued() const {
+  // Head and tail are read at two different moments; with a reader and a
+  // writer running meanwhile, (tail - head) of two arbitrary reads may
+  // exceed the capacity (tail read after the reader consumed and the writer
+  // refilled) or be negative (head read after the tail). So: head, tail,
+  // head again. Both indices only grow, so an unchanged head was the head
+  // when the tail was read, and the pair is a state the ring really had.
+  // seq_cst loads: they and the seq_cst stores R1/R2 take one total order,
+  // which is what "at the moment the tail was read" means here (plain loads
+  // on x86). Bounded: if the head keeps moving, the last pair is used and
+  // clamped (any value in [0, capacity] the ring passed through is as good
+  // as another to a caller that races with a reader).
+  uint64_t used = 0;
+  for (int attempt = 0; attempt < 64; ++attempt) {
+    uint64_t head = ctrl_->cons.index.load(std::memory_order_seq_cst);
+    uint64_t tail = ctrl_->prod.index.load(std::memory_order_seq_cst);
+    used = tail - head;  // tail read after head: >= 0 unless corrupt
+    if (ctrl_->cons.index.load(std::memory_order_seq_cst) != head) continue;
+    if (used > cap_) return -EIO;  // a consistent pair out of range: the peer wrote it
+    return static_cast<int64_t>(used);
+  }
+  if (used > (uint64_t{1} << 63)) return -EIO;  // "negative": only corruption does that
+  return static_cast<int64_t>(used < cap_ ? used : cap_);
+}
+
 void Ring::ShutdownRead(bool reset) {
   RaiseState(ctrl_->state.reader, reset ? kStateReset : kStateClosed);  // R3
   Notify(ctrl_->space_wait);                // the writer: EPIPE / ECONNRESET

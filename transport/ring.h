@@ -96,7 +96,8 @@ class Ring {
   // Publishes the first n reserved bytes (n <= reserved, else -EINVAL) and
   // wakes a sleeping consumer. Returns 0 or -EIO.
   int Commit(size_t n);
-  // Free space (>= 0) or -errno as for Write.
+  // Free space (>= 0) or -errno as for Write. Refreshes the producer's
+  // cache: under the end's lock only (else Queued).
   int64_t Writable();
   // Marks the write side closed (FIN: the reader gets EOF after draining) or
   // reset (the reader gets ECONNRESET), and wakes everyone waiting.
@@ -120,12 +121,21 @@ class Ring {
   // wakes a sleeping producer. Returns 0 or -EIO.
   int Release(size_t n);
   // Readable bytes (>= 0) or -EIO. Does not look at the shutdown state.
+  // Refreshes the consumer's cache: under the end's lock only (else Queued).
   int64_t Readable();
   // Marks the read side closed (the writer gets EPIPE) or reset (the writer
   // gets ECONNRESET), and wakes everyone waiting.
   void ShutdownRead(bool reset);
 
   // ------------------------------------------------------------------ both
+  // Bytes in the ring (published tail - head) at one instant, for either
+  // end and without the end's lock: FIONREAD, SIOCOUTQ, the unread-data
+  // check at close, beside readers and writers of both ends in other
+  // threads or processes. Reads only the shared indices (no cache of this
+  // view is touched, so no data race with the lock holder). Returns
+  // [0, capacity], or -EIO if the indices are corrupt.
+  int64_t Queued() const;
+
   // Peer gone (its process died): mark the *peer's* half as closed so that the
   // normal semantics follow (reader: data then EOF; writer: EPIPE). Only moves
   // a state from open to closed; idempotent.

@@ -12,12 +12,14 @@
 #include <arpa/inet.h>
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <linux/sockios.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/select.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -606,6 +608,110 @@ TEST_F(Process, CloseRacingABlockedReadReturns) {
   reader.join();
   EXPECT_TRUE(got.load() == 4 || got.load() == 0) << got.load();
   close(other);
+}
+
+// FIONREAD and SIOCOUTQ from a third thread while one thread writes and
+// another reads the same direction. The reader never takes the last byte
+// that a completed write put in (it reads at most written - consumed - 1),
+// so the bytes queued between the two sockets never drop below 1. Under
+// doorway those bytes are in the ring, so both counters must say >= 1 at
+// every moment; natively the kernel may hold them in the sender's queue or
+// in flight, so only ">= 0" is asserted. (Doorway used to compute both from
+// two index loads at different moments, without the end's lock: a reader
+// and a writer running in between made the pair look corrupt and the ioctl
+// said 0, and the ioctl thread raced on the lock holder's cached index.)
+TEST_F(Process, IoctlCountersBesideAReaderAndAWriter) {
+  client_ = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(client_, 0);
+  int small = 4096;  // a small ring: the writer wraps it often
+  ASSERT_EQ(setsockopt(client_, SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
+  ASSERT_EQ(connect(client_, reinterpret_cast<sockaddr*>(&addr_), sizeof(addr_)), 0)
+      << strerror(errno);
+  server_ = accept(listener_, nullptr, nullptr);
+  ASSERT_GE(server_, 0);
+  ExpectAccelerated(client_);
+  ExpectAccelerated(server_);
+  const bool accelerated = ExpectLoaded();
+  constexpr std::uint64_t kBytes = 8 << 20;
+  std::atomic<std::uint64_t> written{0};
+  std::atomic<bool> failed{false};
+  std::thread writer([&] {
+    char buf[700];
+    memset(buf, 'x', sizeof(buf));
+    std::uint64_t done = 0;
+    for (std::uint64_t i = 0; done < kBytes; ++i) {
+      size_t n = 1 + (i * 131) % sizeof(buf);
+      if (n > kBytes - done) n = kBytes - done;
+      if (!WriteFull(client_, buf, n)) {
+        failed = true;
+        break;
+      }
+      done += n;
+      written.store(done);
+      written.notify_one();
+    }
+    written.store(kBytes + 1);  // done (or failed): the reader takes the rest
+    written.notify_one();
+  });
+  std::atomic<bool> reading{true};
+  std::thread reader([&] {
+    char buf[4096];
+    std::uint64_t consumed = 0;
+    for (;;) {
+      std::uint64_t w = written.load();
+      if (w > kBytes) break;
+      if (w < consumed + 2) {  // keep the last byte of what was written
+        written.wait(w);
+        continue;
+      }
+      std::uint64_t n = w - consumed - 1;
+      if (n > sizeof(buf)) n = sizeof(buf);
+      if (!ReadFull(server_, buf, n)) {
+        failed = true;
+        break;
+      }
+      consumed += n;
+    }
+    reading = false;
+    // The rest (the writer is done): nothing is checked against it.
+    std::uint64_t rest = (failed.load() ? 0 : kBytes - consumed);
+    if (rest > 0 && !ReadFull(server_, buf, 1)) failed = true;
+    if (rest > 1) {
+      for (rest -= 1; rest > 0;) {
+        size_t n = rest < sizeof(buf) ? rest : sizeof(buf);
+        if (!ReadFull(server_, buf, n)) {
+          failed = true;
+          break;
+        }
+        rest -= n;
+      }
+    }
+  });
+  std::uint64_t samples = 0, low_in = 0, low_out = 0;
+  // Bounded by the transfer (the reader stops) and by a count.
+  while (reading.load() && samples < 50000000) {
+    if (written.load() == 0) {
+      std::this_thread::yield();
+      continue;
+    }
+    int in = -1, out = -1;
+    ASSERT_EQ(ioctl(server_, FIONREAD, &in), 0);
+    ASSERT_EQ(ioctl(client_, SIOCOUTQ, &out), 0);
+    ++samples;
+    ASSERT_GE(in, 0);
+    ASSERT_GE(out, 0);
+    if (!reading.load()) break;  // the reader may have taken the last byte
+    if (in < 1) ++low_in;
+    if (out < 1) ++low_out;
+  }
+  writer.join();
+  reader.join();
+  EXPECT_FALSE(failed.load());
+  EXPECT_GT(samples, 0u);
+  if (accelerated) {
+    EXPECT_EQ(low_in, 0u) << "FIONREAD said 0 with bytes in the ring, of " << samples;
+    EXPECT_EQ(low_out, 0u) << "SIOCOUTQ said 0 with bytes in the ring, of " << samples;
+  }
 }
 
 // ---------------------------------------------------------------- signals
