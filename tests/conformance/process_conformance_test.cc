@@ -14,6 +14,7 @@
 #include <fcntl.h>
 #include <linux/sockios.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -911,6 +912,218 @@ TEST_F(Process, SignalStormDuringConnectWithRestart) {
   }
 }
 
+// ---------------------------------------------------------------- connect and signals
+// A blocking connect waits only while the listener's accept queue is full
+// (the SYN is dropped and retransmitted after ~1 s). A signal then ends it
+// with EINTR (without SA_RESTART) while the handshake goes on: a second
+// non-blocking connect says EALREADY, poll reports POLLOUT once the SYN got
+// through, SO_ERROR is 0, the next connect returns 0 once, then EISCONN.
+// With SA_RESTART the connect just goes on. doorway's connect to a door
+// never waits (DESIGN §4); these cases use a listener doorway does not see
+// (made with raw system calls, so it has no door): the connect under
+// doorway takes its TCP fallback, which must give the kernel's results.
+// The last mode storms door connects without SA_RESTART.
+
+// Makes a kernel TCP listener on loopback that doorway does not track.
+int RawListener(int backlog, sockaddr_in* addr) {
+  int fd = static_cast<int>(syscall(SYS_socket, AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  EXPECT_GE(fd, 0);
+  addr->sin_family = AF_INET;
+  addr->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr->sin_port = 0;
+  EXPECT_EQ(syscall(SYS_bind, fd, addr, sizeof(*addr)), 0);
+  EXPECT_EQ(syscall(SYS_listen, fd, backlog), 0);
+  socklen_t len = sizeof(*addr);
+  EXPECT_EQ(syscall(SYS_getsockname, fd, addr, &len), 0);
+  return fd;
+}
+
+// The listener's accept queue length (TCP_INFO of a listening socket).
+int AcceptQueueLength(int listener) {
+  tcp_info ti{};
+  socklen_t len = sizeof(ti);
+  if (getsockopt(listener, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0) return -1;
+  return static_cast<int>(ti.tcpi_unacked);
+}
+
+// Fills a backlog-0 listener's queue with one established connection;
+// returns it. Bounded wait for the server side of the handshake.
+int FillAcceptQueue(int listener, const sockaddr_in& addr) {
+  int filler = socket(AF_INET, SOCK_STREAM, 0);
+  EXPECT_EQ(connect(filler, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)), 0)
+      << strerror(errno);
+  for (int i = 0; i < 10000 && AcceptQueueLength(listener) < 1; ++i) usleep(1000);
+  EXPECT_EQ(AcceptQueueLength(listener), 1);
+  return filler;
+}
+
+// After an interrupted or non-blocking connect to a full queue: EALREADY
+// while the SYN waits; once the queue has room (its connection accepted)
+// the handshake completes: POLLOUT, SO_ERROR 0, connect 0 once, EISCONN;
+// the connection carries a byte.
+void FinishPendingConnect(int c, int listener, const sockaddr_in& addr) {
+  int fl = fcntl(c, F_GETFL);
+  ASSERT_EQ(fcntl(c, F_SETFL, fl | O_NONBLOCK), 0);
+  errno = 0;
+  EXPECT_EQ(connect(c, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)), -1);
+  EXPECT_EQ(errno, EALREADY);
+  int queued = accept(listener, nullptr, nullptr);
+  ASSERT_GE(queued, 0) << strerror(errno);
+  close(queued);
+  pollfd p{c, POLLOUT, 0};
+  int rc;
+  while ((rc = poll(&p, 1, 30000)) < 0 && errno == EINTR) {
+  }
+  ASSERT_EQ(rc, 1);
+  EXPECT_EQ(p.revents & (POLLOUT | POLLERR | POLLHUP), POLLOUT);
+  int err = -1;
+  socklen_t len = sizeof(err);
+  ASSERT_EQ(getsockopt(c, SOL_SOCKET, SO_ERROR, &err, &len), 0);
+  EXPECT_EQ(err, 0);
+  EXPECT_EQ(connect(c, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)), 0)
+      << strerror(errno);
+  errno = 0;
+  EXPECT_EQ(connect(c, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)), -1);
+  EXPECT_EQ(errno, EISCONN);
+  ASSERT_EQ(fcntl(c, F_SETFL, fl), 0);
+  int s = accept(listener, nullptr, nullptr);
+  ASSERT_GE(s, 0) << strerror(errno);
+  ASSERT_TRUE(WriteFull(c, "k", 1));
+  char ch = 0;
+  ASSERT_TRUE(ReadFull(s, &ch, 1));
+  EXPECT_EQ(ch, 'k');
+  close(s);
+}
+
+enum class ConnectMode { kInterrupted, kRestarted, kNonBlocking, kDoorWithoutRestart };
+
+class ConnectUnderSignals : public testing::TestWithParam<ConnectMode> {};
+
+TEST_P(ConnectUnderSignals, FollowsTheKernel) {
+  sockaddr_in addr{};
+  int listener = RawListener(0, &addr);
+  int filler = FillAcceptQueue(listener, addr);
+  const sockaddr* sa = reinterpret_cast<const sockaddr*>(&addr);
+  switch (GetParam()) {
+    case ConnectMode::kInterrupted: {
+      int c = socket(AF_INET, SOCK_STREAM, 0);
+      ASSERT_GE(c, 0);
+      SignalStorm storm(0);
+      int rc = connect(c, sa, sizeof(addr));
+      int err = errno;
+      storm.Stop();
+      EXPECT_EQ(rc, -1);
+      EXPECT_EQ(err, EINTR);
+      EXPECT_NE(Accelerated(c), 1);
+      FinishPendingConnect(c, listener, addr);
+      close(c);
+      break;
+    }
+    case ConnectMode::kRestarted: {
+      int c = socket(AF_INET, SOCK_STREAM, 0);
+      ASSERT_GE(c, 0);
+      pid_t self = static_cast<pid_t>(syscall(SYS_gettid));
+      SignalStorm storm(SA_RESTART);
+      // Makes room once the connect has slept and signals have hit it.
+      std::thread freer = Unsignalled([&] {
+        for (int i = 0; i < 5000 && g_signals.load() < 50; ++i) usleep(1000);
+        WaitUntilSleeping(self);
+        int queued = accept(listener, nullptr, nullptr);
+        EXPECT_GE(queued, 0);
+        close(queued);
+      });
+      int rc = connect(c, sa, sizeof(addr));
+      int err = errno;
+      int signals = g_signals.load();
+      storm.Stop();
+      freer.join();
+      EXPECT_EQ(rc, 0) << strerror(err);
+      EXPECT_GT(signals, 0);
+      int s = accept(listener, nullptr, nullptr);
+      ASSERT_GE(s, 0);
+      ASSERT_TRUE(WriteFull(c, "r", 1));
+      char ch = 0;
+      ASSERT_TRUE(ReadFull(s, &ch, 1));
+      EXPECT_EQ(ch, 'r');
+      close(s);
+      close(c);
+      break;
+    }
+    case ConnectMode::kNonBlocking: {
+      int c = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+      ASSERT_GE(c, 0);
+      errno = 0;
+      EXPECT_EQ(connect(c, sa, sizeof(addr)), -1);
+      EXPECT_EQ(errno, EINPROGRESS);
+      FinishPendingConnect(c, listener, addr);
+      close(c);
+      break;
+    }
+    case ConnectMode::kDoorWithoutRestart: {
+      // An ordinary listener (a door under doorway) with room: the kernel's
+      // loopback handshake rarely waits, doorway's never; a connect that a
+      // signal did interrupt completes in the background.
+      sockaddr_in open_addr{};
+      int open_listener = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      open_addr.sin_family = AF_INET;
+      open_addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      ASSERT_EQ(bind(open_listener, reinterpret_cast<sockaddr*>(&open_addr), sizeof(open_addr)), 0);
+      ASSERT_EQ(listen(open_listener, 16), 0);
+      socklen_t len = sizeof(open_addr);
+      ASSERT_EQ(getsockname(open_listener, reinterpret_cast<sockaddr*>(&open_addr), &len), 0);
+      SignalStorm storm(0);
+      for (int i = 0; i < 8; ++i) {
+        int c = socket(AF_INET, SOCK_STREAM, 0);
+        ASSERT_GE(c, 0);
+        int rc = connect(c, reinterpret_cast<sockaddr*>(&open_addr), sizeof(open_addr));
+        if (rc != 0) {
+          ASSERT_EQ(errno, EINTR);
+          pollfd p{c, POLLOUT, 0};
+          int prc;
+          while ((prc = poll(&p, 1, 30000)) < 0 && errno == EINTR) {
+          }
+          ASSERT_EQ(prc, 1);
+        } else {
+          ExpectAccelerated(c);
+        }
+        int s;
+        while ((s = accept(open_listener, nullptr, nullptr)) < 0 && errno == EINTR) {
+        }
+        ASSERT_GE(s, 0) << strerror(errno);
+        ASSERT_TRUE(WriteFull(c, "d", 1));
+        char ch = 0;
+        ASSERT_TRUE(ReadFull(s, &ch, 1));
+        EXPECT_EQ(ch, 'd');
+        close(s);
+        close(c);
+      }
+      storm.Stop();
+      close(open_listener);
+      break;
+    }
+  }
+  close(filler);
+  close(listener);
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, ConnectUnderSignals,
+                         testing::Values(ConnectMode::kInterrupted, ConnectMode::kRestarted,
+                                         ConnectMode::kNonBlocking,
+                                         ConnectMode::kDoorWithoutRestart),
+                         [](const testing::TestParamInfo<ConnectMode>& i) {
+                           switch (i.param) {
+                             case ConnectMode::kInterrupted:
+                               return "InterruptedWithoutRestart";
+                             case ConnectMode::kRestarted:
+                               return "RestartedWithRestart";
+                             case ConnectMode::kNonBlocking:
+                               return "NonBlocking";
+                             case ConnectMode::kDoorWithoutRestart:
+                               return "DoorWithoutRestart";
+                           }
+                           return "unknown";
+                         });
+
 // poll, select and epoll_wait are never restarted (signal(7)): one signal
 // with SA_RESTART ends each wait on an idle connection with EINTR.
 TEST_F(Process, PollSelectEpollAreNeverRestarted) {
@@ -1082,7 +1295,9 @@ TEST_P(HandlerInstalledBy, InterruptsABlockingReadAsTheKernel) {
       if (k.restart && g_api_signals.load() >= 3) break;
       usleep(1000);
     }
-    if (!done.load()) EXPECT_EQ(write(client, "z", 1), 1);
+    if (!done.load()) {
+      EXPECT_EQ(write(client, "z", 1), 1);
+    }
   });
   char c = 0;
   ssize_t r = read(server, &c, 1);
