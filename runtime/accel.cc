@@ -265,6 +265,8 @@ transport::WaitOptions WaitFor(const Connection& c, int fd, std::int64_t timeout
   w.interrupt_counter = SignalEpochOfThisThread();
   w.interrupt_epoch = w.interrupt_counter->load(std::memory_order_relaxed);
   w.liveness_fd_override = &c.held_fd;
+  w.own_cpu = c.rx.waiter_cpu();
+  w.peer_cpu = c.tx.waiter_cpu();
   if (timeout_ns > 0) {
     std::int64_t left = timeout_ns - (NowNs() - start_ns);
     w.timeout_ns = left > 0 ? left : 1;

@@ -81,6 +81,9 @@ class Ring {
   bool valid() const { return ctrl_ != nullptr; }
   uint64_t capacity() const { return cap_; }
   internal::RingControl* control() const { return ctrl_; }
+  // Where this ring's consumer side publishes the CPU it waits on (wait.h
+  // "Sharing a core").
+  std::atomic<uint32_t>* waiter_cpu() const { return &ctrl_->data_wait.cpu; }
   RingStats* stats() const { return stats_; }
 
   // ---------------------------------------------------------------- producer

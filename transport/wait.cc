@@ -119,6 +119,17 @@ int WaitOn(Ring& ring, internal::WaitLine& wl, Ready ready, bool consumer, const
   // ---- spin phase: bounded in time (budget) and therefore in count.
   int64_t budget = spin != nullptr ? spin->budget_ns() : 0;
   if (opts.timeout_ns > 0 && budget > opts.timeout_ns) budget = opts.timeout_ns;
+  if (opts.own_cpu != nullptr && opts.peer_cpu != nullptr) {
+    // Relaxed: hints; a stale value costs one wait the wrong strategy.
+    int cpu = sched_getcpu();
+    if (cpu >= 0) {
+      const auto me = static_cast<uint32_t>(cpu) + 1;
+      if (opts.own_cpu->load(std::memory_order_relaxed) != me) {
+        opts.own_cpu->store(me, std::memory_order_relaxed);
+      }
+      if (opts.peer_cpu->load(std::memory_order_relaxed) == me) budget = 0;
+    }
+  }
   if (budget > 0) {
     constexpr uint32_t kPollsPerClock = 64;  // ~2 µs with a ~31 ns pause
     int64_t spin_end = 0, next_yield = 0, last = 0;

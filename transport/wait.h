@@ -34,6 +34,16 @@
 // otherwise. After the spin window the thread sleeps in the kernel: an idle
 // connection costs no CPU.
 //
+// Sharing a core: spinning only pays when the peer runs on another CPU. When
+// both sides share one (an oversubscribed machine, or both pinned to one
+// CPU), a spinner only delays the peer it waits for until sched_yield or
+// the scheduler's tick: measured on the development VM, a 64 B ping-pong
+// with both sides on one CPU took longer than kernel TCP. So each side
+// publishes the CPU it waits on (WaitOptions::own_cpu, the data_wait line
+// of the ring it consumes, written only when it changes) and reads the
+// peer's (WaitOptions::peer_cpu); when they are equal the wait goes to
+// sleep at once. sched_getcpu() reads the rseq area (no system call).
+//
 // Peer death: the caller passes a kernel fd that reports the peer's death as
 // POLLHUP/POLLERR/POLLRDHUP (the door connection's Unix socket). While such an
 // fd is given, FUTEX_WAIT sleeps in slices of liveness_interval_ns and the fd
@@ -79,6 +89,12 @@ struct WaitOptions {
   // system call, which alone would have said EINTR.
   const std::atomic<uint64_t>* interrupt_counter = nullptr;
   uint64_t interrupt_epoch = 0;
+  // "Sharing a core" above: where this side publishes the CPU it waits on
+  // (Ring::waiter_cpu() of the ring it consumes) and where the peer
+  // publishes its own (waiter_cpu() of the ring this side produces into).
+  // Either null: spin by the policy alone.
+  std::atomic<uint32_t>* own_cpu = nullptr;
+  const std::atomic<uint32_t>* peer_cpu = nullptr;
 };
 
 // Process-local adaptive spin budget for one waiting end; thread-safe (relaxed

@@ -1,6 +1,7 @@
 #include "transport/wait.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -320,6 +321,67 @@ TEST_F(WaitTest, SpinCatchesAQuickWriter) {
   waiter.join();
   EXPECT_EQ(rc.load(), 0);
   EXPECT_LE(cstats_.spin_hits.load() + cstats_.spin_misses.load(), 1u);  // 0: ready at once
+}
+
+// Pins the calling thread to the CPU it runs on; returns that CPU.
+int PinHere() {
+  int cpu = sched_getcpu();
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  return sched_setaffinity(0, sizeof set, &set) == 0 ? cpu : -1;
+}
+
+TEST_F(WaitTest, NoSpinWhenThePeerSharesTheCpu) {
+  // The peer (a producer thread here) says it waits on our CPU: the wait
+  // must register as a sleeper at once instead of spinning. With a 20 s
+  // spin budget, a wait that spun would still be spinning when the writer
+  // gives up waiting for the sleeper (10 s) and writes: a spin hit.
+  SpinPolicy spin(20'000'000'000, 20'000'000'000, 0);
+  std::atomic<uint32_t> peer_cpu{0};
+  std::atomic<int> rc{1};
+  std::atomic<int> pinned{-1};
+  std::thread waiter([&] {
+    int cpu = PinHere();
+    pinned = cpu;
+    peer_cpu = static_cast<uint32_t>(cpu) + 1;
+    WaitOptions o;
+    o.own_cpu = cons_.waiter_cpu();
+    o.peer_cpu = &peer_cpu;
+    rc = WaitReadable(cons_, o, &spin);
+  });
+  (void)WaitForWaiter(prod_.control()->data_wait);
+  ASSERT_EQ(prod_.Write("x", 1), 1);
+  waiter.join();
+  ASSERT_GE(pinned.load(), 0);
+  EXPECT_EQ(rc.load(), 0);
+  EXPECT_EQ(cstats_.spin_hits.load(), 0u);
+  EXPECT_EQ(cstats_.spin_misses.load(), 1u);
+  // The waiter published its CPU for its peer.
+  EXPECT_EQ(cons_.waiter_cpu()->load(), static_cast<uint32_t>(pinned.load()) + 1);
+}
+
+TEST_F(WaitTest, SpinWhenThePeerIsElsewhere) {
+  // The same wait with the peer on another CPU spins: the writer, which
+  // waits for a sleeper only 50 ms, writes while the 20 s spin runs.
+  SpinPolicy spin(20'000'000'000, 20'000'000'000, 0);
+  std::atomic<uint32_t> peer_cpu{0};
+  std::atomic<int> rc{1};
+  std::thread waiter([&] {
+    int cpu = PinHere();
+    peer_cpu = static_cast<uint32_t>(cpu) + 2;  // another CPU
+    WaitOptions o;
+    o.own_cpu = cons_.waiter_cpu();
+    o.peer_cpu = &peer_cpu;
+    rc = WaitReadable(cons_, o, &spin);
+  });
+  for (int i = 0; i < 50 && prod_.control()->data_wait.sleeping.load() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ASSERT_EQ(prod_.Write("x", 1), 1);
+  waiter.join();
+  EXPECT_EQ(rc.load(), 0);
+  EXPECT_EQ(cstats_.spin_misses.load(), 0u);
 }
 
 }  // namespace

@@ -75,10 +75,16 @@ struct alignas(kCacheLine) StateLine {
 // `armed` is the same idea for waits outside this library: a side about to
 // wait in poll/epoll on its door socket arms the line; the other side's next
 // publish clears it and tells its caller to send a one-byte doorbell.
+//
+// `cpu` (data_wait only) is 1 + the CPU that the ring's consumer side last
+// waited on, 0 if unknown: the peer reads it to learn whether the two sides
+// share a core (wait.h "Sharing a core"). A hint; a hostile value only
+// changes whether the peer spins.
 struct alignas(kCacheLine) WaitLine {
   std::atomic<uint32_t> seq;
   std::atomic<uint32_t> sleeping;
   std::atomic<uint32_t> armed;
+  std::atomic<uint32_t> cpu;
 };
 
 // A cross-process mutex word (see shm_mutex.h) serialising the threads and
