@@ -112,6 +112,8 @@ Ref FdTable::Install(int fd, Ref obj, bool* ok, std::uint32_t tag) {
   return Ref(NodeOf(b->slots[fd % kSlotsPerBucket].exchange(v, std::memory_order_acq_rel)));
 }
 
+bool FdTable::Prepare(int fd) { return fd >= 0 && fd < kMaxFds && BucketFor(fd, true) != nullptr; }
+
 Ref FdTable::Remove(int fd) {
   Bucket* b = (fd >= 0 && fd < kMaxFds) ? BucketFor(fd, false) : nullptr;
   if (b == nullptr) return Ref();

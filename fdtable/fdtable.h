@@ -104,6 +104,9 @@ class FdTable {
   // there. Fails (returns obj back, with *ok = false) only for fds beyond
   // kMaxFds or when memory is exhausted.
   Ref Install(int fd, Ref obj, bool* ok = nullptr, std::uint32_t tag = 0);
+  // Makes sure an Install at fd cannot fail for lack of memory (the slot's
+  // bucket exists). False beyond kMaxFds or when memory is exhausted.
+  bool Prepare(int fd);
   // Empties the slot; returns what was there.
   Ref Remove(int fd);
   // Whether something is installed at fd: one load, no reference taken, so

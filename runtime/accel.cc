@@ -713,26 +713,105 @@ constexpr unsigned kSourceDoor = 1;     // + door index
 constexpr unsigned kSourcePending = 3;  // a door connection waiting for its Hello
 constexpr unsigned kSourceCount = 4;
 
+// Parks door connection conn in a free slot of l.pending, watched by the
+// listener's epoll fd (listen_fd) for `events`; false if no slot is free.
+// With memfd >= 0, the Hello arrived and the set-up waits for memory: the
+// memfd and addresses are stored before the slot publishes conn.
+bool Park(Listener& l, int listen_fd, int conn, std::uint32_t events, int memfd,
+          const Hello* hello) {
+  // Connections waiting for memory use the first kMaxRetry slots (the only
+  // ones with room for a Hello); those waiting for their Hello the others
+  // first, from the last.
+  for (int k = 0; k < Listener::kMaxPending; ++k) {
+    const int i = memfd >= 0 ? k : Listener::kMaxPending - 1 - k;
+    if (memfd >= 0 && i >= Listener::kMaxRetry) break;
+    std::atomic<int>& slot = l.pending[i];
+    int expected = -1;
+    // -2: claimed, not yet published (no claimer takes a negative value).
+    if (!slot.compare_exchange_strong(expected, -2)) continue;
+    if (memfd >= 0) {
+      l.retry_memfd[i] = memfd;
+      l.retry_client[i] = hello->client;
+      l.retry_server[i] = hello->server;
+    }
+    epoll_event ev{};
+    ev.events = events;
+    ev.data.u64 = kSourcePending;
+    if (DOORWAY_REAL(epoll_ctl)(listen_fd, EPOLL_CTL_ADD, conn, &ev) != 0) {
+      if (memfd >= 0) l.retry_memfd[i] = -1;
+      slot.store(-1);
+      return false;
+    }
+    slot.store(conn);  // publishes the fields above (seq_cst store, claimers exchange)
+    return true;
+  }
+  return false;
+}
+
+// Parks door connection conn until its Hello arrives; false if no slot.
+bool ParkPending(Listener& l, int listen_fd, int conn) {
+  return Park(l, listen_fd, conn, EPOLLIN, -1, nullptr);
+}
+
+// Takes the connection parked in slot i, or -1 if none (or another thread
+// took it); *memfd gets its stored memfd (-1: Hello not received). The slot
+// stays claimed (-2: no parker or claimer touches it) until the caller
+// stores -1 (done) or the connection back (still waiting for its Hello).
+int ClaimParked(Listener& l, int i, int* memfd) {
+  std::atomic<int>& slot = l.pending[i];
+  int conn = slot.load();
+  if (conn < 0 || !slot.compare_exchange_strong(conn, -2)) return -1;
+  *memfd = i < Listener::kMaxRetry ? std::exchange(l.retry_memfd[i], -1) : -1;
+  return conn;
+}
+
 // Completes the accept of door connection conn whose Hello was received
-// (memfd >= 0) or not (-errno). Returns the connection's fd, or -EAGAIN
-// when it was unusable (it is dropped: the client sees a reset).
+// (memfd >= 0) or not (-errno). Returns the connection's fd; -ENOMEM (or
+// -ENFILE) when memory (or the system's file table) is exhausted: the
+// connection is parked with its Hello and a later accept completes it, as
+// a TCP connection waits in the backlog when the kernel's accept fails so;
+// -EAGAIN when it was unusable (it is dropped: the client sees a reset),
+// also when out of memory on a listener shared by fork (which never parks)
+// or with every parking slot taken.
 // has_flags: the SOCK_NONBLOCK/SOCK_CLOEXEC that conn has now.
-int FinishDoor(Listener& l, int conn, const ucred& cred, int memfd, const Hello& hello,
-               sockaddr* addr, socklen_t* len, int flags, int has_flags) {
+int FinishDoor(Listener& l, int listen_fd, int conn, const ucred& cred, int memfd,
+               const Hello& hello, sockaddr* addr, socklen_t* len, int flags, int has_flags) {
   transport::Segment seg;
   const char* why = nullptr;
+  int retry = 0;  // -errno to return if the connection can wait for memory
+  Ref obj;
   if (memfd < 0) {
     why = "bad hello";
+  } else if (!(obj = Make<Connection>()) || !GlobalTable().Prepare(conn)) {
+    // Prepare: the Install below cannot fail (the fd table's page for conn
+    // exists); failing there would leave the program a bare door socket.
+    why = "out of memory";
+    retry = -ENOMEM;
   } else if (int rc = transport::Segment::Attach(memfd, &seg); rc != 0) {
-    DOORWAY_REAL(close)(memfd);
-    why = "segment rejected";
-  }
-  Ref obj;
-  if (why == nullptr) {
-    obj = Make<Connection>();
-    if (!obj) why = "out of memory";
+    // mmap: ENOMEM (memory, RLIMIT_AS, vm.max_map_count), EAGAIN (locked
+    // memory), ENFILE; anything else is the client's fault.
+    if (rc == -ENOMEM || rc == -EAGAIN || rc == -ENFILE) {
+      why = "out of memory";
+      retry = rc == -ENFILE ? -ENFILE : -ENOMEM;
+    } else {
+      DOORWAY_REAL(close)(memfd);
+      why = "segment rejected";
+    }
   }
   if (why != nullptr) {
+    obj.Reset();
+    if (retry != 0 && !l.shared.load(std::memory_order_relaxed)) {
+      // Parked, it must not leak into a program started by exec meanwhile.
+      if ((has_flags & SOCK_CLOEXEC) == 0) DOORWAY_REAL(fcntl)(conn, F_SETFD, FD_CLOEXEC);
+      // EPOLLOUT (a door socket has room): the listener stays readable
+      // while the connection waits, as a TCP listener with one queued.
+      if (Park(l, listen_fd, conn, EPOLLOUT, memfd, &hello)) {
+        DOORWAY_LOG(kDebug, "door connection from pid %d waits: %s", static_cast<int>(cred.pid),
+                    why);
+        return retry;
+      }
+    }
+    if (retry != 0) DOORWAY_REAL(close)(memfd);
     DOORWAY_LOG(kDebug, "door connection from pid %d dropped: %s", static_cast<int>(cred.pid), why);
     DOORWAY_REAL(close)(conn);
     return -EAGAIN;
@@ -757,23 +836,6 @@ int FinishDoor(Listener& l, int conn, const ucred& cred, int memfd, const Hello&
   DOORWAY_LOG(kDebug, "fd %d: accelerated connection accepted (peer pid %d)", conn,
               static_cast<int>(cred.pid));
   return conn;
-}
-
-// Parks door connection conn until its Hello arrives; false if no slot.
-bool ParkPending(Listener& l, int listen_fd, int conn) {
-  for (auto& slot : l.pending) {
-    int expected = -1;
-    if (!slot.compare_exchange_strong(expected, conn)) continue;
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.u64 = kSourcePending;
-    if (DOORWAY_REAL(epoll_ctl)(listen_fd, EPOLL_CTL_ADD, conn, &ev) != 0) {
-      slot.store(-1);
-      return false;
-    }
-    return true;
-  }
-  return false;
 }
 
 // One connection from a door, or -EAGAIN if none is pending (or the one
@@ -816,28 +878,35 @@ int AcceptDoor(Listener& l, int listen_fd, int door, sockaddr* addr, socklen_t* 
     // Parked, it must not leak into a program started by exec meanwhile.
     if ((has_flags & SOCK_CLOEXEC) == 0) DOORWAY_REAL(fcntl)(conn, F_SETFD, FD_CLOEXEC);
     if (ParkPending(l, listen_fd, conn)) return -EAGAIN;
-    return FinishDoor(l, conn, cred, memfd, hello, addr, len, flags, has_flags | SOCK_CLOEXEC);
+    return FinishDoor(l, listen_fd, conn, cred, memfd, hello, addr, len, flags,
+                      has_flags | SOCK_CLOEXEC);
   }
-  return FinishDoor(l, conn, cred, memfd, hello, addr, len, flags, has_flags);
+  return FinishDoor(l, listen_fd, conn, cred, memfd, hello, addr, len, flags, has_flags);
 }
 
-// A parked door connection whose Hello has arrived, or -EAGAIN.
+// A parked door connection whose Hello has arrived (or that waits for
+// memory: tried again), or -EAGAIN (or -ENOMEM/-ENFILE if memory is still
+// short: it stays parked).
 int AcceptPending(Listener& l, int listen_fd, sockaddr* addr, socklen_t* len, int flags) {
-  for (auto& slot : l.pending) {
-    int conn = slot.exchange(-1);  // claimed: no other thread looks at it now
+  for (int i = 0; i < Listener::kMaxPending; ++i) {
+    int memfd = -1;
+    int conn = ClaimParked(l, i, &memfd);  // no other thread looks at it now
     if (conn < 0) continue;
     Hello hello{};
-    int memfd = ReceiveHello(conn, &hello, 0);
-    if (memfd == -EAGAIN) {
-      slot.store(conn);
+    if (memfd >= 0) {
+      hello.client = l.retry_client[i];
+      hello.server = l.retry_server[i];
+    } else if ((memfd = ReceiveHello(conn, &hello, 0)) == -EAGAIN) {
+      l.pending[i].store(conn);  // back (the slot stayed claimed)
       continue;
     }
+    l.pending[i].store(-1);
     (void)DOORWAY_REAL(epoll_ctl)(listen_fd, EPOLL_CTL_DEL, conn, nullptr);
     ucred cred{};
     socklen_t cl = sizeof(cred);
     (void)DOORWAY_REAL(getsockopt)(conn, SOL_SOCKET, SO_PEERCRED, &cred, &cl);
     // Its flags are unknown here (another accept call parked it): set both.
-    int c = FinishDoor(l, conn, cred, memfd, hello, addr, len, flags,
+    int c = FinishDoor(l, listen_fd, conn, cred, memfd, hello, addr, len, flags,
                        ~flags & (SOCK_CLOEXEC | SOCK_NONBLOCK));
     if (c != -EAGAIN) return c;
   }
@@ -999,11 +1068,14 @@ namespace {
 // fork child, whose epoll fd is its parent's too). Returns how many.
 int DropParked(Listener& l, int listen_fd) {
   int n = 0;
-  for (auto& slot : l.pending) {
-    int conn = slot.exchange(-1);
+  for (int i = 0; i < Listener::kMaxPending; ++i) {
+    int memfd = -1;
+    int conn = ClaimParked(l, i, &memfd);
     if (conn < 0) continue;
     if (listen_fd >= 0) (void)DOORWAY_REAL(epoll_ctl)(listen_fd, EPOLL_CTL_DEL, conn, nullptr);
+    if (memfd >= 0) DOORWAY_REAL(close)(memfd);
     DOORWAY_REAL(close)(conn);
+    l.pending[i].store(-1);
     ++n;
   }
   return n;

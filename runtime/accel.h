@@ -144,6 +144,7 @@ struct Listener {
   static constexpr std::uint32_t kTypeTag = 0x4C53544E;  // "LSTN"
   Listener() {
     for (auto& p : pending) p.store(-1, std::memory_order_relaxed);
+    for (int& m : retry_memfd) m = -1;
   }
   ~Listener();
   Listener(const Listener&) = delete;
@@ -165,6 +166,18 @@ struct Listener {
   // accept never waits for one client's Hello. -1: free slot.
   static constexpr int kMaxPending = 16;
   std::atomic<int> pending[kMaxPending];
+  // A parked connection whose Hello did arrive but which could not be set
+  // up for lack of memory (accept said ENOMEM, as the kernel's does, and
+  // the client's connection waits, as in a TCP backlog): its memfd (>= 0)
+  // and the Hello's addresses, until a later accept completes it. Written
+  // before the slot's pending[] store that publishes the connection, read
+  // after the exchange that claims it. Only the first kMaxRetry slots hold
+  // such connections (the fd table node has no room for more); when they
+  // are taken, a connection that cannot be set up is dropped (reset).
+  static constexpr int kMaxRetry = 4;
+  int retry_memfd[kMaxRetry];
+  Endpoint retry_client[kMaxRetry];
+  Endpoint retry_server[kMaxRetry];
 };
 
 // In a fork child: the door connections still waiting for their Hello
