@@ -17,6 +17,7 @@
 #include <cstring>
 
 #include "runtime/config.h"
+#include "runtime/epoll.h"
 #include "runtime/log.h"
 #include "runtime/real.h"
 #include "runtime/signals.h"
@@ -1106,6 +1107,9 @@ void OnFdAttached(const Ref& ref) {
 
 void OnFdDetached(const Ref& ref, int fd) {
   if (Connection* c = ref.As<Connection>()) {
+    // An epoll set holding this fd drops the registration at its next
+    // wait (the kernel drops its own when the file closes).
+    if (c->epoll_regs.load(std::memory_order_relaxed) > 0) NoteEpollChange(fd);
     // acq_rel: the thread that releases the last fd sees every other
     // thread's use of the connection before shutting it down.
     if (c->fds.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
@@ -1190,6 +1194,9 @@ void MarkAllShared() {
     if (Connection* c = r.As<Connection>()) c->shared.store(true, std::memory_order_relaxed);
     if (Listener* l = r.As<Listener>()) l->shared.store(true, std::memory_order_relaxed);
   });
+  // Both processes' epoll sets move these connections to their always
+  // lists: the other process's waits may take their doorbells.
+  NoteEpollChange(-1);
 }
 
 bool IsAccelerated(int fd) { return GlobalTable().Tag(fd) == kTagConnection; }
@@ -1246,13 +1253,16 @@ bool ArmDoorbells(Connection& c, short events) {
   return ready;
 }
 
-void DrainDoorbells(int fd) {
+int DrainDoorbells(int fd) {
   char buf[64];
   // Each doorbell is one SEQPACKET message; a bounded number per call (the
-  // peer sends at most one per armed flag, and flags are re-armed per wait).
-  for (int i = 0; i < 64; ++i) {
+  // peer sends at most one per armed flag and arming; any left over keep
+  // the socket readable, so the next wait comes back for them).
+  int n = 0;
+  for (; n < 64; ++n) {
     if (RawRecv(fd, buf, sizeof(buf), MSG_DONTWAIT) <= 0) break;
   }
+  return n;
 }
 
 int ConnWait(Connection& c, int fd, short events, std::int64_t timeout_ns) {
@@ -1724,6 +1734,8 @@ int ManagedShutdown(int fd, int how) {
     c->rx.WakeConsumers();
   }
   if (how != SHUT_RD) ConnShutdownWrite(*c, fd, false);
+  // Readiness changed here, not by the peer: no doorbell comes for it.
+  if (c->epoll_regs.load(std::memory_order_relaxed) > 0) NoteEpollChange(fd);
   return 0;
 }
 

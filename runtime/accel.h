@@ -123,6 +123,11 @@ struct Connection {
   // EAGAIN: an edge-triggered epoll owes the program a new edge after that.
   std::atomic<std::uint32_t> rx_eagain_gen{0};
   std::atomic<std::uint32_t> tx_eagain_gen{0};
+  // Epoll memberships of this connection in this process (runtime/epoll.cc
+  // EpollSet::Add/Remove): when not 0, a change the peer does not ring for
+  // (close, shutdown here) or a doorbell taken by another waiter is
+  // reported to the sets (NoteEpollChange).
+  std::atomic<int> epoll_regs{0};
   // close() of the last fd while calls of this process wait on the
   // connection (another thread blocked in read or write): the kernel keeps
   // a socket open while a system call holds its file, so the release waits
@@ -234,8 +239,9 @@ short ConnPollEvents(Connection& c, int fd = -1);
 // POLLOUT): arms c's rings so that the peer sends a doorbell when they
 // become ready. Returns true if c is ready already (do not sleep then).
 bool ArmDoorbells(Connection& c, short events);
-// After such a sleep: takes the doorbells off the socket fd.
-void DrainDoorbells(int fd);
+// After such a sleep: takes the doorbells off the socket fd. Returns how
+// many were there.
+int DrainDoorbells(int fd);
 // Blocks (spin, then futex) until c has one of `events` (POLLIN or POLLOUT)
 // or timeout_ns passes (-ETIMEDOUT) or a signal arrives (-EINTR). fd is the
 // connection's fd (its Unix socket shows the peer's death).

@@ -5,6 +5,7 @@
 #include <sys/mman.h>
 #include <time.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -29,6 +30,14 @@ using fdtable::Ref;
 constexpr std::uint64_t kMarker = 0xD00Dull << 48;
 constexpr std::uint64_t kMarkerMask = 0xFFFFull << 48;
 constexpr std::int64_t kSpinNs = 30'000;  // as runtime/poll.cc
+// A member reported within this long stays on the check list (evaluated at
+// each wait and spun over before sleeping, never armed) even when a wait
+// finds it not ready: a busy connection (request/response) is then served
+// without a doorbell (a system call on each side). A set that goes to
+// sleep arms all of them whatever their age. 1 ms: many round trips of a
+// same-host peer, short enough that a set serving a changing few of many
+// connections does not drag the idle ones along for long.
+constexpr std::int64_t kHotNs = 1'000'000;
 
 std::int64_t SpinNs() { return GetConfig().spin_ns >= 0 ? GetConfig().spin_ns : kSpinNs; }
 
@@ -38,17 +47,34 @@ std::int64_t NowNs() {
   return ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+// ---- the process-wide change log (epoll.h NoteEpollChange) ----
+//
+// A ring of fd numbers; slot i holds ((i + 1) << 32) | fd once written, so
+// a reader can tell a slot not written yet or overwritten since (then it
+// looks at all its members: always safe). Writers: one fetch_add and one
+// store, no lock (close may run in a signal handler). Each set reads the
+// entries since its last position under its own lock.
+constexpr std::uint64_t kLogSize = 4096;
+struct ChangeLog {
+  std::atomic<std::uint64_t> head{0};
+  std::atomic<std::uint64_t> slot[kLogSize];
+};
+constinit ChangeLog g_log;
+
 struct Member {
-  int fd;
-  std::uint32_t events;  // what the program asked for (EPOLLET, EPOLLONESHOT...)
-  epoll_data_t data;
+  int fd = -1;
+  std::uint32_t events = 0;  // what the program asked for (EPOLLET, EPOLLONESHOT...)
+  epoll_data_t data{};
   Ref conn;
-  std::uint32_t last;  // events reported and still holding (edge-triggered)
-  std::uint32_t rx_gen, tx_gen;
-  bool disabled;          // EPOLLONESHOT fired
-  bool nested;            // conn is the EpollSet of a nested epoll fd
-  bool quiet;             // peer gone: its kernel registration was removed (KernelWait)
-  std::uint64_t rx_seen;  // ArrivedBytes when EPOLLIN was last reported (edge-triggered)
+  std::uint32_t last = 0;  // events reported and still holding (edge-triggered)
+  std::uint32_t rx_gen = 0, tx_gen = 0;
+  bool disabled = false;   // EPOLLONESHOT fired
+  bool nested = false;     // conn is the EpollSet of a nested epoll fd
+  bool quiet = false;      // peer gone: its kernel registration was removed (KernelWait)
+  bool in_check = false;   // on EpollSet::check
+  bool in_always = false;  // on EpollSet::always
+  std::uint64_t rx_seen = ~std::uint64_t{0};  // ArrivedBytes when EPOLLIN was last reported (ET)
+  std::int64_t hot_until = 0;                 // NowNs: reported recently until then
 };
 
 // Bytes that ever arrived on c's incoming ring (consumed + readable): new
@@ -73,59 +99,98 @@ class SpinLock {
   std::atomic<bool> flag_{false};
 };
 
+// A growable array of ints in mmap'd memory (the set may die in whichever
+// thread drops its last reference, so no malloc).
+class IntArray {
+ public:
+  IntArray() = default;
+  ~IntArray() {
+    if (v_ != nullptr) munmap(v_, static_cast<size_t>(cap_) * sizeof(int));
+  }
+  IntArray(const IntArray&) = delete;
+  IntArray& operator=(const IntArray&) = delete;
+  int* data() { return v_; }
+  int& operator[](int i) { return v_[i]; }
+  int cap() const { return cap_; }
+  // Grows to at least n elements, new ones set to `fill`.
+  bool Reserve(int n, int fill = 0) {
+    if (n <= cap_) return true;
+    int ncap = cap_ == 0 ? 64 : cap_;
+    while (ncap < n) ncap *= 2;
+    void* mem = mmap(nullptr, static_cast<size_t>(ncap) * sizeof(int), PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED) return false;
+    int* fresh = static_cast<int*>(mem);
+    if (cap_ > 0) std::memcpy(fresh, v_, static_cast<size_t>(cap_) * sizeof(int));
+    for (int i = cap_; i < ncap; ++i) fresh[i] = fill;
+    if (v_ != nullptr) munmap(v_, static_cast<size_t>(cap_) * sizeof(int));
+    v_ = fresh;
+    cap_ = ncap;
+    return true;
+  }
+
+ private:
+  int* v_ = nullptr;
+  int cap_ = 0;
+};
+
+// A list of fd numbers (the check and always lists), each fd at most once
+// (the member's in_check / in_always flag says whether it is there).
+struct FdList {
+  IntArray v;
+  int n = 0;
+  void Push(int fd) { v[n++] = fd; }  // capacity reserved by EpollSet::Add
+  void Erase(int fd) {
+    for (int i = 0; i < n; ++i) {
+      if (v[i] == fd) {
+        std::memmove(&v[i], &v[i + 1], static_cast<size_t>(n - i - 1) * sizeof(int));
+        --n;
+        return;
+      }
+    }
+  }
+};
+
 }  // namespace
 
-// The accelerated members of one epoll set. Memory from mmap: the object may
-// die in whichever thread drops the last reference.
+// The accelerated and nested members of one epoll set (see epoll.h). Lives
+// in the fd table at the epoll fd; every field is under `lock` except
+// `quiet` (read without it).
 struct EpollSet {
   static constexpr std::uint32_t kTypeTag = 0x45504F4C;  // "EPOL"
-  EpollSet() = default;
+  EpollSet() : log_pos(g_log.head.load(std::memory_order_acquire)) {}
   ~EpollSet() {
-    for (int i = 0; i < count; ++i) members[i].~Member();
+    for (int i = 0; i < count; ++i) {
+      DropRegistration(members[i]);
+      members[i].~Member();
+    }
     if (members != nullptr) munmap(members, static_cast<size_t>(cap) * sizeof(Member));
-    if (index != nullptr) munmap(index, static_cast<size_t>(index_cap) * sizeof(int));
   }
   EpollSet(const EpollSet&) = delete;
   EpollSet& operator=(const EpollSet&) = delete;
 
   // O(1): index[fd] is the member's position in `members`, or -1.
   Member* Find(int fd) {
-    if (fd < 0 || fd >= index_cap || index[fd] < 0) return nullptr;
+    if (fd < 0 || fd >= index.cap() || index[fd] < 0) return nullptr;
     return &members[index[fd]];
   }
   bool Add(Member m) {
     if (m.fd < 0) return false;
-    if (m.fd >= index_cap) {
-      int ncap = index_cap == 0 ? 1024 : index_cap;
-      while (ncap <= m.fd) ncap *= 2;
-      void* mem = mmap(nullptr, static_cast<size_t>(ncap) * sizeof(int), PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-      if (mem == MAP_FAILED) return false;
-      int* fresh = static_cast<int*>(mem);
-      for (int i = 0; i < ncap; ++i) fresh[i] = i < index_cap ? index[i] : -1;
-      if (index != nullptr) munmap(index, static_cast<size_t>(index_cap) * sizeof(int));
-      index = fresh;
-      index_cap = ncap;
-    }
-    if (count == cap) {
-      int ncap = cap == 0 ? 64 : cap * 2;
-      void* mem = mmap(nullptr, static_cast<size_t>(ncap) * sizeof(Member), PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-      if (mem == MAP_FAILED) return false;
-      Member* fresh = static_cast<Member*>(mem);
-      for (int i = 0; i < count; ++i) {
-        new (&fresh[i]) Member(std::move(members[i]));
-        members[i].~Member();
-      }
-      if (members != nullptr) munmap(members, static_cast<size_t>(cap) * sizeof(Member));
-      members = fresh;
-      cap = ncap;
-    }
+    if (!index.Reserve(m.fd + 1, -1)) return false;
+    // Room for every member on each list, so that pushing never fails.
+    if (!check.v.Reserve(count + 1) || !always.v.Reserve(count + 1)) return false;
+    if (count == cap && !GrowMembers()) return false;
+    if (m.nested) ++nested;
+    if (Connection* c = m.conn.As<Connection>())
+      c->epoll_regs.fetch_add(1, std::memory_order_relaxed);
     index[m.fd] = count;
     new (&members[count++]) Member(std::move(m));
     return true;
   }
   void Remove(Member* m) {
+    if (m->in_check) check.Erase(m->fd);
+    if (m->in_always) always.Erase(m->fd);
+    DropRegistration(*m);
     if (m->nested) --nested;
     if (m->quiet) quiet.fetch_sub(1, std::memory_order_relaxed);
     index[m->fd] = -1;
@@ -137,6 +202,57 @@ struct EpollSet {
     lastm->~Member();
     --count;
   }
+  // m must be evaluated at the next waits (until armed and not ready).
+  void MarkCheck(Member& m) {
+    if (m.in_check || m.in_always) return;
+    m.in_check = true;
+    check.Push(m.fd);
+  }
+  // Members that are evaluated (and armed) at every wait: nested sets, and
+  // connections shared with another process (its waits may take their
+  // doorbells).
+  void MarkAlways(Member& m) {
+    if (m.in_always) return;
+    if (m.in_check) {
+      check.Erase(m.fd);
+      m.in_check = false;
+    }
+    m.in_always = true;
+    always.Push(m.fd);
+  }
+  void Classify(Member& m) {
+    Connection* c = m.conn.As<Connection>();
+    if (m.nested || (c != nullptr && c->shared.load(std::memory_order_relaxed))) {
+      MarkAlways(m);
+    } else {
+      MarkCheck(m);
+    }
+  }
+  // Every member to its list: after the change log overflowed or asked so.
+  void Rescan() {
+    for (int i = 0; i < count; ++i) Classify(members[i]);
+  }
+  // The change log's entries since the last call.
+  void ConsumeLog() {
+    std::uint64_t head = g_log.head.load(std::memory_order_acquire);  // pairs with the fetch_add
+    if (head == log_pos) return;
+    if (head - log_pos > kLogSize) {
+      Rescan();
+    } else {
+      for (std::uint64_t i = log_pos; i != head; ++i) {
+        // Acquire pairs with NoteEpollChange's release store: the change
+        // (shut_rd...) is visible to the evaluation that follows.
+        std::uint64_t e = g_log.slot[i % kLogSize].load(std::memory_order_acquire);
+        int fd = static_cast<int>(static_cast<std::uint32_t>(e));
+        if ((e >> 32) != ((i + 1) & 0xffffffffu) || fd < 0) {
+          Rescan();
+          break;
+        }
+        if (Member* m = Find(fd)) Classify(*m);
+      }
+    }
+    log_pos = head;
+  }
 
   SpinLock lock;
   int epfd = -1;
@@ -144,12 +260,42 @@ struct EpollSet {
   // Members with Member::quiet set. Written under the lock; read without it
   // by EpollCtl to skip looking for one (the common case: none).
   std::atomic<int> quiet{0};
-  Member* members = nullptr;
+  Member* members = nullptr;  // dense, [0, count); mmap'd
   int count = 0;
   int cap = 0;
-  int* index = nullptr;  // by fd number (mmap'd, grown by doubling)
-  int index_cap = 0;
+  IntArray index;  // by fd number
+  FdList check, always;
+  std::uint64_t log_pos;  // next change-log entry to read
+
+ private:
+  static void DropRegistration(Member& m) {
+    if (Connection* c = m.conn.As<Connection>())
+      c->epoll_regs.fetch_sub(1, std::memory_order_relaxed);
+  }
+  bool GrowMembers() {
+    int ncap = cap == 0 ? 64 : cap * 2;
+    void* mem = mmap(nullptr, static_cast<size_t>(ncap) * sizeof(Member), PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED) return false;
+    Member* fresh = static_cast<Member*>(mem);
+    for (int i = 0; i < count; ++i) {
+      new (&fresh[i]) Member(std::move(members[i]));
+      members[i].~Member();
+    }
+    if (members != nullptr) munmap(members, static_cast<size_t>(cap) * sizeof(Member));
+    members = fresh;
+    cap = ncap;
+    return true;
+  }
 };
+
+void NoteEpollChange(int fd) {
+  // acq_rel: a reader that sees the new head sees the change made before
+  // (release); the slot store below publishes the entry itself.
+  std::uint64_t i = g_log.head.fetch_add(1, std::memory_order_acq_rel);
+  g_log.slot[i % kLogSize].store(((i + 1) << 32) | static_cast<std::uint32_t>(fd),
+                                 std::memory_order_release);
+}
 
 namespace {
 
@@ -192,22 +338,62 @@ void Commit(Member& m, const Reading& r) {
   }
 }
 
-// Whether nested set s has something to report (its accelerated members,
-// peeked without consuming their edge or one-shot state, and, if
-// check_kernel, its kernel members through its epoll fd).
+// Sets the doorbell flags that cover what m waits for: "data" for EPOLLIN
+// and EPOLLRDHUP (and when it asked for neither direction, so that EOF and
+// reset, EPOLLHUP/EPOLLERR, still ring), "room" for EPOLLOUT.
+//
+// Ordering (no lost wake-up): the member's doorbell bytes were drained
+// (KernelWait) before this; ArmDoorbells stores the flag (seq_cst, W1 in
+// transport/ring.cc) and then re-reads the ring (D2); the caller then
+// evaluates the member once more (Read, after W1) before it may leave the
+// check list. The peer publishes (seq_cst store) and then loads the flag
+// (D1). In the single total order either our re-read follows its publish
+// (we see the data and stay on the list) or its D1 follows our W1 (it
+// clears the flag and sends a byte, which stays on the socket until our
+// next KernelWait drains it, and the level-triggered kernel registration
+// wakes the set meanwhile).
+void Arm(const Member& m, Connection& c) {
+  short ev = 0;
+  if (m.events & (EPOLLIN | EPOLLRDNORM | EPOLLRDHUP)) ev |= POLLIN;
+  if (m.events & (EPOLLOUT | EPOLLWRNORM)) ev |= POLLOUT;
+  if (ev == 0) ev = POLLIN;
+  (void)ArmDoorbells(c, ev);
+}
+
+bool Stale(const Member& m) {
+  std::uint32_t tag = GlobalTable().Tag(m.fd);
+  bool tag_ok = m.nested ? (tag == kTagEpoll || tag == kTagEpollPlain) : tag == kTagConnection;
+  return !tag_ok || GlobalTable().Get(m.fd).node() != m.conn.node();
+}
+
+bool NestedReady(EpollSet& s, bool check_kernel, int depth);
+
+// Whether connection member m has something to report (peeked).
+bool PeekMember(EpollSet& s, Member& m, bool check_kernel, int depth) {
+  (void)s;
+  if (m.disabled) return false;
+  if (m.nested) {
+    EpollSet* inner = m.conn.As<EpollSet>();
+    return inner != nullptr && NestedReady(*inner, check_kernel, depth + 1);
+  }
+  Connection* c = m.conn.As<Connection>();
+  return c != nullptr && Read(m, *c).report != 0;
+}
+
+// Whether nested set s has something to report: its check-list and
+// always-list members, peeked without consuming their edge or one-shot
+// state (the others are armed: a doorbell of theirs makes s's epoll fd
+// readable), and, if check_kernel, whatever makes its epoll fd readable.
 bool NestedReady(EpollSet& s, bool check_kernel, int depth) {
   if (depth > 5) return false;  // the kernel nests at most 5 levels deep (ELOOP)
   bool ready = false;
   s.lock.Lock();
-  for (int i = 0; i < s.count && !ready; ++i) {
-    Member& m = s.members[i];
-    if (m.disabled) continue;
-    if (m.nested) {
-      if (EpollSet* inner = m.conn.As<EpollSet>())
-        ready = NestedReady(*inner, check_kernel, depth + 1);
-      continue;
-    }
-    if (Connection* c = m.conn.As<Connection>()) ready = Read(m, *c).report != 0;
+  s.ConsumeLog();
+  for (int i = 0; i < s.always.n && !ready; ++i) {
+    if (Member* m = s.Find(s.always.v[i])) ready = PeekMember(s, *m, check_kernel, depth);
+  }
+  for (int i = 0; i < s.check.n && !ready; ++i) {
+    if (Member* m = s.Find(s.check.v[i])) ready = PeekMember(s, *m, check_kernel, depth);
   }
   int epfd = s.epfd;
   s.lock.Unlock();
@@ -218,82 +404,156 @@ bool NestedReady(EpollSet& s, bool check_kernel, int depth) {
   return ready;
 }
 
-// Arms every accelerated member of s (and of the sets nested in it) for
-// `events`; true if one is ready already.
+// Before sleeping: arms the members of s that are not armed (the check
+// list, which is then left by those found not ready after arming; the
+// always list; the sets nested in s, recursively). True if one is ready
+// already (do not sleep then).
 bool ArmSet(EpollSet& s, int depth) {
   if (depth > 5) return false;
   bool ready_now = false;
   s.lock.Lock();
-  for (int i = 0; i < s.count; ++i) {
-    Member& m = s.members[i];
-    if (m.disabled) continue;
-    if (m.nested) {
-      if (EpollSet* inner = m.conn.As<EpollSet>()) ready_now |= ArmSet(*inner, depth + 1);
-    } else if (Connection* c = m.conn.As<Connection>()) {
-      bool ready = ArmDoorbells(*c, static_cast<short>(m.events & (EPOLLIN | EPOLLOUT)));
+  s.ConsumeLog();
+  for (int i = 0; i < s.always.n; ++i) {
+    Member* m = s.Find(s.always.v[i]);
+    if (m == nullptr || m->disabled) continue;
+    if (m->nested) {
+      if (EpollSet* inner = m->conn.As<EpollSet>()) ready_now |= ArmSet(*inner, depth + 1);
+    } else if (Connection* c = m->conn.As<Connection>()) {
+      Arm(*m, *c);
       // Ready, but already reported to an edge-triggered member (e.g. EOF):
       // not a reason to stay awake; only a new edge is.
-      ready_now |= ready && Read(m, *c).report != 0;
+      ready_now |= Read(*m, *c).report != 0;
     }
   }
+  int kept = 0;
+  for (int i = 0; i < s.check.n; ++i) {
+    int fd = s.check.v[i];
+    Member* m = s.Find(fd);
+    if (m == nullptr) continue;
+    if (Stale(*m)) {  // closed: Collect drops it after the sleep
+      s.check.v[kept++] = fd;
+      continue;
+    }
+    Connection* c = m->conn.As<Connection>();
+    if (!m->disabled && c != nullptr) {
+      Arm(*m, *c);
+      if (Read(*m, *c).report != 0) {
+        ready_now = true;
+        s.check.v[kept++] = fd;
+        continue;
+      }
+    }
+    m->in_check = false;  // armed and not ready (or disabled: MOD puts it back)
+  }
+  s.check.n = kept;
   s.lock.Unlock();
   return ready_now;
 }
 
-// The program's events for the members of s now, applying EPOLLET and
-// EPOLLONESHOT. Drops members whose fd no longer refers to their object.
-int Collect(EpollSet& s, epoll_event* out, int max, bool check_kernel = true) {
+// Reports member m if it has something to tell (EPOLLET, EPOLLONESHOT
+// applied). For a check-list member that has nothing and was not reported
+// recently, prune: arm it and drop it from the list unless arming found it
+// ready. Returns 1 if an event was written to *out.
+int Evaluate(EpollSet& s, Member& m, epoll_event* out, bool check_kernel, bool prune,
+             std::int64_t now) {
+  std::uint32_t report = 0;
+  if (m.nested) {
+    std::uint32_t level = 0;
+    EpollSet* inner = m.conn.As<EpollSet>();
+    if (inner != nullptr && NestedReady(*inner, check_kernel, 1)) level = EPOLLIN & m.events;
+    // Kernel readiness is only looked at now and then: keep the last edge.
+    if (!check_kernel && (m.events & EPOLLET)) level |= m.last & EPOLLIN;
+    report = level;
+    if (m.events & EPOLLET) {
+      report = level & ~m.last;
+      m.last = level;
+    }
+  } else {
+    Connection& c = *m.conn.As<Connection>();
+    Reading r = Read(m, c);
+    Commit(m, r);
+    if (r.report == 0 && prune && m.in_check && now >= m.hot_until) {
+      Arm(m, c);
+      r = Read(m, c);  // after W1 (see Arm)
+      Commit(m, r);
+      if (r.report == 0) {
+        m.in_check = false;  // the caller drops it from the list
+        return 0;
+      }
+    }
+    report = r.report;
+  }
+  if (report == 0) return 0;
+  m.hot_until = now + kHotNs;
+  out->events = report;
+  out->data = m.data;
+  if (m.events & EPOLLONESHOT) {
+    m.disabled = true;
+    if (m.in_check) m.in_check = false;  // the caller drops it; MOD puts it back
+    // Until the program re-arms it with EPOLL_CTL_MOD, the kernel need
+    // not wake us for it either.
+    epoll_event quiet{};
+    quiet.data.u64 = kMarker | static_cast<std::uint32_t>(m.fd);
+    (void)DOORWAY_REAL(epoll_ctl)(s.epfd, EPOLL_CTL_MOD, m.fd, &quiet);
+  }
+  return 1;
+}
+
+// The program's events for the members of s that may have any: the always
+// list and the check list (not the armed members: their doorbells put them
+// on the check list first, KernelWait). Drops members whose fd no longer
+// refers to their object. Under s.lock.
+int Collect(EpollSet& s, epoll_event* out, int max, std::int64_t now, bool check_kernel = true) {
+  s.ConsumeLog();
   int n = 0;
-  for (int i = 0; i < s.count && n < max;) {
-    Member& m = s.members[i];
-    // Closed (or replaced) since it was added: the kernel dropped its
-    // registration when the file closed; drop ours.
-    if (GlobalTable().Tag(m.fd) != (m.nested ? kTagEpoll : kTagConnection) &&
-        !(m.nested && GlobalTable().Tag(m.fd) == kTagEpollPlain)) {
-      s.Remove(&m);
+  for (int i = 0; i < s.always.n && n < max;) {
+    Member* m = s.Find(s.always.v[i]);
+    if (m == nullptr) {  // cannot happen: Remove takes it off the list
+      s.always.Erase(s.always.v[i]);
       continue;
     }
-    if (GlobalTable().Get(m.fd).node() != m.conn.node()) {
-      s.Remove(&m);
+    // Closed (or replaced) since it was added: the kernel dropped its
+    // registration when the file closed; drop ours.
+    if (Stale(*m)) {
+      s.Remove(m);
       continue;
     }
     ++i;
-    if (m.disabled) continue;
-    std::uint32_t report = 0;
-    if (m.nested) {
-      std::uint32_t now = 0;
-      EpollSet* inner = m.conn.As<EpollSet>();
-      if (inner != nullptr && NestedReady(*inner, check_kernel, 1)) now = EPOLLIN & m.events;
-      // Kernel readiness is only looked at now and then: keep the last edge.
-      if (!check_kernel && (m.events & EPOLLET)) now |= m.last & EPOLLIN;
-      report = now;
-      if (m.events & EPOLLET) {
-        report = now & ~m.last;
-        m.last = now;
-      }
-    } else {
-      Reading r = Read(m, *m.conn.As<Connection>());
-      Commit(m, r);
-      report = r.report;
-    }
-    if (report == 0) continue;
-    out[n].events = report;
-    out[n].data = m.data;
-    ++n;
-    if (m.events & EPOLLONESHOT) {
-      m.disabled = true;
-      // Until the program re-arms it with EPOLL_CTL_MOD, the kernel need
-      // not wake us for it either.
-      epoll_event quiet{};
-      quiet.data.u64 = kMarker | static_cast<std::uint32_t>(m.fd);
-      (void)DOORWAY_REAL(epoll_ctl)(s.epfd, EPOLL_CTL_MOD, m.fd, &quiet);
-    }
+    if (!m->disabled) n += Evaluate(s, *m, out + n, check_kernel, false, now);
   }
+  // The check list, compacted in place: the members looked at and kept go
+  // after those not looked at (maxevents reached), so that a later call
+  // starts with those (round robin, as the kernel's ready list).
+  int kept = 0, i = 0;
+  const int len = s.check.n;
+  for (; i < len && n < max; ++i) {
+    int fd = s.check.v[i];
+    Member* m = s.Find(fd);
+    if (m == nullptr || !m->in_check) continue;
+    if (Stale(*m)) {
+      m->in_check = false;  // already off the list being rebuilt
+      s.Remove(m);
+      continue;
+    }
+    if (m->disabled) {
+      m->in_check = false;
+      continue;
+    }
+    n += Evaluate(s, *m, out + n, check_kernel, true, now);
+    if (m->in_check) s.check.v[kept++] = fd;
+  }
+  int rest = len - i;
+  if (rest > 0) {
+    std::memmove(&s.check.v[kept], &s.check.v[i], static_cast<size_t>(rest) * sizeof(int));
+    std::rotate(s.check.v.data(), s.check.v.data() + kept, s.check.v.data() + kept + rest);
+  }
+  s.check.n = kept + rest;
   return n;
 }
 
-// Kernel events for the set, without blocking unless timeout_ms != 0;
-// removes the accelerated members' wake-up hints (settling stray doorbells).
+// Kernel events for the set, without blocking unless timeout_ms != 0.
+// Accelerated members' wake-ups are taken off: their doorbells drained and
+// the members put on the check list (where Collect evaluates them next).
 int KernelWait(EpollSet& s, int epfd, epoll_event* out, int max, int timeout_ms,
                const sigset_t* sigmask) {
   if (max <= 0) return 0;
@@ -301,30 +561,42 @@ int KernelWait(EpollSet& s, int epfd, epoll_event* out, int max, int timeout_ms,
   if (k < 0) return -errno;
   int kept = 0;
   for (int i = 0; i < k; ++i) {
-    if ((out[i].data.u64 & kMarkerMask) == kMarker) {
-      int fd = static_cast<int>(out[i].data.u64 & 0xffffffffu);
-      Ref r = GlobalTable().Get(fd);
-      if (Connection* c = r.As<Connection>(); c != nullptr) {
-        if (out[i].events & (EPOLLHUP | EPOLLERR)) {
-          NotePeerHangup(*c);
-          // The hang-up stays reported by the kernel (EPOLLHUP cannot be
-          // masked, and a MOD re-arms it); from now on the rings say it
-          // (EOF, EPIPE). So the kernel registration goes: otherwise a
-          // member the program watches edge-triggered, whose hang-up it was
-          // told of already, would wake every kernel wait at once, forever.
-          s.lock.Lock();
-          if (Member* m = s.Find(fd); m != nullptr && !m->quiet && m->conn.node() == r.node()) {
-            (void)DOORWAY_REAL(epoll_ctl)(epfd, EPOLL_CTL_DEL, fd, nullptr);
-            m->quiet = true;
-            s.quiet.fetch_add(1, std::memory_order_relaxed);
-          }
-          s.lock.Unlock();
-        }
-        if (out[i].events & EPOLLIN) DrainDoorbells(fd);
-      }
+    if ((out[i].data.u64 & kMarkerMask) != kMarker) {
+      out[kept++] = out[i];
       continue;
     }
-    out[kept++] = out[i];
+    int fd = static_cast<int>(out[i].data.u64 & 0xffffffffu);
+    Ref r = GlobalTable().Get(fd);
+    Connection* c = r.As<Connection>();
+    if (c == nullptr) continue;  // a nested set's wake-up: it is on the always list
+    bool hangup = (out[i].events & (EPOLLHUP | EPOLLERR)) != 0;
+    if (hangup) NotePeerHangup(*c);
+    // Drained before the member is evaluated and, if not ready, re-armed
+    // (see Arm): a doorbell rung after that stays on the socket.
+    if ((out[i].events & EPOLLIN) && DrainDoorbells(fd) > 0 &&
+        c->epoll_regs.load(std::memory_order_relaxed) > 1) {
+      // Another set (or another fd of this connection in this one) may
+      // have been waiting for this doorbell: it looks at its members.
+      NoteEpollChange(-1);
+    }
+    s.lock.Lock();
+    Member* m = s.Find(fd);
+    if (m != nullptr && m->conn.node() == r.node()) {
+      if (hangup && !m->quiet) {
+        // The hang-up stays reported by the kernel (EPOLLHUP cannot be
+        // masked, and a MOD re-arms it); from now on the rings say it
+        // (EOF, EPIPE). So the kernel registration goes: otherwise a
+        // member the program watches edge-triggered, whose hang-up it was
+        // told of already, would wake every kernel wait at once, forever.
+        (void)DOORWAY_REAL(epoll_ctl)(epfd, EPOLL_CTL_DEL, fd, nullptr);
+        m->quiet = true;
+        s.quiet.fetch_add(1, std::memory_order_relaxed);
+      }
+      s.MarkCheck(*m);
+    } else if (c->epoll_regs.load(std::memory_order_relaxed) > 0) {
+      NoteEpollChange(-1);  // a doorbell of a connection this set does not hold
+    }
+    s.lock.Unlock();
   }
   return kept;
 }
@@ -422,27 +694,24 @@ int EpollCtl(int epfd, int op, int fd, epoll_event* event) {
   if (s == nullptr) return -ENOMEM;
   s->lock.Lock();
   s->epfd = epfd;
-  Member* m = s->Find(fd);
   int rc = 0;
-  if (op == EPOLL_CTL_DEL) {
-    if (m != nullptr) s->Remove(m);
-  } else {
-    Member fresh{fd,     event->events, event->data,      Ref(), 0, 0, 0, false,
-                 nested, false,         ~std::uint64_t{0}};
+  if (Member* m = s->Find(fd)) s->Remove(m);
+  if (op != EPOLL_CTL_DEL) {
+    Member fresh;
+    fresh.fd = fd;
+    fresh.events = event->events;
+    fresh.data = event->data;
+    fresh.nested = nested;
     if (Connection* c = target.As<Connection>()) {
       fresh.rx_gen = c->rx_eagain_gen.load(std::memory_order_relaxed) - 1;  // first wait: an edge
       fresh.tx_gen = c->tx_eagain_gen.load(std::memory_order_relaxed) - 1;
     }
     fresh.conn = std::move(target);
-    if (m != nullptr) {
-      if (m->nested) --s->nested;
-      if (m->quiet) s->quiet.fetch_sub(1, std::memory_order_relaxed);
-      *m = std::move(fresh);
-      if (nested) ++s->nested;
-    } else if (!s->Add(std::move(fresh))) {
+    if (!s->Add(std::move(fresh))) {
       rc = -ENOMEM;
-    } else if (nested) {
-      ++s->nested;
+    } else {
+      // Evaluated at the next wait, which arms it if it is not ready.
+      s->Classify(*s->Find(fd));
     }
   }
   s->lock.Unlock();
@@ -461,36 +730,43 @@ int EpollWait(int epfd, epoll_event* events, int maxevents, std::int64_t timeout
     int k = DOORWAY_REAL(epoll_pwait)(epfd, events, maxevents, ms_of(timeout_ns), sigmask);
     return k < 0 ? -errno : k;
   }
-  const std::int64_t deadline = timeout_ns < 0 ? -1 : NowNs() + timeout_ns;
+  const std::int64_t start = NowNs();
+  const std::int64_t deadline = timeout_ns < 0 ? -1 : start + timeout_ns;
   bool spun = false;
   // A handler that runs while we spin must end the call with EINTR, as it
   // would end the kernel's epoll_wait (signals.h).
   const std::atomic<std::uint64_t>* signals = SignalEpochOfThisThread();
   const std::uint64_t epoch = signals->load(std::memory_order_relaxed);
   for (;;) {
-    s->lock.Lock();
-    int n = Collect(*s, events, maxevents);
-    s->lock.Unlock();
-    int k = KernelWait(*s, epfd, events + n, maxevents - n, 0, nullptr);
+    // Kernel events first: doorbells put their members on the check list,
+    // which Collect then evaluates.
+    int k = KernelWait(*s, epfd, events, maxevents, 0, nullptr);
     if (k < 0) return k;
+    s->lock.Lock();
+    int n = Collect(*s, events + k, maxevents - k, NowNs());
+    s->lock.Unlock();
     if (n + k > 0 || timeout_ns == 0) return n + k;
     if (!spun) {
+      // Spin over the check list only (the members reported recently and
+      // those just woken): the others are armed, and their doorbells show
+      // up in the kernel wait looked at every 64 rounds. O(hot members).
       spun = true;
       std::int64_t spin_end = NowNs() + SpinNs();
       if (deadline >= 0 && spin_end > deadline) spin_end = deadline;
-      for (unsigned iter = 1; NowNs() < spin_end; ++iter) {
-        s->lock.Lock();
-        n = Collect(*s, events, maxevents, (iter & 63) == 0);
-        s->lock.Unlock();
-        if (n > 0) {
-          k = KernelWait(*s, epfd, events + n, maxevents - n, 0, nullptr);
-          return k < 0 ? n : n + k;
-        }
+      for (unsigned iter = 1;; ++iter) {
+        std::int64_t now = NowNs();
+        if (now >= spin_end) break;
         if ((iter & 63) == 0) {
           k = KernelWait(*s, epfd, events, maxevents, 0, nullptr);
-          if (k != 0) return k;
-          if (signals->load(std::memory_order_relaxed) != epoch) return -EINTR;
+          if (k < 0) return k;
+          if (signals->load(std::memory_order_relaxed) != epoch) return k > 0 ? k : -EINTR;
+        } else {
+          k = 0;
         }
+        s->lock.Lock();
+        n = Collect(*s, events + k, maxevents - k, now, (iter & 63) == 0);
+        s->lock.Unlock();
+        if (n + k > 0) return n + k;
 #if defined(__x86_64__) || defined(__i386__)
         __builtin_ia32_pause();
 #endif
@@ -499,19 +775,17 @@ int EpollWait(int epfd, epoll_event* events, int maxevents, std::int64_t timeout
     }
     std::int64_t left = deadline < 0 ? -1 : deadline - NowNs();
     if (deadline >= 0 && left <= 0) return 0;
-    // Arm every member so that its peer rings when it turns ready; do not
-    // sleep if one is ready already.
+    // Arm the members that are not (the check list, the always list) so
+    // that their peers ring when they turn ready; do not sleep if one is
+    // ready already.
     if (ArmSet(*s, 0)) continue;
     if (signals->load(std::memory_order_relaxed) != epoch) return -EINTR;
     k = KernelWait(*s, epfd, events, maxevents, ms_of(left), sigmask);
     if (k < 0) return k;  // EINTR: epoll_wait is never restarted
-    if (k > 0) {
-      // Kernel fds are ready; add any accelerated members that are too.
-      s->lock.Lock();
-      n = Collect(*s, events + k, maxevents - k);
-      s->lock.Unlock();
-      return k + n;
-    }
+    s->lock.Lock();
+    n = Collect(*s, events + k, maxevents - k, NowNs());
+    s->lock.Unlock();
+    if (k + n > 0) return k + n;
   }
 }
 

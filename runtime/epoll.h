@@ -4,29 +4,42 @@
 // socket with the kernel's epoll set for wake-ups only (EPOLLIN|EPOLLRDHUP,
 // level-triggered, with a marker in the data), and records the program's
 // events and data in an EpollSet installed in the fd table at the epoll fd
-// (tag kTagEpoll). epoll_wait on such a set computes the members' events
-// from their rings (level, EPOLLET, EPOLLONESHOT), asks the kernel for the
-// other fds' events, spins a bounded time, then sleeps in the kernel, woken
-// by doorbells; kernel events carrying the marker are only hints and never
-// reach the program. Before sleeping it arms the members' rings, so that
-// their peers send a doorbell when data, EOF or room arrives.
+// (tag kTagEpoll). The program's events are computed from the rings (level,
+// EPOLLET, EPOLLONESHOT); kernel events carrying the marker are only
+// wake-ups and never reach the program.
+//
+// Cost O(ready), not O(members): a member is either on the set's check list
+// (evaluated from its rings at every wait: newly added or modified, reported
+// recently — "hot", spun over before sleeping —, or woken by a doorbell) or
+// armed (its rings' doorbell flags set in shared memory: the peer's next
+// publish — data, EOF, room — clears the flag and sends one byte on the Unix
+// socket, which the kernel epoll set reports with the member's marker). A
+// member leaves the check list only by being armed and found not ready
+// after arming, so a member off the list always has a doorbell coming.
+// Things that change a member's readiness without its peer (close, dup2
+// over it, shutdown by this process, a doorbell taken by another waiter of
+// this process, fork) go through a process-wide change log
+// (NoteEpollChange) that each set reads at each wait: O(changes).
 //
 // Nested sets: every epoll fd created through epoll_create/epoll_create1
 // gets an (empty) EpollSet, tag kTagEpollPlain, so that adding it to
 // another set is seen. The outer set then records it as a nested member
 // (its kernel registration, like an accelerated member's, is a wake-up hint
-// with a marker): the inner set is ready when one of its accelerated
-// members is (peeked, without consuming edge-triggered or one-shot state)
-// or the kernel says its epoll fd is readable; the outer set's wait arms
-// the inner set's members before sleeping.
+// with a marker), evaluated at each wait: the inner set is ready when one
+// of its check-list members is (peeked, without consuming edge-triggered or
+// one-shot state) or the kernel says its epoll fd is readable (its kernel
+// members, or a doorbell of an armed member); the outer set's wait arms the
+// inner set's check-list members before sleeping.
 //
-// Known limits: the cost of epoll_wait grows with the number of accelerated
-// members (they are evaluated on each call), not only with ready events; a
-// set shared by fork keeps one registry per process (changes made with
-// epoll_ctl in one process are not seen by the other's doorway); epoll fds
-// a program inherited through exec are not known as such (nesting them
-// works for their kernel members only); a nested set with a doorbell
-// pending may wake its outer set once with nothing to report.
+// Known limits: a set shared by fork keeps one registry per process
+// (changes made with epoll_ctl in one process are not seen by the other's
+// doorway), and the connections that existed at the fork are evaluated and
+// armed at every wait of every set (the old O(members) way: another process
+// may take their doorbells); epoll fds a program inherited through exec are
+// not known as such (nesting them works for their kernel members only); a
+// nested set with a doorbell pending may wake its outer set once with
+// nothing to report; a change from the change log (close, shutdown) made
+// while another thread already sleeps in epoll_wait does not wake it.
 #ifndef DOORWAY_RUNTIME_EPOLL_H_
 #define DOORWAY_RUNTIME_EPOLL_H_
 
@@ -45,6 +58,14 @@ int EpollCtl(int epfd, int op, int fd, epoll_event* event);
 // timeout_ns < 0: forever. sigmask as for epoll_pwait (may be null).
 int EpollWait(int epfd, epoll_event* events, int maxevents, std::int64_t timeout_ns,
               const sigset_t* sigmask);
+
+// The readiness of the accelerated connection at fd changed without its
+// peer sending a doorbell (close, dup2 over it, shutdown by this process):
+// every epoll set holding fd looks at it at its next wait. fd -1: every set
+// looks at all its members once (a doorbell was taken by another waiter of
+// this process; a fork). Lock-free and async-signal-safe (close may run in
+// a handler).
+void NoteEpollChange(int fd);
 
 }  // namespace doorway::runtime
 

@@ -8,6 +8,7 @@
 
 #include "fdtable/fdtable.h"
 #include "runtime/accel.h"
+#include "runtime/epoll.h"
 #include "runtime/real.h"
 #include "runtime/signals.h"
 
@@ -109,7 +110,11 @@ int PollKernel(pollfd* fds, nfds_t n, Ref* refs, pollfd* kfds, const timespec* t
     Connection* c = refs[i].As<Connection>();
     if (c != nullptr) {
       if (kfds[i].revents & (POLLHUP | POLLERR)) NotePeerHangup(*c);
-      if (kfds[i].revents & POLLIN) DrainDoorbells(fds[i].fd);
+      // An epoll set holding c may have been waiting for that doorbell.
+      if ((kfds[i].revents & POLLIN) && DrainDoorbells(fds[i].fd) > 0 &&
+          c->epoll_regs.load(std::memory_order_relaxed) > 0) {
+        NoteEpollChange(-1);
+      }
       continue;
     }
     fds[i].revents = kfds[i].revents;

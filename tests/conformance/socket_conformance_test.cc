@@ -19,6 +19,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdlib>
@@ -946,6 +947,274 @@ TEST_P(Conformance, EpollEdgeTriggeredNewDataIsAnEdge) {
   ev = ep.Wait(5000);
   ASSERT_EQ(ev.size(), 1u);
   EXPECT_TRUE(ev[0].events & EPOLLIN) << ev[0].events;
+}
+
+// ---- epoll with many members (O(ready) waits under doorway: idle members
+// stay armed across waits and only woken or recently ready ones are looked
+// at; these cases check that nothing is lost or reported twice that way).
+
+// More connections to the same listener: clients[i] connected to servers[i].
+struct Pairs {
+  std::vector<int> clients, servers;
+  ~Pairs() {
+    for (int fd : clients) close(fd);
+    for (int fd : servers) {
+      if (fd >= 0) close(fd);
+    }
+  }
+};
+
+void MakePairs(int n, int domain, sockaddr* addr, socklen_t len, int listener, Pairs* p) {
+  for (int i = 0; i < n; ++i) {
+    int c = socket(domain, SOCK_STREAM, 0);
+    ASSERT_GE(c, 0);
+    ASSERT_EQ(connect(c, addr, len), 0) << strerror(errno);
+    p->clients.push_back(c);
+    int s = accept(listener, nullptr, nullptr);
+    ASSERT_GE(s, 0);
+    p->servers.push_back(s);
+  }
+}
+
+std::vector<uint64_t> Datas(const std::vector<epoll_event>& ev) {
+  std::vector<uint64_t> d;
+  for (const auto& e : ev) d.push_back(e.data.u64);
+  std::sort(d.begin(), d.end());
+  return d;
+}
+
+// Many idle members, one turns ready: exactly that one is reported, before
+// and after the set slept; a level-triggered member still ready after a
+// sleep is reported again; members drained by read() are not.
+TEST_P(Conformance, EpollManyMembersOnlyTheReadyOne) {
+  Pairs p;
+  MakePairs(16, Domain(), Addr(), addr_len_, listener_, &p);
+  Epoll ep;
+  for (int i = 0; i < 16; ++i) ASSERT_EQ(ep.Ctl(EPOLL_CTL_ADD, p.servers[i], EPOLLIN, i), 0);
+  EXPECT_TRUE(ep.Wait(0).empty());
+  EXPECT_TRUE(ep.Wait(30).empty());  // sleeps
+  ASSERT_EQ(write(p.clients[7], "seven", 5), 5);
+  auto ev = ep.Wait(5000);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].data.u64, 7u);
+  EXPECT_EQ(ev[0].events, static_cast<uint32_t>(EPOLLIN));
+  // A sleeping wait wakes for another member; the first is still ready.
+  std::thread t([&] {
+    usleep(50000);
+    EXPECT_EQ(write(p.clients[3], "three", 5), 5);
+  });
+  ev = ep.Wait(5000);
+  if (ev.size() == 1) {  // woke for 7 alone (level): once more for 3
+    EXPECT_EQ(ev[0].data.u64, 7u);
+    t.join();
+    ev = ep.Wait(5000);
+    EXPECT_EQ(Datas(ev), (std::vector<uint64_t>{3, 7}));
+  } else {
+    t.join();
+    EXPECT_EQ(Datas(ev), (std::vector<uint64_t>{3, 7}));
+  }
+  char buf[16];
+  ASSERT_EQ(read(p.servers[7], buf, sizeof(buf)), 5);
+  ev = ep.Wait(0);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].data.u64, 3u);
+  ASSERT_EQ(read(p.servers[3], buf, sizeof(buf)), 5);
+  EXPECT_TRUE(ep.Wait(0).empty());
+  EXPECT_TRUE(ep.Wait(30).empty());
+  // Both go back to sleep and still wake the set.
+  ASSERT_EQ(write(p.clients[7], "again", 5), 5);
+  ev = ep.Wait(5000);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].data.u64, 7u);
+  ASSERT_EQ(read(p.servers[7], buf, sizeof(buf)), 5);
+  ASSERT_EQ(write(p.clients[3], "again", 5), 5);
+  ev = ep.Wait(5000);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].data.u64, 3u);
+}
+
+// A member drained by read() between waits is not reported; when data
+// comes again while the set sleeps, it is.
+TEST_P(Conformance, EpollMemberDrainedBetweenWaits) {
+  Connect();
+  Epoll ep;
+  ASSERT_EQ(ep.Ctl(EPOLL_CTL_ADD, server_, EPOLLIN, 1), 0);
+  ASSERT_EQ(write(client_, "abc", 3), 3);
+  ASSERT_EQ(ep.Wait(5000).size(), 1u);
+  char buf[8];
+  ASSERT_EQ(read(server_, buf, sizeof(buf)), 3);
+  EXPECT_TRUE(ep.Wait(0).empty());
+  EXPECT_TRUE(ep.Wait(30).empty());
+  std::thread t([this] {
+    usleep(30000);
+    EXPECT_EQ(write(client_, "d", 1), 1);
+  });
+  auto ev = ep.Wait(5000);
+  t.join();
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].events, static_cast<uint32_t>(EPOLLIN));
+}
+
+// EPOLL_CTL_MOD of a member the set slept on (armed for EPOLLIN only):
+// the new events and data apply at once.
+TEST_P(Conformance, EpollModOfAnArmedMember) {
+  Connect();
+  Epoll ep;
+  ASSERT_EQ(ep.Ctl(EPOLL_CTL_ADD, server_, EPOLLIN, 1), 0);
+  EXPECT_TRUE(ep.Wait(30).empty());
+  ASSERT_EQ(ep.Ctl(EPOLL_CTL_MOD, server_, EPOLLIN | EPOLLOUT, 2), 0);
+  auto ev = ep.Wait(0);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].events, static_cast<uint32_t>(EPOLLOUT));
+  EXPECT_EQ(ev[0].data.u64, 2u);
+  ASSERT_EQ(ep.Ctl(EPOLL_CTL_MOD, server_, EPOLLIN | EPOLLET, 3), 0);
+  EXPECT_TRUE(ep.Wait(30).empty());
+  ASSERT_EQ(write(client_, "x", 1), 1);
+  ev = ep.Wait(5000);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].events, static_cast<uint32_t>(EPOLLIN));
+  EXPECT_EQ(ev[0].data.u64, 3u);
+  EXPECT_TRUE(ep.Wait(0).empty());  // edge-triggered: once
+}
+
+// close() of a member the set slept on: it is gone from the set, the
+// others still wake it, and its fd number reused by a new connection and
+// added again reports with the new data.
+TEST_P(Conformance, EpollCloseOfAnArmedMember) {
+  Pairs p;
+  MakePairs(4, Domain(), Addr(), addr_len_, listener_, &p);
+  Epoll ep;
+  for (int i = 0; i < 4; ++i) ASSERT_EQ(ep.Ctl(EPOLL_CTL_ADD, p.servers[i], EPOLLIN, i), 0);
+  EXPECT_TRUE(ep.Wait(30).empty());
+  client_ = socket(Domain(), SOCK_STREAM, 0);
+  ASSERT_GE(client_, 0);
+  ASSERT_EQ(connect(client_, Addr(), addr_len_), 0) << strerror(errno);
+  int closed = p.servers[2];
+  ASSERT_EQ(close(closed), 0);
+  p.servers[2] = -1;
+  EXPECT_TRUE(ep.Wait(30).empty());
+  ASSERT_EQ(write(p.clients[1], "one", 3), 3);
+  auto ev = ep.Wait(5000);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].data.u64, 1u);
+  server_ = accept(listener_, nullptr, nullptr);
+  ASSERT_GE(server_, 0);
+  if (server_ != closed) {  // the closed number, for the new connection
+    ASSERT_EQ(dup2(server_, closed), closed);
+    close(server_);
+    server_ = closed;
+  }
+  errno = 0;
+  EXPECT_EQ(ep.Ctl(EPOLL_CTL_MOD, server_, EPOLLIN, 9), -1);
+  EXPECT_EQ(errno, ENOENT);
+  ASSERT_EQ(ep.Ctl(EPOLL_CTL_ADD, server_, EPOLLIN, 20), 0);
+  ASSERT_EQ(write(client_, "new", 3), 3);
+  for (int i = 0; i < 100; ++i) {  // TCP may take a moment to deliver
+    ev = ep.Wait(5000);
+    if (ev.size() == 2) break;
+  }
+  EXPECT_EQ(Datas(ev), (std::vector<uint64_t>{1, 20}));
+}
+
+// shutdown(SHUT_RD) by the program on a member the set slept on makes it
+// readable (no data from the peer involved).
+TEST_P(Conformance, EpollShutdownOfAnArmedMember) {
+  Connect();
+  Epoll ep;
+  ASSERT_EQ(ep.Ctl(EPOLL_CTL_ADD, server_, EPOLLIN, 4), 0);
+  EXPECT_TRUE(ep.Wait(30).empty());
+  ASSERT_EQ(shutdown(server_, SHUT_RD), 0);
+  auto ev = ep.Wait(5000);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].events, static_cast<uint32_t>(EPOLLIN));
+  EXPECT_EQ(ev[0].data.u64, 4u);
+}
+
+// A writer's set sleeps on a full buffer; the reader drains it from
+// another thread: EPOLLOUT wakes the set.
+TEST_P(Conformance, EpollOutWakesASleeperWhenRoomArrives) {
+  Connect();
+  Epoll ep;
+  ASSERT_EQ(fcntl(client_, F_SETFL, O_NONBLOCK), 0);
+  ASSERT_EQ(ep.Ctl(EPOLL_CTL_ADD, client_, EPOLLOUT, 5), 0);
+  std::vector<char> chunk(65536, 'o');
+  size_t sent = 0;
+  for (int i = 0; i < 100000; ++i) {
+    ssize_t r = write(client_, chunk.data(), chunk.size());
+    if (r < 0) break;
+    sent += static_cast<size_t>(r);
+  }
+  ASSERT_EQ(errno, EAGAIN);
+  EXPECT_TRUE(ep.Wait(30).empty());
+  std::thread t([&] {
+    usleep(30000);
+    std::vector<char> in(65536);
+    size_t got = 0;
+    while (got < sent) {
+      ssize_t r = read(server_, in.data(), in.size());
+      if (r <= 0) break;
+      got += static_cast<size_t>(r);
+    }
+    EXPECT_EQ(got, sent);
+  });
+  auto ev = ep.Wait(5000);
+  t.join();
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].events, static_cast<uint32_t>(EPOLLOUT));
+}
+
+// Two sets (and a poll) on one socket, each after sleeping on it: whoever
+// is woken first, the others still see the data.
+TEST_P(Conformance, EpollDoorbellSeenByEveryWaiter) {
+  Connect();
+  Epoll a, b;
+  ASSERT_EQ(a.Ctl(EPOLL_CTL_ADD, server_, EPOLLIN, 1), 0);
+  ASSERT_EQ(b.Ctl(EPOLL_CTL_ADD, server_, EPOLLIN, 2), 0);
+  EXPECT_TRUE(a.Wait(30).empty());
+  EXPECT_TRUE(b.Wait(30).empty());
+  ASSERT_EQ(write(client_, "x", 1), 1);
+  pollfd pf{server_, POLLIN, 0};
+  ASSERT_EQ(poll(&pf, 1, 5000), 1);
+  auto ea = a.Wait(5000);
+  auto eb = b.Wait(5000);
+  ASSERT_EQ(ea.size(), 1u);
+  ASSERT_EQ(eb.size(), 1u);
+  EXPECT_EQ(ea[0].data.u64, 1u);
+  EXPECT_EQ(eb[0].data.u64, 2u);
+  char c;
+  ASSERT_EQ(read(server_, &c, 1), 1);
+  EXPECT_TRUE(a.Wait(30).empty());
+  EXPECT_TRUE(b.Wait(30).empty());
+  ASSERT_EQ(write(client_, "y", 1), 1);
+  ASSERT_EQ(b.Wait(5000).size(), 1u);
+  ASSERT_EQ(a.Wait(5000).size(), 1u);
+}
+
+// A set the parent slept on, inherited by a child that consumes an event:
+// the parent's later waits still see new data.
+TEST_P(Conformance, EpollSetSleptOnBeforeFork) {
+  Connect();
+  Epoll ep;
+  ASSERT_EQ(ep.Ctl(EPOLL_CTL_ADD, server_, EPOLLIN, 42), 0);
+  EXPECT_TRUE(ep.Wait(30).empty());
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    epoll_event out[2];
+    int n = epoll_wait(ep.fd(), out, 2, 5000);
+    char buf[4];
+    bool ok = n == 1 && out[0].data.u64 == 42 && read(server_, buf, sizeof(buf)) == 3;
+    _exit(ok ? 0 : 1);
+  }
+  ASSERT_EQ(write(client_, "abc", 3), 3);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  EXPECT_TRUE(ep.Wait(30).empty());
+  ASSERT_EQ(write(client_, "z", 1), 1);
+  auto ev = ep.Wait(5000);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].data.u64, 42u);
 }
 
 TEST_P(Conformance, LongIoVectors) {
