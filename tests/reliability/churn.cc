@@ -5,6 +5,10 @@
 //       single-threaded epoll echo server on 127.0.0.1:PORT, non-blocking;
 //       RLIMIT_NOFILE raised as far as allowed, or set to NOFILE if given.
 //       Prints "listening"; exits 0 on SIGTERM after closing everything.
+//       CHURN_WORKERS=W: W such processes share the listener (pre-forked
+//       after listen, as nginx's workers); SIGTERM to the first stops all.
+//       One process holds at most (hard RLIMIT_NOFILE - its own fds) / 2
+//       accelerated connections (two descriptors each).
 //   churn cycles PORT THREADS TOTAL MAXBYTES
 //       THREADS threads share TOTAL connect/write/read-back/close cycles of
 //       1..MAXBYTES random bytes each; any error or mismatch exits 1. Prints
@@ -159,6 +163,16 @@ int Server(int port, long nofile) {
     perror("listen");
     return 1;
   }
+  std::vector<pid_t> workers;
+  const char* w = getenv("CHURN_WORKERS");
+  for (int k = 1; w != nullptr && k < atoi(w); ++k) {
+    pid_t pid = fork();
+    if (pid == 0) {
+      workers.clear();
+      break;
+    }
+    if (pid > 0) workers.push_back(pid);
+  }
   int ep = epoll_create1(EPOLL_CLOEXEC);
   epoll_event ev{};
   ev.events = EPOLLIN;
@@ -245,7 +259,15 @@ int Server(int port, long nofile) {
   close(ep);
   close(l);
   fprintf(stderr, "server: %ld accepted, %ld accept errors\n", accepted, accept_errors);
-  return 0;
+  int status = 0;
+  for (pid_t pid : workers) {
+    kill(pid, SIGTERM);
+    int st = 0;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+    }
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) status = 1;
+  }
+  return status;
 }
 
 // ---------------------------------------------------------------- clients
