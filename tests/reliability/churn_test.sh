@@ -4,20 +4,17 @@
 #      client threads in 2 processes: every cycle accelerated and correct;
 #      the server's fds and RssAnon the same (within the segment reuse
 #      pools) after the run as after a warm-up; no stale door.
-#   2. HOLD (default 3 000) concurrent accelerated connections, each
-#      working while all are open; memory per connection measured. Not
-#      10 000 in CI: doorway's epoll_wait costs O(registered accelerated
-#      fds) (runtime/epoll.cc Collect; docs/reliability.md has the figures),
-#      so an epoll server's set-up of n connections costs O(n^2), and past
-#      9 000 the fd limit needs two server processes and two clients (see
-#      below). CHURN_HOLD=10000 runs it (about a minute).
+#   2. HOLD (default 10 000) concurrent accelerated connections, each
+#      working while all are open; memory per connection measured. Past
+#      (hard RLIMIT_NOFILE - 200) / 2 or 5 000 connections, over several
+#      client processes and server workers (see below).
 #   3. fd exhaustion while connecting (client) and accepting (server): the
 #      kernel's EMFILE or a working connection, never a crash.
 # Every figure is printed (docs/reliability.md records them).
 source "$(dirname "$0")/../programs/lib.sh" "$1"
 churn="$(realpath "$2")"
 CYCLES="${CHURN_CYCLES:-100000}"
-HOLD="${CHURN_HOLD:-3000}"
+HOLD="${CHURN_HOLD:-10000}"
 
 wait_for() {  # file pattern seconds
   for _ in $(seq 1 $(($3 * 20))); do
@@ -101,12 +98,16 @@ echo "ok: server with RLIMIT_NOFILE 32: $(cat "$WORK/burst.out"); $(tail -1 "$WO
 
 # 2. many concurrent connections. A process holds at most (hard
 # RLIMIT_NOFILE - its own fds) / 2 accelerated connections (two descriptors
-# each side: the door socket and the segment's memfd); past 9 000 (the hard
-# limit here is 20 000 and cannot be raised without CAP_SYS_RESOURCE) the
-# connections are spread over clients of at most 5 000 each and a server
-# with as many pre-forked workers (CHURN_WORKERS).
-procs=$(((HOLD + 4999) / 5000))
-[ "$HOLD" -le 9000 ] && procs=1
+# each side: the door socket and the segment's memfd; the hard limit here is
+# 20 000 and cannot be raised without CAP_SYS_RESOURCE): the connections are
+# spread over clients of at most 5 000 each (fewer under a lower limit) and
+# a server with as many pre-forked workers (CHURN_WORKERS). Workers that
+# reach their limit say EMFILE and leave the connection to another.
+hard="$(ulimit -Hn)"
+[ "$hard" = unlimited ] && hard=1048576
+cap=$(((hard - 200) / 2))
+[ "$cap" -gt 5000 ] && cap=5000
+procs=$(((HOLD + cap - 1) / cap))
 hsrv="$spid"
 if [ "$procs" -gt 1 ]; then
   hport="$(free_port)"
@@ -139,7 +140,7 @@ for k in $(seq 1 "$procs"); do
   hpids+=($!)
 done
 for k in $(seq 1 "$procs"); do
-  for _ in $(seq 1 6000); do  # at most 300 s (CHURN_HOLD=10000 needs minutes)
+  for _ in $(seq 1 6000); do  # at most 300 s (10 000: ~2 s at load ~5)
     [ -e "$WORK/holding-$k" ] && break
     kill -0 "${hpids[$((k - 1))]}" 2>/dev/null || break
     sleep 0.05
