@@ -128,29 +128,48 @@ long RawRecv(int fd, void* buf, size_t n, int flags) {
 //
 // A signal handler that calls into the end its own thread holds (the thread
 // was interrupted inside a read or write of that end) would wait for itself
-// forever. If that call is parked in a wait (t_parked_on: it holds the lock
-// but touches nothing of the ring until it wakes), the handler's call runs
-// inside it, without the lock, and LockEnd returns kReentered (do not
-// unlock). If the interrupted call is in the middle of a copy, going on
-// would corrupt the ring and waiting would never end: -EINTR. The kernel
-// runs handlers only between system calls, so it never has this case.
+// forever. Callers hold the lock inside a signal section (signals.h
+// "Critical sections"), so handlers of asynchronous signals run only after
+// the lock is released, or while the call is parked in a wait
+// (t_parked_on: it holds the lock but touches nothing of the ring until it
+// wakes): the handler's call then runs inside the parked one, without the
+// lock, and LockEnd returns kReentered (do not unlock). What remains is a
+// handler that ran inside a section anyway (a fault signal's, or more
+// signals at once than the deferral queue holds) while the interrupted call
+// was in the middle of a copy: going on would corrupt the ring and waiting
+// would never end: -EINTR.
 constexpr int kReentered = 2;
-__attribute__((tls_model(
-    "initial-exec"))) constinit thread_local const std::atomic<std::uint32_t>* t_parked_on =
+}  // namespace
+// Not file-local: gold bug (runtime/signals.cc "TLS and gold").
+__attribute__((
+    tls_model("initial-exec"),
+    visibility("hidden"))) constinit thread_local const std::atomic<std::uint32_t>* t_parked_on =
     nullptr;
+namespace {
 
-// Marks this thread as parked in a wait on the end whose lock word is w.
+// Marks this thread as parked in a wait on the end whose lock word is w;
+// signal handlers run again meanwhile (the ones deferred so far, first).
 class Parked {
  public:
-  explicit Parked(const std::atomic<std::uint32_t>* w) : prev_(t_parked_on) { t_parked_on = w; }
-  ~Parked() { t_parked_on = prev_; }
+  explicit Parked(const std::atomic<std::uint32_t>* w) : prev_(t_parked_on) {
+    t_parked_on = w;
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    window_.Open();
+  }
+  ~Parked() {
+    window_.Close();
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    t_parked_on = prev_;
+  }
   Parked(const Parked&) = delete;
   Parked& operator=(const Parked&) = delete;
 
  private:
   const std::atomic<std::uint32_t>* prev_;
+  SignalWindow window_;
 };
 
+// Call inside a SignalSection.
 int LockEnd(transport::ShmMutex& lock, bool shared) {
   using H = transport::ShmMutex::Holders;
   int rc = lock.TryLock();
@@ -160,6 +179,10 @@ int LockEnd(transport::ShmMutex& lock, bool shared) {
       transport::ShmMutex::SelfTid()) {
     return t_parked_on == lock.word() ? kReentered : -EINTR;
   }
+  // Another thread or process holds it: a wait, where signals run (once
+  // Lock has taken the lock, a handler's call on this end finds it ours and
+  // parked, and runs inside: nothing of the ring has been touched yet).
+  Parked parked(lock.word());
   while ((rc = lock.Lock(transport::WaitOptions{}, shared ? H::kAnyProcess : H::kThisProcess)) ==
          -EINTR) {
   }
@@ -355,6 +378,9 @@ ssize_t ConnRecv(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
   std::int64_t timeout = c.opts.rcvtimeo_ns.load(std::memory_order_relaxed);
   std::int64_t start = timeout > 0 ? NowNs() : 0;
 
+  // Signals that arrive from here on run their handlers when the call
+  // returns or waits (signals.h "Critical sections").
+  SignalSection section;
   transport::ShmMutex lock = c.seg.ConsumerLock(transport::RxRingIndex(c.role));
   int lrc = LockEnd(lock, c.shared.load(std::memory_order_relaxed));
   if (lrc < 0) return lrc;
@@ -403,8 +429,12 @@ ssize_t ConnRecv(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
         break;
       }
       CountWaiter(c, &counted);
+      // The epoch before Parked runs the deferred handlers: a signal that
+      // came during the copy interrupts this wait, as in the kernel (its
+      // signal is pending when the call is about to sleep).
+      transport::WaitOptions wo = WaitFor(c, fd, timeout, start);
       Parked parked(lock.word());
-      int w = transport::WaitReadable(c.rx, WaitFor(c, fd, timeout, start), &c.rx_spin);
+      int w = transport::WaitReadable(c.rx, wo, &c.rx_spin);
       if (!KeepWaiting(w, got, timeout, &result)) break;
       continue;
     }
@@ -444,6 +474,7 @@ ssize_t ConnSend(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
   std::int64_t timeout = c.opts.sndtimeo_ns.load(std::memory_order_relaxed);
   std::int64_t start = timeout > 0 ? NowNs() : 0;
 
+  SignalSection section;  // as in ConnRecv
   transport::ShmMutex lock = c.seg.ProducerLock(transport::TxRingIndex(c.role));
   int lrc = LockEnd(lock, c.shared.load(std::memory_order_relaxed));
   if (lrc < 0) return lrc;
@@ -469,8 +500,9 @@ ssize_t ConnSend(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
         break;
       }
       CountWaiter(c, &counted);
+      transport::WaitOptions wo = WaitFor(c, fd, timeout, start);  // before Parked: ConnRecv
       Parked parked(lock.word());
-      int w = transport::WaitWritable(c.tx, 1, WaitFor(c, fd, timeout, start), &c.tx_spin);
+      int w = transport::WaitWritable(c.tx, 1, wo, &c.tx_spin);
       if (!KeepWaiting(w, sent, timeout, &result)) break;
       continue;
     }
@@ -504,6 +536,7 @@ ssize_t ConnSend(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
 
 void ConnShutdownWrite(Connection& c, int fd, bool reset) {
   if (c.shut_wr.exchange(true) && !reset) return;
+  SignalSection section;
   transport::ShmMutex lock = c.seg.ProducerLock(transport::TxRingIndex(c.role));
   int lrc = LockEnd(lock, c.shared.load(std::memory_order_relaxed));
   if (lrc < 0) return;
@@ -1211,14 +1244,18 @@ short ConnPollEvents(Connection& c, int fd) {
   // process) holds it, the lock-free predicates answer instead (data or
   // room, or the end is finished; the closed/reset detail waits for the
   // next poll). Found by tsan (process_threads_linked_test).
+  // Held locks inside signal sections: a handler that interrupted us here
+  // and read this socket would find the lock taken by its own thread.
   std::int64_t rx;
   transport::ShmMutex rlock = c.seg.ConsumerLock(transport::RxRingIndex(c.role));
+  EnterSignalSection();
   if (rlock.TryLock() >= 0) {
     rx = c.rx.Peek(0, &iov, 1);
     rlock.Unlock();
   } else {
     rx = c.rx.ReadReady() ? 1 : -EAGAIN;
   }
+  LeaveSignalSection();
   bool rx_data = rx > 0;
   bool rx_closed = rx == 0 || (rx < 0 && rx != -EAGAIN);
   bool rx_reset = rx < 0 && rx != -EAGAIN;
@@ -1226,12 +1263,14 @@ short ConnPollEvents(Connection& c, int fd) {
   if (rx_closed) ev |= POLLRDHUP;
   std::int64_t tx;
   transport::ShmMutex wlock = c.seg.ProducerLock(transport::TxRingIndex(c.role));
+  EnterSignalSection();
   if (wlock.TryLock() >= 0) {
     tx = c.tx.Writable();
     wlock.Unlock();
   } else {
     tx = c.tx.WriteReady(1) ? 1 : 0;
   }
+  LeaveSignalSection();
   bool tx_broken = tx < 0;
   bool shut_wr = c.shut_wr.load(std::memory_order_relaxed);
   if (tx > 0 || tx_broken || shut_wr) ev |= POLLOUT | POLLWRNORM;

@@ -28,15 +28,19 @@ static_assert(sizeof(kEntries) / sizeof(kEntries[0]) == static_cast<int>(Id::kCo
 // Set while this thread is inside dlsym. noinline and accessed only through
 // these functions so that the compiler cannot cache the TLS address across
 // the dlsym call (mimalloc's src/init.c explains the same hazard), and
-// initial-exec TLS so that touching it never allocates.
-__attribute__((tls_model("initial-exec"))) constinit thread_local bool t_resolving = false;
+// initial-exec TLS so that touching it never allocates. Not file-local
+// (gold bug, runtime/signals.cc "TLS and gold").
+}  // namespace
+__attribute__((tls_model("initial-exec"),
+               visibility("hidden"))) constinit thread_local bool t_real_resolving = false;
+namespace {
 
 __attribute__((noinline)) bool EnterResolving() {
-  if (t_resolving) return false;
-  t_resolving = true;
+  if (t_real_resolving) return false;
+  t_real_resolving = true;
   return true;
 }
-__attribute__((noinline)) void LeaveResolving() { t_resolving = false; }
+__attribute__((noinline)) void LeaveResolving() { t_real_resolving = false; }
 
 // A same-signature syscall used in place of libc while we are inside dlsym.
 // Up to six integer-class arguments, as the x86-64 syscall ABI allows.

@@ -174,6 +174,10 @@ int WaitOn(Ring& ring, internal::WaitLine& wl, Ready ready, bool consumer, const
     if (wl.sleeping.load(std::memory_order_seq_cst) == 0)
       wl.sleeping.store(1, std::memory_order_seq_cst);
     if (ready()) break;  // D2
+    // A handler that ran after the last check (with no spin budget: before
+    // the wait began) would otherwise go unnoticed until a wake-up or the
+    // end of a slice.
+    if (interrupted()) return on_signal();
     int64_t now = internal::MonotonicNs();
     if (now >= deadline) return -ETIMEDOUT;
     int64_t slice = opts.timeout_ns < 0 ? -1 : deadline - now;

@@ -99,12 +99,19 @@ constexpr unsigned kSqIdleMs = 50;
 constexpr int kSqSpin = 256;
 constinit pthread_key_t g_key = 0;
 
+}  // namespace
 // Initial-exec TLS: touching it never allocates (preload objects are loaded
-// at startup, so static TLS is available).
-__attribute__((tls_model("initial-exec"))) constinit thread_local ThreadRing* t_ring = nullptr;
+// at startup, so static TLS is available). Not file-local: gold, the
+// toolchain's linker, resolves file-local initial-exec TLS of a shared
+// object to the wrong variable (runtime/signals.cc "TLS and gold").
+__attribute__((tls_model("initial-exec"),
+               visibility("hidden"))) constinit thread_local void* t_uring_ring =
+    nullptr;  // a ThreadRing* (whose type is file-local)
 // Set while this thread is inside the engine; a signal handler that calls in
 // meanwhile takes the direct syscall.
-__attribute__((tls_model("initial-exec"))) constinit thread_local bool t_busy = false;
+__attribute__((tls_model("initial-exec"),
+               visibility("hidden"))) constinit thread_local bool t_uring_busy = false;
+namespace {
 
 ThreadRing* const kDead = reinterpret_cast<ThreadRing*>(1);
 
@@ -126,7 +133,7 @@ void DestroyThreadRing(void* p) {
   if (t->state == kReady) UnmapRing(&t->ring);
   Sys(SYS_munmap, reinterpret_cast<long>(t), 4096);
   // Calls made by later thread-exit destructors take the direct syscall.
-  t_ring = kDead;
+  t_uring_ring = kDead;
 }
 
 // Creates the ring of this thread. Raw syscalls only: no allocation, no
@@ -163,31 +170,31 @@ bool SetupRing(ThreadRing* t) {
 // The calling thread's ring, marked busy; nullptr if the engine cannot run
 // here (then nothing is marked).
 ThreadRing* Acquire() {
-  if (t_busy) return nullptr;  // re-entered from a signal handler
-  t_busy = true;
+  if (t_uring_busy) return nullptr;  // re-entered from a signal handler
+  t_uring_busy = true;
   // Ordered before everything below as seen by a handler on this thread.
   std::atomic_signal_fence(std::memory_order_seq_cst);
-  ThreadRing* t = t_ring;
+  ThreadRing* t = static_cast<ThreadRing*>(t_uring_ring);
   if (t == kDead) {
-    t_busy = false;
+    t_uring_busy = false;
     return nullptr;
   }
   if (t == nullptr) {
     long m = Sys(SYS_mmap, 0, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m < 0 && m > -4096) {
-      t_ring = kDead;
-      t_busy = false;
+      t_uring_ring = kDead;
+      t_uring_busy = false;
       return nullptr;
     }
     t = reinterpret_cast<ThreadRing*>(m);
     // Without WIPEONFORK a child would use the parent's ring: no ring then.
     if (Sys(SYS_madvise, m, 4096, MADV_WIPEONFORK) != 0) t->state = kFailed;
-    t_ring = t;
+    t_uring_ring = t;
     pthread_setspecific(g_key, t);  // no allocation for a low key number
   }
   if (t->state == kNone) t->state = SetupRing(t) ? kReady : kFailed;
   if (t->state != kReady) {
-    t_busy = false;
+    t_uring_busy = false;
     return nullptr;
   }
   return t;
@@ -195,7 +202,7 @@ ThreadRing* Acquire() {
 
 void Release() {
   std::atomic_signal_fence(std::memory_order_seq_cst);
-  t_busy = false;
+  t_uring_busy = false;
 }
 
 // ---------------------------------------------------------------------------
@@ -800,7 +807,7 @@ int WaitFdOrFutex(int fd, short events, const std::uint32_t* word, std::uint32_t
 }
 
 ThreadStats GetThreadStats() {
-  ThreadRing* t = t_ring;
+  ThreadRing* t = static_cast<ThreadRing*>(t_uring_ring);
   if (t == nullptr || t == kDead) return {};
   ThreadStats s = t->stats;
   s.has_ring = t->state == kReady;
