@@ -169,12 +169,11 @@ class Parked {
   SignalWindow window_;
 };
 
-// Call inside a SignalSection.
-int LockEnd(transport::ShmMutex& lock, bool shared) {
+// The contended path of LockEnd, out of line: the uncontended one is the
+// data path.
+__attribute__((noinline)) int LockEndContended(transport::ShmMutex& lock, bool shared) {
   using H = transport::ShmMutex::Holders;
-  int rc = lock.TryLock();
-  if (rc != -EBUSY) return rc;
-  // Contended: is the holder this very thread (we run in its signal handler)?
+  // Is the holder this very thread (we run in its signal handler)?
   if ((lock.word()->load(std::memory_order_relaxed) & transport::ShmMutex::kTidMask) ==
       transport::ShmMutex::SelfTid()) {
     return t_parked_on == lock.word() ? kReentered : -EINTR;
@@ -183,10 +182,18 @@ int LockEnd(transport::ShmMutex& lock, bool shared) {
   // Lock has taken the lock, a handler's call on this end finds it ours and
   // parked, and runs inside: nothing of the ring has been touched yet).
   Parked parked(lock.word());
+  int rc;
   while ((rc = lock.Lock(transport::WaitOptions{}, shared ? H::kAnyProcess : H::kThisProcess)) ==
          -EINTR) {
   }
   return rc;
+}
+
+// Call inside a SignalSection.
+int LockEnd(transport::ShmMutex& lock, bool shared) {
+  int rc = lock.TryLock();
+  if (__builtin_expect(rc != -EBUSY, 1)) return rc;
+  return LockEndContended(lock, shared);
 }
 
 // Doorbells (transport/ring.h "doorbells"): a side about to sleep in the
