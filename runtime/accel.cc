@@ -504,6 +504,13 @@ ssize_t ConnSend(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
         if (sent == 0 && PeerGoneRarely(c, FdFor(c, fd))) continue;  // now EPIPE
         if (sent == 0) result = -EAGAIN;
         c.tx_eagain_gen.fetch_add(1, std::memory_order_relaxed);
+        // An epoll set owes an edge-triggered EPOLLOUT now, when room comes:
+        // ring for it (epoll.cc Arm leaves a writable member's room doorbell
+        // unarmed). Room already back: no doorbell will come for it, so the
+        // sets look at their members.
+        if (c.epoll_regs.load(std::memory_order_relaxed) > 0 && c.tx.ArmWriteDoorbell(1)) {
+          NoteEpollChange(-1);
+        }
         break;
       }
       CountWaiter(c, &counted);

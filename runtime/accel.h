@@ -126,7 +126,10 @@ struct Connection {
   // Epoll memberships of this connection in this process (runtime/epoll.cc
   // EpollSet::Add/Remove): when not 0, a change the peer does not ring for
   // (close, shutdown here) or a doorbell taken by another waiter is
-  // reported to the sets (NoteEpollChange).
+  // reported to the sets (NoteEpollChange). Relaxed everywhere: a count
+  // read while a set adds or drops c concurrently (a race in the program
+  // itself) errs either way harmlessly: a new member starts on its set's
+  // check list, a dropped one needs no note.
   std::atomic<int> epoll_regs{0};
   // close() of the last fd while calls of this process wait on the
   // connection (another thread blocked in read or write): the kernel keeps

@@ -338,9 +338,16 @@ void Commit(Member& m, const Reading& r) {
   }
 }
 
-// Sets the doorbell flags that cover what m waits for: "data" for EPOLLIN
-// and EPOLLRDHUP (and when it asked for neither direction, so that EOF and
-// reset, EPOLLHUP/EPOLLERR, still ring), "room" for EPOLLOUT.
+// Sets the doorbell flags that cover what m waits for, given what Read
+// found (r): "data" for EPOLLIN and EPOLLRDHUP (and when it asked for
+// neither direction, so that EOF and reset, EPOLLHUP/EPOLLERR, still
+// ring); "room" for EPOLLOUT only while the member is not writable. A
+// writable member needs no room doorbell: level-triggered, it is reported
+// (and stays on the check list) for as long as it is writable; edge-
+// triggered, its next edge comes only after a write said EAGAIN, and that
+// write arms the room doorbell itself (accel.cc ManagedSend). Otherwise
+// every read by the peer of a busy connection would ring for nothing (the
+// peer reads what we wrote: nginx's responses).
 //
 // Ordering (no lost wake-up): the member's doorbell bytes were drained
 // (KernelWait) before this; ArmDoorbells stores the flag (seq_cst, W1 in
@@ -352,12 +359,14 @@ void Commit(Member& m, const Reading& r) {
 // clears the flag and sends a byte, which stays on the socket until our
 // next KernelWait drains it, and the level-triggered kernel registration
 // wakes the set meanwhile).
-void Arm(const Member& m, Connection& c) {
+void Arm(const Member& m, Connection& c, const Reading& r) {
   short ev = 0;
   if (m.events & (EPOLLIN | EPOLLRDNORM | EPOLLRDHUP)) ev |= POLLIN;
-  if (m.events & (EPOLLOUT | EPOLLWRNORM)) ev |= POLLOUT;
-  if (ev == 0) ev = POLLIN;
-  (void)ArmDoorbells(c, ev);
+  if ((m.events & (EPOLLOUT | EPOLLWRNORM)) && (r.now & (EPOLLOUT | EPOLLWRNORM)) == 0) {
+    ev |= POLLOUT;
+  }
+  if ((m.events & (EPOLLIN | EPOLLRDNORM | EPOLLRDHUP | EPOLLOUT | EPOLLWRNORM)) == 0) ev = POLLIN;
+  if (ev != 0) (void)ArmDoorbells(c, ev);
 }
 
 bool Stale(const Member& m) {
@@ -368,9 +377,8 @@ bool Stale(const Member& m) {
 
 bool NestedReady(EpollSet& s, bool check_kernel, int depth);
 
-// Whether connection member m has something to report (peeked).
-bool PeekMember(EpollSet& s, Member& m, bool check_kernel, int depth) {
-  (void)s;
+// Whether member m has something to report (peeked).
+bool PeekMember(Member& m, bool check_kernel, int depth) {
   if (m.disabled) return false;
   if (m.nested) {
     EpollSet* inner = m.conn.As<EpollSet>();
@@ -390,10 +398,10 @@ bool NestedReady(EpollSet& s, bool check_kernel, int depth) {
   s.lock.Lock();
   s.ConsumeLog();
   for (int i = 0; i < s.always.n && !ready; ++i) {
-    if (Member* m = s.Find(s.always.v[i])) ready = PeekMember(s, *m, check_kernel, depth);
+    if (Member* m = s.Find(s.always.v[i])) ready = PeekMember(*m, check_kernel, depth);
   }
   for (int i = 0; i < s.check.n && !ready; ++i) {
-    if (Member* m = s.Find(s.check.v[i])) ready = PeekMember(s, *m, check_kernel, depth);
+    if (Member* m = s.Find(s.check.v[i])) ready = PeekMember(*m, check_kernel, depth);
   }
   int epfd = s.epfd;
   s.lock.Unlock();
@@ -419,7 +427,7 @@ bool ArmSet(EpollSet& s, int depth) {
     if (m->nested) {
       if (EpollSet* inner = m->conn.As<EpollSet>()) ready_now |= ArmSet(*inner, depth + 1);
     } else if (Connection* c = m->conn.As<Connection>()) {
-      Arm(*m, *c);
+      Arm(*m, *c, Read(*m, *c));
       // Ready, but already reported to an edge-triggered member (e.g. EOF):
       // not a reason to stay awake; only a new edge is.
       ready_now |= Read(*m, *c).report != 0;
@@ -436,7 +444,7 @@ bool ArmSet(EpollSet& s, int depth) {
     }
     Connection* c = m->conn.As<Connection>();
     if (!m->disabled && c != nullptr) {
-      Arm(*m, *c);
+      Arm(*m, *c, Read(*m, *c));
       if (Read(*m, *c).report != 0) {
         ready_now = true;
         s.check.v[kept++] = fd;
@@ -473,7 +481,7 @@ int Evaluate(EpollSet& s, Member& m, epoll_event* out, bool check_kernel, bool p
     Reading r = Read(m, c);
     Commit(m, r);
     if (r.report == 0 && prune && m.in_check && now >= m.hot_until) {
-      Arm(m, c);
+      Arm(m, c, r);
       r = Read(m, c);  // after W1 (see Arm)
       Commit(m, r);
       if (r.report == 0) {
@@ -573,6 +581,10 @@ int KernelWait(EpollSet& s, int epfd, epoll_event* out, int max, int timeout_ms,
     if (hangup) NotePeerHangup(*c);
     // Drained before the member is evaluated and, if not ready, re-armed
     // (see Arm): a doorbell rung after that stays on the socket.
+    // epoll_regs relaxed: it changes under the sets' locks, with the
+    // membership; a set that has just added c evaluates it at its next wait
+    // anyway (new members start on the check list), so a stale count here
+    // loses nothing.
     if ((out[i].events & EPOLLIN) && DrainDoorbells(fd) > 0 &&
         c->epoll_regs.load(std::memory_order_relaxed) > 1) {
       // Another set (or another fd of this connection in this one) may

@@ -1163,6 +1163,45 @@ TEST_P(Conformance, EpollOutWakesASleeperWhenRoomArrives) {
   EXPECT_EQ(ev[0].events, static_cast<uint32_t>(EPOLLOUT));
 }
 
+// Edge-triggered EPOLLOUT on a member the set slept on while it was
+// writable: filling the buffer to EAGAIN and the reader draining it while
+// the set sleeps is a new edge that wakes it.
+TEST_P(Conformance, EpollEdgeTriggeredOutAfterEagainWakesASleeper) {
+  Connect();
+  Epoll ep;
+  ASSERT_EQ(fcntl(client_, F_SETFL, O_NONBLOCK), 0);
+  ASSERT_EQ(ep.Ctl(EPOLL_CTL_ADD, client_, EPOLLOUT | EPOLLET, 6), 0);
+  auto ev = ep.Wait(5000);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].events, static_cast<uint32_t>(EPOLLOUT));
+  EXPECT_TRUE(ep.Wait(30).empty());  // the same edge
+  std::vector<char> chunk(65536, 'e');
+  size_t sent = 0;
+  for (int i = 0; i < 100000; ++i) {
+    ssize_t r = write(client_, chunk.data(), chunk.size());
+    if (r < 0) break;
+    sent += static_cast<size_t>(r);
+  }
+  ASSERT_EQ(errno, EAGAIN);
+  EXPECT_TRUE(ep.Wait(30).empty());
+  std::thread t([&] {
+    usleep(30000);
+    std::vector<char> in(65536);
+    size_t got = 0;
+    while (got < sent) {
+      ssize_t r = read(server_, in.data(), in.size());
+      if (r <= 0) break;
+      got += static_cast<size_t>(r);
+    }
+    EXPECT_EQ(got, sent);
+  });
+  ev = ep.Wait(5000);
+  t.join();
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].events, static_cast<uint32_t>(EPOLLOUT));
+  EXPECT_EQ(ev[0].data.u64, 6u);
+}
+
 // Two sets (and a poll) on one socket, each after sleeping on it: whoever
 // is woken first, the others still see the data.
 TEST_P(Conformance, EpollDoorbellSeenByEveryWaiter) {
