@@ -11,7 +11,10 @@
 //                           default ENOMEM); every other call goes through.
 //   MEMFAULT=fn:N+[:ERRNO]  the Nth and every later call fail.
 //
-// fn: mmap, memfd_create, ftruncate, fallocate. When the fault fires, and
+// fn: mmap, memfd_create, ftruncate, fallocate, and the kernel objects
+// socket and accept4 (doorway's own, e.g. the door's Unix socket, and the
+// program's, which reach the kernel through doorway's table: the program
+// then gets the errno itself, as from the kernel). When the fault fires, and
 // at exit, a line goes to stderr:
 //   memfault: failing mmap call 3 from libdoorway.so+0x1234
 //   memfault: mmap fired at call 3 (ENOMEM), 5 calls, caller 0x1234
@@ -25,6 +28,7 @@
 #include <fcntl.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -35,8 +39,9 @@
 
 namespace {
 
-enum Fn { kMmap, kMemfdCreate, kFtruncate, kFallocate, kFnCount };
-const char* const kNames[kFnCount] = {"mmap", "memfd_create", "ftruncate", "fallocate"};
+enum Fn { kMmap, kMemfdCreate, kFtruncate, kFallocate, kSocket, kAccept4, kFnCount };
+const char* const kNames[kFnCount] = {"mmap",      "memfd_create", "ftruncate",
+                                      "fallocate", "socket",       "accept4"};
 
 struct Spec {
   int fn = -1;
@@ -198,5 +203,17 @@ __attribute__((noinline)) int fallocate(int fd, int mode, off_t off, off_t len) 
   return real(fd, mode, off, len);
 }
 int fallocate64(int fd, int mode, off_t off, off_t len) __attribute__((alias("fallocate")));
+
+__attribute__((noinline)) int socket(int domain, int type, int protocol) {
+  if (Inject(kSocket, __builtin_return_address(0))) return -1;
+  static auto real = Next<int (*)(int, int, int)>("socket");
+  return real(domain, type, protocol);
+}
+
+__attribute__((noinline)) int accept4(int fd, sockaddr* addr, socklen_t* len, int flags) {
+  if (Inject(kAccept4, __builtin_return_address(0))) return -1;
+  static auto real = Next<int (*)(int, sockaddr*, socklen_t*, int)>("accept4");
+  return real(fd, addr, len, flags);
+}
 
 }  // extern "C"
