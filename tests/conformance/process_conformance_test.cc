@@ -1611,6 +1611,48 @@ TEST_F(Process, HandlerReadsTheSocketItsThreadIsReading) {
   g_handler_bytes = nullptr;
 }
 
+// And while the thread polls the socket: poll looks at the ring under the
+// end's lock for an instant (doorway), which a handler's recv on that
+// socket must not run into. The thread polls with a zero timeout in a loop
+// while a paced writer sends 16 KiB; the handler takes what it can with
+// recv(MSG_DONTWAIT): bytes or EAGAIN, never EINTR, and it gets all of it.
+TEST_F(Process, HandlerReadsTheSocketItsThreadPolls) {
+  Connect();
+  std::vector<unsigned char> handler_bytes(kHandlerReadCap);
+  g_handler_bytes = handler_bytes.data();
+  g_same_read_fd = server_;
+  g_handler_got = 0;
+  g_handler_read_failures = 0;
+  g_handler_read_calls = 0;
+  constexpr std::size_t kBytes = 16 * 1024;
+  std::atomic<bool> written{false};
+  std::thread w = Unsignalled([&] {
+    for (std::size_t j = 0; j < kBytes; j += 64) {
+      std::string piece(64, static_cast<char>('a' + (j / 64) % 26));
+      ASSERT_TRUE(WriteFull(client_, piece.data(), piece.size()));
+      if ((j / 64) % 16 == 0) usleep(200);
+    }
+    written = true;
+  });
+  {
+    SignalStorm storm(SA_RESTART, ReadSameSocket);
+    for (long i = 0; i < 20'000'000 && g_handler_got.load() < kBytes; ++i) {
+      pollfd p{server_, POLLIN, 0};
+      int rc = poll(&p, 1, 0);
+      ASSERT_TRUE(rc >= 0 || errno == EINTR) << strerror(errno);
+    }
+  }
+  w.join();
+  EXPECT_TRUE(written.load());
+  EXPECT_EQ(g_handler_read_failures.load(), 0)
+      << "of " << g_handler_read_calls.load() << ": " << strerror(g_handler_read_errno.load());
+  ASSERT_EQ(g_handler_got.load(), kBytes);
+  for (std::size_t j = 0; j < kBytes; ++j) {
+    ASSERT_EQ(handler_bytes[j], static_cast<unsigned char>('a' + (j / 64) % 26)) << j;
+  }
+  g_handler_bytes = nullptr;
+}
+
 // ---------------------------------------------------------------- exit
 
 // A process that exits with its connections open: the peer reads what was
