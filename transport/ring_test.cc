@@ -44,6 +44,27 @@ std::string Bytes(size_t n, uint64_t seed) {
   return s;
 }
 
+// Queued: the same count from both ends, no cache touched, and corrupt
+// indices (tail ahead by more than the capacity, head beyond the tail) are
+// -EIO rather than a huge or negative count.
+TEST_F(RingTest, QueuedFromBothEnds) {
+  EXPECT_EQ(prod_.Queued(), 0);
+  EXPECT_EQ(cons_.Queued(), 0);
+  ASSERT_EQ(prod_.Write(std::string(100, 'a').data(), 100), 100);
+  EXPECT_EQ(prod_.Queued(), 100);
+  EXPECT_EQ(cons_.Queued(), 100);
+  char buf[40];
+  ASSERT_EQ(cons_.Read(buf, sizeof buf), 40);
+  EXPECT_EQ(cons_.Queued(), 60);
+  EXPECT_EQ(prod_.Queued(), 60);
+  ctrl()->prod.index.store(40 + 4096 + 1);
+  EXPECT_EQ(cons_.Queued(), -EIO);
+  ctrl()->prod.index.store(39);
+  EXPECT_EQ(cons_.Queued(), -EIO);
+  ctrl()->prod.index.store(40 + 4096);  // full: fine
+  EXPECT_EQ(cons_.Queued(), 4096);
+}
+
 TEST_F(RingTest, EmptyAndSimple) {
   char buf[16];
   EXPECT_EQ(cons_.Read(buf, sizeof buf), -EAGAIN);

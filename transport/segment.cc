@@ -90,6 +90,8 @@ PageSupport DetectPageSupport() {
   char buf[8192];
   if (ReadSmallFile("/proc/meminfo", buf, sizeof buf) > 0) {
     s.hugetlb_free_pages = MeminfoValue(buf, "HugePages_Free");
+    uint64_t rsvd = MeminfoValue(buf, "HugePages_Rsvd");
+    s.hugetlb_available_pages = s.hugetlb_free_pages > rsvd ? s.hugetlb_free_pages - rsvd : 0;
     s.hugetlb_page_size = MeminfoValue(buf, "Hugepagesize");
   }
   // The selected mode is bracketed: "always within_size advise [never] deny force".
@@ -115,27 +117,46 @@ namespace {
 // "no pool" a second of small pages. A forced kHugeTlb always reads afresh.
 // Racy by design: each field is an independent relaxed atomic, and any mix
 // of two readings is a reading that was true within the last second.
+struct PageReading {
+  std::atomic<int64_t> read_at{INT64_MIN / 2};
+  std::atomic<uint64_t> free_pages{0}, available_pages{0}, page_size{0};
+  std::atomic<bool> thp{false};
+};
+PageReading g_reading;
+
 PageSupport RecentPageSupport(bool fresh) {
-  static std::atomic<int64_t> read_at{INT64_MIN / 2};
-  static std::atomic<uint64_t> free_pages{0}, page_size{0};
-  static std::atomic<bool> thp{false};
+  PageReading& r = g_reading;
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
   int64_t now = static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
-  if (fresh || now - read_at.load(std::memory_order_relaxed) > 1000000000) {
+  if (fresh || now - r.read_at.load(std::memory_order_relaxed) > 1000000000) {
     PageSupport sup = DetectPageSupport();
-    free_pages.store(sup.hugetlb_free_pages, std::memory_order_relaxed);
-    page_size.store(sup.hugetlb_page_size, std::memory_order_relaxed);
-    thp.store(sup.shmem_thp, std::memory_order_relaxed);
-    read_at.store(now, std::memory_order_relaxed);
+    r.free_pages.store(sup.hugetlb_free_pages, std::memory_order_relaxed);
+    r.available_pages.store(sup.hugetlb_available_pages, std::memory_order_relaxed);
+    r.page_size.store(sup.hugetlb_page_size, std::memory_order_relaxed);
+    r.thp.store(sup.shmem_thp, std::memory_order_relaxed);
+    r.read_at.store(now, std::memory_order_relaxed);
     return sup;
   }
   PageSupport sup;
-  sup.hugetlb_free_pages = free_pages.load(std::memory_order_relaxed);
-  sup.hugetlb_page_size = page_size.load(std::memory_order_relaxed);
-  sup.shmem_thp = thp.load(std::memory_order_relaxed);
+  sup.hugetlb_free_pages = r.free_pages.load(std::memory_order_relaxed);
+  sup.hugetlb_available_pages = r.available_pages.load(std::memory_order_relaxed);
+  sup.hugetlb_page_size = r.page_size.load(std::memory_order_relaxed);
+  sup.shmem_thp = r.thp.load(std::memory_order_relaxed);
   return sup;
 }
+
+// Keeps the reading close to the truth between two reads of /proc: a
+// segment that took n huge pages leaves n fewer (so the next ones do not
+// try a pool this process just emptied), and a failed attempt means the
+// reading was wrong (read again next time).
+void NoteHugePagesTaken(uint64_t n) {
+  uint64_t v = g_reading.available_pages.load(std::memory_order_relaxed);
+  while (!g_reading.available_pages.compare_exchange_weak(v, v > n ? v - n : 0,
+                                                          std::memory_order_relaxed)) {
+  }
+}
+void ForgetPageReading() { g_reading.read_at.store(INT64_MIN / 2, std::memory_order_relaxed); }
 
 // numa_available() is a get_mempolicy system call each time; NUMA support
 // does not come and go while a process runs.
@@ -484,15 +505,19 @@ Segment& Segment::operator=(Segment&& o) noexcept {
 
 namespace {
 
-int TryCreate(const SegmentOptions& opts, bool hugetlb, uint64_t huge_page, int* fd_out,
-              void** base_out, SegmentLayout* layout) {
+int LayoutFor(const SegmentOptions& opts, bool hugetlb, uint64_t huge_page, SegmentLayout* layout) {
   uint64_t total_align = hugetlb ? huge_page : kSmallPage;
   // Rings of at least a huge page get huge-page aligned data (so each can be
   // NUMA-bound on its own); smaller ones are packed into shared pages.
   uint64_t data_align = kSmallPage;
   if (hugetlb && opts.ring_capacity[0] >= huge_page && opts.ring_capacity[1] >= huge_page)
     data_align = huge_page;
-  int rc = ComputeLayout(opts.ring_capacity, data_align, total_align, layout);
+  return ComputeLayout(opts.ring_capacity, data_align, total_align, layout);
+}
+
+int TryCreate(const SegmentOptions& opts, bool hugetlb, uint64_t huge_page, int* fd_out,
+              void** base_out, SegmentLayout* layout) {
+  int rc = LayoutFor(opts, hugetlb, huge_page, layout);
   if (rc != 0) return rc;
   int fd = -1;
   rc = CreateSegmentMemfd(layout->segment_size, hugetlb, &fd);
@@ -534,13 +559,25 @@ int Segment::Create(const SegmentOptions& opts, Segment* out) {
   SegmentLayout layout;
   Placement pl;
   int rc = -ENOMEM;
-  bool want_hugetlb = opts.pages == PagePolicy::kHugeTlb ||
-                      (opts.pages == PagePolicy::kAuto && sup.hugetlb_free_pages > 0);
-  if (want_hugetlb && sup.hugetlb_page_size >= kSmallPage && IsPow2(sup.hugetlb_page_size)) {
+  const bool huge_ok = sup.hugetlb_page_size >= kSmallPage && IsPow2(sup.hugetlb_page_size);
+  bool want_hugetlb = opts.pages == PagePolicy::kHugeTlb;
+  if (opts.pages == PagePolicy::kAuto && huge_ok && sup.hugetlb_available_pages > 0) {
+    // Only if the pool has the pages this segment needs, not yet reserved by
+    // other mappings: the kernel reserves them all at mmap, so with fewer
+    // the attempt (memfd_create, ftruncate, mmap) fails anyway. A reading up
+    // to a second old may still be wrong either way; a failure falls back.
+    SegmentLayout l;
+    want_hugetlb = LayoutFor(opts, true, sup.hugetlb_page_size, &l) == 0 &&
+                   sup.hugetlb_available_pages >= l.segment_size / sup.hugetlb_page_size;
+  }
+  if (want_hugetlb && huge_ok) {
     rc = TryCreate(opts, true, sup.hugetlb_page_size, &fd, &base, &layout);
     if (rc == 0) {
       pl.pages = PageKind::kHugeTlb;
       pl.page_size = sup.hugetlb_page_size;
+      NoteHugePagesTaken(layout.segment_size / sup.hugetlb_page_size);
+    } else {
+      ForgetPageReading();
     }
   }
   if (rc != 0) {

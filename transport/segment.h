@@ -64,9 +64,10 @@ enum class PagePolicy : uint8_t {
 
 // What the system offers (read from /proc and /sys each call).
 struct PageSupport {
-  uint64_t hugetlb_free_pages = 0;  // HugePages_Free
-  uint64_t hugetlb_page_size = 0;   // Hugepagesize, bytes
-  bool shmem_thp = false;           // shmem_enabled is always/within_size/advise/force
+  uint64_t hugetlb_free_pages = 0;       // HugePages_Free (reserved ones included)
+  uint64_t hugetlb_available_pages = 0;  // HugePages_Free - HugePages_Rsvd
+  uint64_t hugetlb_page_size = 0;        // Hugepagesize, bytes
+  bool shmem_thp = false;                // shmem_enabled is always/within_size/advise/force
 };
 PageSupport DetectPageSupport();
 

@@ -148,8 +148,11 @@ else
     wait_for "$WORK/hserver-$pages.out" listening
     out="$WORK/hold-$pages.out"
     flag="$WORK/holding-$pages"
-    LD_PRELOAD="$DOORWAY_SO" DOORWAY_LOG_FILE="$WORK/hold.log" MEMFAULT_PEER_HOLD_FILE="$flag" \
-      timeout 60 "$peer" hold "$hport" 3 3000000 >"$out" 2>&1 &
+    # The injector only counts here (a call that never comes fails):
+    # memfd_create calls = segments tried.
+    LD_PRELOAD="$DOORWAY_SO:$inject" DOORWAY_LOG_FILE="$WORK/hold.log" \
+      MEMFAULT=memfd_create:1000000 MEMFAULT_REPORT="$WORK/hold-$pages.rep" \
+      MEMFAULT_PEER_HOLD_FILE="$flag" timeout 60 "$peer" hold "$hport" 3 3000000 >"$out" 2>&1 &
     cpid=$!
     for _ in $(seq 1 600); do
       [ -e "$flag" ] && break
@@ -158,12 +161,19 @@ else
     done
     # Free counts reserved pages too: in use = total - free + reserved.
     used=$(($(hp HugePages_Total) - $(hp HugePages_Free) + $(hp HugePages_Rsvd)))
+    pool_now="total $(hp HugePages_Total) free $(hp HugePages_Free) rsvd $(hp HugePages_Rsvd) surplus $(hp HugePages_Surp)"
     rm -f "$flag"
     wait "$cpid" || fail "huge pages ($pages): $(cat "$out")"
     [ "$(grep -c '^conn [0-9]* accelerated ok$' "$out")" = 3 ] ||
       fail "huge pages ($pages): $(cat "$out")"
+    read -r _ tried _ _ <"$WORK/hold-$pages.rep"
     echo "huge-page pool of $pages ($free free before): 3 connections held at once," \
-      "all accelerated and correct; huge pages in use meanwhile: $used"
+      "all accelerated and correct; huge pages in use meanwhile: $used ($pool_now, machine-wide);" \
+      "segments tried: $tried"
+    # A pool smaller than a segment (2 pages) is not even tried: one
+    # memfd per connection (transport/segment.cc Create).
+    [ "$pages" != 1 ] || [ "$tried" = 3 ] || fail "pool of 1 page: $tried segments tried for 3"
+
     kill "$hpid"
     wait "$hpid" 2>/dev/null || true
   done
