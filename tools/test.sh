@@ -12,7 +12,8 @@ status=0
 bazel test --disk_cache="$cache" //... || status=$?
 # Sanitizers (issue 10, docs/reliability.md): the transport and fdtable
 # tests, the runtime's unit tests, the multi-process stress test and the
-# conformance suite with the runtime linked in, under ASAN+UBSAN (one build)
+# conformance suites with the runtime linked in (the process suite: its
+# thread and signal-handler cases), under ASAN+UBSAN (one build)
 # and TSAN. Debug builds in their own output directory, in the same disk
 # cache (a few minutes each from cold on 2 cores, seconds when cached).
 # SKIP_SANITIZERS=1 skips them for a quick local run.
@@ -20,6 +21,7 @@ sanitized=(
   //transport:ring_test //transport:segment_test //transport:wait_test
   //transport:shm_mutex_test //transport:stress_test //fdtable:all //runtime:all
   //tests/linked:all //tests/conformance:socket_conformance_linked_test
+  //tests/conformance:process_threads_linked_test
 )
 if [ "${SKIP_SANITIZERS:-0}" != 1 ]; then
   bazel test --disk_cache="$cache" --config=asan --config=ubsan "${sanitized[@]}" || status=$?
