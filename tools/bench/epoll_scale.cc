@@ -4,12 +4,16 @@
 // tools/bench/epoll_scale_bench.py.
 //
 //   epoll_scale server PORT
-//   epoll_scale client PORT IDLE ITERS
+//   epoll_scale client PORT IDLE ITERS [rt]
 //
 // The client opens IDLE + 1 connections; the server accepts them in an
 // epoll loop (non-blocking listener in the set, each accepted connection
 // added with EPOLLIN) and, once all are registered, sends one byte on the
-// last one. The client reports that interval as the set-up time. Then the
+// last one. The client reports that interval as the set-up time (with
+// `rt`, each new connection makes one round trip before the next connect,
+// so the server's epoll_wait runs once per connection with all the earlier
+// ones registered: the pattern of a server whose clients arrive one by
+// one). Then the
 // client does ITERS one-byte round trips on that last connection (blocking
 // write/read) while the IDLE others stay registered and silent; the server
 // answers from its epoll loop. The client prints:
@@ -124,13 +128,14 @@ int Server(int port) {
     }
     if (expected > 0 && static_cast<int>(conns.size()) == expected && cpu0 == 0) {
       cpu0 = CpuNs();
+      rounds = 0;  // the set-up round trips do not count
       char go = 'g';
       if (!WriteFull(conns.back(), &go, 1)) Die("write go");
     }
   }
 }
 
-int Client(int port, int idle, int iters) {
+int Client(int port, int idle, int iters, bool rt_each) {
   if (idle < 1 || iters < 10) {
     fprintf(stderr, "IDLE >= 1 (the first connection also carries the set-up), ITERS >= 10\n");
     return 2;
@@ -148,6 +153,9 @@ int Client(int port, int idle, int iters) {
     conns.push_back(c);
     if (i == 0) {
       if (!WriteFull(c, reinterpret_cast<const char*>(&total), 4)) Die("write count");
+    } else if (rt_each) {
+      char h = 'h';
+      if (!WriteFull(c, &h, 1) || !ReadFull(c, &h, 1)) Die("set-up round trip");
     }
   }
   int active = conns.back();
@@ -181,9 +189,10 @@ int Client(int port, int idle, int iters) {
 int main(int argc, char** argv) {
   RaiseFdLimit();
   if (argc == 3 && strcmp(argv[1], "server") == 0) return Server(atoi(argv[2]));
-  if (argc == 5 && strcmp(argv[1], "client") == 0) {
-    return Client(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]));
+  if ((argc == 5 || argc == 6) && strcmp(argv[1], "client") == 0) {
+    return Client(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]),
+                  argc == 6 && strcmp(argv[5], "rt") == 0);
   }
-  fprintf(stderr, "usage: %s server PORT | client PORT IDLE ITERS\n", argv[0]);
+  fprintf(stderr, "usage: %s server PORT | client PORT IDLE ITERS [rt]\n", argv[0]);
   return 2;
 }

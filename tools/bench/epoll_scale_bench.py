@@ -7,7 +7,12 @@ doorway, alternating, for each IDLE count, in one run. Server pinned to CPU
 connections into the server's epoll set, round-trip median and mean on the
 active connection, and the server's CPU time per round trip.
 
-  bazel run -c opt //tools/bench:epoll_scale_bench -- [--idle 1,100,1000,8000] [--iters N] [--reps N]
+  bazel run -c opt //tools/bench:epoll_scale_bench -- [--idle 1,100,1000,8000] [--iters N] [--reps N] [--setup-rt]
+
+--setup-rt: each new connection makes one round trip before the next
+connect (the server's epoll_wait then runs once per connection, with all
+the earlier ones registered); without it the client connects them all
+back to back and the server accepts them in batches.
 """
 import argparse
 import os
@@ -21,7 +26,7 @@ import time
 from tools.bench.benchlib import cpu_model, free_port, runfile
 
 
-def run_pair(prog, so, doors, doorway, idle, iters):
+def run_pair(prog, so, doors, doorway, idle, iters, setup_rt):
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)
     env["DOORWAY_DIR"] = doors
@@ -35,7 +40,8 @@ def run_pair(prog, so, doors, doorway, idle, iters):
         if "listening" not in line:
             sys.exit(f"server did not start: {line}")
         cli = subprocess.run(["taskset", "-c", "0", prog, "client", str(port), str(idle),
-                              str(iters)], env=env, capture_output=True, text=True, timeout=600)
+                              str(iters)] + (["rt"] if setup_rt else []), env=env, capture_output=True,
+                             text=True, timeout=600)
         if cli.returncode != 0:
             sys.exit(f"client failed: {cli.stdout} {cli.stderr}")
         srv.wait(timeout=60)
@@ -51,6 +57,7 @@ def main():
     ap.add_argument("--idle", default="1,100,1000,8000")
     ap.add_argument("--iters", type=int, default=20000)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--setup-rt", action="store_true")
     ap.add_argument("--so", default="", help="libdoorway.so to preload (default: the built one)")
     args = ap.parse_args()
     prog = runfile("tools/bench/epoll_scale")
@@ -63,7 +70,7 @@ def main():
         for idle in [int(x) for x in args.idle.split(",")]:
             for rep in range(args.reps):
                 for doorway in ([False, True] if rep % 2 == 0 else [True, False]):
-                    got = run_pair(prog, so, doors, doorway, idle, args.iters)
+                    got = run_pair(prog, so, doors, doorway, idle, args.iters, args.setup_rt)
                     res.setdefault((idle, doorway), []).append(got)
                     print(f"idle={idle} {'doorway' if doorway else 'kernel'} rep {rep}: {got}",
                           file=sys.stderr)
@@ -78,7 +85,9 @@ def main():
         f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {cpu_model()}, "
         f"{os.cpu_count()} CPUs; load average at start {' '.join(load)}, at end "
         f"{' '.join(load_end)}; server on CPU 1, client on CPU 0 (taskset); "
-        f"{args.iters} round trips per run, medians of {args.reps} runs per cell.",
+        f"{args.iters} round trips per run, medians of {args.reps} runs per cell; set-up: "
+        + ("each connection makes a round trip before the next connects (--setup-rt)."
+           if args.setup_rt else "all connections made back to back."),
         "",
         "| idle connections | set-up of all, kernel TCP (s) | set-up, doorway (s) | "
         "RTT median kernel TCP (µs) | RTT median doorway (µs) | RTT mean kernel / doorway (µs) | "
