@@ -1202,6 +1202,40 @@ TEST_P(Conformance, EpollEdgeTriggeredOutAfterEagainWakesASleeper) {
   EXPECT_EQ(ev[0].data.u64, 6u);
 }
 
+// One set, two threads waiting in it, edge-triggered members turning ready
+// one after the other while they sleep: every edge is reported exactly
+// once, to one of the threads.
+TEST_P(Conformance, EpollTwoThreadsOneSetEachEdgeOnce) {
+  Pairs p;
+  MakePairs(6, Domain(), Addr(), addr_len_, listener_, &p);
+  Epoll ep;
+  for (int i = 0; i < 6; ++i) {
+    ASSERT_EQ(ep.Ctl(EPOLL_CTL_ADD, p.servers[i], EPOLLIN | EPOLLET, i), 0);
+  }
+  std::atomic<int> seen{0};
+  std::vector<uint64_t> got[2];
+  auto waiter = [&](int t) {
+    // Bounded: at most 50 waits of 100 ms.
+    for (int round = 0; round < 50 && seen.load() < 6; ++round) {
+      epoll_event ev[8];
+      int n = epoll_wait(ep.fd(), ev, 8, 100);
+      for (int i = 0; i < n; ++i) got[t].push_back(ev[i].data.u64);
+      if (n > 0) seen.fetch_add(n);
+    }
+  };
+  std::thread a(waiter, 0), b(waiter, 1);
+  for (int i = 0; i < 6; ++i) {
+    usleep(20000);
+    EXPECT_EQ(write(p.clients[i], "e", 1), 1);  // not ASSERT: the threads must be joined
+  }
+  a.join();
+  b.join();
+  std::vector<uint64_t> all = got[0];
+  all.insert(all.end(), got[1].begin(), got[1].end());
+  std::sort(all.begin(), all.end());
+  EXPECT_EQ(all, (std::vector<uint64_t>{0, 1, 2, 3, 4, 5}));
+}
+
 // Two sets (and a poll) on one socket, each after sleeping on it: whoever
 // is woken first, the others still see the data.
 TEST_P(Conformance, EpollDoorbellSeenByEveryWaiter) {
