@@ -48,6 +48,11 @@ class Ref {
 
   explicit operator bool() const { return node_ != nullptr; }
   Node* node() const { return node_; }
+  // References to the object, this one included (fd slots hold one each);
+  // a snapshot.
+  std::uint32_t use_count() const {
+    return node_ != nullptr ? node_->refs.load(std::memory_order_relaxed) : 0;
+  }
   std::uint32_t type_tag() const { return node_->type_tag; }
 
   // The object, if it was made as T (checked by tag); nullptr otherwise.

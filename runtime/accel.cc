@@ -22,6 +22,7 @@
 #include "runtime/real.h"
 #include "runtime/signals.h"
 #include "runtime/sockets.h"
+#include "runtime/spare.h"
 #include "runtime/stats.h"
 
 namespace doorway::runtime {
@@ -641,17 +642,22 @@ Endpoint SourceFor(const Endpoint& dest_in, int domain) {
   return AsDomain(src, domain);
 }
 
-// Binds the client's TCP socket to an ephemeral port on the source address,
-// so that the connection has a unique, plausible local address. Returns it.
-// `unbound`: the program has certainly not bound the socket.
+// The connection's local address: the program's bind, or for a socket the
+// program has certainly not bound (`unbound`) the source address and a
+// synthesized ephemeral port (spare.h: no bind, so that the socket can be
+// reused), or else (a socket of unknown history with no port) a bind to an
+// ephemeral port as connect would do.
 bool ClaimLocalAddress(int fd, const Endpoint& dest, int domain, bool unbound, Endpoint* local) {
+  if (unbound) {
+    *local = SourceFor(dest, domain);
+    local->port = SynthesizedPort();
+    return true;
+  }
   sockaddr_storage ss;
   socklen_t len = sizeof(ss);
   Endpoint cur;
-  if (!unbound) {
-    if (DOORWAY_REAL(getsockname)(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return false;
-    if (!EndpointFromSockaddr(reinterpret_cast<sockaddr*>(&ss), len, &cur)) return false;
-  }
+  if (DOORWAY_REAL(getsockname)(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return false;
+  if (!EndpointFromSockaddr(reinterpret_cast<sockaddr*>(&ss), len, &cur)) return false;
   if (cur.port == 0) {
     Endpoint want = SourceFor(dest, domain);
     socklen_t wl = EndpointToSockaddr(want, &ss);
@@ -1216,8 +1222,9 @@ int CollectOwnFds(unsigned first, unsigned last, int* out, int max) {
   };
   // The log file (DOORWAY_LOG_FILE), when it is ours and not stderr.
   if (int lf = g_log_fd.load(std::memory_order_relaxed); lf > 2) add(lf);
-  int pooled[transport::kCreatorPoolSize];
+  int pooled[transport::kCreatorPoolSize + kSpareSockets];
   int np = transport::ReusePoolFds(pooled, transport::kCreatorPoolSize);
+  np += SpareSocketFds(pooled + np, kSpareSockets);
   for (int i = 0; i < np; ++i) add(pooled[i]);
   GlobalTable().ForEach([&](int, const Ref& r) {
     if (const Connection* c = r.As<Connection>()) add(c->seg.fd());
@@ -1532,15 +1539,26 @@ int Connect(int fd, const sockaddr* addr, socklen_t len) {
   int fl_flags = DOORWAY_REAL(fcntl)(fd, F_GETFL);
   bool nonblock = (fl_flags & O_NONBLOCK) != 0;
   c.nonblocking.store(nonblock, std::memory_order_relaxed);
-  // The door connection takes the program's fd number (the TCP socket,
-  // which never connected, goes away). From here on the connection exists.
+  // The door connection takes the program's fd number. The TCP socket,
+  // which never connected, is kept for the next socket() if it is as good
+  // as new (spare.h): made here by socket(), never bound or connected (the
+  // history), no option set, no file flag but O_NONBLOCK, and no other fd
+  // (r and its fd's slot are the only references).
+  int spare = -1;
+  if (history == 0 && options_set == 0 && f->origin == Origin::kSocket &&
+      (fl_flags & ~O_NONBLOCK) == O_RDWR && r.use_count() == 2) {
+    spare = DuplicateForSpare(fd);
+  }
+  // From here on the connection exists.
   if (DOORWAY_REAL(dup3)(door, fd, (fd_flags & FD_CLOEXEC) ? O_CLOEXEC : 0) != fd) {
     int e = errno;
+    if (spare >= 0) DOORWAY_REAL(close)(spare);
     DOORWAY_REAL(close)(door);
     DOORWAY_LOG(kWarn, "fd %d: dup3 failed (%s) after the door handshake", fd, strerror(e));
     return -ECONNREFUSED;
   }
   DOORWAY_REAL(close)(door);
+  if (spare >= 0) KeepSpareSocket(spare, domain, nonblock);
   if (!nonblock) DOORWAY_REAL(fcntl)(fd, F_SETFL, 0);  // the door socket was non-blocking
   if (nonblock) c.connect_state.store(1, std::memory_order_relaxed);
   Install(fd, std::move(obj), kTagConnection);

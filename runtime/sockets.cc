@@ -14,6 +14,7 @@
 #include "runtime/fallback.h"
 #include "runtime/log.h"
 #include "runtime/real.h"
+#include "runtime/spare.h"
 #include "runtime/stats.h"
 
 namespace doorway::runtime {
@@ -200,6 +201,15 @@ int ScanInheritedSockets() {
 }
 
 int Socket(int domain, int type, int protocol) {
+  // A TCP socket that an accelerated connect left unused (spare.h).
+  if ((domain == AF_INET || domain == AF_INET6) &&
+      (type & ~(SOCK_NONBLOCK | SOCK_CLOEXEC)) == SOCK_STREAM &&
+      (protocol == 0 || protocol == IPPROTO_TCP) && TrackingEnabled()) {
+    if (int fd = TakeSpareSocket(domain, type & (SOCK_NONBLOCK | SOCK_CLOEXEC)); fd >= 0) {
+      TrackAs(fd, domain, type, protocol, Origin::kSocket);
+      return fd;
+    }
+  }
   int fd = DOORWAY_REAL(socket)(domain, type, protocol);
   if (fd < 0) return -errno;
   TrackAs(fd, domain, type, protocol, Origin::kSocket);
