@@ -852,7 +852,7 @@ int FinishDoor(Listener& l, int listen_fd, int conn, const ucred& cred, int memf
     // exists); failing there would leave the program a bare door socket.
     why = "out of memory";
     retry = -ENOMEM;
-  } else if (int rc = transport::Segment::Attach(memfd, &seg); rc != 0) {
+  } else if (int rc = transport::Segment::Attach(memfd, &seg, IsOwnUid(cred.uid)); rc != 0) {
     // mmap: ENOMEM (memory, RLIMIT_AS, vm.max_map_count), EAGAIN (locked
     // memory), ENFILE; anything else is the client's fault.
     if (rc == -ENOMEM || rc == -EAGAIN || rc == -ENFILE) {
@@ -1512,6 +1512,11 @@ int Connect(int fd, const sockaddr* addr, socklen_t len) {
     // A reused segment is still mapped by its previous peer: only for a
     // listener of our own uid (checked again once connected).
     so.reuse = IsOwnUid(doors.owner[0]) && (doors.count < 2 || IsOwnUid(doors.owner[1]));
+    // Huge pages (hugetlbfs) only with a server of our own uid: a peer can
+    // make our accesses to them fault (Segment::Attach's hugetlb).
+    if (!so.reuse && so.pages == transport::PagePolicy::kAuto) {
+      so.pages = transport::PagePolicy::kNoHugeTlb;
+    }
     // The connection is complete (stats included, whose first use creates
     // a file) before the door connects: from the connect to the Hello
     // there are only a few fast system calls, and the server waits for it.
@@ -1521,7 +1526,9 @@ int Connect(int fd, const sockaddr* addr, socklen_t len) {
       InitConnection(*obj.As<Connection>(), std::move(seg), Role::kClient);
       if ((door = EnterDoor(doors, &server_uid)) < 0) {
         why = "no door answered";
-      } else if (obj.As<Connection>()->seg.generation() > 1 && !IsOwnUid(server_uid)) {
+      } else if (!IsOwnUid(server_uid) &&
+                 (obj.As<Connection>()->seg.generation() > 1 ||
+                  obj.As<Connection>()->seg.placement().pages == transport::PageKind::kHugeTlb)) {
         why = "door served by another uid";
       }
     }

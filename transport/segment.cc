@@ -598,7 +598,7 @@ int Segment::Create(const SegmentOptions& opts, Segment* out) {
   return 0;
 }
 
-int Segment::Attach(int fd, Segment* out) {
+int Segment::Attach(int fd, Segment* out, bool hugetlb) {
   struct stat st;
   if (fstat(fd, &st) != 0) return -errno;
   auto dev = static_cast<uint64_t>(st.st_dev);
@@ -610,6 +610,10 @@ int Segment::Attach(int fd, Segment* out) {
   if (TakeFromPool(
           g_pool[static_cast<int>(Role::kServer)],
           [&](const PoolEntry& e) { return e.dev == dev && e.ino == ino; }, &cached)) {
+    if (!hugetlb && cached.placement.pages == PageKind::kHugeTlb) {
+      Destroy(cached);
+      return -EPERM;
+    }
     SegmentLayout layout;
     int rc = ValidateSegmentHeader(cached.base, cached.size, &layout);
     if (rc != 0) {
@@ -624,6 +628,7 @@ int Segment::Attach(int fd, Segment* out) {
   uint64_t size = 0, block = 0;
   int rc = CheckSegmentFd(fd, &size, &block);
   if (rc != 0) return rc;
+  if (!hugetlb && block > kSmallPage) return -EPERM;
   void* base = nullptr;
   rc = MapSegmentFd(fd, size, &base);
   if (rc != 0) return rc;

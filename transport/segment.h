@@ -178,7 +178,12 @@ class Segment {
   static int Create(const SegmentOptions& opts, Segment* out);
   // Validates and maps a segment received from a peer. Takes ownership of fd
   // on success only (on failure the caller still owns it).
-  static int Attach(int fd, Segment* out);
+  // hugetlb: whether a segment on huge pages (hugetlbfs) is accepted;
+  // -EPERM if not. A peer that holds such a segment can punch a hole in it
+  // and take every free huge page: our next access then faults with SIGBUS
+  // (reliability.md). So only a peer that could kill us anyway (same uid)
+  // may hand us one.
+  static int Attach(int fd, Segment* out, bool hugetlb = true);
 
   bool valid() const { return base_ != nullptr; }
   int fd() const { return fd_; }

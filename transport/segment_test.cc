@@ -441,8 +441,12 @@ TEST(Placement, HugeTlbWithAPool) {
     EXPECT_EQ(s.placement().pages, PageKind::kHugeTlb);
     EXPECT_EQ(s.placement().page_size, sup.hugetlb_page_size);
     EXPECT_EQ(s.layout().segment_size % sup.hugetlb_page_size, 0u);
-    Segment r;
+    // Refused from a peer that may not hand us huge pages (another uid).
+    Segment refused;
     int fd = dup(s.fd());
+    EXPECT_EQ(Segment::Attach(fd, &refused, /*hugetlb=*/false), -EPERM);
+    EXPECT_FALSE(refused.valid());
+    Segment r;
     ASSERT_EQ(Segment::Attach(fd, &r), 0);
     EXPECT_EQ(r.placement().pages, PageKind::kHugeTlb);
     RingStats st;
