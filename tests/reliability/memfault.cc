@@ -11,7 +11,13 @@
 //                           default ENOMEM); every other call goes through.
 //   MEMFAULT=fn:N+[:ERRNO]  the Nth and every later call fail.
 //
-// fn: mmap, memfd_create, ftruncate, fallocate, and the kernel objects
+// ERRNO may also be EOF, for recvmsg only: the call returns 0 without
+// reading, as Linux's non-blocking SEQPACKET recvmsg does when the peer
+// queues a message and shuts down between its look at the queue and its
+// look at the shutdown (the race behind the Hello retry in runtime/accel.cc
+// ReceiveHello).
+//
+// fn: mmap, memfd_create, ftruncate, fallocate, recvmsg, and the kernel objects
 // socket and accept4 (doorway's own, e.g. the door's Unix socket, and the
 // program's, which reach the kernel through doorway's table: the program
 // then gets the errno itself, as from the kernel). When the fault fires, and
@@ -39,9 +45,9 @@
 
 namespace {
 
-enum Fn { kMmap, kMemfdCreate, kFtruncate, kFallocate, kSocket, kAccept4, kFnCount };
-const char* const kNames[kFnCount] = {"mmap",      "memfd_create", "ftruncate",
-                                      "fallocate", "socket",       "accept4"};
+enum Fn { kMmap, kMemfdCreate, kFtruncate, kFallocate, kSocket, kAccept4, kRecvmsg, kFnCount };
+const char* const kNames[kFnCount] = {"mmap",   "memfd_create", "ftruncate", "fallocate",
+                                      "socket", "accept4",      "recvmsg"};
 
 struct Spec {
   int fn = -1;
@@ -63,8 +69,8 @@ int ErrnoByName(const char* s) {
   static const struct {
     const char* name;
     int value;
-  } kErr[] = {{"ENOMEM", ENOMEM}, {"ENOSPC", ENOSPC}, {"ENFILE", ENFILE},
-              {"EMFILE", EMFILE}, {"EAGAIN", EAGAIN}, {"ENOBUFS", ENOBUFS}};
+  } kErr[] = {{"ENOMEM", ENOMEM}, {"ENOSPC", ENOSPC},   {"ENFILE", ENFILE}, {"EMFILE", EMFILE},
+              {"EAGAIN", EAGAIN}, {"ENOBUFS", ENOBUFS}, {"EOF", 0}};
   for (const auto& e : kErr) {
     if (strcmp(s, e.name) == 0) return e.value;
   }
@@ -85,6 +91,8 @@ const char* ErrnoName(int e) {
       return "EAGAIN";
     case ENOBUFS:
       return "ENOBUFS";
+    case 0:
+      return "EOF";
   }
   return "?";
 }
@@ -214,6 +222,18 @@ __attribute__((noinline)) int accept4(int fd, sockaddr* addr, socklen_t* len, in
   if (Inject(kAccept4, __builtin_return_address(0))) return -1;
   static auto real = Next<int (*)(int, sockaddr*, socklen_t*, int)>("accept4");
   return real(fd, addr, len, flags);
+}
+
+__attribute__((noinline)) ssize_t recvmsg(int fd, msghdr* msg, int flags) {
+  if (Inject(kRecvmsg, __builtin_return_address(0))) {
+    if (g_spec.err != 0) return -1;
+    errno = 0;
+    msg->msg_controllen = 0;
+    msg->msg_flags = 0;
+    return 0;
+  }
+  static auto real = Next<ssize_t (*)(int, msghdr*, int)>("recvmsg");
+  return real(fd, msg, flags);
 }
 
 }  // extern "C"

@@ -117,6 +117,40 @@ for high in 0 600; do
   done
 done
 
+# 2b. The kernel race behind ReceiveHello's retry: the server's Nth recvmsg
+# (its Hello reads, after a few at start-up) says end of file without
+# reading, as Linux's non-blocking SEQPACKET recvmsg does when the client
+# queues its Hello and closes between the call's two looks. Every
+# connection must still be accepted, accelerated, every byte there (the
+# connection used to be dropped: the client was reset).
+n=1
+while :; do
+  sport="$(free_port)"
+  sout="$WORK/eof-$n.out"
+  rep="$WORK/eof-$n.rep"
+  env LD_PRELOAD="$DOORWAY_SO:$inject" DOORWAY_LOG_FILE="$WORK/eserver.log" MEMFAULT="recvmsg:$n:EOF" \
+    MEMFAULT_REPORT="$rep" "$peer" server "$sport" 0 >"$sout" 2>&1 &
+  fpid=$!
+  PIDS+=("$fpid")
+  wait_for "$sout" listening
+  out="$WORK/eclient-$n.out"
+  LD_PRELOAD="$DOORWAY_SO" DOORWAY_LOG_FILE="$WORK/eclient.log" timeout 60 \
+    "$peer" client "$sport" 3 300000 >"$out" 2>&1 ||
+    fail "server recvmsg $n says EOF: client exit $?: $(cat "$out" "$sout")"
+  if grep '^conn' "$out" | grep -v ' accelerated ok$' >/dev/null; then
+    fail "server recvmsg $n says EOF: $(cat "$out" "$sout")"
+  fi
+  kill "$fpid"
+  wait "$fpid" 2>/dev/null || true
+  [ "$(grep -c 'accepted accelerated' "$sout")" = 3 ] ||
+    fail "server recvmsg $n says EOF: $(cat "$sout")"
+  read -r _ calls _ fired <"$rep"
+  [ "$fired" = 0 ] && break
+  n=$((n + 1))
+  [ "$n" -le 40 ] || fail "server: more than 40 recvmsg calls for 3 connections"
+done
+echo "server: a spurious EOF on each of its $((n - 1)) recvmsg calls in turn: 3 accelerated connections each"
+
 # 3. RLIMIT_AS.
 out="$WORK/as.out"
 LD_PRELOAD="$DOORWAY_SO" DOORWAY_LOG_FILE="$WORK/as.log" MEMFAULT_PEER_AS=1 \
