@@ -30,14 +30,18 @@ using fdtable::Ref;
 constexpr std::uint64_t kMarker = 0xD00Dull << 48;
 constexpr std::uint64_t kMarkerMask = 0xFFFFull << 48;
 constexpr std::int64_t kSpinNs = 30'000;  // as runtime/poll.cc
-// A member reported within this long stays on the check list (evaluated at
-// each wait and spun over before sleeping, never armed) even when a wait
-// finds it not ready: a busy connection (request/response) is then served
-// without a doorbell (a system call on each side). A set that goes to
-// sleep arms all of them whatever their age. 1 ms: many round trips of a
-// same-host peer, short enough that a set serving a changing few of many
-// connections does not drag the idle ones along for long.
-constexpr std::int64_t kHotNs = 1'000'000;
+// A member on the check list that a wait finds not ready stays there (is
+// evaluated at each wait, never armed) until this many waits in a row
+// found it so; then it is armed and leaves the list. Ski rental: a wasted
+// evaluation costs ~0.1 µs, a doorbell the peer's sendto plus our
+// recvfrom (a few µs), so a busy connection (request/response, a peer
+// that answers within a few dozen of our waits) is served without
+// doorbells, and an idle one costs at most about one doorbell's worth of
+// evaluations before it is armed. A set that goes to sleep arms all of
+// them whatever their count. (A time window instead, tried first, armed
+// the connections of redis-benchmark's 50 clients between two requests
+// and doubled the doorbells.)
+constexpr std::uint32_t kIdleWaits = 64;
 
 std::int64_t SpinNs() { return GetConfig().spin_ns >= 0 ? GetConfig().spin_ns : kSpinNs; }
 
@@ -74,7 +78,7 @@ struct Member {
   bool in_check = false;   // on EpollSet::check
   bool in_always = false;  // on EpollSet::always
   std::uint64_t rx_seen = ~std::uint64_t{0};  // ArrivedBytes when EPOLLIN was last reported (ET)
-  std::int64_t hot_until = 0;                 // NowNs: reported recently until then
+  std::uint32_t idle_waits = 0;               // waits in a row that found it not ready (check list)
 };
 
 // Bytes that ever arrived on c's incoming ring (consumed + readable): new
@@ -459,11 +463,11 @@ bool ArmSet(EpollSet& s, int depth) {
 }
 
 // Reports member m if it has something to tell (EPOLLET, EPOLLONESHOT
-// applied). For a check-list member that has nothing and was not reported
-// recently, prune: arm it and drop it from the list unless arming found it
-// ready. Returns 1 if an event was written to *out.
-int Evaluate(EpollSet& s, Member& m, epoll_event* out, bool check_kernel, bool prune,
-             std::int64_t now) {
+// applied). For a check-list member that has nothing, if `prune` (once per
+// epoll_wait call, not per spin round) and kIdleWaits waits in a row found
+// it so: arm it and drop it from the list unless arming found it ready. Returns 1 if an event was
+// written to *out.
+int Evaluate(EpollSet& s, Member& m, epoll_event* out, bool check_kernel, bool prune) {
   std::uint32_t report = 0;
   if (m.nested) {
     std::uint32_t level = 0;
@@ -480,7 +484,7 @@ int Evaluate(EpollSet& s, Member& m, epoll_event* out, bool check_kernel, bool p
     Connection& c = *m.conn.As<Connection>();
     Reading r = Read(m, c);
     Commit(m, r);
-    if (r.report == 0 && prune && m.in_check && now >= m.hot_until) {
+    if (r.report == 0 && prune && m.in_check && ++m.idle_waits >= kIdleWaits) {
       Arm(m, c, r);
       r = Read(m, c);  // after W1 (see Arm)
       Commit(m, r);
@@ -492,7 +496,7 @@ int Evaluate(EpollSet& s, Member& m, epoll_event* out, bool check_kernel, bool p
     report = r.report;
   }
   if (report == 0) return 0;
-  m.hot_until = now + kHotNs;
+  m.idle_waits = 0;
   out->events = report;
   out->data = m.data;
   if (m.events & EPOLLONESHOT) {
@@ -511,7 +515,7 @@ int Evaluate(EpollSet& s, Member& m, epoll_event* out, bool check_kernel, bool p
 // list and the check list (not the armed members: their doorbells put them
 // on the check list first, KernelWait). Drops members whose fd no longer
 // refers to their object. Under s.lock.
-int Collect(EpollSet& s, epoll_event* out, int max, std::int64_t now, bool check_kernel = true) {
+int Collect(EpollSet& s, epoll_event* out, int max, bool count, bool check_kernel = true) {
   s.ConsumeLog();
   int n = 0;
   for (int i = 0; i < s.always.n && n < max;) {
@@ -527,7 +531,7 @@ int Collect(EpollSet& s, epoll_event* out, int max, std::int64_t now, bool check
       continue;
     }
     ++i;
-    if (!m->disabled) n += Evaluate(s, *m, out + n, check_kernel, false, now);
+    if (!m->disabled) n += Evaluate(s, *m, out + n, check_kernel, false);
   }
   // The check list, compacted in place: the members looked at and kept go
   // after those not looked at (maxevents reached), so that a later call
@@ -547,7 +551,7 @@ int Collect(EpollSet& s, epoll_event* out, int max, std::int64_t now, bool check
       m->in_check = false;
       continue;
     }
-    n += Evaluate(s, *m, out + n, check_kernel, true, now);
+    n += Evaluate(s, *m, out + n, check_kernel, count);
     if (m->in_check) s.check.v[kept++] = fd;
   }
   int rest = len - i;
@@ -707,7 +711,29 @@ int EpollCtl(int epfd, int op, int fd, epoll_event* event) {
   s->lock.Lock();
   s->epfd = epfd;
   int rc = 0;
-  if (Member* m = s->Find(fd)) s->Remove(m);
+  Member* m = s->Find(fd);
+  if (m != nullptr && op == EPOLL_CTL_MOD && m->conn.node() == target.node()) {
+    // In place: the member keeps its place on its list and its idle count
+    // (event loops such as redis's ae switch EPOLLOUT on and off with a MOD
+    // around every request; removing and adding would cost O(check list)).
+    m->events = event->events;
+    m->data = event->data;
+    m->last = 0;
+    m->disabled = false;
+    m->rx_seen = ~std::uint64_t{0};
+    if (Connection* c = target.As<Connection>()) {
+      m->rx_gen = c->rx_eagain_gen.load(std::memory_order_relaxed) - 1;  // an edge, as on ADD
+      m->tx_gen = c->tx_eagain_gen.load(std::memory_order_relaxed) - 1;
+    }
+    if (m->quiet) {  // registered with the kernel again above
+      m->quiet = false;
+      s->quiet.fetch_sub(1, std::memory_order_relaxed);
+    }
+    s->Classify(*m);
+    s->lock.Unlock();
+    return 0;
+  }
+  if (m != nullptr) s->Remove(m);
   if (op != EPOLL_CTL_DEL) {
     Member fresh;
     fresh.fd = fd;
@@ -755,19 +781,18 @@ int EpollWait(int epfd, epoll_event* events, int maxevents, std::int64_t timeout
     int k = KernelWait(*s, epfd, events, maxevents, 0, nullptr);
     if (k < 0) return k;
     s->lock.Lock();
-    int n = Collect(*s, events + k, maxevents - k, NowNs());
+    int n = Collect(*s, events + k, maxevents - k, true);
     s->lock.Unlock();
     if (n + k > 0 || timeout_ns == 0) return n + k;
     if (!spun) {
-      // Spin over the check list only (the members reported recently and
+      // Spin over the check list only (the members ready in recent waits and
       // those just woken): the others are armed, and their doorbells show
       // up in the kernel wait looked at every 64 rounds. O(hot members).
       spun = true;
       std::int64_t spin_end = NowNs() + SpinNs();
       if (deadline >= 0 && spin_end > deadline) spin_end = deadline;
       for (unsigned iter = 1;; ++iter) {
-        std::int64_t now = NowNs();
-        if (now >= spin_end) break;
+        if (NowNs() >= spin_end) break;
         if ((iter & 63) == 0) {
           k = KernelWait(*s, epfd, events, maxevents, 0, nullptr);
           if (k < 0) return k;
@@ -776,7 +801,7 @@ int EpollWait(int epfd, epoll_event* events, int maxevents, std::int64_t timeout
           k = 0;
         }
         s->lock.Lock();
-        n = Collect(*s, events + k, maxevents - k, now, (iter & 63) == 0);
+        n = Collect(*s, events + k, maxevents - k, false, (iter & 63) == 0);
         s->lock.Unlock();
         if (n + k > 0) return n + k;
 #if defined(__x86_64__) || defined(__i386__)
@@ -795,7 +820,7 @@ int EpollWait(int epfd, epoll_event* events, int maxevents, std::int64_t timeout
     k = KernelWait(*s, epfd, events, maxevents, ms_of(left), sigmask);
     if (k < 0) return k;  // EINTR: epoll_wait is never restarted
     s->lock.Lock();
-    n = Collect(*s, events + k, maxevents - k, NowNs());
+    n = Collect(*s, events + k, maxevents - k, true);
     s->lock.Unlock();
     if (k + n > 0) return k + n;
   }

@@ -9,13 +9,14 @@
 // wake-ups and never reach the program.
 //
 // Cost O(ready), not O(members): a member is either on the set's check list
-// (evaluated from its rings at every wait: newly added or modified, reported
-// recently — "hot", spun over before sleeping —, or woken by a doorbell) or
-// armed (its rings' doorbell flags set in shared memory: the peer's next
-// publish — data, EOF, room — clears the flag and sends one byte on the Unix
-// socket, which the kernel epoll set reports with the member's marker). A
-// member leaves the check list only by being armed and found not ready
-// after arming, so a member off the list always has a doorbell coming.
+// (evaluated from its rings at every wait: newly added or modified, woken by
+// a doorbell, or ready within its last 64 waits — "hot", spun over before
+// sleeping) or armed (its rings' doorbell flags set in shared memory: the
+// peer's next publish — data, EOF, room — clears the flag and sends one
+// byte on the Unix socket, which the kernel epoll set reports with the
+// member's marker). A member leaves the check list only by being armed and
+// found not ready after arming (after 64 idle waits, or when the set goes
+// to sleep), so a member off the list always has a doorbell coming.
 // Things that change a member's readiness without its peer (close, dup2
 // over it, shutdown by this process, a doorbell taken by another waiter of
 // this process, fork) go through a process-wide change log
