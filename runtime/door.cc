@@ -157,6 +157,22 @@ bool MayHaveDoor(const Endpoint& dest) {
 
 bool IsOwnUid(uid_t uid) { return uid == Euid(); }
 
+namespace {
+// Whether the door of ep exists and looks trustworthy (a socket owned by an
+// allowed uid); its path and owner go to path and *owner.
+bool LookAtDoor(const Endpoint& ep, char* path, uid_t* owner) {
+  if (DoorPath(ep, path, kDoorPathMax, false) != 0) return false;
+  struct stat st;
+  if (lstat(path, &st) != 0) return false;
+  if (!S_ISSOCK(st.st_mode) || !UidAllowed(st.st_uid)) {
+    DOORWAY_LOG(kDebug, "ignoring untrusted door %s", path);
+    return false;
+  }
+  *owner = st.st_uid;
+  return true;
+}
+}  // namespace
+
 int FindDoors(const Endpoint& in, DoorCandidates* out) {
   Endpoint dest = Unmapped(in);
   Endpoint candidates[2];
@@ -169,22 +185,28 @@ int FindDoors(const Endpoint& in, DoorCandidates* out) {
     if (!IsWildcard(dest)) candidates[n++] = any;
   }
   out->count = 0;
+  out->later = false;
   for (int i = 0; i < n; ++i) {
-    char* path = out->path[out->count];
-    if (DoorPath(candidates[i], path, kDoorPathMax, false) != 0) break;
-    struct stat st;
-    if (lstat(path, &st) != 0) continue;
-    if (!S_ISSOCK(st.st_mode) || !UidAllowed(st.st_uid)) {
-      DOORWAY_LOG(kDebug, "ignoring untrusted door %s", path);
-      continue;
+    if (out->count > 0) {
+      out->later = true;
+      out->later_ep = candidates[i];
+      break;
     }
-    out->owner[out->count++] = st.st_uid;
+    if (LookAtDoor(candidates[i], out->path[out->count], &out->owner[out->count])) ++out->count;
   }
   return out->count;
 }
 
-int EnterDoor(const DoorCandidates& doors, uid_t* peer_uid) {
-  for (int i = 0; i < doors.count; ++i) {
+int EnterDoor(DoorCandidates& doors, uid_t* peer_uid) {
+  for (int i = 0; i < doors.count || doors.later; ++i) {
+    if (i == doors.count) {
+      doors.later = false;
+      if (doors.count == 2 ||
+          !LookAtDoor(doors.later_ep, doors.path[doors.count], &doors.owner[doors.count])) {
+        break;
+      }
+      ++doors.count;
+    }
     const char* path = doors.path[i];
     int fd = ConnectUnix(path);
     if (fd < 0) {

@@ -49,12 +49,17 @@ struct DoorCandidates {
   char path[2][kDoorPathMax];
   uid_t owner[2];  // the door file's owner
   int count = 0;
+  // The wildcard door is looked at (one lstat, ~2 µs) only if the
+  // address's own door is missing, or by EnterDoor if that one fails.
+  bool later = false;
+  Endpoint later_ep;
 };
 int FindDoors(const Endpoint& dest, DoorCandidates* out);
 // EnterDoor connects to the first candidate that answers and whose listener
-// (SO_PEERCRED) is an allowed uid: a connected Unix socket (non-blocking,
+// (SO_PEERCRED) is an allowed uid, looking at the wildcard door only then if
+// FindDoors left it for later: a connected Unix socket (non-blocking,
 // close-on-exec), or -ENOENT. The listener's uid goes to *peer_uid if given.
-int EnterDoor(const DoorCandidates& doors, uid_t* peer_uid);
+int EnterDoor(DoorCandidates& doors, uid_t* peer_uid);
 
 // Both steps at once: connects to a door that can serve dest. Returns a connected
 // Unix socket (non-blocking, close-on-exec) whose peer is an allowed uid, or
