@@ -488,7 +488,10 @@ void StatsOpen(Connection& c) {
   s->fd = -1;
   s->segment_fd = c.seg.fd();
   struct stat st;
-  if (fstat(c.seg.fd(), &st) == 0) {
+  if (c.seg.ino() != 0) {
+    s->segment_dev = c.seg.dev();
+    s->segment_ino = c.seg.ino();
+  } else if (fstat(c.seg.fd(), &st) == 0) {
     s->segment_dev = st.st_dev;
     s->segment_ino = st.st_ino;
   } else {

@@ -551,6 +551,8 @@ int Segment::Create(const SegmentOptions& opts, Segment* out) {
     InitializeSegment(reused.base, reused.layout, reused.placement.pages, gen);
     Assemble(reused.fd, reused.base, reused.size, reused.layout, reused.placement, gen, out);
     out->policy_ = reused.policy;
+    out->dev_ = reused.dev;
+    out->ino_ = reused.ino;
     return 0;
   }
   PageSupport sup = RecentPageSupport(opts.pages == PagePolicy::kHugeTlb);
@@ -595,6 +597,13 @@ int Segment::Create(const SegmentOptions& opts, Segment* out) {
   pl.numa_available = NumaAvailable();
   Assemble(fd, base, layout.segment_size, layout, pl, 1, out);
   out->policy_ = opts.pages;
+  // Its identity, once: the stats name a connection by it, and a reused
+  // segment keeps it (no fstat per connection).
+  struct stat st;
+  if (fstat(fd, &st) == 0) {
+    out->dev_ = static_cast<uint64_t>(st.st_dev);
+    out->ino_ = static_cast<uint64_t>(st.st_ino);
+  }
   return 0;
 }
 

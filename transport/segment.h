@@ -192,6 +192,9 @@ class Segment {
   const Placement& placement() const { return placement_; }
   // 1 for a new segment, higher each time it is reused.
   uint32_t generation() const { return generation_; }
+  // The memfd's identity (st_dev, st_ino); 0 if unknown.
+  uint64_t dev() const { return dev_; }
+  uint64_t ino() const { return ino_; }
 
   // Binds the ring that `self` consumes to `node` (< 0: current CPU's node).
   int BindIncomingRing(Role self, int node = -1);
@@ -223,7 +226,7 @@ class Segment {
   Placement placement_;
   uint32_t generation_ = 0;                // the header's generation when created/attached
   PagePolicy policy_ = PagePolicy::kAuto;  // creator: the policy it was made with
-  uint64_t dev_ = 0, ino_ = 0;             // receiver: the memfd's identity
+  uint64_t dev_ = 0, ino_ = 0;             // the memfd's identity (0: unknown)
 
   // What Create and Attach built, into *out (replacing what it held).
   static void Assemble(int fd, void* base, uint64_t size, const SegmentLayout& layout,
