@@ -655,6 +655,25 @@ Ref ManagedSet(int epfd) {
 
 }  // namespace
 
+namespace {
+// EPOLL_CTL_MOD of member m (of connection `target`), under s.lock. In
+// place: the member keeps its place on its list and its idle count (event
+// loops such as redis's ae switch EPOLLOUT on and off with a MOD around
+// every request; removing and adding would cost O(check list)).
+void ModifyInPlace(EpollSet& s, Member& m, const epoll_event& event, const Ref& target) {
+  m.events = event.events;
+  m.data = event.data;
+  m.last = 0;
+  m.disabled = false;
+  m.rx_seen = ~std::uint64_t{0};
+  if (const Connection* c = target.As<Connection>()) {
+    m.rx_gen = c->rx_eagain_gen.load(std::memory_order_relaxed) - 1;  // an edge, as on ADD
+    m.tx_gen = c->tx_eagain_gen.load(std::memory_order_relaxed) - 1;
+  }
+  s.Classify(m);
+}
+}  // namespace
+
 int EpollCtl(int epfd, int op, int fd, epoll_event* event) {
   const std::uint32_t tag = GlobalTable().Tag(fd);
   const bool nested = tag == kTagEpoll || tag == kTagEpollPlain;
@@ -694,6 +713,26 @@ int EpollCtl(int epfd, int op, int fd, epoll_event* event) {
     if (op == EPOLL_CTL_ADD && (event->events & ~kExclusiveOk) != 0) return -EINVAL;
     kev.events = EPOLLIN | EPOLLEXCLUSIVE;
   }
+  // EPOLL_CTL_MOD of a connection this set already has: the kernel's part
+  // (the Unix socket, for doorbells and the peer's hang-up) does not change
+  // with the program's events, and the kernel would say 0, so it is not
+  // asked (redis's ae makes two MODs per request). Not for EPOLLEXCLUSIVE,
+  // whose errors are the kernel's, nor a quieted member (see below).
+  if (op == EPOLL_CTL_MOD && !nested && (event->events & EPOLLEXCLUSIVE) == 0 &&
+      GlobalTable().Tag(epfd) == kTagEpoll) {
+    Ref mr = GlobalTable().Get(epfd);
+    if (EpollSet* ms = mr.As<EpollSet>(); ms != nullptr) {
+      ms->lock.Lock();
+      Member* mm = ms->Find(fd);
+      if (mm != nullptr && !mm->quiet && (mm->events & EPOLLEXCLUSIVE) == 0 &&
+          mm->conn.node() == target.node()) {
+        ModifyInPlace(*ms, *mm, *event, target);
+        ms->lock.Unlock();
+        return 0;
+      }
+      ms->lock.Unlock();
+    }
+  }
   // A member quieted after its peer's hang-up has no kernel registration
   // any more: answer for the kernel (EEXIST), or register it again (MOD).
   bool quiet = false;
@@ -722,23 +761,11 @@ int EpollCtl(int epfd, int op, int fd, epoll_event* event) {
   int rc = 0;
   Member* m = s->Find(fd);
   if (m != nullptr && op == EPOLL_CTL_MOD && m->conn.node() == target.node()) {
-    // In place: the member keeps its place on its list and its idle count
-    // (event loops such as redis's ae switch EPOLLOUT on and off with a MOD
-    // around every request; removing and adding would cost O(check list)).
-    m->events = event->events;
-    m->data = event->data;
-    m->last = 0;
-    m->disabled = false;
-    m->rx_seen = ~std::uint64_t{0};
-    if (Connection* c = target.As<Connection>()) {
-      m->rx_gen = c->rx_eagain_gen.load(std::memory_order_relaxed) - 1;  // an edge, as on ADD
-      m->tx_gen = c->tx_eagain_gen.load(std::memory_order_relaxed) - 1;
-    }
     if (m->quiet) {  // registered with the kernel again above
       m->quiet = false;
       s->quiet.fetch_sub(1, std::memory_order_relaxed);
     }
-    s->Classify(*m);
+    ModifyInPlace(*s, *m, *event, target);
     s->lock.Unlock();
     return 0;
   }
