@@ -68,7 +68,9 @@ void ExpectTracked(int fd, int origin, int accelerated = -1) {
   ASSERT_EQ(info(fd, &i), 0) << "fd " << fd << " not tracked by doorway";
   EXPECT_EQ(i.origin, origin);
   EXPECT_EQ(i.type, SOCK_STREAM);
-  if (accelerated >= 0) EXPECT_EQ(i.accelerated, accelerated) << "fd " << fd;
+  if (accelerated >= 0) {
+    EXPECT_EQ(i.accelerated, accelerated) << "fd " << fd;
+  }
 }
 
 TEST(Environment, DoorwayPresenceAsExpected) {
