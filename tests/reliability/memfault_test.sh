@@ -80,40 +80,50 @@ grep -q 'accept error' "$WORK/server.out" && fail "server: $(grep 'accept error'
 echo "server unaffected: $(grep -c 'accepted accelerated' "$WORK/server.out") accelerated," \
   "$(grep -c 'accepted tcp' "$WORK/server.out") TCP connections, no accept error"
 
+# One server-side sweep: the server's Nth call of fn (N = 1, 2, ... until
+# the Nth call never comes) fails with err (MEMFAULT's third field); a
+# client's 3 connections must all be accelerated and correct, the server
+# must accept all 3 (accept says at most ENOMEM meanwhile). Sets $swept.
+server_sweep() {  # label high fn err bytes
+  local label="$1" high="$2" fn="$3" err="$4" bytes="$5" n=1
+  local sport sout rep fpid out calls fired
+  while :; do
+    sport="$(free_port)"
+    sout="$WORK/server-$label-$n.out"
+    rep="$WORK/server-$label-$n.rep"
+    env LD_PRELOAD="$DOORWAY_SO:$inject" DOORWAY_LOG_FILE="$WORK/fserver.log" \
+      MEMFAULT="$fn:$n$err" MEMFAULT_REPORT="$rep" "$peer" server "$sport" "$high" >"$sout" 2>&1 &
+    fpid=$!
+    PIDS+=("$fpid")
+    wait_for "$sout" listening
+    out="$WORK/sclient-$label-$n.out"
+    LD_PRELOAD="$DOORWAY_SO" DOORWAY_LOG_FILE="$WORK/sclient.log" timeout 60 \
+      "$peer" client "$sport" 3 "$bytes" >"$out" 2>&1 ||
+      fail "server ($label), call $n failing: client exit $?: $(cat "$out" "$sout")"
+    if grep '^conn' "$out" | grep -v ' accelerated ok$' >/dev/null; then
+      fail "server ($label), call $n failing: $(cat "$out" "$sout")"
+    fi
+    kill "$fpid"
+    wait "$fpid" 2>/dev/null || true
+    if grep 'accept error' "$sout" | grep -v 'ENOMEM$' >/dev/null; then
+      fail "server ($label), call $n failing: $(grep 'accept error' "$sout")"
+    fi
+    [ "$(grep -c 'accepted accelerated' "$sout")" = 3 ] ||
+      fail "server ($label), call $n failing: $(cat "$sout")"
+    read -r _ calls _ fired <"$rep"
+    [ "$fired" = 0 ] && break
+    echo "server ($label), call $n of $calls failing: $(grep -c 'accept error' "$sout") accept ENOMEM, 3 accelerated"
+    n=$((n + 1))
+    [ "$n" -le 40 ] || fail "server ($label): more than 40 $fn calls for 3 connections"
+  done
+  swept=$((n - 1))
+}
+
 # 2. server side; also with accepted fds in a new page of the fd table.
 for high in 0 600; do
   for fn in memfd_create ftruncate fallocate mmap accept4; do
-    n=1
-    while :; do
-      sport="$(free_port)"
-      sout="$WORK/server-$high-$fn-$n.out"
-      rep="$WORK/server-$high-$fn-$n.rep"
-      env LD_PRELOAD="$DOORWAY_SO:$inject" DOORWAY_LOG_FILE="$WORK/fserver.log" MEMFAULT="$fn:$n" \
-        MEMFAULT_REPORT="$rep" "$peer" server "$sport" "$high" >"$sout" 2>&1 &
-      fpid=$!
-      PIDS+=("$fpid")
-      wait_for "$sout" listening
-      out="$WORK/sclient-$high-$fn-$n.out"
-      LD_PRELOAD="$DOORWAY_SO" DOORWAY_LOG_FILE="$WORK/sclient.log" timeout 60 \
-        "$peer" client "$sport" 3 3000000 >"$out" 2>&1 ||
-        fail "server ($high), $fn call $n failing: client exit $?: $(cat "$out" "$sout")"
-      if grep '^conn' "$out" | grep -v ' accelerated ok$' >/dev/null; then
-        fail "server ($high), $fn call $n failing: $(cat "$out" "$sout")"
-      fi
-      kill "$fpid"
-      wait "$fpid" 2>/dev/null || true
-      if grep 'accept error' "$sout" | grep -v 'ENOMEM$' >/dev/null; then
-        fail "server ($high), $fn call $n failing: $(grep 'accept error' "$sout")"
-      fi
-      [ "$(grep -c 'accepted accelerated' "$sout")" = 3 ] ||
-        fail "server ($high), $fn call $n failing: $(cat "$sout")"
-      read -r _ calls _ fired <"$rep"
-      [ "$fired" = 0 ] && break
-      echo "server ($high), $fn call $n of $calls failing: $(grep -c 'accept error' "$sout") accept ENOMEM, 3 accelerated"
-      n=$((n + 1))
-      [ "$n" -le 40 ] || fail "server: more than 40 $fn calls for 3 connections"
-    done
-    echo "server ($high): $fn: $((n - 1)) calls swept"
+    server_sweep "$high-$fn" "$high" "$fn" "" 3000000
+    echo "server ($high): $fn: $swept calls swept"
   done
 done
 
@@ -123,33 +133,8 @@ done
 # queues its Hello and closes between the call's two looks. Every
 # connection must still be accepted, accelerated, every byte there (the
 # connection used to be dropped: the client was reset).
-n=1
-while :; do
-  sport="$(free_port)"
-  sout="$WORK/eof-$n.out"
-  rep="$WORK/eof-$n.rep"
-  env LD_PRELOAD="$DOORWAY_SO:$inject" DOORWAY_LOG_FILE="$WORK/eserver.log" MEMFAULT="recvmsg:$n:EOF" \
-    MEMFAULT_REPORT="$rep" "$peer" server "$sport" 0 >"$sout" 2>&1 &
-  fpid=$!
-  PIDS+=("$fpid")
-  wait_for "$sout" listening
-  out="$WORK/eclient-$n.out"
-  LD_PRELOAD="$DOORWAY_SO" DOORWAY_LOG_FILE="$WORK/eclient.log" timeout 60 \
-    "$peer" client "$sport" 3 300000 >"$out" 2>&1 ||
-    fail "server recvmsg $n says EOF: client exit $?: $(cat "$out" "$sout")"
-  if grep '^conn' "$out" | grep -v ' accelerated ok$' >/dev/null; then
-    fail "server recvmsg $n says EOF: $(cat "$out" "$sout")"
-  fi
-  kill "$fpid"
-  wait "$fpid" 2>/dev/null || true
-  [ "$(grep -c 'accepted accelerated' "$sout")" = 3 ] ||
-    fail "server recvmsg $n says EOF: $(cat "$sout")"
-  read -r _ calls _ fired <"$rep"
-  [ "$fired" = 0 ] && break
-  n=$((n + 1))
-  [ "$n" -le 40 ] || fail "server: more than 40 recvmsg calls for 3 connections"
-done
-echo "server: a spurious EOF on each of its $((n - 1)) recvmsg calls in turn: 3 accelerated connections each"
+server_sweep eof 0 recvmsg :EOF 300000
+echo "server: a spurious EOF on each of its $swept recvmsg calls in turn: 3 accelerated connections each"
 
 # 3. RLIMIT_AS.
 out="$WORK/as.out"
