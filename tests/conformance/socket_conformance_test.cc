@@ -166,6 +166,32 @@ class Conformance : public testing::TestWithParam<Kind> {
     ASSERT_GE(server_, 0);
   }
 
+  // Writes 64 KiB chunks to the non-blocking client_ until a write fails
+  // (bounded); returns the bytes written. The caller checks errno (EAGAIN).
+  size_t FillClient(char c) {
+    std::vector<char> chunk(65536, c);
+    size_t sent = 0;
+    for (int i = 0; i < 100000; ++i) {
+      ssize_t r = write(client_, chunk.data(), chunk.size());
+      if (r < 0) break;
+      sent += static_cast<size_t>(r);
+    }
+    return sent;
+  }
+
+  // Reads up to `bytes` from server_, stopping at EOF or an error; returns
+  // the bytes read.
+  size_t DrainServer(size_t bytes) {
+    std::vector<char> in(65536);
+    size_t got = 0;
+    while (got < bytes) {
+      ssize_t r = read(server_, in.data(), in.size());
+      if (r <= 0) break;
+      got += static_cast<size_t>(r);
+    }
+    return got;
+  }
+
   // Waits (bounded) until fd is readable.
   static void WaitReadable(int fd) {
     pollfd p{fd, POLLIN, 0};
@@ -746,23 +772,11 @@ TEST_P(Conformance, EpollOutFollowsBufferSpace) {
   auto ev = ep.Wait(5000);
   ASSERT_EQ(ev.size(), 1u);
   EXPECT_EQ(ev[0].events, static_cast<uint32_t>(EPOLLOUT));
-  std::vector<char> chunk(65536, 'o');
-  size_t sent = 0;
-  for (int i = 0; i < 100000; ++i) {
-    ssize_t r = write(client_, chunk.data(), chunk.size());
-    if (r < 0) break;
-    sent += static_cast<size_t>(r);
-  }
+  size_t sent = FillClient('o');
   ASSERT_EQ(errno, EAGAIN);
   EXPECT_EQ(ep.Wait(0).size(), 0u);  // full: not writable
   // Drain everything on the other side: writable again.
-  std::vector<char> in(65536);
-  size_t got = 0;
-  while (got < sent) {
-    ssize_t r = read(server_, in.data(), in.size());
-    ASSERT_GT(r, 0);
-    got += static_cast<size_t>(r);
-  }
+  ASSERT_EQ(DrainServer(sent), sent);
   ev = ep.Wait(5000);
   ASSERT_EQ(ev.size(), 1u);
   EXPECT_EQ(ev[0].events, static_cast<uint32_t>(EPOLLOUT));
@@ -1139,25 +1153,12 @@ TEST_P(Conformance, EpollOutWakesASleeperWhenRoomArrives) {
   Epoll ep;
   ASSERT_EQ(fcntl(client_, F_SETFL, O_NONBLOCK), 0);
   ASSERT_EQ(ep.Ctl(EPOLL_CTL_ADD, client_, EPOLLOUT, 5), 0);
-  std::vector<char> chunk(65536, 'o');
-  size_t sent = 0;
-  for (int i = 0; i < 100000; ++i) {
-    ssize_t r = write(client_, chunk.data(), chunk.size());
-    if (r < 0) break;
-    sent += static_cast<size_t>(r);
-  }
+  size_t sent = FillClient('o');
   ASSERT_EQ(errno, EAGAIN);
   EXPECT_TRUE(ep.Wait(30).empty());
   std::thread t([&] {
     usleep(30000);
-    std::vector<char> in(65536);
-    size_t got = 0;
-    while (got < sent) {
-      ssize_t r = read(server_, in.data(), in.size());
-      if (r <= 0) break;
-      got += static_cast<size_t>(r);
-    }
-    EXPECT_EQ(got, sent);
+    EXPECT_EQ(DrainServer(sent), sent);
   });
   auto ev = ep.Wait(5000);
   t.join();
@@ -1177,25 +1178,12 @@ TEST_P(Conformance, EpollEdgeTriggeredOutAfterEagainWakesASleeper) {
   ASSERT_EQ(ev.size(), 1u);
   EXPECT_EQ(ev[0].events, static_cast<uint32_t>(EPOLLOUT));
   EXPECT_TRUE(ep.Wait(30).empty());  // the same edge
-  std::vector<char> chunk(65536, 'e');
-  size_t sent = 0;
-  for (int i = 0; i < 100000; ++i) {
-    ssize_t r = write(client_, chunk.data(), chunk.size());
-    if (r < 0) break;
-    sent += static_cast<size_t>(r);
-  }
+  size_t sent = FillClient('e');
   ASSERT_EQ(errno, EAGAIN);
   EXPECT_TRUE(ep.Wait(30).empty());
   std::thread t([&] {
     usleep(30000);
-    std::vector<char> in(65536);
-    size_t got = 0;
-    while (got < sent) {
-      ssize_t r = read(server_, in.data(), in.size());
-      if (r <= 0) break;
-      got += static_cast<size_t>(r);
-    }
-    EXPECT_EQ(got, sent);
+    EXPECT_EQ(DrainServer(sent), sent);
   });
   ev = ep.Wait(5000);
   t.join();
