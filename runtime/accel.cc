@@ -1173,6 +1173,7 @@ void OnFdDetached(const Ref& ref, int fd) {
   if (Connection* c = ref.As<Connection>()) {
     // An epoll set holding this fd drops the registration at its next
     // wait (the kernel drops its own when the file closes).
+    if (c->epoll_parked.load(std::memory_order_relaxed) != 0) EpollDropParked(*c);
     if (c->epoll_regs.load(std::memory_order_relaxed) > 0) NoteEpollChange(fd);
     // acq_rel: the thread that releases the last fd sees every other
     // thread's use of the connection before shutting it down.

@@ -131,6 +131,12 @@ struct Connection {
   // itself) errs either way harmlessly: a new member starts on its set's
   // check list, a dropped one needs no note.
   std::atomic<int> epoll_regs{0};
+  // An EPOLL_CTL_DEL the kernel was not told of (runtime/epoll.cc
+  // "Parking"): ((epfd + 1) << 32) | fd of the registration it left in the
+  // kernel's set, or 0. At most one per connection; whoever exchanges it to
+  // 0 owns the kernel registration (a re-ADD reuses it; a close of the
+  // connection's fd deletes it first, EpollDropParked).
+  std::atomic<std::uint64_t> epoll_parked{0};
   // close() of the last fd while calls of this process wait on the
   // connection (another thread blocked in read or write): the kernel keeps
   // a socket open while a system call holds its file, so the release waits

@@ -83,9 +83,17 @@ struct Member {
   bool quiet = false;      // peer gone: its kernel registration was removed (KernelWait)
   bool in_check = false;   // on EpollSet::check
   bool in_always = false;  // on EpollSet::always
+  bool parked = false;     // deleted by the program, kernel registration kept ("Parking")
   std::uint64_t rx_seen = ~std::uint64_t{0};  // ArrivedBytes when EPOLLIN was last reported (ET)
   std::uint32_t idle_waits = 0;               // waits in a row that found it not ready (check list)
 };
+
+// m's fd no longer refers to its object (closed, replaced).
+bool Stale(const Member& m) {
+  std::uint32_t tag = GlobalTable().Tag(m.fd);
+  bool tag_ok = m.nested ? (tag == kTagEpoll || tag == kTagEpollPlain) : tag == kTagConnection;
+  return !tag_ok || GlobalTable().Get(m.fd).node() != m.conn.node();
+}
 
 // Bytes that ever arrived on c's incoming ring (consumed + readable): new
 // data is a new edge for EPOLLET, as each arriving segment is for the
@@ -171,6 +179,7 @@ struct EpollSet {
   EpollSet() : log_pos(g_log.head.load(std::memory_order_acquire)) {}
   ~EpollSet() {
     for (int i = 0; i < count; ++i) {
+      if (members[i].parked) (void)ClaimPark(members[i]);
       DropRegistration(members[i]);
       members[i].~Member();
     }
@@ -197,7 +206,11 @@ struct EpollSet {
     new (&members[count++]) Member(std::move(m));
     return true;
   }
+  // Drops m from the registry. A parked member's kernel registration is
+  // left alone (the callers delete it first when it is still theirs and
+  // the fd still refers to the connection).
   void Remove(Member* m) {
+    if (m->parked) (void)ClaimPark(*m);
     if (m->in_check) check.Erase(m->fd);
     if (m->in_always) always.Erase(m->fd);
     DropRegistration(*m);
@@ -231,6 +244,7 @@ struct EpollSet {
     always.Push(m.fd);
   }
   void Classify(Member& m) {
+    if (m.parked) return;  // not the program's member: never evaluated nor armed
     Connection* c = m.conn.As<Connection>();
     if (m.nested || (c != nullptr && c->shared.load(std::memory_order_relaxed))) {
       MarkAlways(m);
@@ -239,8 +253,33 @@ struct EpollSet {
     }
   }
   // Every member to its list: after the change log overflowed or asked so.
+  // Parked members whose fd was closed go (backwards: Remove moves the
+  // last member into the hole).
   void Rescan() {
-    for (int i = 0; i < count; ++i) Classify(members[i]);
+    for (int i = count - 1; i >= 0; --i) Look(members[i]);
+  }
+  void Look(Member& m) {
+    if (!m.parked) {
+      Classify(m);
+    } else if (Stale(m)) {
+      Remove(&m);
+    }
+  }
+  // The parked-registration record of m's connection (accel.h
+  // Connection::epoll_parked) for this set.
+  std::uint64_t ParkRecord(const Member& m) const {
+    return (static_cast<std::uint64_t>(static_cast<std::uint32_t>(epfd) + 1) << 32) |
+           static_cast<std::uint32_t>(m.fd);
+  }
+  // Takes back parked m's kernel registration: true if it is still there
+  // (nobody deleted it: the caller now owns it), false if a close of the
+  // connection's fd deleted it (EpollDropParked). Clears m.parked.
+  bool ClaimPark(Member& m) {
+    m.parked = false;
+    Connection* c = m.conn.As<Connection>();
+    std::uint64_t mine = ParkRecord(m);
+    return c != nullptr &&
+           c->epoll_parked.compare_exchange_strong(mine, 0, std::memory_order_acq_rel);
   }
   // The change log's entries since the last call.
   void ConsumeLog() {
@@ -258,7 +297,7 @@ struct EpollSet {
           Rescan();
           break;
         }
-        if (Member* m = Find(fd)) Classify(*m);
+        if (Member* m = Find(fd)) Look(*m);
       }
     }
     log_pos = head;
@@ -380,12 +419,6 @@ void Arm(const Member& m, Connection& c, const Reading& r) {
   }
   if ((m.events & (EPOLLIN | EPOLLRDNORM | EPOLLRDHUP | EPOLLOUT | EPOLLWRNORM)) == 0) ev = POLLIN;
   if (ev != 0) (void)ArmDoorbells(c, ev);
-}
-
-bool Stale(const Member& m) {
-  std::uint32_t tag = GlobalTable().Tag(m.fd);
-  bool tag_ok = m.nested ? (tag == kTagEpoll || tag == kTagEpollPlain) : tag == kTagConnection;
-  return !tag_ok || GlobalTable().Get(m.fd).node() != m.conn.node();
 }
 
 bool NestedReady(EpollSet& s, bool check_kernel, int depth);
@@ -511,11 +544,11 @@ int Evaluate(EpollSet& s, Member& m, epoll_event* out, bool check_kernel, bool p
   if (m.events & EPOLLONESHOT) {
     m.disabled = true;
     if (m.in_check) m.in_check = false;  // the caller drops it; MOD puts it back
-    // Until the program re-arms it with EPOLL_CTL_MOD, the kernel need
-    // not wake us for it either.
-    epoll_event quiet{};
-    quiet.data.u64 = kMarker | static_cast<std::uint32_t>(m.fd);
-    (void)DOORWAY_REAL(epoll_ctl)(s.epfd, EPOLL_CTL_MOD, m.fd, &quiet);
+    // Its kernel registration stays as it is: nothing arms a disabled
+    // member, so at most one doorbell comes (drained like any other), and
+    // a MOD that re-arms it need not reach the kernel. (It used to be
+    // switched off there, and the MOD that does not reach the kernel left
+    // it so: a re-armed member never woke a sleeping set.)
   }
   return 1;
 }
@@ -606,7 +639,15 @@ int KernelWait(EpollSet& s, int epfd, epoll_event* out, int max, int timeout_ms,
     }
     s.lock.Lock();
     Member* m = s.Find(fd);
-    if (m != nullptr && m->conn.node() == r.node()) {
+    if (m != nullptr && m->parked && m->conn.node() == r.node()) {
+      // Not the program's member any more: its doorbell is drained, and
+      // a hang-up (reported by the kernel until the registration goes)
+      // ends the parking.
+      if (hangup) {
+        if (s.ClaimPark(*m)) (void)DOORWAY_REAL(epoll_ctl)(epfd, EPOLL_CTL_DEL, fd, nullptr);
+        s.Remove(m);
+      }
+    } else if (m != nullptr && m->conn.node() == r.node()) {
       if (hangup && !m->quiet) {
         // The hang-up stays reported by the kernel (EPOLLHUP cannot be
         // masked, and a MOD re-arms it); from now on the rings say it
@@ -672,7 +713,95 @@ void ModifyInPlace(EpollSet& s, Member& m, const epoll_event& event, const Ref& 
   }
   s.Classify(m);
 }
+
+// EPOLL_CTL_ADD and EPOLL_CTL_DEL without the kernel ("parking").
+// redis's ae (redis-benchmark's event loop) deletes a connection from its
+// set when its last event goes and adds it again when one comes back:
+// twice each per request. Each reached the kernel (the Unix socket's
+// wake-up registration), about half of redis-benchmark's CPU time under
+// doorway. So a DEL of a member leaves its kernel registration in place
+// ("parked": not the program's member any more, never evaluated, armed or
+// reported) and a later ADD of the same connection takes it back. Only
+// when the kernel's answers cannot differ: a connection held by this fd
+// alone in this process and by no other process (fds == 1, not shared),
+// not EPOLLEXCLUSIVE, not quieted, and one parked registration per
+// connection (Connection::epoll_parked, which says whose it is). The
+// kernel would drop the registration when the file closes, but another
+// process (a fork or exec child) or a thread blocked in a call may hold the
+// file: so the close of the connection's fd deletes it first
+// (EpollDropParked, from OnFdDetached), and a fork deletes them all
+// (EpollUnparkAll). A parked member's doorbell is drained like any other
+// (at most one: nothing arms it); a hang-up ends its parking (the kernel
+// would report it on every wait). Under s.lock; m is at fd in s. Returns
+// the call's result, or 1: not handled, go on.
+int ParkOrUnpark(EpollSet& s, Member& m, int op, const epoll_event* event, const Ref& target) {
+  const bool same = m.conn.node() == target.node();
+  if (m.parked) {
+    if (same) {
+      if (op != EPOLL_CTL_ADD) return -ENOENT;  // deleted, as far as the program knows
+      const bool owned = s.ClaimPark(m);
+      if (owned && (event->events & EPOLLEXCLUSIVE) == 0) {
+        m.idle_waits = 0;
+        ModifyInPlace(s, m, *event, target);  // as a fresh ADD: on the check list
+        return 0;
+      }
+      // EPOLLEXCLUSIVE: the kernel's to check and register.
+      if (owned) (void)DOORWAY_REAL(epoll_ctl)(s.epfd, EPOLL_CTL_DEL, m.fd, nullptr);
+    }
+    // Another connection at fd now: the parked one's file was closed, and
+    // its registration deleted with it.
+    s.Remove(&m);
+    return 1;
+  }
+  Connection* c = target.As<Connection>();
+  if (op != EPOLL_CTL_DEL || !same || c == nullptr || m.nested || m.quiet ||
+      (m.events & EPOLLEXCLUSIVE) != 0 || c->shared.load(std::memory_order_relaxed) ||
+      c->fds.load(std::memory_order_relaxed) != 1) {
+    return 1;
+  }
+  std::uint64_t none = 0;
+  if (!c->epoll_parked.compare_exchange_strong(none, s.ParkRecord(m), std::memory_order_acq_rel)) {
+    return 1;  // parked in another set
+  }
+  if (m.in_check) {
+    s.check.Erase(m.fd);
+    m.in_check = false;
+  }
+  if (m.in_always) {
+    s.always.Erase(m.fd);
+    m.in_always = false;
+  }
+  m.parked = true;
+  return 0;
+}
 }  // namespace
+
+void EpollDropParked(Connection& c) {
+  std::uint64_t rec = c.epoll_parked.exchange(0, std::memory_order_acq_rel);
+  if (rec == 0) return;
+  int epfd = static_cast<int>((rec >> 32) - 1);
+  int fd = static_cast<int>(static_cast<std::uint32_t>(rec));
+  (void)DOORWAY_REAL(epoll_ctl)(epfd, EPOLL_CTL_DEL, fd, nullptr);
+  // The set drops its member when it reads the change log (the caller
+  // notes the close: epoll_regs counts parked members too).
+}
+
+void EpollUnparkAll() {
+  GlobalTable().ForEach([](int, const Ref& r) {
+    EpollSet* s = const_cast<Ref&>(r).As<EpollSet>();
+    if (s == nullptr) return;
+    s->lock.Lock();
+    for (int i = s->count - 1; i >= 0; --i) {
+      Member& m = s->members[i];
+      if (!m.parked) continue;
+      if (s->ClaimPark(m) && !Stale(m)) {
+        (void)DOORWAY_REAL(epoll_ctl)(s->epfd, EPOLL_CTL_DEL, m.fd, nullptr);
+      }
+      s->Remove(&m);
+    }
+    s->lock.Unlock();
+  });
+}
 
 int EpollCtl(int epfd, int op, int fd, epoll_event* event) {
   const std::uint32_t tag = GlobalTable().Tag(fd);
@@ -712,6 +841,18 @@ int EpollCtl(int epfd, int op, int fd, epoll_event* event) {
                                            EPOLLWAKEUP | EPOLLET | EPOLLEXCLUSIVE;
     if (op == EPOLL_CTL_ADD && (event->events & ~kExclusiveOk) != 0) return -EINVAL;
     kev.events = EPOLLIN | EPOLLEXCLUSIVE;
+  }
+  // Parking: see "EPOLL_CTL_ADD and EPOLL_CTL_DEL without the kernel"
+  // below EpollCtl.
+  if (!nested && GlobalTable().Tag(epfd) == kTagEpoll) {
+    Ref pr = GlobalTable().Get(epfd);
+    if (EpollSet* ps = pr.As<EpollSet>(); ps != nullptr) {
+      int rc = 1;
+      ps->lock.Lock();
+      if (Member* pm = ps->Find(fd); pm != nullptr) rc = ParkOrUnpark(*ps, *pm, op, event, target);
+      ps->lock.Unlock();
+      if (rc <= 0) return rc;
+    }
   }
   // EPOLL_CTL_MOD of a connection this set already has: the kernel's part
   // (the Unix socket, for doorbells and the peer's hang-up) does not change

@@ -68,6 +68,19 @@ int EpollWait(int epfd, epoll_event* events, int maxevents, std::int64_t timeout
 // a handler).
 void NoteEpollChange(int fd);
 
+struct Connection;
+// The last fd of c in this process is going away (close, dup2 over it,
+// close_range; called before the kernel closes it): deletes the kernel
+// registration an EPOLL_CTL_DEL left parked (epoll.cc "Parking"), so that
+// it cannot outlive the program's registration when another process (or a
+// thread's call) still holds the socket. Async-signal-safe.
+void EpollDropParked(Connection& c);
+
+// Before fork: every parked registration is deleted from the kernel (a
+// child shares the kernel's sets; it must not find registrations its
+// registry does not know of, nor delete the parent's).
+void EpollUnparkAll();
+
 }  // namespace doorway::runtime
 
 #endif  // DOORWAY_RUNTIME_EPOLL_H_

@@ -11,6 +11,7 @@
 #include <cstdlib>
 
 #include "runtime/accel.h"
+#include "runtime/epoll.h"
 #include "runtime/fallback.h"
 #include "runtime/log.h"
 #include "runtime/real.h"
@@ -342,6 +343,7 @@ pid_t Fork() {
   // kernel's fd table is inherited. Accelerated connections become shared:
   // a close in one process must not shut them down under the other.
   MarkAllShared();
+  EpollUnparkAll();  // the child shares the kernel's epoll sets (epoll.h)
   ForgetHistories();
   pid_t pid = DOORWAY_REAL(fork)();
   if (pid < 0) return -errno;

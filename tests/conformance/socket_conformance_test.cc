@@ -1280,6 +1280,125 @@ TEST_P(Conformance, EpollSetSleptOnBeforeFork) {
   EXPECT_EQ(ev[0].data.u64, 42u);
 }
 
+// A one-shot member re-armed by EPOLL_CTL_MOD after it fired wakes a set
+// that sleeps (not only one that finds it ready at once). Asked of the
+// kernel (poll on the epoll fd, which doorway passes through): doorway
+// finds the event after a timeout anyway.
+TEST_P(Conformance, EpollOneshotRearmedWakesASleeper) {
+  Connect();
+  Epoll ep;
+  ASSERT_EQ(ep.Ctl(EPOLL_CTL_ADD, server_, EPOLLIN | EPOLLONESHOT, 1), 0);
+  ASSERT_EQ(write(client_, "a", 1), 1);
+  ASSERT_EQ(ep.Wait(5000).size(), 1u);
+  char c;
+  ASSERT_EQ(read(server_, &c, 1), 1);
+  ASSERT_EQ(ep.Ctl(EPOLL_CTL_MOD, server_, EPOLLIN | EPOLLONESHOT, 2), 0);
+  EXPECT_TRUE(ep.Wait(30).empty());
+  ASSERT_EQ(write(client_, "b", 1), 1);
+  pollfd p{ep.fd(), POLLIN, 0};
+  EXPECT_EQ(poll(&p, 1, 5000), 1);  // the kernel's set woke
+  auto ev = ep.Wait(0);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].events, static_cast<uint32_t>(EPOLLIN));
+  EXPECT_EQ(ev[0].data.u64, 2u);
+}
+
+// EPOLL_CTL_DEL then EPOLL_CTL_ADD of the same socket, as redis's event
+// loop does around every request (doorway keeps the kernel's part of the
+// registration meanwhile): the kernel's answers, and the re-added member
+// wakes a sleeping set.
+TEST_P(Conformance, EpollDelThenAddAgain) {
+  Connect();
+  Epoll ep;
+  ASSERT_EQ(ep.Ctl(EPOLL_CTL_ADD, server_, EPOLLIN, 1), 0);
+  EXPECT_TRUE(ep.Wait(30).empty());
+  ASSERT_EQ(ep.Ctl(EPOLL_CTL_DEL, server_, 0, 0), 0);
+  errno = 0;
+  EXPECT_EQ(ep.Ctl(EPOLL_CTL_DEL, server_, 0, 0), -1);
+  EXPECT_EQ(errno, ENOENT);
+  errno = 0;
+  EXPECT_EQ(ep.Ctl(EPOLL_CTL_MOD, server_, EPOLLIN, 9), -1);
+  EXPECT_EQ(errno, ENOENT);
+  ASSERT_EQ(write(client_, "a", 1), 1);
+  WaitReadable(server_);
+  EXPECT_TRUE(ep.Wait(30).empty());  // not a member
+  ASSERT_EQ(ep.Ctl(EPOLL_CTL_ADD, server_, EPOLLIN | EPOLLOUT, 2), 0);
+  errno = 0;
+  EXPECT_EQ(ep.Ctl(EPOLL_CTL_ADD, server_, EPOLLIN, 9), -1);
+  EXPECT_EQ(errno, EEXIST);
+  auto ev = ep.Wait(5000);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].events, static_cast<uint32_t>(EPOLLIN | EPOLLOUT));
+  EXPECT_EQ(ev[0].data.u64, 2u);
+  char c;
+  ASSERT_EQ(read(server_, &c, 1), 1);
+  ASSERT_EQ(ep.Ctl(EPOLL_CTL_MOD, server_, EPOLLIN, 3), 0);
+  EXPECT_TRUE(ep.Wait(30).empty());
+  ASSERT_EQ(write(client_, "b", 1), 1);
+  pollfd p{ep.fd(), POLLIN, 0};
+  EXPECT_EQ(poll(&p, 1, 5000), 1);  // the kernel's set woke
+  ev = ep.Wait(0);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].events, static_cast<uint32_t>(EPOLLIN));
+  EXPECT_EQ(ev[0].data.u64, 3u);
+  // Deleted and added with other events, several times in a row.
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_EQ(ep.Ctl(EPOLL_CTL_DEL, server_, 0, 0), 0);
+    ASSERT_EQ(ep.Ctl(EPOLL_CTL_ADD, server_, EPOLLOUT, 10 + i), 0);
+    ev = ep.Wait(5000);
+    ASSERT_EQ(ev.size(), 1u);
+    EXPECT_EQ(ev[0].events, static_cast<uint32_t>(EPOLLOUT));
+    EXPECT_EQ(ev[0].data.u64, static_cast<uint64_t>(10 + i));
+  }
+}
+
+// A deleted socket whose fd is closed while a duplicate keeps it open
+// leaves nothing in the set: when its peer hangs up, the epoll fd itself
+// does not turn readable (asked of the kernel: poll on an epoll fd).
+TEST_P(Conformance, EpollDelThenCloseOfADuplicateLeavesNothing) {
+  Connect();
+  Epoll ep;
+  ASSERT_EQ(ep.Ctl(EPOLL_CTL_ADD, server_, EPOLLIN, 1), 0);
+  EXPECT_TRUE(ep.Wait(30).empty());
+  ASSERT_EQ(ep.Ctl(EPOLL_CTL_DEL, server_, 0, 0), 0);
+  int dupfd = dup(server_);
+  ASSERT_GE(dupfd, 0);
+  ASSERT_EQ(close(server_), 0);
+  server_ = dupfd;
+  ASSERT_EQ(close(client_), 0);
+  client_ = -1;
+  WaitReadable(server_);  // the hang-up arrived
+  pollfd p{ep.fd(), POLLIN, 0};
+  EXPECT_EQ(poll(&p, 1, 30), 0);
+  EXPECT_TRUE(ep.Wait(30).empty());
+}
+
+// EPOLL_CTL_DEL, then fork; the child closes the socket and exits; the
+// parent adds it again: the set still wakes for it.
+TEST_P(Conformance, EpollDelThenForkThenAddAgain) {
+  Connect();
+  Epoll ep;
+  ASSERT_EQ(ep.Ctl(EPOLL_CTL_ADD, server_, EPOLLIN, 1), 0);
+  EXPECT_TRUE(ep.Wait(30).empty());
+  ASSERT_EQ(ep.Ctl(EPOLL_CTL_DEL, server_, 0, 0), 0);
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    close(server_);
+    _exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_EQ(ep.Ctl(EPOLL_CTL_ADD, server_, EPOLLIN, 2), 0);
+  EXPECT_TRUE(ep.Wait(30).empty());
+  ASSERT_EQ(write(client_, "a", 1), 1);
+  pollfd p{ep.fd(), POLLIN, 0};
+  EXPECT_EQ(poll(&p, 1, 5000), 1);  // the kernel's set woke
+  auto ev = ep.Wait(0);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].data.u64, 2u);
+}
+
 TEST_P(Conformance, LongIoVectors) {
   Connect();
   // More iovecs than doorway copies at once (64): all of them are used.
