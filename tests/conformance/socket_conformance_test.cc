@@ -1284,7 +1284,7 @@ TEST_P(Conformance, EpollSetSleptOnBeforeFork) {
 // that sleeps (not only one that finds it ready at once). Asked of the
 // kernel (poll on the epoll fd, which doorway passes through): doorway
 // finds the event after a timeout anyway.
-TEST_P(Conformance, EpollOneshotRearmedWakesASleeper) {
+TEST_P(Conformance, EpollOneshotRearmedKernelSetWakes) {
   Connect();
   Epoll ep;
   ASSERT_EQ(ep.Ctl(EPOLL_CTL_ADD, server_, EPOLLIN | EPOLLONESHOT, 1), 0);
@@ -1307,7 +1307,7 @@ TEST_P(Conformance, EpollOneshotRearmedWakesASleeper) {
 // loop does around every request (doorway keeps the kernel's part of the
 // registration meanwhile): the kernel's answers, and the re-added member
 // wakes a sleeping set.
-TEST_P(Conformance, EpollDelThenAddAgain) {
+TEST_P(Conformance, EpollDelThenAddAgainKernelSetWakes) {
   Connect();
   Epoll ep;
   ASSERT_EQ(ep.Ctl(EPOLL_CTL_ADD, server_, EPOLLIN, 1), 0);
@@ -1375,7 +1375,7 @@ TEST_P(Conformance, EpollDelThenCloseOfADuplicateLeavesNothing) {
 
 // EPOLL_CTL_DEL, then fork; the child closes the socket and exits; the
 // parent adds it again: the set still wakes for it.
-TEST_P(Conformance, EpollDelThenForkThenAddAgain) {
+TEST_P(Conformance, EpollDelThenForkThenAddAgainKernelSetWakes) {
   Connect();
   Epoll ep;
   ASSERT_EQ(ep.Ctl(EPOLL_CTL_ADD, server_, EPOLLIN, 1), 0);
