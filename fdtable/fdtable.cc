@@ -6,41 +6,14 @@
 
 namespace doorway::fdtable {
 
-namespace {
-
+namespace internal {
 constinit FdTable g_table;
+}  // namespace internal
 
-// Takes a reference only if the count is not already zero (T1). A zero count
-// means the node is free or under construction; the memory is still a Node
-// (type-stable), so reading the count is always safe.
-bool TryRef(Node* node) {
-  std::uint32_t refs = node->refs.load(std::memory_order_relaxed);
-  while (refs != 0) {
-    // T1: acquire pairs with M1 (construction) and with U1 (prior unrefs).
-    if (node->refs.compare_exchange_weak(refs, refs + 1, std::memory_order_acquire,
-                                         std::memory_order_relaxed)) {
-      return true;
-    }
-  }
-  return false;
-}
-
-}  // namespace
-
-FdTable& GlobalTable() { return g_table; }
-
-void Ref::Reset() {
-  Node* node = std::exchange(node_, nullptr);
-  if (node == nullptr) return;
-  // U1: release so our uses of the object happen before its destruction;
-  // the acquire half makes the thread that drops the last reference see every
-  // other holder's uses (pairs with U1 in those threads). acq_rel rather than
-  // release + acquire fence because TSAN does not model standalone fences.
-  if (node->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-    node->destroy(node->payload);
-    node->type_tag = 0;
-    GlobalPool().Free(node);
-  }
+void Ref::Destroy(Node* node) {
+  node->destroy(node->payload);
+  node->type_tag = 0;
+  GlobalPool().Free(node);
 }
 
 Ref Ref::Clone() const {
@@ -67,38 +40,11 @@ FdTable::Bucket* FdTable::BucketFor(int fd, bool create) {
   return b;
 }
 
-Ref FdTable::Get(int fd) const {
-  if (fd < 0 || fd >= kMaxFds) return Ref();
-  Bucket* b = buckets_[fd / kSlotsPerBucket].load(std::memory_order_acquire);  // B1
-  if (b == nullptr) return Ref();
-  const std::atomic<std::uintptr_t>& slot = b->slots[fd % kSlotsPerBucket];
-  for (;;) {
-    // S1: acquire pairs with the release half of the exchange in Install (S2).
-    std::uintptr_t v = slot.load(std::memory_order_acquire);
-    Node* node = NodeOf(v);
-    if (node == nullptr) return Ref();
-    if (!TryRef(node)) continue;  // dying: the slot has moved on or will
-    // The node may have been freed and reused since we loaded it; if the
-    // slot still holds it, our reference is to the installed object.
-    if (NodeOf(slot.load(std::memory_order_acquire)) == node) return Ref(node);
-    Ref(node).Reset();
-  }
-}
-
 bool FdTable::Occupied(int fd) const {
   if (fd < 0 || fd >= kMaxFds) return false;
   Bucket* b = buckets_[fd / kSlotsPerBucket].load(std::memory_order_acquire);  // B1
   // Relaxed: a hint only; the caller takes a reference with Get() to act on it.
   return b != nullptr && b->slots[fd % kSlotsPerBucket].load(std::memory_order_relaxed) != 0;
-}
-
-std::uint32_t FdTable::Tag(int fd) const {
-  if (fd < 0 || fd >= kMaxFds) return 0;
-  Bucket* b = buckets_[fd / kSlotsPerBucket].load(std::memory_order_acquire);  // B1
-  if (b == nullptr) return 0;
-  // Relaxed: a routing hint; see Occupied.
-  return static_cast<std::uint32_t>(b->slots[fd % kSlotsPerBucket].load(std::memory_order_relaxed) &
-                                    kTagMask);
 }
 
 Ref FdTable::Install(int fd, Ref obj, bool* ok, std::uint32_t tag) {

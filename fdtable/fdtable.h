@@ -66,9 +66,20 @@ class Ref {
   Ref Clone() const;
   // Releases ownership without dropping the reference.
   Node* Release() { return std::exchange(node_, nullptr); }
-  void Reset();
+  // Inline: every interposed data call drops one reference.
+  void Reset() {
+    Node* node = std::exchange(node_, nullptr);
+    if (node == nullptr) return;
+    // U1: release so our uses of the object happen before its destruction;
+    // the acquire half makes the thread that drops the last reference see
+    // every other holder's uses (pairs with U1 in those threads). acq_rel
+    // rather than release + acquire fence because TSAN does not model
+    // standalone fences.
+    if (node->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) Destroy(node);
+  }
 
  private:
+  static void Destroy(Node* node);  // the last reference went
   Node* node_ = nullptr;
 };
 
@@ -140,12 +151,62 @@ class FdTable {
   static constexpr int kBuckets = kMaxFds / kSlotsPerBucket;
 
   Bucket* BucketFor(int fd, bool create);
+  // Takes a reference only if the count is not already zero (T1).
+  static bool TryRef(Node* node);
 
   std::atomic<Bucket*> buckets_[kBuckets]{};
 };
 
+namespace internal {
+// Not hidden here: the library's tests link it as a shared object (the
+// definition is hidden by the library's -fvisibility=hidden).
+extern constinit FdTable g_table;
+}  // namespace internal
+
 // The process-wide table.
-FdTable& GlobalTable();
+inline FdTable& GlobalTable() { return internal::g_table; }
+
+// Get and Tag are inline: every interposed call makes one or both.
+inline bool FdTable::TryRef(Node* node) {
+  // A zero count means the node is free or under construction; the memory
+  // is still a Node (type-stable), so reading the count is always safe.
+  std::uint32_t refs = node->refs.load(std::memory_order_relaxed);
+  while (refs != 0) {
+    // T1: acquire pairs with M1 (construction) and with U1 (prior unrefs).
+    if (node->refs.compare_exchange_weak(refs, refs + 1, std::memory_order_acquire,
+                                         std::memory_order_relaxed)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+inline Ref FdTable::Get(int fd) const {
+  if (static_cast<unsigned>(fd) >= static_cast<unsigned>(kMaxFds)) return Ref();
+  Bucket* b = buckets_[fd / kSlotsPerBucket].load(std::memory_order_acquire);  // B1
+  if (b == nullptr) return Ref();
+  const std::atomic<std::uintptr_t>& slot = b->slots[fd % kSlotsPerBucket];
+  for (;;) {
+    // S1: acquire pairs with the release half of the exchange in Install (S2).
+    std::uintptr_t v = slot.load(std::memory_order_acquire);
+    Node* node = NodeOf(v);
+    if (node == nullptr) return Ref();
+    if (!TryRef(node)) continue;  // dying: the slot has moved on or will
+    // The node may have been freed and reused since we loaded it; if the
+    // slot still holds it, our reference is to the installed object.
+    if (NodeOf(slot.load(std::memory_order_acquire)) == node) return Ref(node);
+    Ref(node).Reset();
+  }
+}
+
+inline std::uint32_t FdTable::Tag(int fd) const {
+  if (static_cast<unsigned>(fd) >= static_cast<unsigned>(kMaxFds)) return 0;
+  Bucket* b = buckets_[fd / kSlotsPerBucket].load(std::memory_order_acquire);  // B1
+  if (b == nullptr) return 0;
+  // Relaxed: a routing hint; see Occupied.
+  return static_cast<std::uint32_t>(b->slots[fd % kSlotsPerBucket].load(std::memory_order_relaxed) &
+                                    kTagMask);
+}
 
 template <class Fn>
 void FdTable::RemoveRange(int first, int last, Fn&& fn) {

@@ -190,8 +190,8 @@ __attribute__((noinline)) int LockEndContended(transport::ShmMutex& lock, bool s
   return rc;
 }
 
-// Call inside a SignalSection.
-int LockEnd(transport::ShmMutex& lock, bool shared) {
+// Call inside a SignalSection. Inline: the uncontended case is one CAS.
+inline __attribute__((always_inline)) int LockEnd(transport::ShmMutex& lock, bool shared) {
   int rc = lock.TryLock();
   if (__builtin_expect(rc != -EBUSY, 1)) return rc;
   return LockEndContended(lock, shared);
@@ -389,7 +389,7 @@ ssize_t ConnRecv(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
   // Signals that arrive from here on run their handlers when the call
   // returns or waits (signals.h "Critical sections").
   SignalSection section;
-  transport::ShmMutex lock = c.seg.ConsumerLock(transport::RxRingIndex(c.role));
+  transport::ShmMutex lock(c.rx.consumer_lock_word());  // c.seg.ConsumerLock, inline
   int lrc = LockEnd(lock, c.shared.load(std::memory_order_relaxed));
   if (lrc < 0) return lrc;
 
@@ -401,6 +401,10 @@ ssize_t ConnRecv(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
     std::int64_t r;
     if (peek) {
       r = c.rx.Peek(0, iov, iovcnt);
+    } else if (iovcnt == 1) {
+      // read(), recv(): the ring's single-buffer call, without the window
+      // (a read that filled the buffer has nothing more to take).
+      r = c.rx.Read(static_cast<char*>(iov[0].iov_base) + got, iov[0].iov_len - got);
     } else {
       int n = Advance(iov, iovcnt, got, scratch);
       r = c.rx.Read(scratch, n);
@@ -482,8 +486,8 @@ ssize_t ConnSend(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
   std::int64_t timeout = c.opts.sndtimeo_ns.load(std::memory_order_relaxed);
   std::int64_t start = timeout > 0 ? NowNs() : 0;
 
-  SignalSection section;  // as in ConnRecv
-  transport::ShmMutex lock = c.seg.ProducerLock(transport::TxRingIndex(c.role));
+  SignalSection section;                                // as in ConnRecv
+  transport::ShmMutex lock(c.tx.producer_lock_word());  // c.seg.ProducerLock, inline
   int lrc = LockEnd(lock, c.shared.load(std::memory_order_relaxed));
   if (lrc < 0) return lrc;
 
@@ -492,8 +496,14 @@ ssize_t ConnSend(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
   std::size_t sent = 0;
   ssize_t result = 0;
   for (;;) {
-    int n = Advance(iov, iovcnt, sent, scratch);
-    std::int64_t r = c.tx.Write(scratch, n);
+    std::int64_t r;
+    if (iovcnt == 1) {
+      // write(), send(): the ring's single-buffer call.
+      r = c.tx.Write(static_cast<const char*>(iov[0].iov_base) + sent, iov[0].iov_len - sent);
+    } else {
+      int n = Advance(iov, iovcnt, sent, scratch);
+      r = c.tx.Write(scratch, n);
+    }
     if (r > 0) {
       sent += static_cast<std::size_t>(r);
       SendDoorbell(c.tx, FdFor(c, fd));

@@ -85,6 +85,10 @@ class Ring {
   // "Sharing a core").
   std::atomic<uint32_t>* waiter_cpu() const { return &ctrl_->data_wait.cpu; }
   RingStats* stats() const { return stats_; }
+  // The lock words of the two ends (Segment::ProducerLock/ConsumerLock of
+  // this ring), without a call: the data path takes one per operation.
+  std::atomic<uint32_t>* producer_lock_word() const { return &ctrl_->prod_lock.word; }
+  std::atomic<uint32_t>* consumer_lock_word() const { return &ctrl_->cons_lock.word; }
 
   // ---------------------------------------------------------------- producer
   // Copies as many bytes of `iov` as fit (a partial write is normal).

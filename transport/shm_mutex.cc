@@ -11,18 +11,14 @@
 
 namespace doorway::transport {
 
+namespace internal {
+constinit thread_local TidCache t_shm_tid{0, 0};
+constinit std::atomic<uint32_t> g_shm_fork_generation{1};
+}  // namespace internal
+
 namespace {
 
-// Incremented in the child after fork, so that cached tids are refreshed.
-constinit std::atomic<uint32_t> g_fork_generation{1};
-
-void OnForkChild() { g_fork_generation.fetch_add(1, std::memory_order_relaxed); }
-
-struct TidCache {
-  uint32_t generation = 0;
-  uint32_t tid = 0;
-};
-thread_local TidCache t_tid;
+void OnForkChild() { internal::g_shm_fork_generation.fetch_add(1, std::memory_order_relaxed); }
 
 bool OwnerAlive(uint32_t tid) {
   if (tid == 0) return false;
@@ -36,26 +32,15 @@ bool OwnThread(uint32_t tid) {
 
 }  // namespace
 
-uint32_t ShmMutex::SelfTid() {
+uint32_t ShmMutex::SelfTidSlow() {
+  // First call of this thread (generation 0 never matches), or the first
+  // since a fork: registering here, before any tid is cached, is enough.
   static const int registered = pthread_atfork(nullptr, nullptr, OnForkChild);
   (void)registered;
-  uint32_t gen = g_fork_generation.load(std::memory_order_relaxed);
-  if (t_tid.generation != gen) {
-    t_tid.tid = static_cast<uint32_t>(syscall(SYS_gettid)) & kTidMask;
-    t_tid.generation = gen;
-  }
-  return t_tid.tid;
-}
-
-int ShmMutex::TryLock() {
-  uint32_t tid = SelfTid();
-  uint32_t expected = 0;
-  // Acquire on success pairs with the release in Unlock (the previous
-  // holder's ring operations happen before ours).
-  if (word_->compare_exchange_strong(expected, tid, std::memory_order_acquire,
-                                     std::memory_order_relaxed))
-    return 0;
-  return -EBUSY;
+  internal::TidCache& c = internal::t_shm_tid;
+  c.tid = static_cast<uint32_t>(syscall(SYS_gettid)) & kTidMask;
+  c.generation = internal::g_shm_fork_generation.load(std::memory_order_relaxed);
+  return c.tid;
 }
 
 int ShmMutex::Lock(const WaitOptions& opts, Holders holders) {
@@ -114,11 +99,6 @@ int ShmMutex::Lock(const WaitOptions& opts, Holders holders) {
   }
 }
 
-int ShmMutex::Unlock() {
-  // Release pairs with the acquire CAS in Lock/TryLock.
-  uint32_t prev = word_->exchange(0, std::memory_order_release);
-  if (prev & kWaitersBit) internal::FutexWake(word_, 1);
-  return (prev & kTidMask) == SelfTid() ? 0 : -EPERM;
-}
+void ShmMutex::WakeOne() { internal::FutexWake(word_, 1); }
 
 }  // namespace doorway::transport

@@ -24,6 +24,7 @@
 #include <sys/types.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cstdint>
 
 #include "transport/wait.h"
@@ -41,7 +42,16 @@ class ShmMutex {
   explicit ShmMutex(std::atomic<uint32_t>* word) : word_(word) {}
 
   // 0 when acquired, kOwnerDied when acquired from a dead owner, -EBUSY.
-  int TryLock();
+  // Inline: it is on every accelerated read and write (one CAS).
+  int TryLock() {
+    uint32_t expected = 0;
+    // Acquire on success pairs with the release in Unlock (the previous
+    // holder's ring operations happen before ours).
+    if (word_->compare_exchange_strong(expected, SelfTid(), std::memory_order_acquire,
+                                       std::memory_order_relaxed))
+      return 0;
+    return -EBUSY;
+  }
   // Who may legitimately hold the lock. An end used by one process only
   // (no fork since the connection was made) can only be held by a thread of
   // that process: any other tid in the word was written by the peer, and
@@ -55,14 +65,24 @@ class ShmMutex {
   int Lock(const WaitOptions& opts, Holders holders = Holders::kAnyProcess);
   // Async-signal-safe. Returns 0, or -EPERM if the word did not hold our tid
   // (corrupted by the peer, or a caller bug); the lock is released anyway.
-  int Unlock();
+  int Unlock() {
+    // Release pairs with the acquire CAS in Lock/TryLock.
+    uint32_t prev = word_->exchange(0, std::memory_order_release);
+    if (__builtin_expect((prev & kWaitersBit) != 0, 0)) WakeOne();
+    return (prev & kTidMask) == SelfTid() ? 0 : -EPERM;
+  }
 
   std::atomic<uint32_t>* word() const { return word_; }
 
   // The calling thread's tid, cached per thread and refreshed after fork.
+  // Inline, from initial-exec TLS: a call through __tls_get_addr and a
+  // guard variable cost ~60 instructions, twice per read or write.
   static uint32_t SelfTid();
 
  private:
+  static uint32_t SelfTidSlow();
+  void WakeOne();
+
   std::atomic<uint32_t>* word_ = nullptr;
 };
 
@@ -81,5 +101,29 @@ class ShmMutexLock {
   ShmMutex m_;
   int rc_;
 };
+
+namespace internal {
+// The tid cache of ShmMutex::SelfTid: initial-exec (libdoorway.so is loaded
+// at start-up, LD_PRELOAD or linked in) and of external linkage, since gold
+// gets the initial-exec TLS of file-local variables wrong
+// (runtime/signals.cc "TLS and gold", //abi:tls_relocations_test). Not
+// hidden: the library's tests link it as a shared object.
+struct TidCache {
+  uint32_t generation;
+  uint32_t tid;
+};
+extern __attribute__((tls_model("initial-exec"))) constinit thread_local TidCache t_shm_tid;
+// Bumped in the child after fork, so that cached tids are refreshed.
+extern constinit std::atomic<uint32_t> g_shm_fork_generation;
+}  // namespace internal
+
+inline uint32_t ShmMutex::SelfTid() {
+  const internal::TidCache& c = internal::t_shm_tid;
+  if (__builtin_expect(
+          c.generation == internal::g_shm_fork_generation.load(std::memory_order_relaxed), 1)) {
+    return c.tid;
+  }
+  return SelfTidSlow();
+}
 
 }  // namespace doorway::transport
