@@ -21,12 +21,10 @@ extern "C" [[noreturn]] void __chk_fail(void);
 
 namespace {
 ssize_t ManagedRead(int fd, void* buf, size_t n, int flags) {
-  iovec iov{buf, n};
-  return Ret(rt::ManagedRecv(fd, &iov, 1, flags, nullptr));
+  return Ret(rt::ManagedRead(fd, buf, n, flags));
 }
 ssize_t ManagedWrite(int fd, const void* buf, size_t n, int flags) {
-  iovec iov{const_cast<void*>(buf), n};
-  return Ret(rt::ManagedSend(fd, &iov, 1, flags));
+  return Ret(rt::ManagedWrite(fd, buf, n, flags));
 }
 // TCP does not report a source address: *len becomes 0.
 ssize_t ManagedRecvfrom(int fd, void* buf, size_t n, int flags, sockaddr* addr, socklen_t* len) {

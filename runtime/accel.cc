@@ -374,7 +374,16 @@ bool PeerLeftUnread(Connection& c) {
   return c.tx.ReaderState() == transport::EndState::kOpen && !c.tx.WriteReady(c.tx.capacity());
 }
 
-ssize_t ConnRecv(Connection& c, int fd, const iovec* iov, int iovcnt, int flags) {
+// ConnRecvT<true> / ConnSendT<true> are the same code for one buffer
+// (read, recv, write, send): the compiler drops the vector paths, and the
+// whole call is inlined into ManagedRead/ManagedWrite (a 64 B message costs
+// a few hundred instructions, and each nested call's prologue was ~10%).
+#define DOORWAY_DATA_PATH inline __attribute__((always_inline))
+
+template <bool kOne>
+DOORWAY_DATA_PATH ssize_t ConnRecvT(Connection& c, int fd, const iovec* iov, int iovcnt,
+                                    int flags) {
+  if constexpr (kOne) iovcnt = 1;
   if (iovcnt < 0 || iovcnt > kMaxIov) return -EINVAL;
   if (flags & MSG_OOB) return -EINVAL;  // no urgent data ever arrives
   if (flags & MSG_ERRQUEUE) return -EAGAIN;
@@ -473,7 +482,10 @@ bool PeerClosedReading(const Connection& c) {
          c.tx.ReaderState() == transport::EndState::kClosed;
 }
 
-ssize_t ConnSend(Connection& c, int fd, const iovec* iov, int iovcnt, int flags) {
+template <bool kOne>
+DOORWAY_DATA_PATH ssize_t ConnSendT(Connection& c, int fd, const iovec* iov, int iovcnt,
+                                    int flags) {
+  if constexpr (kOne) iovcnt = 1;
   if (iovcnt < 0 || iovcnt > kMaxIov) return -EINVAL;
   if (flags & MSG_OOB) return -EOPNOTSUPP;
   if (c.shut_wr.load(std::memory_order_relaxed)) {
@@ -557,6 +569,18 @@ ssize_t ConnSend(Connection& c, int fd, const iovec* iov, int iovcnt, int flags)
   if (lrc != kReentered) lock.Unlock();
   if (counted) WaiterDone(c);
   return result < 0 ? result : static_cast<ssize_t>(sent);
+}
+
+__attribute__((noinline)) ssize_t ConnRecv(Connection& c, int fd, const iovec* iov, int iovcnt,
+                                           int flags) {
+  return iovcnt == 1 ? ConnRecvT<true>(c, fd, iov, 1, flags)
+                     : ConnRecvT<false>(c, fd, iov, iovcnt, flags);
+}
+
+__attribute__((noinline)) ssize_t ConnSend(Connection& c, int fd, const iovec* iov, int iovcnt,
+                                           int flags) {
+  return iovcnt == 1 ? ConnSendT<true>(c, fd, iov, 1, flags)
+                     : ConnSendT<false>(c, fd, iov, iovcnt, flags);
 }
 
 void ConnShutdownWrite(Connection& c, int fd, bool reset) {
@@ -1705,6 +1729,22 @@ ssize_t ManagedSend(int fd, const iovec* iov, int iovcnt, int flags) {
   m.msg_iovlen = static_cast<size_t>(iovcnt);
   ssize_t n = DOORWAY_REAL(sendmsg)(l != nullptr ? l->tcp_fd : fd, &m, flags);
   return n < 0 ? -errno : n;
+}
+
+ssize_t ManagedRead(int fd, void* buf, size_t n, int flags) {
+  iovec iov{buf, n};
+  Ref r = GlobalTable().Get(fd);
+  if (Connection* c = r.As<Connection>()) return ConnRecvT<true>(*c, fd, &iov, 1, flags);
+  r.Reset();
+  return ManagedRecv(fd, &iov, 1, flags, nullptr);
+}
+
+ssize_t ManagedWrite(int fd, const void* buf, size_t n, int flags) {
+  iovec iov{const_cast<void*>(buf), n};
+  Ref r = GlobalTable().Get(fd);
+  if (Connection* c = r.As<Connection>()) return ConnSendT<true>(*c, fd, &iov, 1, flags);
+  r.Reset();
+  return ManagedSend(fd, &iov, 1, flags);
 }
 
 int ManagedRecvmmsg(int fd, mmsghdr* msgs, unsigned n, int flags, timespec* timeout) {

@@ -221,6 +221,10 @@ int Connect(int fd, const sockaddr* addr, socklen_t len);
 int ManagedAccept(int fd, sockaddr* addr, socklen_t* len, int flags, bool accept4);
 ssize_t ManagedRecv(int fd, const iovec* iov, int iovcnt, int flags, msghdr* msg);
 ssize_t ManagedSend(int fd, const iovec* iov, int iovcnt, int flags);
+// ManagedRecv/ManagedSend of one buffer without a msghdr (read, recv,
+// write, send): the same, on a shorter path.
+ssize_t ManagedRead(int fd, void* buf, size_t n, int flags);
+ssize_t ManagedWrite(int fd, const void* buf, size_t n, int flags);
 int ManagedRecvmmsg(int fd, mmsghdr* msgs, unsigned n, int flags, timespec* timeout);
 int ManagedSendmmsg(int fd, mmsghdr* msgs, unsigned n, int flags);
 ssize_t ManagedSendfile(int out_fd, int in_fd, off_t* offset, size_t count);
