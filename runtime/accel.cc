@@ -105,11 +105,14 @@ std::int64_t NowNs() {
 // The door handshake message (client -> server, with the segment's memfd).
 struct Hello {
   static constexpr std::uint32_t kMagic = 0x4F4C4548;  // "HELO"
-  static constexpr std::uint32_t kVersion = 1;
+  static constexpr std::uint32_t kVersion = 2;         // 2: segment_offset
   std::uint32_t magic;
   std::uint32_t version;
   Endpoint client;  // the client's TCP-level address
   Endpoint server;  // the address the client connected to
+  // Where the connection's segment starts in the memfd (an arena slot,
+  // transport/segment.h "Arenas"; untrusted, validated by AttachAt).
+  std::uint64_t segment_offset;
 };
 
 long RawSend(int fd, const void* buf, size_t n, int flags) {
@@ -832,6 +835,7 @@ bool Park(Listener& l, int listen_fd, int conn, std::uint32_t events, int memfd,
       l.retry_memfd[i] = memfd;
       l.retry_client[i] = hello->client;
       l.retry_server[i] = hello->server;
+      l.retry_offset[i] = hello->segment_offset;
     }
     epoll_event ev{};
     ev.events = events;
@@ -886,7 +890,9 @@ int FinishDoor(Listener& l, int listen_fd, int conn, const ucred& cred, int memf
     // exists); failing there would leave the program a bare door socket.
     why = "out of memory";
     retry = -ENOMEM;
-  } else if (int rc = transport::Segment::Attach(memfd, &seg, IsOwnUid(cred.uid)); rc != 0) {
+  } else if (int rc = transport::Segment::AttachAt(memfd, hello.segment_offset, &seg,
+                                                   IsOwnUid(cred.uid));
+             rc != 0) {
     // mmap: ENOMEM (memory, RLIMIT_AS, vm.max_map_count), EAGAIN (locked
     // memory), ENFILE; anything else is the client's fault.
     if (rc == -ENOMEM || rc == -EAGAIN || rc == -ENFILE) {
@@ -995,6 +1001,7 @@ int AcceptPending(Listener& l, int listen_fd, sockaddr* addr, socklen_t* len, in
     if (memfd >= 0) {
       hello.client = l.retry_client[i];
       hello.server = l.retry_server[i];
+      hello.segment_offset = l.retry_offset[i];
     } else if ((memfd = ReceiveHello(conn, &hello, 0)) == -EAGAIN) {
       l.pending[i].store(conn);  // back (the slot stayed claimed)
       continue;
@@ -1257,8 +1264,8 @@ int CollectOwnFds(unsigned first, unsigned last, int* out, int max) {
   };
   // The log file (DOORWAY_LOG_FILE), when it is ours and not stderr.
   if (int lf = g_log_fd.load(std::memory_order_relaxed); lf > 2) add(lf);
-  int pooled[transport::kCreatorPoolSize + kSpareSockets];
-  int np = transport::ReusePoolFds(pooled, transport::kCreatorPoolSize);
+  int pooled[transport::kMaxReuseFds + kSpareSockets];
+  int np = transport::ReusePoolFds(pooled, transport::kMaxReuseFds);
   np += SpareSocketFds(pooled + np, kSpareSockets);
   for (int i = 0; i < np; ++i) add(pooled[i]);
   GlobalTable().ForEach([&](int, const Ref& r) {
@@ -1547,6 +1554,8 @@ int Connect(int fd, const sockaddr* addr, socklen_t len) {
     // A reused segment is still mapped by its previous peer: only for a
     // listener of our own uid (checked again once connected).
     so.reuse = IsOwnUid(doors.owner[0]) && (doors.count < 2 || IsOwnUid(doors.owner[1]));
+    so.arena = so.reuse;
+    so.arena_key = doors.id[0];
     // Huge pages (hugetlbfs) only with a server of our own uid: a peer can
     // make our accesses to them fault (Segment::Attach's hugetlb).
     if (!so.reuse && so.pages == transport::PagePolicy::kAuto) {
@@ -1563,6 +1572,7 @@ int Connect(int fd, const sockaddr* addr, socklen_t len) {
         why = "no door answered";
       } else if (!IsOwnUid(server_uid) &&
                  (obj.As<Connection>()->seg.generation() > 1 ||
+                  obj.As<Connection>()->seg.in_arena() ||
                   obj.As<Connection>()->seg.placement().pages == transport::PageKind::kHugeTlb)) {
         why = "door served by another uid";
       }
@@ -1571,12 +1581,29 @@ int Connect(int fd, const sockaddr* addr, socklen_t len) {
   if (why != nullptr) {
     DOORWAY_LOG(kDebug, "fd %d: door found but %s; using TCP", fd, why);
     if (door >= 0) DOORWAY_REAL(close)(door);
+    // No Hello went out: nobody else has the segment.
+    if (Connection* oc = obj.As<Connection>()) std::move(oc->seg).Discard();
     return kernel();
   }
   Connection& c = *obj.As<Connection>();
   c.recyclable = IsOwnUid(server_uid);
   c.local = AsDomain(local, domain);
   c.peer = AsDomain(Unmapped(dest), domain);
+  // The Hello goes at once: the server woke on the door's connect and its
+  // accept waits for the Hello (sleeping in poll if it is late, two context
+  // switches), so nothing is done between the two. Nothing of the client
+  // can see the connection before connect returns, so the server getting
+  // it before the fd is in place changes nothing a program can observe.
+  // If the server died since the door answered, the connection is still
+  // made and is reset, as a TCP connection whose server dies after the
+  // handshake.
+  Hello hello{};
+  hello.magic = Hello::kMagic;
+  hello.version = Hello::kVersion;
+  hello.client = Unmapped(local);
+  hello.server = Unmapped(dest);
+  hello.segment_offset = c.seg.offset();
+  const int hello_rc = SendHello(door, hello, c.seg.fd());
   int fd_flags = DOORWAY_REAL(fcntl)(fd, F_GETFD);
   int fl_flags = DOORWAY_REAL(fcntl)(fd, F_GETFL);
   bool nonblock = (fl_flags & O_NONBLOCK) != 0;
@@ -1604,21 +1631,11 @@ int Connect(int fd, const sockaddr* addr, socklen_t len) {
   if (!nonblock) DOORWAY_REAL(fcntl)(fd, F_SETFL, 0);  // the door socket was non-blocking
   if (nonblock) c.connect_state.store(1, std::memory_order_relaxed);
   Install(fd, std::move(obj), kTagConnection);
-  // The Hello goes last: the server's accept returns once it has it, and by
-  // then the connection is in place at fd, as a TCP client's socket is
-  // established before the server's accept returns. If the server died
-  // since the door answered, the connection exists and is reset, as a TCP
-  // connection whose server dies after the handshake.
-  Hello hello{};
-  hello.magic = Hello::kMagic;
-  hello.version = Hello::kVersion;
-  hello.client = Unmapped(local);
-  hello.server = Unmapped(dest);
-  Ref keep = GlobalTable().Get(fd);
-  if (Connection* kc = keep.As<Connection>(); kc != nullptr) {
-    if (int rc = SendHello(fd, hello, kc->seg.fd()); rc != 0) {
+  if (hello_rc != 0) {
+    Ref keep = GlobalTable().Get(fd);
+    if (Connection* kc = keep.As<Connection>(); kc != nullptr) {
       DOORWAY_LOG(kDebug, "fd %d: the server went away during the handshake (%s)", fd,
-                  strerror(-rc));
+                  strerror(-hello_rc));
       NotePeerHangup(*kc);
     }
   }

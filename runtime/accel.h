@@ -192,6 +192,7 @@ struct Listener {
   int retry_memfd[kMaxRetry];
   Endpoint retry_client[kMaxRetry];
   Endpoint retry_server[kMaxRetry];
+  std::uint64_t retry_offset[kMaxRetry] = {};  // Hello::segment_offset
 };
 
 // In a fork child: the door connections still waiting for their Hello

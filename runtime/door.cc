@@ -160,7 +160,7 @@ bool IsOwnUid(uid_t uid) { return uid == Euid(); }
 namespace {
 // Whether the door of ep exists and looks trustworthy (a socket owned by an
 // allowed uid); its path and owner go to path and *owner.
-bool LookAtDoor(const Endpoint& ep, char* path, uid_t* owner) {
+bool LookAtDoor(const Endpoint& ep, char* path, uid_t* owner, std::uint64_t* id) {
   if (DoorPath(ep, path, kDoorPathMax, false) != 0) return false;
   struct stat st;
   if (lstat(path, &st) != 0) return false;
@@ -169,6 +169,7 @@ bool LookAtDoor(const Endpoint& ep, char* path, uid_t* owner) {
     return false;
   }
   *owner = st.st_uid;
+  *id = static_cast<std::uint64_t>(st.st_ino) ^ (static_cast<std::uint64_t>(st.st_dev) << 40);
   return true;
 }
 }  // namespace
@@ -192,7 +193,10 @@ int FindDoors(const Endpoint& in, DoorCandidates* out) {
       out->later_ep = candidates[i];
       break;
     }
-    if (LookAtDoor(candidates[i], out->path[out->count], &out->owner[out->count])) ++out->count;
+    if (LookAtDoor(candidates[i], out->path[out->count], &out->owner[out->count],
+                   &out->id[out->count])) {
+      ++out->count;
+    }
   }
   return out->count;
 }
@@ -201,8 +205,8 @@ int EnterDoor(DoorCandidates& doors, uid_t* peer_uid) {
   for (int i = 0; i < doors.count || doors.later; ++i) {
     if (i == doors.count) {
       doors.later = false;
-      if (doors.count == 2 ||
-          !LookAtDoor(doors.later_ep, doors.path[doors.count], &doors.owner[doors.count])) {
+      if (doors.count == 2 || !LookAtDoor(doors.later_ep, doors.path[doors.count],
+                                          &doors.owner[doors.count], &doors.id[doors.count])) {
         break;
       }
       ++doors.count;

@@ -48,6 +48,9 @@ int OpenDoor(const Endpoint& ep, char* path, std::size_t size);
 struct DoorCandidates {
   char path[2][kDoorPathMax];
   uid_t owner[2];  // the door file's owner
+  // The door file's identity (st_dev, st_ino mixed): names the listener for
+  // the segment arenas (a client's connections to one listener share them).
+  std::uint64_t id[2];
   int count = 0;
   // The wildcard door is looked at (one lstat, ~2 µs) only if the
   // address's own door is missing, or by EnterDoor if that one fails.

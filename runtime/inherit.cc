@@ -29,8 +29,8 @@ using fdtable::Ref;
 constexpr char kVar[] = "DOORWAY_INHERIT=";
 constexpr int kMaxInherited = 64;
 
-// One connection, as text: fd,memfd,role,shared,<local hex>,<peer hex>;
-constexpr size_t kEntryMax = 16 + 16 + 4 + 4 + 2 * 2 * sizeof(Endpoint) + 8;
+// One connection, as text: fd,memfd,offset,role,shared,<local hex>,<peer hex>;
+constexpr size_t kEntryMax = 16 + 16 + 21 + 4 + 4 + 2 * 2 * sizeof(Endpoint) + 8;
 
 void Hex(const void* p, size_t n, char* out) {
   static constexpr char kDigits[] = "0123456789abcdef";
@@ -107,7 +107,9 @@ ExecEnv::ExecEnv(char* const* envp, const ExecTarget* target) : envp_(envp) {
     return;
   }
   struct Entry {
-    int fd, memfd, role, shared;
+    int fd, memfd;
+    unsigned long long offset;  // of the segment in memfd (an arena slot)
+    int role, shared;
     Endpoint local, peer;
   } entries[kMaxInherited];
   int n = 0;
@@ -122,6 +124,7 @@ ExecEnv::ExecEnv(char* const* envp, const ExecTarget* target) : envp_(envp) {
     copies_[ncopies_++] = copy;
     entries[n++] = Entry{fd,
                          copy,
+                         c->seg.offset(),
                          static_cast<int>(c->role),
                          c->shared.load(std::memory_order_relaxed) ? 1 : 0,
                          c->local,
@@ -153,8 +156,9 @@ ExecEnv::ExecEnv(char* const* envp, const ExecTarget* target) : envp_(envp) {
     char local[2 * sizeof(Endpoint) + 1], peer[2 * sizeof(Endpoint) + 1];
     Hex(&entries[i].local, sizeof(Endpoint), local);
     Hex(&entries[i].peer, sizeof(Endpoint), peer);
-    p += snprintf(p, bytes - static_cast<size_t>(p - text), "%d,%d,%d,%d,%s,%s;", entries[i].fd,
-                  entries[i].memfd, entries[i].role, entries[i].shared, local, peer);
+    p += snprintf(p, bytes - static_cast<size_t>(p - text), "%d,%d,%llu,%d,%d,%s,%s;",
+                  entries[i].fd, entries[i].memfd, entries[i].offset, entries[i].role,
+                  entries[i].shared, local, peer);
   }
   out[k++] = text;
   out[k] = nullptr;
@@ -177,9 +181,10 @@ int AdoptInheritedConnections() {
   const char* p = v;
   while (*p != '\0') {
     int fd = -1, memfd = -1, role = -1, shared = 0, used = 0;
+    unsigned long long offset = 0;
     char local[2 * sizeof(Endpoint) + 1] = {}, peer[2 * sizeof(Endpoint) + 1] = {};
-    if (sscanf(p, "%d,%d,%d,%d,%48[0-9a-f],%48[0-9a-f];%n", &fd, &memfd, &role, &shared, local,
-               peer, &used) < 6 ||
+    if (sscanf(p, "%d,%d,%llu,%d,%d,%48[0-9a-f],%48[0-9a-f];%n", &fd, &memfd, &offset, &role,
+               &shared, local, peer, &used) < 7 ||
         used == 0) {
       RawLog(LogLevel::kWarn, "DOORWAY_INHERIT is malformed; inherited connections not adopted");
       break;
@@ -190,7 +195,7 @@ int AdoptInheritedConnections() {
     transport::Segment seg;
     bool ok = (role == 0 || role == 1) && Unhex(local, sizeof(Endpoint), &l) &&
               Unhex(peer, sizeof(Endpoint), &r) && fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode) &&
-              transport::Segment::Attach(memfd, &seg) == 0;
+              transport::Segment::AttachAt(memfd, offset, &seg) == 0;
     Ref obj = ok ? fdtable::Make<Connection>() : Ref();
     if (!obj) {
       if (memfd >= 0 && !seg.valid()) DOORWAY_REAL(close)(memfd);

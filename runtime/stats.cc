@@ -499,6 +499,7 @@ void StatsOpen(Connection& c) {
   }
   s->socket_ino = 0;
   s->segment_generation = c.seg.generation();
+  s->segment_offset_pages = static_cast<std::uint32_t>(c.seg.offset() / 4096);
   s->capacity[0] = c.seg.layout().ring_capacity[0];
   s->capacity[1] = c.seg.layout().ring_capacity[1];
   s->opened_ns = MonotonicNs();

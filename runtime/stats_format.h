@@ -115,7 +115,9 @@ struct alignas(64) Slot {
   // transport::Segment::generation(): a reused segment (same memfd) serves
   // one connection after another; with dev and ino this names the connection.
   std::uint32_t segment_generation;
-  std::uint32_t pad1;
+  // Where the segment starts in its memfd, in 4 KiB pages (an arena slot,
+  // transport/segment.h "Arenas"); with dev and ino it names the segment.
+  std::uint32_t segment_offset_pages;
   // Written on the data path by this process (transport::Ring).
   alignas(64) transport::RingStats tx;
   alignas(64) transport::RingStats rx;

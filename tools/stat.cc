@@ -257,6 +257,7 @@ struct SlotCopy {
   std::int16_t numa_node[2] = {-1, -1};
   std::uint64_t segment_dev = 0, segment_ino = 0, socket_ino = 0, page_size = 0;
   std::uint32_t segment_generation = 0;
+  std::uint32_t segment_offset_pages = 0;
   std::uint64_t capacity[2] = {0, 0};
   std::int64_t opened_ns = 0;
   stats::Address local{}, peer{};
@@ -273,7 +274,8 @@ struct End {
 struct Conn {
   std::uint64_t dev = 0, ino = 0;
   std::uint32_t generation = 0;
-  std::vector<End> ends;  // client ends first
+  std::uint32_t offset_pages = 0;  // of the segment in its memfd (an arena slot)
+  std::vector<End> ends;           // client ends first
   bool have_rings = false;
   transport::RingSnapshot rings[2];
   // --watch: bytes per second each way since the previous refresh; < 0:
@@ -281,8 +283,9 @@ struct Conn {
   double rate[2] = {-1, -1};
 };
 
-// A connection: its segment (st_dev, st_ino) and the segment's generation.
-using ConnKey = std::tuple<std::uint64_t, std::uint64_t, std::uint32_t>;
+// A connection: its segment (st_dev, st_ino, offset in pages) and the
+// segment's generation.
+using ConnKey = std::tuple<std::uint64_t, std::uint64_t, std::uint32_t, std::uint32_t>;
 
 struct Proc {
   long pid = 0;
@@ -397,6 +400,7 @@ bool CopySlot(const Slot& s, SlotCopy* out) {
   out->segment_dev = s.segment_dev;
   out->segment_ino = s.segment_ino;
   out->segment_generation = s.segment_generation;
+  out->segment_offset_pages = s.segment_offset_pages;
   out->socket_ino = s.socket_ino;
   out->page_size = s.page_size;
   out->capacity[0] = s.capacity[0];
@@ -430,10 +434,13 @@ bool ReadRings(Conn& c) {
     if (base == MAP_FAILED) continue;
     // The segment may serve another connection by now (reuse): read it
     // only if its generation is the connection's, before and after.
-    std::uint64_t size = static_cast<std::uint64_t>(st.st_size);
-    ok = transport::SegmentGeneration(base, size) == c.generation &&
-         transport::SnapshotSegment(base, size, c.rings) == 0 &&
-         transport::SegmentGeneration(base, size) == c.generation;
+    const void* seg = nullptr;
+    std::uint64_t size = 0;
+    ok = transport::SegmentAt(base, static_cast<std::uint64_t>(st.st_size),
+                              std::uint64_t{c.offset_pages} * 4096, &seg, &size) &&
+         transport::SegmentGeneration(seg, size) == c.generation &&
+         transport::SnapshotSegment(seg, size, c.rings) == 0 &&
+         transport::SegmentGeneration(seg, size) == c.generation;
     munmap(base, static_cast<size_t>(st.st_size));
     if (ok) {
       c.have_rings = true;
@@ -536,12 +543,14 @@ void ReadProcessFile(const std::string& dir, int dfd, const char* name, const Op
     p.sent_msgs += e.slot.tx.ops;
     p.received_bytes += e.slot.rx.bytes;
     p.received_msgs += e.slot.rx.ops;
-    ConnKey key{e.slot.segment_dev, e.slot.segment_ino, e.slot.segment_generation};
-    if (e.slot.segment_ino == 0) key = {~0ull, (*anon)++, 0};
+    ConnKey key{e.slot.segment_dev, e.slot.segment_ino, e.slot.segment_offset_pages,
+                e.slot.segment_generation};
+    if (e.slot.segment_ino == 0) key = {~0ull, (*anon)++, 0, 0};
     Conn& c = (*conns)[key];
     c.dev = std::get<0>(key);
     c.ino = std::get<1>(key);
-    c.generation = std::get<2>(key);
+    c.offset_pages = std::get<2>(key);
+    c.generation = std::get<3>(key);
     c.ends.push_back(std::move(e));
   }
   munmap(base, stats::kFileSize);
@@ -869,9 +878,9 @@ void ComputeRates(const Snapshot& prev, Snapshot* cur) {
   double secs = static_cast<double>(cur->taken_ns - prev.taken_ns) / 1e9;
   if (secs <= 0) return;
   std::map<ConnKey, const Conn*> before;
-  for (const Conn& c : prev.conns) before[ConnKey{c.dev, c.ino, c.generation}] = &c;
+  for (const Conn& c : prev.conns) before[ConnKey{c.dev, c.ino, c.offset_pages, c.generation}] = &c;
   for (Conn& c : cur->conns) {
-    auto it = before.find(ConnKey{c.dev, c.ino, c.generation});
+    auto it = before.find(ConnKey{c.dev, c.ino, c.offset_pages, c.generation});
     if (it == before.end()) continue;
     for (int r = 0; r < 2; ++r) {
       std::uint64_t now = Direction(c, r).bytes, then = Direction(*it->second, r).bytes;

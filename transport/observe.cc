@@ -1,5 +1,8 @@
 #include "transport/observe.h"
 
+#include <cstddef>
+#include <cstring>
+
 #include "transport/internal/layout.h"
 
 namespace doorway::transport {
@@ -19,6 +22,20 @@ EndState StateOf(uint32_t v) {
 }
 
 }  // namespace
+
+bool SegmentAt(const void* base, uint64_t size, uint64_t offset, const void** slot,
+               uint64_t* slot_size) {
+  if (offset % 4096 != 0 || offset >= size || size - offset < sizeof(internal::SegmentPrefix)) {
+    return false;
+  }
+  const auto* p = static_cast<const std::byte*>(base) + offset;
+  uint64_t n = 0;
+  std::memcpy(&n, p + offsetof(internal::SegmentHeader, segment_size), sizeof n);
+  if (n > size - offset) return false;
+  *slot = p;
+  *slot_size = n;
+  return true;
+}
 
 uint32_t SegmentGeneration(const void* base, uint64_t size) {
   SegmentLayout layout;

@@ -10,11 +10,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <new>
 #include <utility>
 
 #include "transport/internal/check.h"
@@ -432,8 +434,265 @@ bool TakeFromPool(ReusePool& pool, Match match, PoolEntry* out) {
 
 }  // namespace
 
+// ------------------------------------------------------------------ arenas
+
+// An arena's mapping (segment.h "Arenas"), in the creator (its memfd and
+// slots) or in a receiver (a peer's arena, mapped once for all its slots).
+// refs counts the live Segments on it plus one for the table that lists
+// it; the last Unref unmaps it.
+struct SharedMap {
+  std::atomic<int32_t> refs{1};
+  int fd = -1;  // creator only: the receiver's Segments keep the fds they got
+  std::byte* base = nullptr;
+  uint64_t size = 0;
+  uint64_t dev = 0, ino = 0;
+  Placement placement;
+  uint64_t stamp = 0;  // receiver: for eviction, smaller is older
+  // Creator only.
+  uint64_t key = 0;  // SegmentOptions::arena_key
+  PagePolicy policy = PagePolicy::kAuto;
+  SegmentLayout layout;  // of one slot
+  uint32_t slots = 0;
+  // Per slot: generation << 8 | state, in one word so that taking a slot
+  // (compare-exchange) cannot succeed on a generation that changed since it
+  // was checked for release. Generation 0: never used.
+  std::atomic<uint64_t> slot[kArenaSlots] = {};
+  // Where the next search for a free slot starts: slots come back in about
+  // the order they went out, so this finds one at once.
+  std::atomic<uint32_t> cursor{0};
+};
+
+namespace {
+
+constexpr uint64_t kSlotFree = 0;  // recycled by its creator (or never used)
+constexpr uint64_t kSlotHeld = 1;
+constexpr uint64_t kSlotRetired = 2;  // never reused (not recycled)
+
+void Unref(SharedMap* m) {
+  // acq_rel: every use of the mapping by other holders happens before the
+  // last one unmaps it.
+  if (m->refs.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+  munmap(m->base, m->size);
+  if (m->fd >= 0) close(m->fd);
+  delete m;
+}
+
+// The creator's arenas: only ever added (up to kMaxArenas) while the
+// process lives; g_arena_grow is held (try-lock) by the one adding.
+std::atomic<SharedMap*> g_arenas[kMaxArenas];
+std::atomic_flag g_arena_grow = ATOMIC_FLAG_INIT;
+
+// The receiver's mapped arenas, looked up by (dev, ino) under a try-lock
+// (Attach may run in a signal handler that interrupted a holder: then it
+// maps the arena for itself).
+constexpr int kRemoteArenas = 2 * kMaxArenas;
+struct RemoteTable {
+  std::atomic_flag busy = ATOMIC_FLAG_INIT;
+  SharedMap* entry[kRemoteArenas] = {};
+  uint64_t clock = 0;
+  bool TryLock() { return !busy.test_and_set(std::memory_order_acquire); }
+  void Unlock() { busy.clear(std::memory_order_release); }
+};
+RemoteTable g_remote;
+
+// A forked child allocates nothing from its parent's arenas and forgets the
+// peers' arenas it had mapped; the segments of connections it inherited
+// keep their mappings until they go.
+void DropArenasInChild() {
+  for (std::atomic<SharedMap*>& a : g_arenas) {
+    if (SharedMap* m = a.exchange(nullptr, std::memory_order_relaxed)) Unref(m);
+  }
+  g_arena_grow.clear(std::memory_order_relaxed);
+  for (SharedMap*& m : g_remote.entry) {
+    if (m != nullptr) Unref(std::exchange(m, nullptr));
+  }
+  g_remote.busy.clear(std::memory_order_relaxed);
+}
+
+[[maybe_unused]] const int g_arena_atfork = pthread_atfork(nullptr, nullptr, DropArenasInChild);
+
+// Whether a segment's rings carried more than kReuseMaxBytes (its data
+// pages are then worth freeing, or not worth keeping).
+bool Heavy(void* base) {
+  for (const RingControl& rc : static_cast<SegmentPrefix*>(base)->ring) {
+    // Free-running byte counters: a hint (a lying peer only costs itself).
+    if (rc.prod.index.load(std::memory_order_relaxed) > kReuseMaxBytes) return true;
+  }
+  return false;
+}
+
+// An arena slot's side is done with its connection: the second side to be
+// done frees the slot's data pages if it carried much, before the release
+// that lets the creator reuse the slot.
+void FinishSlotEnd(void* base, const SegmentLayout& layout) {
+  const bool heavy = Heavy(base);
+  uint32_t before =
+      std::atomic_ref<uint32_t>(HeaderOf(base)->ends_done).fetch_add(1, std::memory_order_acq_rel);
+  if (before != 1 || !heavy) return;
+  for (uint32_t i = 0; i < kRingCount; ++i) {
+    madvise(static_cast<std::byte*>(base) + layout.ring_data_offset[i], layout.ring_capacity[i],
+            MADV_REMOVE);
+  }
+}
+
+// Validates the segment at `offset` of a mapped file of `size` bytes from an
+// untrusted peer; its size comes from its header.
+int ValidateSlot(const std::byte* base, uint64_t size, uint64_t offset, SegmentLayout* out) {
+  if (offset % kSmallPage != 0 || offset >= size || size - offset < sizeof(SegmentPrefix)) {
+    return -EINVAL;
+  }
+  uint64_t slot_size = 0;
+  std::memcpy(&slot_size, base + offset + offsetof(SegmentHeader, segment_size), sizeof slot_size);
+  if (slot_size % kSmallPage != 0 || slot_size > size - offset) return -EINVAL;
+  return ValidateSegmentHeader(base + offset, slot_size, out);
+}
+
+// A new arena for segments of `layout`, published in a free entry of
+// g_arenas, or null.
+SharedMap* GrowArenas(const SegmentLayout& layout, const SegmentOptions& opts, bool thp) {
+  const PagePolicy policy = opts.pages;
+  const uint64_t slots = std::min<uint64_t>(kArenaSlots, kArenaMaxBytes / layout.segment_size);
+  if (slots < 4 || g_arena_grow.test_and_set(std::memory_order_acquire)) return nullptr;
+  SharedMap* made = nullptr;
+  for (std::atomic<SharedMap*>& a : g_arenas) {
+    if (a.load(std::memory_order_relaxed) != nullptr) continue;
+    int fd = -1;
+    void* base = nullptr;
+    const uint64_t size = slots * layout.segment_size;
+    if (CreateSegmentMemfd(size, false, &fd) != 0) break;
+    if (SealSegmentFd(fd) != 0 || MapSegmentFd(fd, size, &base) != 0) {
+      close(fd);
+      break;
+    }
+    auto* m = new (std::nothrow) SharedMap;
+    struct stat st;
+    if (m == nullptr || fstat(fd, &st) != 0) {
+      delete m;
+      munmap(base, size);
+      close(fd);
+      break;
+    }
+    m->fd = fd;
+    m->base = static_cast<std::byte*>(base);
+    m->size = size;
+    m->dev = static_cast<uint64_t>(st.st_dev);
+    m->ino = static_cast<uint64_t>(st.st_ino);
+    m->key = opts.arena_key;
+    m->policy = policy;
+    m->layout = layout;
+    m->slots = static_cast<uint32_t>(slots);
+    if (policy != PagePolicy::kSmall && thp && madvise(base, size, MADV_HUGEPAGE) == 0) {
+      m->placement.pages = PageKind::kTransparentHuge;
+    }
+    m->placement.numa_available = NumaAvailable();
+    // release: the fields above are visible to whoever loads the entry.
+    a.store(m, std::memory_order_release);
+    made = m;
+    break;
+  }
+  g_arena_grow.clear(std::memory_order_release);
+  return made;
+}
+
+// Takes a free, released slot of arena m for a new connection, or false.
+bool TakeSlot(SharedMap* m, uint32_t* slot_out, uint32_t* generation_out) {
+  const uint32_t start = m->cursor.load(std::memory_order_relaxed);
+  for (uint32_t k = 0; k < m->slots; ++k) {
+    const uint32_t i = (start + k) % m->slots;
+    uint64_t w = m->slot[i].load(std::memory_order_relaxed);
+    if ((w & 0xff) != kSlotFree) continue;
+    const auto gen = static_cast<uint32_t>(w >> 8);
+    std::byte* base = m->base + uint64_t{i} * m->layout.segment_size;
+    // acquire: pairs with the receiver's release in Recycle (as for the pool).
+    if (gen != 0 &&
+        std::atomic_ref<uint32_t>(HeaderOf(base)->released).load(std::memory_order_acquire) !=
+            gen) {
+      continue;
+    }
+    uint32_t next = gen + 1 == 0 || gen + 1 > (UINT32_MAX >> 8) ? 1 : gen + 1;
+    // acquire: pairs with the release that freed the slot (the previous
+    // holder's accesses, its page freeing, happen before ours).
+    if (!m->slot[i].compare_exchange_strong(w, uint64_t{next} << 8 | kSlotHeld,
+                                            std::memory_order_acquire)) {
+      continue;
+    }
+    m->cursor.store((i + 1) % m->slots, std::memory_order_relaxed);
+    *slot_out = i;
+    *generation_out = next;
+    return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+// The arena that last had a free slot: the search starts there.
+namespace {
+std::atomic<int> g_arena_hint{0};
+}  // namespace
+
+int Segment::CreateInArena(const SegmentOptions& opts, const SegmentLayout& layout, bool thp,
+                           Segment* out) {
+  for (int pass = 0; pass < 2; ++pass) {
+    const int first = g_arena_hint.load(std::memory_order_relaxed);
+    for (int k = 0; k < kMaxArenas; ++k) {
+      const int ai = (first + k) % kMaxArenas;
+      SharedMap* m = g_arenas[ai].load(std::memory_order_acquire);
+      if (m == nullptr || m->key != opts.arena_key || m->policy != opts.pages ||
+          m->layout.ring_capacity[0] != layout.ring_capacity[0] ||
+          m->layout.ring_capacity[1] != layout.ring_capacity[1]) {
+        continue;
+      }
+      uint32_t slot = 0, gen = 0;
+      if (!TakeSlot(m, &slot, &gen)) continue;
+      g_arena_hint.store(ai, std::memory_order_relaxed);
+      m->refs.fetch_add(1, std::memory_order_relaxed);
+      const uint64_t offset = uint64_t{slot} * layout.segment_size;
+      InitializeSegment(m->base + offset, layout, m->placement.pages, gen);
+      Assemble(m->fd, m->base + offset, layout.segment_size, layout, m->placement, gen, out);
+      out->policy_ = opts.pages;
+      out->dev_ = m->dev;
+      out->ino_ = m->ino;
+      out->map_ = m;
+      out->slot_ = slot;
+      out->offset_ = offset;
+      return 0;
+    }
+    if (pass == 0 && GrowArenas(layout, opts, thp) == nullptr) break;
+  }
+  return -ENOSPC;
+}
+
+void Segment::Discard() && {
+  if (map_ != nullptr) {
+    // Never sent: no receiver will release it; it is free at once.
+    std::atomic_ref<uint32_t>(HeaderOf(base_)->released)
+        .store(generation_, std::memory_order_relaxed);
+    map_->slot[slot_].store(uint64_t{generation_} << 8 | kSlotFree, std::memory_order_release);
+    Unref(std::exchange(map_, nullptr));
+    fd_ = -1;
+    base_ = nullptr;
+  }
+  *this = Segment();
+}
+
 void Segment::Recycle(Role self) && {
   if (!valid()) return;
+  if (map_ != nullptr) {
+    FinishSlotEnd(base_, layout_);
+    if (self == Role::kServer) {
+      // release: as below; also orders FinishSlotEnd's page freeing first.
+      std::atomic_ref<uint32_t>(HeaderOf(base_)->released)
+          .store(generation_, std::memory_order_release);
+      close(fd_);
+    } else {
+      map_->slot[slot_].store(uint64_t{generation_} << 8 | kSlotFree, std::memory_order_release);
+    }
+    Unref(std::exchange(map_, nullptr));
+    fd_ = -1;
+    base_ = nullptr;
+    return;
+  }
   auto* prefix = static_cast<SegmentPrefix*>(base_);
   bool light = true;
   for (const RingControl& rc : prefix->ring) {
@@ -474,12 +733,25 @@ int ReusePoolFds(int* out, int max) {
       if (fd >= 0 && n < max) out[n++] = fd;
     }
   }
+  for (std::atomic<SharedMap*>& a : g_arenas) {
+    SharedMap* m = a.load(std::memory_order_acquire);
+    if (m != nullptr && n < max) out[n++] = m->fd;
+  }
   return n;
 }
 
 // ------------------------------------------------------------------ Segment
 
 Segment::~Segment() {
+  if (map_ != nullptr) {
+    // Not recycled (shared by fork, or given up): never handed out again.
+    if (fd_ >= 0 && fd_ != map_->fd) close(fd_);  // a receiver's own fd
+    if (fd_ == map_->fd) {
+      map_->slot[slot_].store(uint64_t{generation_} << 8 | kSlotRetired, std::memory_order_release);
+    }
+    Unref(map_);
+    return;
+  }
   if (base_ != nullptr) munmap(base_, size_);
   if (fd_ >= 0) close(fd_);
 }
@@ -493,7 +765,10 @@ Segment::Segment(Segment&& o) noexcept
       generation_(o.generation_),
       policy_(o.policy_),
       dev_(o.dev_),
-      ino_(o.ino_) {}
+      ino_(o.ino_),
+      map_(std::exchange(o.map_, nullptr)),
+      slot_(o.slot_),
+      offset_(std::exchange(o.offset_, 0)) {}
 
 Segment& Segment::operator=(Segment&& o) noexcept {
   if (this != &o) {
@@ -535,6 +810,15 @@ int TryCreate(const SegmentOptions& opts, bool hugetlb, uint64_t huge_page, int*
 }  // namespace
 
 int Segment::Create(const SegmentOptions& opts, Segment* out) {
+  if (opts.reuse && opts.arena && opts.pages != PagePolicy::kHugeTlb) {
+    // Not where hugetlb pages may be had: those segments stay single.
+    PageSupport sup = RecentPageSupport(false);
+    SegmentLayout l;
+    if ((opts.pages != PagePolicy::kAuto || sup.hugetlb_available_pages == 0) &&
+        LayoutFor(opts, false, 0, &l) == 0 && CreateInArena(opts, l, sup.shmem_thp, out) == 0) {
+      return 0;
+    }
+  }
   PoolEntry reused;
   if (opts.reuse && TakeFromPool(
                         g_pool[static_cast<int>(Role::kClient)],
@@ -607,7 +891,7 @@ int Segment::Create(const SegmentOptions& opts, Segment* out) {
   return 0;
 }
 
-int Segment::Attach(int fd, Segment* out, bool hugetlb) {
+int Segment::AttachAt(int fd, uint64_t offset, Segment* out, bool hugetlb) {
   struct stat st;
   if (fstat(fd, &st) != 0) return -errno;
   auto dev = static_cast<uint64_t>(st.st_dev);
@@ -616,7 +900,8 @@ int Segment::Attach(int fd, Segment* out, bool hugetlb) {
   // A memfd we mapped before and still have mapped (so its inode cannot
   // have been reused): it passed CheckSegmentFd then, and its seals and size
   // cannot have changed since (F_SEAL_SEAL, F_SEAL_GROW, F_SEAL_SHRINK).
-  if (TakeFromPool(
+  if (offset == 0 &&
+      TakeFromPool(
           g_pool[static_cast<int>(Role::kServer)],
           [&](const PoolEntry& e) { return e.dev == dev && e.ino == ino; }, &cached)) {
     if (!hugetlb && cached.placement.pages == PageKind::kHugeTlb) {
@@ -634,15 +919,44 @@ int Segment::Attach(int fd, Segment* out, bool hugetlb) {
     out->ino_ = ino;
     return 0;
   }
+  // An arena we have mapped (the same reasoning).
+  SharedMap* m = nullptr;
+  bool table_locked = g_remote.TryLock();
+  if (table_locked) {
+    for (SharedMap* e : g_remote.entry) {
+      if (e != nullptr && e->dev == dev && e->ino == ino) {
+        m = e;
+        m->refs.fetch_add(1, std::memory_order_relaxed);
+        m->stamp = ++g_remote.clock;
+        break;
+      }
+    }
+    g_remote.Unlock();
+  }
+  if (m != nullptr) {
+    SegmentLayout layout;
+    int rc = ValidateSlot(m->base, m->size, offset, &layout);
+    if (rc != 0) {
+      Unref(m);
+      return rc;
+    }
+    Assemble(fd, m->base + offset, layout.segment_size, layout, m->placement, 0, out);
+    out->dev_ = dev;
+    out->ino_ = ino;
+    out->map_ = m;
+    out->offset_ = offset;
+    return 0;
+  }
   uint64_t size = 0, block = 0;
   int rc = CheckSegmentFd(fd, &size, &block);
   if (rc != 0) return rc;
   if (!hugetlb && block > kSmallPage) return -EPERM;
+  if (offset % block != 0) return -EINVAL;
   void* base = nullptr;
   rc = MapSegmentFd(fd, size, &base);
   if (rc != 0) return rc;
   SegmentLayout layout;
-  rc = ValidateSegmentHeader(base, size, &layout);
+  rc = ValidateSlot(static_cast<std::byte*>(base), size, offset, &layout);
   if (rc != 0) {
     munmap(base, size);
     return rc;
@@ -655,9 +969,54 @@ int Segment::Attach(int fd, Segment* out, bool hugetlb) {
     pl.pages = PageKind::kTransparentHuge;
   }
   pl.numa_available = NumaAvailable();
-  Assemble(fd, base, size, layout, pl, 0, out);
+  if (offset == 0 && layout.segment_size == size) {
+    Assemble(fd, base, size, layout, pl, 0, out);
+    out->dev_ = dev;
+    out->ino_ = ino;
+    return 0;
+  }
+  // An arena: the mapping is shared by its slots, and kept for the next
+  // ones (in the table, evicting the oldest entry no segment uses).
+  m = new (std::nothrow) SharedMap;
+  if (m == nullptr) {
+    munmap(base, size);
+    return -ENOMEM;
+  }
+  m->base = static_cast<std::byte*>(base);
+  m->size = size;
+  m->dev = dev;
+  m->ino = ino;
+  m->placement = pl;
+  m->refs.store(1, std::memory_order_relaxed);  // this segment's
+  SharedMap* evicted = nullptr;
+  if (table_locked && g_remote.TryLock()) {
+    int free_at = -1;
+    for (int i = 0; i < kRemoteArenas; ++i) {
+      SharedMap* e = g_remote.entry[i];
+      if (e == nullptr) {
+        free_at = i;
+        break;
+      }
+      // refs 1: only the table holds it, and only this (locked) code adds.
+      if (e->refs.load(std::memory_order_acquire) == 1 &&
+          (free_at < 0 || e->stamp < g_remote.entry[free_at]->stamp)) {
+        free_at = i;
+      }
+    }
+    if (free_at >= 0) {
+      evicted = g_remote.entry[free_at];
+      m->refs.fetch_add(1, std::memory_order_relaxed);  // the table's
+      m->stamp = ++g_remote.clock;
+      g_remote.entry[free_at] = m;
+    }
+    g_remote.Unlock();
+  }
+  if (evicted != nullptr) Unref(evicted);
+  Assemble(fd, m->base + offset, layout.segment_size, layout, pl, 0, out);
   out->dev_ = dev;
   out->ino_ = ino;
+  out->map_ = m;
+  out->offset_ = offset;
   return 0;
 }
 

@@ -89,6 +89,12 @@ struct SegmentOptions {
   // this process's memory anyway (same uid): the previous peer still has the
   // segment mapped.
   bool reuse = false;
+  // With reuse: Create may carve the segment out of an arena shared with
+  // other connections of this process (see "Arenas" below) made with the
+  // same arena_key (the runtime: the listener's door), so that a peer only
+  // ever maps the segments of connections to itself.
+  bool arena = false;
+  uint64_t arena_key = 0;
 };
 
 // Validated geometry, copied out of the header once (never re-read).
@@ -164,6 +170,36 @@ inline constexpr int kCreatorPoolSize = 8;
 inline constexpr int kReceiverPoolSize = 32;
 inline constexpr uint64_t kReuseMaxBytes = 64 << 10;
 
+// Arenas. The pool above only helps while the receiver keeps up: a client
+// that connects faster than its server accepts (a server preempted on a
+// loaded machine is hundreds behind) finds every pooled segment still
+// unreleased, and then both sides pay the whole cost again per connection
+// (measured: 73% of connects created a memfd, the rate fell 2.5x), which
+// slows the server further. So a creator with opts.arena carves segments
+// out of arenas: one sealed memfd holding up to kArenaSlots segments of one
+// geometry and key (one listener), at page-aligned offsets, mapped once by
+// each side (the
+// receiver keeps a few arenas mapped, refcounted by their live segments).
+// A slot is handed out again once this process recycled it and the
+// receiver released it (as above); a slot of a connection that was not
+// recycled (shared by fork, or the receiver never released it) is never
+// reused. A slot whose rings carried more than kReuseMaxBytes has its data
+// pages freed (MADV_REMOVE) by whichever side finishes second, so idle
+// arenas hold only their headers. A forked child allocates no slot from
+// arenas it inherited. Without a free slot or room for another arena,
+// Create falls back to the pool and to a segment of its own.
+// A server preempted on a loaded machine was measured thousands of
+// connections behind (its door's backlog is SOMAXCONN): up to 4 096 slots
+// of the default geometry (2 MiB, 1 MiB rings), 8 GiB of address space but
+// only a header page each in memory.
+inline constexpr uint32_t kArenaSlots = 128;
+inline constexpr int kMaxArenas = 32;
+inline constexpr uint64_t kArenaMaxBytes = uint64_t{256} << 20;  // of address space per arena
+// The fds ReusePoolFds may list.
+inline constexpr int kMaxReuseFds = kCreatorPoolSize + kMaxArenas;
+
+struct SharedMap;  // an arena mapping (segment.cc)
+
 class Segment {
  public:
   Segment() = default;
@@ -183,10 +219,21 @@ class Segment {
   // and take every free huge page: our next access then faults with SIGBUS
   // (reliability.md). So only a peer that could kill us anyway (same uid)
   // may hand us one.
-  static int Attach(int fd, Segment* out, bool hugetlb = true);
+  static int Attach(int fd, Segment* out, bool hugetlb = true) {
+    return AttachAt(fd, 0, out, hugetlb);
+  }
+  // The same for the segment at `offset` in fd's file (an arena slot:
+  // offset() of the creator's Segment). Takes ownership of fd on success.
+  static int AttachAt(int fd, uint64_t offset, Segment* out, bool hugetlb = true);
 
   bool valid() const { return base_ != nullptr; }
+  // The memfd (for an arena slot, the arena's: shared with other
+  // connections, owned by the arena in the creator).
   int fd() const { return fd_; }
+  // Where this segment starts in fd's file (0 unless an arena slot).
+  uint64_t offset() const { return offset_; }
+  // Whether the memfd holds other connections' segments too (an arena).
+  bool in_arena() const { return map_ != nullptr; }
   void* base() const { return base_; }
   const SegmentLayout& layout() const { return layout_; }
   const Placement& placement() const { return placement_; }
@@ -212,6 +259,10 @@ class Segment {
   // connection and no other process holds it through this process (fork,
   // exec): the receiver's release is a promise for all of them.
   void Recycle(Role self) &&;
+  // A creator's segment that was never handed to a receiver (the door did
+  // not answer): an arena slot is free again at once; anything else is
+  // destroyed.
+  void Discard() &&;
 
   // The peer is gone (its door socket hung up): its writer becomes closed
   // (EOF after our Reads drain the data) and its reader too (our Writes get
@@ -227,14 +278,20 @@ class Segment {
   uint32_t generation_ = 0;                // the header's generation when created/attached
   PagePolicy policy_ = PagePolicy::kAuto;  // creator: the policy it was made with
   uint64_t dev_ = 0, ino_ = 0;             // the memfd's identity (0: unknown)
+  SharedMap* map_ = nullptr;               // the arena this is a slot of (else null)
+  uint32_t slot_ = 0;
+  uint64_t offset_ = 0;
 
+  // A slot of an arena (segment.h "Arenas"), or -ENOSPC.
+  static int CreateInArena(const SegmentOptions& opts, const SegmentLayout& layout, bool thp,
+                           Segment* out);
   // What Create and Attach built, into *out (replacing what it held).
   static void Assemble(int fd, void* base, uint64_t size, const SegmentLayout& layout,
                        const Placement& placement, uint32_t generation, Segment* out);
 };
 
-// The fds held by the creator's reuse pool (so that close_range and
-// closefrom in the program leave them alone): at most kCreatorPoolSize.
+// The fds held by the creator's reuse pool and arenas (so that close_range
+// and closefrom in the program leave them alone): at most kMaxReuseFds.
 // Returns how many were written (at most max).
 int ReusePoolFds(int* out, int max);
 

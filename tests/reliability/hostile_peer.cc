@@ -67,13 +67,14 @@ struct Endpoint {
 };
 struct Hello {
   static constexpr std::uint32_t kMagic = 0x4F4C4548;  // "HELO"
-  static constexpr std::uint32_t kVersion = 1;
+  static constexpr std::uint32_t kVersion = 2;
   std::uint32_t magic;
   std::uint32_t version;
   Endpoint client;
   Endpoint server;
+  std::uint64_t segment_offset;  // of the segment in the memfd (an arena slot)
 };
-static_assert(sizeof(Endpoint) == 24 && sizeof(Hello) == 56);
+static_assert(sizeof(Endpoint) == 24 && sizeof(Hello) == 64);
 
 Endpoint Loopback(std::uint16_t port) {
   Endpoint e;
@@ -374,7 +375,7 @@ void SocketSpam(Conn& c, Rng& rng) {
       Segment other;
       doorway::transport::SegmentOptions so;
       if (Segment::Create(so, &other) == 0) {
-        Hello h{Hello::kMagic, Hello::kVersion, Loopback(1), Loopback(2)};
+        Hello h{Hello::kMagic, Hello::kVersion, Loopback(1), Loopback(2), 0};
         int f = other.fd();
         (void)SendWithFds(c.sock, &h, sizeof(h), &f, 1);
       }
@@ -395,7 +396,7 @@ void Twin(Conn& c, Rng& rng) {
     int s = Knock(g_dir, g_port);
     if (s < 0) return;
     Hello h{Hello::kMagic, Hello::kVersion, Loopback(static_cast<uint16_t>(43000 + i)),
-            Loopback(static_cast<uint16_t>(g_port))};
+            Loopback(static_cast<uint16_t>(g_port)), 0};
     int fd = c.seg.fd();
     (void)SendWithFds(s, &h, sizeof(h), &fd, 1);
     c.Poke("twin\n");
@@ -418,7 +419,8 @@ constexpr int kAttackCount = sizeof(kAttacks) / sizeof(kAttacks[0]);
 void BadHandshake(const char* dir, int port, int kind) {
   int s = Knock(dir, port);
   if (s < 0) return;
-  Hello h{Hello::kMagic, Hello::kVersion, Loopback(40000), Loopback(static_cast<uint16_t>(port))};
+  Hello h{Hello::kMagic, Hello::kVersion, Loopback(40000), Loopback(static_cast<uint16_t>(port)),
+          0};
   Segment seg;
   doorway::transport::SegmentOptions so;
   (void)Segment::Create(so, &seg);
@@ -491,7 +493,7 @@ int Client(const char* dir, int port, Rng& rng, int rounds) {
     c->tx = c->seg.MakeTxRing(Role::kClient, &c->tx_stats);
     c->rx = c->seg.MakeRxRing(Role::kClient, &c->rx_stats);
     Hello h{Hello::kMagic, Hello::kVersion, Loopback(static_cast<uint16_t>(41000 + r)),
-            Loopback(static_cast<uint16_t>(port))};
+            Loopback(static_cast<uint16_t>(port)), 0};
     int fd = c->seg.fd();
     if (SendWithFds(c->sock, &h, sizeof(h), &fd, 1) != 0) return 1;
     char line[64];
@@ -532,6 +534,7 @@ int Server(const char* dir, int port, Rng& rng, int conns) {
   fflush(stdout);
   std::vector<Conn*> kept;
   int attacked = 0;
+  bool memfd_attacked = false;
   std::int64_t deadline = NowMs() + 40'000;
   for (int r = 0; r < conns && NowMs() < deadline; ++r) {
     pollfd p{door, POLLIN, 0};
@@ -553,7 +556,18 @@ int Server(const char* dir, int port, Rng& rng, int conns) {
       cmsghdr* cm = CMSG_FIRSTHDR(&msg);
       if (cm != nullptr && cm->cmsg_type == SCM_RIGHTS) memcpy(&memfd, CMSG_DATA(cm), sizeof(int));
     }
-    if (memfd < 0 || Segment::Attach(memfd, &c->seg) != 0) {
+    if (memfd < 0 || Segment::AttachAt(memfd, h.segment_offset, &c->seg) != 0) {
+      // The victim's connections to us share an arena (segment.h
+      // "Arenas"): our memfd attack punched and overwrote all of it, also
+      // the segment of a connection the victim was opening meanwhile.
+      if (memfd >= 0 && memfd_attacked) {
+        fprintf(stderr, "hostile_peer: connection %d: its segment was hit by our memfd attack\n",
+                r);
+        close(memfd);
+        close(c->sock);
+        delete c;
+        continue;
+      }
       fprintf(stderr, "hostile_peer: connection %d: bad hello from the victim\n", r);
       return 1;
     }
@@ -578,6 +592,7 @@ int Server(const char* dir, int port, Rng& rng, int conns) {
     ++attacked;
     int a = r % kAttackCount;
     kAttacks[a](*c, rng);
+    memfd_attacked = memfd_attacked || kAttacks[a] == AttackMemfd;
     fprintf(stderr, "hostile_peer: connection %d: %s done\n", r, kAttackNames[a]);
     if (rng.Below(3) == 0) {
       kept.push_back(c);
@@ -612,7 +627,8 @@ int DieAsClient(const char* dir, int port, int step) {
   if (Segment::Create(so, &c.seg) != 0) return 1;
   c.tx = c.seg.MakeTxRing(Role::kClient, &c.tx_stats);
   c.rx = c.seg.MakeRxRing(Role::kClient, &c.rx_stats);
-  Hello h{Hello::kMagic, Hello::kVersion, Loopback(42000), Loopback(static_cast<uint16_t>(port))};
+  Hello h{Hello::kMagic, Hello::kVersion, Loopback(42000), Loopback(static_cast<uint16_t>(port)),
+          0};
   int fd = c.seg.fd();
   if (SendWithFds(c.sock, &h, sizeof(h), &fd, 1) != 0) return 1;
   if (step == 1) Die();
@@ -678,7 +694,7 @@ int DieAsServer(const char* dir, int port, int step) {
     if (cm != nullptr && cm->cmsg_type == SCM_RIGHTS) memcpy(&memfd, CMSG_DATA(cm), sizeof(int));
   }
   if (step == 1) Die();
-  if (memfd < 0 || Segment::Attach(memfd, &c.seg) != 0) return 1;
+  if (memfd < 0 || Segment::AttachAt(memfd, h.segment_offset, &c.seg) != 0) return 1;
   c.tx = c.seg.MakeTxRing(Role::kServer, &c.tx_stats);
   c.rx = c.seg.MakeRxRing(Role::kServer, &c.rx_stats);
   if (step == 2) Die();

@@ -136,15 +136,16 @@ static_assert(offsetof(LockLine, word) == 0 && offsetof(LockLine, index) == 8);
 static_assert(alignof(RingControl) == kCacheLine);
 
 inline constexpr uint64_t kSegmentMagic = 0x59415752'4f4f4421ull;  // "!DOORWAY", little endian
-// 2: producer's working tail in prod_lock; 3: generation and released (reuse)
-inline constexpr uint32_t kSegmentVersion = 3;
+// 2: producer's working tail in prod_lock; 3: generation and released (reuse);
+// 4: arena slots (segment_size may be less than the memfd's) and ends_done
+inline constexpr uint32_t kSegmentVersion = 4;
 inline constexpr uint32_t kRingCount = 2;
 
 struct alignas(kCacheLine) SegmentHeader {
   uint64_t magic;
   uint32_t version;
   uint32_t prefix_size;                      // sizeof(SegmentPrefix)
-  uint64_t segment_size;                     // must equal the memfd's size
+  uint64_t segment_size;                     // the memfd's size, or an arena slot's
   uint32_t ring_count;                       // kRingCount
   uint32_t page_kind;                        // creator's placement, informational only (untrusted)
   uint64_t ring_control_offset[kRingCount];  // must equal the fixed offsets below
@@ -156,6 +157,10 @@ struct alignas(kCacheLine) SegmentHeader {
   // used to index memory.
   uint32_t generation;
   uint32_t released;
+  // Arena slots (segment.h "Arenas"): each side adds 1 when it is done with
+  // the connection; the second frees the rings' pages if they carried much.
+  uint32_t ends_done;
+  uint32_t pad;
 };
 
 struct SegmentPrefix {
@@ -173,6 +178,7 @@ static_assert(offsetof(SegmentHeader, page_kind) == 28);
 static_assert(offsetof(SegmentHeader, ring_control_offset) == 32);
 static_assert(offsetof(SegmentHeader, generation) == 48);
 static_assert(offsetof(SegmentHeader, released) == 52);
+static_assert(offsetof(SegmentHeader, ends_done) == 56);
 static_assert(sizeof(SegmentHeader) == kCacheLine);
 static_assert(offsetof(SegmentPrefix, ring) == 2 * kCacheLine);
 static_assert(sizeof(SegmentPrefix) == 2 * kCacheLine + kRingCount * sizeof(RingControl));
