@@ -694,7 +694,6 @@ void Segment::Recycle(Role self) && {
       // release: as below; also orders FinishSlotEnd's page freeing first.
       std::atomic_ref<uint32_t>(HeaderOf(base_)->released)
           .store(generation_, std::memory_order_release);
-      close(fd_);
     } else {
       map_->slot[slot_].store(uint64_t{generation_} << 8 | kSlotFree, std::memory_order_release);
     }
@@ -747,6 +746,19 @@ int ReusePoolFds(int* out, int max) {
     SharedMap* m = a.load(std::memory_order_acquire);
     if (m != nullptr && n < max) out[n++] = m->fd;
   }
+  // The peers' arenas kept mapped hold an fd each. A bounded wait for the
+  // table: its holder may be the thread this runs on (a signal handler).
+  for (int tries = 0; tries < 10000; ++tries) {
+    if (!g_remote.TryLock()) {
+      sched_yield();
+      continue;
+    }
+    for (SharedMap* m : g_remote.entry) {
+      if (m != nullptr && n < max) out[n++] = m->fd;
+    }
+    g_remote.Unlock();
+    break;
+  }
   return n;
 }
 
@@ -755,8 +767,7 @@ int ReusePoolFds(int* out, int max) {
 Segment::~Segment() {
   if (map_ != nullptr) {
     // Not recycled (shared by fork, or given up): never handed out again.
-    if (fd_ >= 0 && fd_ != map_->fd) close(fd_);  // a receiver's own fd
-    if (fd_ == map_->fd) {
+    if (map_->slots != 0) {  // the creator's arena
       map_->slot[slot_].store(uint64_t{generation_} << 8 | kSlotRetired, std::memory_order_release);
     }
     Unref(map_);
@@ -950,7 +961,8 @@ int Segment::AttachAt(int fd, uint64_t offset, Segment* out, bool hugetlb) {
       Unref(m);
       return rc;
     }
-    Assemble(fd, m->base + offset, layout.segment_size, layout, m->placement, 0, out);
+    close(fd);  // the arena's first fd serves (ownership taken on success)
+    Assemble(m->fd, m->base + offset, layout.segment_size, layout, m->placement, 0, out);
     out->dev_ = dev;
     out->ino_ = ino;
     out->map_ = m;
@@ -992,6 +1004,7 @@ int Segment::AttachAt(int fd, uint64_t offset, Segment* out, bool hugetlb) {
     munmap(base, size);
     return -ENOMEM;
   }
+  m->fd = fd;
   m->base = static_cast<std::byte*>(base);
   m->size = size;
   m->dev = dev;

@@ -196,7 +196,7 @@ inline constexpr uint32_t kArenaSlots = 128;
 inline constexpr int kMaxArenas = 32;
 inline constexpr uint64_t kArenaMaxBytes = uint64_t{256} << 20;  // of address space per arena
 // The fds ReusePoolFds may list.
-inline constexpr int kMaxReuseFds = kCreatorPoolSize + kMaxArenas;
+inline constexpr int kMaxReuseFds = kCreatorPoolSize + 3 * kMaxArenas;
 
 struct SharedMap;  // an arena mapping (segment.cc)
 
@@ -227,8 +227,8 @@ class Segment {
   static int AttachAt(int fd, uint64_t offset, Segment* out, bool hugetlb = true);
 
   bool valid() const { return base_ != nullptr; }
-  // The memfd (for an arena slot, the arena's: shared with other
-  // connections, owned by the arena in the creator).
+  // The memfd (for an arena slot, the arena's: shared with the other
+  // connections on it, and owned by the arena).
   int fd() const { return fd_; }
   // Where this segment starts in fd's file (0 unless an arena slot).
   uint64_t offset() const { return offset_; }

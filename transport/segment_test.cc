@@ -215,7 +215,11 @@ TEST(Segment, ArenaSlotsAreReusedOnlyAfterRelease) {
   // The receiver maps the arena once, for both slots.
   Segment ra, rb;
   ASSERT_EQ(Segment::AttachAt(dup(a.fd()), a.offset(), &ra), 0);
-  ASSERT_EQ(Segment::AttachAt(dup(b.fd()), b.offset(), &rb), 0);
+  const int b_copy = dup(b.fd());
+  ASSERT_EQ(Segment::AttachAt(b_copy, b.offset(), &rb), 0);
+  // One fd per arena in the receiver, not one per connection.
+  EXPECT_EQ(rb.fd(), ra.fd());
+  EXPECT_EQ(fcntl(b_copy, F_GETFD), -1);
   EXPECT_EQ(static_cast<std::byte*>(rb.base()) - static_cast<std::byte*>(ra.base()),
             static_cast<std::ptrdiff_t>(b.offset()) - static_cast<std::ptrdiff_t>(a.offset()));
   RingStats st;
