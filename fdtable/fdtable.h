@@ -131,6 +131,10 @@ class FdTable {
   // The tag installed with fd's entry, 0 if none; one load, no reference, so
   // possibly stale (see Occupied).
   std::uint32_t Tag(int fd) const;
+  // Whether fd's entry is `node` with tag `tag`: one load, no reference
+  // taken (possibly stale, see Occupied). For callers that hold a reference
+  // to node already and ask whether fd still refers to it.
+  bool Holds(int fd, const Node* node, std::uint32_t tag) const;
   // Calls fn(fd, const Ref&) for every entry, in fd order. Entries installed
   // or removed concurrently may or may not be visited.
   template <class Fn>
@@ -206,6 +210,15 @@ inline std::uint32_t FdTable::Tag(int fd) const {
   // Relaxed: a routing hint; see Occupied.
   return static_cast<std::uint32_t>(b->slots[fd % kSlotsPerBucket].load(std::memory_order_relaxed) &
                                     kTagMask);
+}
+
+inline bool FdTable::Holds(int fd, const Node* node, std::uint32_t tag) const {
+  if (static_cast<unsigned>(fd) >= static_cast<unsigned>(kMaxFds) || node == nullptr) return false;
+  Bucket* b = buckets_[fd / kSlotsPerBucket].load(std::memory_order_acquire);  // B1
+  if (b == nullptr) return false;
+  // Relaxed: a hint; see Occupied.
+  return b->slots[fd % kSlotsPerBucket].load(std::memory_order_relaxed) ==
+         (reinterpret_cast<std::uintptr_t>(node) | (tag & kTagMask));
 }
 
 template <class Fn>

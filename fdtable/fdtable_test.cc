@@ -123,6 +123,26 @@ TEST(FdTable, TagsTravelWithEntries) {
   EXPECT_EQ(t.Tag(700), 0u);
 }
 
+TEST(FdTable, HoldsComparesObjectAndTag) {
+  FdTable t;
+  Ref a = Make<Thing>(1);
+  Ref b = Make<Thing>(2);
+  EXPECT_FALSE(t.Holds(4, a.node(), 3));
+  t.Install(4, a.Clone(), nullptr, 3).Reset();
+  EXPECT_TRUE(t.Holds(4, a.node(), 3));
+  EXPECT_FALSE(t.Holds(4, a.node(), 2));  // another tag
+  EXPECT_FALSE(t.Holds(4, b.node(), 3));  // another object
+  EXPECT_FALSE(t.Holds(5, a.node(), 3));  // another fd
+  EXPECT_FALSE(t.Holds(4, nullptr, 0));
+  EXPECT_FALSE(t.Holds(-1, a.node(), 3));
+  EXPECT_FALSE(t.Holds(FdTable::kMaxFds, a.node(), 3));
+  t.Install(4, b.Clone(), nullptr, 3).Reset();  // the number reused
+  EXPECT_FALSE(t.Holds(4, a.node(), 3));
+  EXPECT_TRUE(t.Holds(4, b.node(), 3));
+  t.Remove(4).Reset();
+  EXPECT_FALSE(t.Holds(4, b.node(), 3));
+}
+
 TEST(FdTable, CloneKeepsAlive) {
   int before = g_live.load();
   Ref a = Make<Thing>(5);

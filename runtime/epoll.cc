@@ -89,10 +89,15 @@ struct Member {
 };
 
 // m's fd no longer refers to its object (closed, replaced).
+// One load of the fd's slot: evaluated for every check-list member at
+// every wait.
 bool Stale(const Member& m) {
-  std::uint32_t tag = GlobalTable().Tag(m.fd);
-  bool tag_ok = m.nested ? (tag == kTagEpoll || tag == kTagEpollPlain) : tag == kTagConnection;
-  return !tag_ok || GlobalTable().Get(m.fd).node() != m.conn.node();
+  const fdtable::Node* node = m.conn.node();
+  if (m.nested) {
+    return !GlobalTable().Holds(m.fd, node, kTagEpoll) &&
+           !GlobalTable().Holds(m.fd, node, kTagEpollPlain);
+  }
+  return !GlobalTable().Holds(m.fd, node, kTagConnection);
 }
 
 // Bytes that ever arrived on c's incoming ring (consumed + readable): new
