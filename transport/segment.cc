@@ -511,24 +511,26 @@ void DropArenasInChild() {
 
 [[maybe_unused]] const int g_arena_atfork = pthread_atfork(nullptr, nullptr, DropArenasInChild);
 
-// Whether a segment's rings carried more than kReuseMaxBytes (its data
-// pages are then worth freeing, or not worth keeping).
-bool Heavy(void* base) {
+// An arena slot's side is done with its connection: the second side to be
+// done frees the slot's data pages before the release that lets the creator
+// reuse the slot, if its rings carried much, or anything at all in a slot
+// past the first kWarmSlots of its arena. So what an idle arena keeps in
+// memory is its headers and at most kWarmSlots x 2 x kReuseMaxBytes of
+// data pages (a burst of connections that each touched a few pages would
+// otherwise leave them all resident), while the slots a steady stream of
+// connections cycles through keep their pages (no fault per connection).
+constexpr uint64_t kWarmSlots = 8;
+
+void FinishSlotEnd(void* base, const SegmentLayout& layout, uint64_t offset) {
+  uint64_t carried = 0;
   for (const RingControl& rc : static_cast<SegmentPrefix*>(base)->ring) {
     // Free-running byte counters: a hint (a lying peer only costs itself).
-    if (rc.prod.index.load(std::memory_order_relaxed) > kReuseMaxBytes) return true;
+    carried = std::max(carried, rc.prod.index.load(std::memory_order_relaxed));
   }
-  return false;
-}
-
-// An arena slot's side is done with its connection: the second side to be
-// done frees the slot's data pages if it carried much, before the release
-// that lets the creator reuse the slot.
-void FinishSlotEnd(void* base, const SegmentLayout& layout) {
-  const bool heavy = Heavy(base);
   uint32_t before =
       std::atomic_ref<uint32_t>(HeaderOf(base)->ends_done).fetch_add(1, std::memory_order_acq_rel);
-  if (before != 1 || !heavy) return;
+  const bool warm = offset / layout.segment_size < kWarmSlots;
+  if (before != 1 || carried == 0 || (warm && carried <= kReuseMaxBytes)) return;
   for (uint32_t i = 0; i < kRingCount; ++i) {
     madvise(static_cast<std::byte*>(base) + layout.ring_data_offset[i], layout.ring_capacity[i],
             MADV_REMOVE);
@@ -689,7 +691,7 @@ void Segment::Discard() && {
 void Segment::Recycle(Role self) && {
   if (!valid()) return;
   if (map_ != nullptr) {
-    FinishSlotEnd(base_, layout_);
+    FinishSlotEnd(base_, layout_, offset_);
     if (self == Role::kServer) {
       // release: as below; also orders FinishSlotEnd's page freeing first.
       std::atomic_ref<uint32_t>(HeaderOf(base_)->released)

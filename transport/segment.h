@@ -183,15 +183,15 @@ inline constexpr uint64_t kReuseMaxBytes = 64 << 10;
 // A slot is handed out again once this process recycled it and the
 // receiver released it (as above); a slot of a connection that was not
 // recycled (shared by fork, or the receiver never released it) is never
-// reused. A slot whose rings carried more than kReuseMaxBytes has its data
-// pages freed (MADV_REMOVE) by whichever side finishes second, so idle
-// arenas hold only their headers. A forked child allocates no slot from
-// arenas it inherited. Without a free slot or room for another arena,
-// Create falls back to the pool and to a segment of its own.
-// A server preempted on a loaded machine was measured thousands of
-// connections behind (its door's backlog is SOMAXCONN): up to 4 096 slots
-// of the default geometry (2 MiB, 1 MiB rings), 8 GiB of address space but
-// only a header page each in memory.
+// reused. A slot whose rings carried more than kReuseMaxBytes, or carried
+// anything and is not among the first 8 of its arena, has its data pages
+// freed (MADV_REMOVE) by whichever side finishes second, so an idle arena
+// holds its headers and at most 8 slots' worth of small data pages. A forked child allocates no
+// slot from arenas it inherited. Without a free slot or room for another arena, Create falls back
+// to the pool and to a segment of its own. A server preempted on a loaded machine was measured
+// thousands of connections behind (its door's backlog is SOMAXCONN): up to 4 096 slots of the
+// default geometry (2 MiB, 1 MiB rings), 8 GiB of address space but only a header page each in
+// memory.
 inline constexpr uint32_t kArenaSlots = 128;
 inline constexpr int kMaxArenas = 32;
 inline constexpr uint64_t kArenaMaxBytes = uint64_t{256} << 20;  // of address space per arena

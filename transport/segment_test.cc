@@ -349,6 +349,37 @@ TEST(Segment, ArenaFreesHeavySlotsPages) {
   }
 }
 
+// A slot past the first 8 of its arena has its pages freed even if it
+// carried little (a burst of connections must not stay resident).
+TEST(Segment, ArenaFreesColdSlotsPages) {
+  std::vector<Segment> held;
+  Segment a;
+  for (uint32_t i = 0; i < 2 * kArenaSlots; ++i) {
+    Segment s;
+    ASSERT_EQ(Segment::Create(ArenaOptions(), &s), 0);
+    if (s.offset() / s.layout().segment_size >= 8) {
+      a = std::move(s);
+      break;
+    }
+    held.push_back(std::move(s));
+  }
+  ASSERT_TRUE(a.valid());
+  Segment b;
+  ASSERT_EQ(Segment::AttachAt(dup(a.fd()), a.offset(), &b), 0);
+  RingStats st;
+  std::vector<char> buf(4096, 'y');
+  ASSERT_EQ(a.MakeTxRing(Role::kClient, &st).Write(buf.data(), buf.size()), 4096);
+  ASSERT_EQ(b.MakeRxRing(Role::kServer, &st).Read(buf.data(), buf.size()), 4096);
+  auto* data = static_cast<unsigned char*>(a.base()) + a.layout().ring_data_offset[kClientToServer];
+  unsigned char v = 0;
+  ASSERT_EQ(mincore(data, 4096, &v), 0);
+  ASSERT_EQ(v & 1, 1);
+  std::move(a).Recycle(Role::kClient);
+  std::move(b).Recycle(Role::kServer);
+  ASSERT_EQ(mincore(data, 4096, &v), 0);  // the arena stays mapped (held slots)
+  EXPECT_EQ(v & 1, 0);
+}
+
 TEST(Segment, HeavySegmentsAreNotKept) {
   SegmentOptions opts = SmallOptions();
   opts.reuse = true;
