@@ -658,14 +658,18 @@ http {{
         else:
             self.notes.append("iperf3 not installed: its row is missing.")
         if shutil.which("redis-server") and shutil.which("redis-benchmark"):
+            # Long enough (a few seconds over kernel TCP, one under doorway)
+            # that the 50 connections' set-up and a neighbour's burst of
+            # load weigh little: 30 000 requests took 0.1 s under doorway,
+            # and the ratio moved between 1.5x and 2.1x from run to run.
             for t in order + ["unix"]:
-                get, set_ = self.redis(t, 2000 if q else 30000, 50)
+                get, set_ = self.redis(t, 2000 if q else 150000, 50)
                 r.add(sec, "redis-benchmark GET (50 clients)", "req/s", True, t, get)
                 r.add(sec, "redis-benchmark SET (50 clients)", "req/s", True, t, set_)
             # The event-loop issue asks for pipelining too (-P 16: 16 requests
             # per read, so fewer wake-ups and more bytes per call).
             for t in order + ["unix"]:
-                get, set_ = self.redis(t, 20000 if q else 300000, 50, 16)
+                get, set_ = self.redis(t, 20000 if q else 1000000, 50, 16)
                 r.add(sec, "redis-benchmark GET (50 clients, -P 16)", "req/s", True, t, get)
                 r.add(sec, "redis-benchmark SET (50 clients, -P 16)", "req/s", True, t, set_)
         else:
@@ -825,7 +829,11 @@ def targets(r):
         rows.append((f"{metric}: ≥ 20 M msg/s", "not measured" if v is None else f"{v:.2f} M msg/s",
                      "—" if v is None else ("met" if v >= 20 else "**MISSED**")))
     ratio_row("connection setup ≥ 3× kernel TCP", "connect+accept+close", 3)
-    ratio_row("redis-benchmark GET ≥ 2.5× kernel TCP", "redis-benchmark GET (50 clients)", 2.5)
+    # Issue 5 asks for `-t get,set` with -P 1 and -P 16.
+    for op in ("GET", "SET"):
+        for pl in ("", ", -P 16"):
+            ratio_row(f"redis-benchmark {op}{pl} ≥ 2.5× kernel TCP",
+                      f"redis-benchmark {op} (50 clients{pl})", 2.5)
     ratio_row("wrk -> nginx ≥ 2× kernel TCP",
               "wrk -> nginx, 1 KiB file (16 connections, 1 worker)", 2)
     one = [m for m in r.values if m.startswith("one core:")]
