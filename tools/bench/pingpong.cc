@@ -28,6 +28,11 @@
 //                                           socketpair in one thread (the
 //                                           interposition overhead, without
 //                                           scheduler noise)
+//   pingpong selfpair SIZE ITERS            the same over a loopback TCP
+//                                           connection whose two ends are in
+//                                           this process (accelerated under
+//                                           doorway: the data path's per-call
+//                                           cost, e.g. under callgrind)
 //
 // The client sends SIZE bytes, waits for the SIZE-byte echo, ITERS times
 // (after ITERS/10 warm-up rounds), and prints one line:
@@ -305,9 +310,31 @@ int IdleClient(const char* host, const char* port, long n) {
   return 0;
 }
 
-int Calls(size_t size, long iters) {
+// A loopback TCP connection with both ends in this process (accelerated
+// under doorway: connect does not wait for the accept).
+bool TcpPair(int sv[2]) {
+  int l = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(a);
+  if (l < 0 || bind(l, reinterpret_cast<sockaddr*>(&a), len) != 0 || listen(l, 1) != 0 ||
+      getsockname(l, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+    return false;
+  }
+  sv[0] = socket(AF_INET, SOCK_STREAM, 0);
+  if (sv[0] < 0 || connect(sv[0], reinterpret_cast<sockaddr*>(&a), len) != 0) return false;
+  sv[1] = accept(l, nullptr, nullptr);
+  close(l);
+  if (sv[1] < 0) return false;
+  NoDelay(sv[0]);
+  NoDelay(sv[1]);
+  return true;
+}
+
+int Calls(size_t size, long iters, bool tcp) {
   int sv[2];
-  if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) return 1;
+  if (tcp ? !TcpPair(sv) : socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) return 1;
   std::vector<char> buf(size, 'c');
   long best = -1;
   // Best of five batches: the cost of the calls themselves, not of
@@ -349,12 +376,15 @@ int main(int argc, char** argv) {
     return IdleClient(argv[2], argv[3], atol(argv[4]));
   }
   if (argc == 4 && strcmp(argv[1], "calls") == 0) {
-    return Calls(static_cast<size_t>(atol(argv[2])), atol(argv[3]));
+    return Calls(static_cast<size_t>(atol(argv[2])), atol(argv[3]), false);
+  }
+  if (argc == 4 && strcmp(argv[1], "selfpair") == 0) {
+    return Calls(static_cast<size_t>(atol(argv[2])), atol(argv[3]), true);
   }
   fprintf(
       stderr,
       "usage: pingpong server PORT | client HOST PORT SIZE ITERS [GAP_NS] | sink PORT [READSIZE] |"
       " stream HOST PORT SIZE SECONDS | acceptor PORT N | connector HOST PORT N |"
-      " idleserver PORT N | idleclient HOST PORT N | calls SIZE ITERS\n");
+      " idleserver PORT N | idleclient HOST PORT N | calls SIZE ITERS | selfpair SIZE ITERS\n");
   return 2;
 }
