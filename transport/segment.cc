@@ -610,21 +610,25 @@ bool TakeSlot(SharedMap* m, uint32_t* slot_out, uint32_t* generation_out) {
     uint64_t w = m->slot[i].load(std::memory_order_relaxed);
     if ((w & 0xff) != kSlotFree) continue;
     const auto gen = static_cast<uint32_t>(w >> 8);
+    // Claimed first, then checked: the header is only ever read by the
+    // slot's holder (another thread may be re-initialising a slot it just
+    // took). acquire: pairs with the release that freed the slot (the
+    // previous holder's accesses, its page freeing, happen before ours).
+    if (!m->slot[i].compare_exchange_strong(w, uint64_t{gen} << 8 | kSlotHeld,
+                                            std::memory_order_acquire)) {
+      continue;
+    }
     std::byte* base = m->base + uint64_t{i} * m->layout.segment_size;
     // acquire: pairs with the receiver's release in Recycle (as for the pool).
     if (gen != 0 &&
         std::atomic_ref<uint32_t>(HeaderOf(base)->released).load(std::memory_order_acquire) !=
             gen) {
+      m->slot[i].store(w, std::memory_order_release);  // back, untouched
       ++unreleased;
       continue;
     }
-    uint32_t next = gen + 1 == 0 || gen + 1 > (UINT32_MAX >> 8) ? 1 : gen + 1;
-    // acquire: pairs with the release that freed the slot (the previous
-    // holder's accesses, its page freeing, happen before ours).
-    if (!m->slot[i].compare_exchange_strong(w, uint64_t{next} << 8 | kSlotHeld,
-                                            std::memory_order_acquire)) {
-      continue;
-    }
+    const uint32_t next = gen + 1 == 0 ? 1 : gen + 1;
+    m->slot[i].store(uint64_t{next} << 8 | kSlotHeld, std::memory_order_relaxed);
     m->cursor.store((i + 1) % m->slots, std::memory_order_relaxed);
     *slot_out = i;
     *generation_out = next;
@@ -667,6 +671,7 @@ int Segment::CreateInArena(const SegmentOptions& opts, const SegmentLayout& layo
       out->ino_ = m->ino;
       out->map_ = m;
       out->slot_ = slot;
+      out->slot_owner_ = true;
       out->offset_ = offset;
       return 0;
     }
@@ -676,12 +681,13 @@ int Segment::CreateInArena(const SegmentOptions& opts, const SegmentLayout& layo
 }
 
 void Segment::Discard() && {
-  if (map_ != nullptr) {
+  if (map_ != nullptr && slot_owner_) {
     // Never sent: no receiver will release it; it is free at once.
     std::atomic_ref<uint32_t>(HeaderOf(base_)->released)
         .store(generation_, std::memory_order_relaxed);
     map_->slot[slot_].store(uint64_t{generation_} << 8 | kSlotFree, std::memory_order_release);
     Unref(std::exchange(map_, nullptr));
+    slot_owner_ = false;
     fd_ = -1;
     base_ = nullptr;
   }
@@ -696,10 +702,11 @@ void Segment::Recycle(Role self) && {
       // release: as below; also orders FinishSlotEnd's page freeing first.
       std::atomic_ref<uint32_t>(HeaderOf(base_)->released)
           .store(generation_, std::memory_order_release);
-    } else {
+    } else if (slot_owner_) {
       map_->slot[slot_].store(uint64_t{generation_} << 8 | kSlotFree, std::memory_order_release);
     }
     Unref(std::exchange(map_, nullptr));
+    slot_owner_ = false;
     fd_ = -1;
     base_ = nullptr;
     return;
@@ -769,7 +776,7 @@ int ReusePoolFds(int* out, int max) {
 Segment::~Segment() {
   if (map_ != nullptr) {
     // Not recycled (shared by fork, or given up): never handed out again.
-    if (map_->slots != 0) {  // the creator's arena
+    if (slot_owner_) {
       map_->slot[slot_].store(uint64_t{generation_} << 8 | kSlotRetired, std::memory_order_release);
     }
     Unref(map_);
@@ -791,6 +798,7 @@ Segment::Segment(Segment&& o) noexcept
       ino_(o.ino_),
       map_(std::exchange(o.map_, nullptr)),
       slot_(o.slot_),
+      slot_owner_(std::exchange(o.slot_owner_, false)),
       offset_(std::exchange(o.offset_, 0)) {}
 
 Segment& Segment::operator=(Segment&& o) noexcept {
@@ -942,9 +950,20 @@ int Segment::AttachAt(int fd, uint64_t offset, Segment* out, bool hugetlb) {
     out->ino_ = ino;
     return 0;
   }
-  // An arena we have mapped (the same reasoning).
+  // An arena we have mapped (the same reasoning): one of our own (a
+  // connection within this process: one mapping for both ends, which also
+  // keeps TSAN's view of their synchronisation whole), or a peer's.
   SharedMap* m = nullptr;
-  bool table_locked = g_remote.TryLock();
+  for (std::atomic<SharedMap*>& a : g_arenas) {
+    SharedMap* own = a.load(std::memory_order_acquire);
+    if (own != nullptr && own->dev == dev && own->ino == ino) {
+      // Never freed while listed (only a fork child drops them).
+      own->refs.fetch_add(1, std::memory_order_relaxed);
+      m = own;
+      break;
+    }
+  }
+  bool table_locked = m == nullptr && g_remote.TryLock();
   if (table_locked) {
     for (SharedMap* e : g_remote.entry) {
       if (e != nullptr && e->dev == dev && e->ino == ino) {

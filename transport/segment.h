@@ -280,6 +280,7 @@ class Segment {
   uint64_t dev_ = 0, ino_ = 0;             // the memfd's identity (0: unknown)
   SharedMap* map_ = nullptr;               // the arena this is a slot of (else null)
   uint32_t slot_ = 0;
+  bool slot_owner_ = false;  // the creator's view (it hands the slot out again)
   uint64_t offset_ = 0;
 
   // A slot of an arena (segment.h "Arenas"), or -ENOSPC.

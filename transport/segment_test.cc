@@ -7,12 +7,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <memory>
 #include <new>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -378,6 +380,54 @@ TEST(Segment, ArenaFreesColdSlotsPages) {
   std::move(b).Recycle(Role::kServer);
   ASSERT_EQ(mincore(data, 4096, &v), 0);  // the arena stays mapped (held slots)
   EXPECT_EQ(v & 1, 0);
+}
+
+// Threads that connect and close at once through the arenas: every
+// connection gets a slot no other live connection has, sees only its own
+// bytes, and the slots come back (bounded: the arenas do not run out).
+TEST(Segment, ArenaUnderThreads) {
+  constexpr int kThreads = 4;
+  constexpr int kIters = 1500;
+  std::atomic<int> errors{0};
+  std::atomic<int> in_arena{0};
+  auto work = [&](int t) {
+    std::vector<Segment> lingering;  // some receivers finish late
+    for (int i = 0; i < kIters; ++i) {
+      Segment a, b;
+      if (Segment::Create(ArenaOptions(), &a) != 0 ||
+          Segment::AttachAt(dup(a.fd()), a.offset(), &b) != 0) {
+        errors.fetch_add(1);
+        continue;
+      }
+      if (a.in_arena()) in_arena.fetch_add(1);
+      RingStats st;
+      uint64_t word = (uint64_t{static_cast<uint32_t>(t)} << 32) | static_cast<uint32_t>(i);
+      uint64_t got = 0;
+      if (b.MakeRxRing(Role::kServer, &st).Readable() != 0 ||
+          a.MakeTxRing(Role::kClient, &st).Write(&word, sizeof word) != sizeof word ||
+          b.MakeRxRing(Role::kServer, &st).Read(&got, sizeof got) != sizeof got || got != word) {
+        errors.fetch_add(1);
+      }
+      if (i % 3 == 0) {
+        std::move(a).Recycle(Role::kClient);
+        lingering.push_back(std::move(b));
+        if (lingering.size() > 8) {
+          std::move(lingering.front()).Recycle(Role::kServer);
+          lingering.erase(lingering.begin());
+        }
+      } else {
+        std::move(b).Recycle(Role::kServer);
+        std::move(a).Recycle(Role::kClient);
+      }
+    }
+    for (Segment& s : lingering) std::move(s).Recycle(Role::kServer);
+  };
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) threads.emplace_back(work, t);
+  for (std::thread& th : threads) th.join();
+  EXPECT_EQ(errors.load(), 0);
+  // Slots come back: nearly all connections were arena slots.
+  EXPECT_GT(in_arena.load(), kThreads * kIters * 9 / 10);
 }
 
 TEST(Segment, HeavySegmentsAreNotKept) {
