@@ -707,6 +707,11 @@ http {{
         rows = [
             ("floor: cache-line handoff (spin)", "ring_bench: 64 B round trip", "ns", False, "floor"),
             ("rings, adaptive spin", "ring_bench: 64 B round trip", "ns", False, "rings"),
+            # Each rings batch over the floor batch measured just before it
+            # (ring_bench: the VM moves its vCPUs between placements whose
+            # floors differ several-fold; sequential halves may not match).
+            ("rings / floor, alternating batches",
+             "ring_bench: 64 B round trip ÷ floor, alternating batches", "×", False, "rings"),
             ("floor: futex wait/wake ping-pong", "ring_bench: 64 B round trip, futex only", "ns",
              False, "floor"),
             ("rings, spin disabled (futex only)", "ring_bench: 64 B round trip, futex only", "ns",
