@@ -1,8 +1,5 @@
 #include "transport/observe.h"
 
-#include <cstddef>
-#include <cstring>
-
 #include "transport/internal/layout.h"
 
 namespace doorway::transport {
@@ -22,20 +19,6 @@ EndState StateOf(uint32_t v) {
 }
 
 }  // namespace
-
-bool SegmentAt(const void* base, uint64_t size, uint64_t offset, const void** slot,
-               uint64_t* slot_size) {
-  if (offset % 4096 != 0 || offset >= size || size - offset < sizeof(internal::SegmentPrefix)) {
-    return false;
-  }
-  const auto* p = static_cast<const std::byte*>(base) + offset;
-  uint64_t n = 0;
-  std::memcpy(&n, p + offsetof(internal::SegmentHeader, segment_size), sizeof n);
-  if (n > size - offset) return false;
-  *slot = p;
-  *slot_size = n;
-  return true;
-}
 
 uint32_t SegmentGeneration(const void* base, uint64_t size) {
   SegmentLayout layout;

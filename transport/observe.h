@@ -30,13 +30,6 @@ struct RingSnapshot {
 // segment.h "Reuse"), or 0 if the header is not valid.
 uint32_t SegmentGeneration(const void* base, uint64_t size);
 
-// The segment at `offset` of a mapped memfd of `size` bytes (an arena slot,
-// segment.h "Arenas"; offset 0 for a single segment): its start and its
-// size as its header states it (untrusted: checked to lie inside). False if
-// it cannot be a segment there.
-bool SegmentAt(const void* base, uint64_t size, uint64_t offset, const void** slot,
-               uint64_t* slot_size);
-
 // base/size: a read-only mapping of a whole segment (untrusted: the header is
 // validated as Segment::Attach does). Fills out[kClientToServer] and
 // out[kServerToClient]. Returns 0, or -EINVAL/-EPROTO.

@@ -239,6 +239,23 @@ int MapSegmentFd(int fd, uint64_t size, void** base_out) {
   return 0;
 }
 
+namespace {
+// memfd_create + ftruncate, seals, mmap; on failure nothing is left.
+int CreateSealedMapping(uint64_t size, bool hugetlb, int* fd_out, void** base_out) {
+  int fd = -1;
+  int rc = CreateSegmentMemfd(size, hugetlb, &fd);
+  if (rc != 0) return rc;
+  rc = SealSegmentFd(fd);
+  if (rc == 0) rc = MapSegmentFd(fd, size, base_out);
+  if (rc != 0) {
+    close(fd);
+    return rc;
+  }
+  *fd_out = fd;
+  return 0;
+}
+}  // namespace
+
 void InitializeSegment(void* base, const SegmentLayout& layout, PageKind kind,
                        uint32_t generation) {
   auto* prefix = static_cast<SegmentPrefix*>(base);
@@ -291,6 +308,20 @@ int ValidateSegmentHeader(const void* base, uint64_t size, SegmentLayout* out) {
   if (a0 < a1 + l.ring_capacity[1] && a1 < a0 + l.ring_capacity[0]) return -EINVAL;
   *out = l;
   return 0;
+}
+
+bool SegmentAt(const void* base, uint64_t size, uint64_t offset, const void** slot,
+               uint64_t* slot_size) {
+  if (offset % kSmallPage != 0 || offset >= size || size - offset < sizeof(SegmentPrefix)) {
+    return false;
+  }
+  const auto* p = static_cast<const std::byte*>(base) + offset;
+  uint64_t n = 0;
+  std::memcpy(&n, p + offsetof(SegmentHeader, segment_size), sizeof n);
+  if (n > size - offset) return false;
+  *slot = p;
+  *slot_size = n;
+  return true;
 }
 
 int BindRingToNode(void* base, const SegmentLayout& layout, uint32_t ring, int node,
@@ -511,6 +542,16 @@ void DropArenasInChild() {
 
 [[maybe_unused]] const int g_arena_atfork = pthread_atfork(nullptr, nullptr, DropArenasInChild);
 
+// The most bytes either ring of a segment carried: its free-running
+// producer counters (a hint; a peer that lies only costs itself reuse).
+uint64_t MostCarried(void* base) {
+  uint64_t carried = 0;
+  for (const RingControl& rc : static_cast<SegmentPrefix*>(base)->ring) {
+    carried = std::max(carried, rc.prod.index.load(std::memory_order_relaxed));
+  }
+  return carried;
+}
+
 // An arena slot's side is done with its connection: the second side to be
 // done frees the slot's data pages before the release that lets the creator
 // reuse the slot, if its rings carried much, or anything at all in a slot
@@ -522,11 +563,7 @@ void DropArenasInChild() {
 constexpr uint64_t kWarmSlots = 8;
 
 void FinishSlotEnd(void* base, const SegmentLayout& layout, uint64_t offset) {
-  uint64_t carried = 0;
-  for (const RingControl& rc : static_cast<SegmentPrefix*>(base)->ring) {
-    // Free-running byte counters: a hint (a lying peer only costs itself).
-    carried = std::max(carried, rc.prod.index.load(std::memory_order_relaxed));
-  }
+  const uint64_t carried = MostCarried(base);
   uint32_t before =
       std::atomic_ref<uint32_t>(HeaderOf(base)->ends_done).fetch_add(1, std::memory_order_acq_rel);
   const bool warm = offset / layout.segment_size < kWarmSlots;
@@ -540,13 +577,12 @@ void FinishSlotEnd(void* base, const SegmentLayout& layout, uint64_t offset) {
 // Validates the segment at `offset` of a mapped file of `size` bytes from an
 // untrusted peer; its size comes from its header.
 int ValidateSlot(const std::byte* base, uint64_t size, uint64_t offset, SegmentLayout* out) {
-  if (offset % kSmallPage != 0 || offset >= size || size - offset < sizeof(SegmentPrefix)) {
+  const void* slot = nullptr;
+  uint64_t slot_size = 0;
+  if (!SegmentAt(base, size, offset, &slot, &slot_size) || slot_size % kSmallPage != 0) {
     return -EINVAL;
   }
-  uint64_t slot_size = 0;
-  std::memcpy(&slot_size, base + offset + offsetof(SegmentHeader, segment_size), sizeof slot_size);
-  if (slot_size % kSmallPage != 0 || slot_size > size - offset) return -EINVAL;
-  return ValidateSegmentHeader(base + offset, slot_size, out);
+  return ValidateSegmentHeader(slot, slot_size, out);
 }
 
 // A new arena for segments of `layout`, published in a free entry of
@@ -561,11 +597,7 @@ SharedMap* GrowArenas(const SegmentLayout& layout, const SegmentOptions& opts, b
     int fd = -1;
     void* base = nullptr;
     const uint64_t size = slots * layout.segment_size;
-    if (CreateSegmentMemfd(size, false, &fd) != 0) break;
-    if (SealSegmentFd(fd) != 0 || MapSegmentFd(fd, size, &base) != 0) {
-      close(fd);
-      break;
-    }
+    if (CreateSealedMapping(size, false, &fd, &base) != 0) break;
     auto* m = new (std::nothrow) SharedMap;
     struct stat st;
     if (m == nullptr || fstat(fd, &st) != 0) {
@@ -665,14 +697,10 @@ int Segment::CreateInArena(const SegmentOptions& opts, const SegmentLayout& layo
       m->refs.fetch_add(1, std::memory_order_relaxed);
       const uint64_t offset = uint64_t{slot} * layout.segment_size;
       InitializeSegment(m->base + offset, layout, m->placement.pages, gen);
-      Assemble(m->fd, m->base + offset, layout.segment_size, layout, m->placement, gen, out);
+      AssembleSlot(m, offset, layout, gen, out);
       out->policy_ = opts.pages;
-      out->dev_ = m->dev;
-      out->ino_ = m->ino;
-      out->map_ = m;
       out->slot_ = slot;
       out->slot_owner_ = true;
-      out->offset_ = offset;
       return 0;
     }
     if (pass == 0 && GrowArenas(layout, opts, thp) == nullptr) break;
@@ -711,13 +739,7 @@ void Segment::Recycle(Role self) && {
     base_ = nullptr;
     return;
   }
-  auto* prefix = static_cast<SegmentPrefix*>(base_);
-  bool light = true;
-  for (const RingControl& rc : prefix->ring) {
-    // Free-running byte counters: the bytes each ring carried (a hint; the
-    // peer could lie, which only costs it reuse).
-    light = light && rc.prod.index.load(std::memory_order_relaxed) <= kReuseMaxBytes;
-  }
+  const bool light = MostCarried(base_) <= kReuseMaxBytes;
   PoolEntry e;
   e.fd = fd_;
   e.base = base_;
@@ -825,17 +847,7 @@ int TryCreate(const SegmentOptions& opts, bool hugetlb, uint64_t huge_page, int*
               void** base_out, SegmentLayout* layout) {
   int rc = LayoutFor(opts, hugetlb, huge_page, layout);
   if (rc != 0) return rc;
-  int fd = -1;
-  rc = CreateSegmentMemfd(layout->segment_size, hugetlb, &fd);
-  if (rc != 0) return rc;
-  rc = SealSegmentFd(fd);
-  if (rc == 0) rc = MapSegmentFd(fd, layout->segment_size, base_out);
-  if (rc != 0) {
-    close(fd);
-    return rc;
-  }
-  *fd_out = fd;
-  return 0;
+  return CreateSealedMapping(layout->segment_size, hugetlb, fd_out, base_out);
 }
 
 }  // namespace
@@ -983,11 +995,7 @@ int Segment::AttachAt(int fd, uint64_t offset, Segment* out, bool hugetlb) {
       return rc;
     }
     close(fd);  // the arena's first fd serves (ownership taken on success)
-    Assemble(m->fd, m->base + offset, layout.segment_size, layout, m->placement, 0, out);
-    out->dev_ = dev;
-    out->ino_ = ino;
-    out->map_ = m;
-    out->offset_ = offset;
+    AssembleSlot(m, offset, layout, 0, out);
     return 0;
   }
   uint64_t size = 0, block = 0;
@@ -1056,12 +1064,17 @@ int Segment::AttachAt(int fd, uint64_t offset, Segment* out, bool hugetlb) {
     g_remote.Unlock();
   }
   if (evicted != nullptr) Unref(evicted);
-  Assemble(fd, m->base + offset, layout.segment_size, layout, pl, 0, out);
-  out->dev_ = dev;
-  out->ino_ = ino;
-  out->map_ = m;
-  out->offset_ = offset;
+  AssembleSlot(m, offset, layout, 0, out);
   return 0;
+}
+
+void Segment::AssembleSlot(SharedMap* m, uint64_t offset, const SegmentLayout& layout,
+                           uint32_t generation, Segment* out) {
+  Assemble(m->fd, m->base + offset, layout.segment_size, layout, m->placement, generation, out);
+  out->dev_ = m->dev;
+  out->ino_ = m->ino;
+  out->map_ = m;  // the caller's reference on m goes to *out
+  out->offset_ = offset;
 }
 
 void Segment::Assemble(int fd, void* base, uint64_t size, const SegmentLayout& layout,

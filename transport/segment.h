@@ -134,6 +134,13 @@ void InitializeSegment(void* base, const SegmentLayout& layout, PageKind kind,
 // other and from the prefix). Reads the header once into a local copy.
 // Returns 0 and the layout, or -EPROTO (bad magic/version) / -EINVAL.
 int ValidateSegmentHeader(const void* base, uint64_t size, SegmentLayout* out);
+// The segment at `offset` of a mapped memfd of `size` bytes (an arena slot,
+// see "Arenas"; offset 0 for a single segment): its start and its size as
+// its header states it (untrusted: only checked to lie inside). False if it
+// cannot be a segment there. ValidateSegmentHeader(*slot, *slot_size)
+// validates the rest.
+bool SegmentAt(const void* base, uint64_t size, uint64_t offset, const void** slot,
+               uint64_t* slot_size);
 // Binds the data pages of `ring` to `node` (mbind MPOL_PREFERRED, moving pages
 // already faulted). node < 0: the node of the calling CPU. Returns 0 or
 // -errno (-ENOSYS without NUMA support); records the result in *placement.
@@ -286,6 +293,10 @@ class Segment {
   // A slot of an arena (segment.h "Arenas"), or -ENOSPC.
   static int CreateInArena(const SegmentOptions& opts, const SegmentLayout& layout, bool thp,
                            Segment* out);
+  // The slot at `offset` of arena m, into *out (which takes over a
+  // reference on m that the caller holds).
+  static void AssembleSlot(SharedMap* m, uint64_t offset, const SegmentLayout& layout,
+                           uint32_t generation, Segment* out);
   // What Create and Attach built, into *out (replacing what it held).
   static void Assemble(int fd, void* base, uint64_t size, const SegmentLayout& layout,
                        const Placement& placement, uint32_t generation, Segment* out);

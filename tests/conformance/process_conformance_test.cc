@@ -1560,14 +1560,20 @@ void ReadSameSocket(int) {
   errno = saved;
 }
 
-TEST_F(Process, HandlerReadsTheSocketItsThreadIsReading) {
-  Connect();
-  std::vector<unsigned char> handler_bytes(kHandlerReadCap);
-  g_handler_bytes = handler_bytes.data();
-  g_same_read_fd = server_;
+// ReadSameSocket's handler reads go to fd, its bytes into buf
+// (kHandlerReadCap), its counts from zero.
+void StartHandlerReads(int fd, unsigned char* buf) {
+  g_handler_bytes = buf;
+  g_same_read_fd = fd;
   g_handler_got = 0;
   g_handler_read_failures = 0;
   g_handler_read_calls = 0;
+}
+
+TEST_F(Process, HandlerReadsTheSocketItsThreadIsReading) {
+  Connect();
+  std::vector<unsigned char> handler_bytes(kHandlerReadCap);
+  StartHandlerReads(server_, handler_bytes.data());
   constexpr std::uint64_t kBytes = 16 << 20;
   auto byte_at = [](std::uint64_t j) { return static_cast<unsigned char>((j * 131) >> 3); };
   std::thread w = Unsignalled([&] {
@@ -1619,11 +1625,7 @@ TEST_F(Process, HandlerReadsTheSocketItsThreadIsReading) {
 TEST_F(Process, HandlerReadsTheSocketItsThreadPolls) {
   Connect();
   std::vector<unsigned char> handler_bytes(kHandlerReadCap);
-  g_handler_bytes = handler_bytes.data();
-  g_same_read_fd = server_;
-  g_handler_got = 0;
-  g_handler_read_failures = 0;
-  g_handler_read_calls = 0;
+  StartHandlerReads(server_, handler_bytes.data());
   constexpr std::size_t kBytes = 16 * 1024;
   std::atomic<bool> written{false};
   std::thread w = Unsignalled([&] {
