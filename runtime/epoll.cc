@@ -38,6 +38,20 @@ constexpr std::int64_t kSpinNs = 30'000;  // as runtime/poll.cc
 // and was rung between most requests (perf stat, -n 200000 GET+SET:
 // ~350k doorbells at 30 µs, 210-260k at 60 µs).
 constexpr std::int64_t kSpinMaxNs = 100'000;
+// The longest spin of a wait while a reply is due: a member that wants
+// EPOLLIN was written to since its incoming data was last seen, so its peer
+// owes the next message (a request/response conversation in progress). A
+// pipelining client (redis-benchmark -P 16, 50 connections) waits for a
+// CPU-bound server that answers its connections in bursts several hundred
+// µs apart; with the 100 µs cap it slept between bursts, and every member
+// it armed for that sleep cost the server a doorbell (a sendto on the Unix
+// socket, ~18% of the server's time): docs/event-loops.md "-P 16". The
+// budget adapts as the other one (SpinPolicy: >= 2x the spin that caught
+// the reply, doubled when a sleep ended within this cap, halved when not,
+// also when a wait times out), so a peer slower than this stops costing
+// spins after a few waits; and no spin at all when a member's peer waits
+// on this CPU (SpinHint).
+constexpr std::int64_t kSpinDueMaxNs = 1'000'000;
 // A member on the check list that a wait finds not ready stays there (is
 // evaluated at each wait, never armed) until this many waits in a row
 // found it so; then it is armed and leaves the list. Ski rental: a wasted
@@ -86,6 +100,9 @@ struct Member {
   bool parked = false;     // deleted by the program, kernel registration kept ("Parking")
   std::uint64_t rx_seen = ~std::uint64_t{0};  // ArrivedBytes when EPOLLIN was last reported (ET)
   std::uint32_t idle_waits = 0;               // waits in a row that found it not ready (check list)
+  // Writes to the connection (its tx ring's ops) when incoming data was last
+  // seen: a reply is due while they differ (kSpinDueMaxNs).
+  std::uint64_t tx_mark = 0;
 };
 
 // m's fd no longer refers to its object (closed, replaced).
@@ -312,6 +329,8 @@ struct EpollSet {
   // How long a wait on this set spins before it sleeps (unless
   // DOORWAY_SPIN_NS fixes it); relaxed atomics inside.
   transport::SpinPolicy spin{kSpinNs, kSpinMaxNs, 0};
+  // The same while a reply is due (kSpinDueMaxNs).
+  transport::SpinPolicy spin_due{kSpinNs, kSpinDueMaxNs, 0};
   int epfd = -1;
   int nested = 0;  // members that are epoll sets
   // Members with Member::quiet set. Written under the lock; read without it
@@ -531,6 +550,7 @@ int Evaluate(EpollSet& s, Member& m, epoll_event* out, bool check_kernel, bool p
     Connection& c = *m.conn.As<Connection>();
     Reading r = Read(m, c);
     Commit(m, r);
+    if (r.now & EPOLLIN) m.tx_mark = c.tx.stats()->ops.load(std::memory_order_relaxed);
     if (r.report == 0 && prune && m.in_check && ++m.idle_waits >= kIdleWaits) {
       Arm(m, c, r);
       r = Read(m, c);  // after W1 (see Arm)
@@ -670,6 +690,40 @@ int KernelWait(EpollSet& s, int epfd, epoll_event* out, int max, int timeout_ms,
     s.lock.Unlock();
   }
   return kept;
+}
+
+// What a wait about to spin learns from its check-list members (under
+// s.lock): whether a reply is due on one of them (kSpinDueMaxNs), and
+// whether the peer of one waits on this CPU. Spinning only pays when the
+// peer runs elsewhere: on one CPU the spin delays the very peer it waits
+// for (transport/wait.h "Sharing a core", measured there for blocking
+// calls). Publishes the CPU this side waits on in each member's incoming
+// ring, for its peer's waits (a store only when it changed). O(check list),
+// once per epoll_wait that spins.
+struct SpinHint {
+  bool due = false;
+  bool peer_on_this_cpu = false;
+};
+
+SpinHint LookAtPeers(EpollSet& s) {
+  SpinHint h;
+  const int cpu = sched_getcpu();  // the rseq area: no system call
+  const std::uint32_t me = cpu >= 0 ? static_cast<std::uint32_t>(cpu) + 1 : 0;
+  for (int i = 0; i < s.check.n; ++i) {
+    Member* m = s.Find(s.check.v[i]);
+    if (m == nullptr || m->nested || m->disabled || m->parked) continue;
+    Connection* c = m->conn.As<Connection>();
+    if (c == nullptr) continue;
+    if ((m->events & EPOLLIN) && c->tx.stats()->ops.load(std::memory_order_relaxed) != m->tx_mark) {
+      h.due = true;
+    }
+    if (me == 0) continue;
+    // Relaxed: hints; a stale value costs one wait the wrong strategy.
+    std::atomic<std::uint32_t>* own = c->rx.waiter_cpu();
+    if (own->load(std::memory_order_relaxed) != me) own->store(me, std::memory_order_relaxed);
+    if (c->tx.waiter_cpu()->load(std::memory_order_relaxed) == me) h.peer_on_this_cpu = true;
+  }
+  return h;
 }
 
 }  // namespace
@@ -925,6 +979,7 @@ int EpollCtl(int epfd, int op, int fd, epoll_event* event) {
     if (Connection* c = target.As<Connection>()) {
       fresh.rx_gen = c->rx_eagain_gen.load(std::memory_order_relaxed) - 1;  // first wait: an edge
       fresh.tx_gen = c->tx_eagain_gen.load(std::memory_order_relaxed) - 1;
+      fresh.tx_mark = c->tx.stats()->ops.load(std::memory_order_relaxed);
     }
     fresh.conn = std::move(target);
     if (!s->Add(std::move(fresh))) {
@@ -954,6 +1009,8 @@ int EpollWait(int epfd, epoll_event* events, int maxevents, std::int64_t timeout
   const std::int64_t deadline = timeout_ns < 0 ? -1 : start + timeout_ns;
   bool spun = false;
   std::int64_t spin_start = 0;
+  const bool fixed = GetConfig().spin_ns >= 0;
+  transport::SpinPolicy* policy = nullptr;  // the adaptive budget this call spun by
   // A handler that runs while we spin must end the call with EINTR, as it
   // would end the kernel's epoll_wait (signals.h).
   const std::atomic<std::uint64_t>* signals = SignalEpochOfThisThread();
@@ -972,9 +1029,14 @@ int EpollWait(int epfd, epoll_event* events, int maxevents, std::int64_t timeout
       // those just woken): the others are armed, and their doorbells show
       // up in the kernel wait looked at every 64 rounds. O(hot members).
       spun = true;
-      const bool fixed = GetConfig().spin_ns >= 0;
+      s->lock.Lock();
+      const SpinHint hint = LookAtPeers(*s);
+      s->lock.Unlock();
+      if (!fixed) policy = hint.due ? &s->spin_due : &s->spin;
       spin_start = NowNs();
-      std::int64_t spin_end = spin_start + (fixed ? GetConfig().spin_ns : s->spin.budget_ns());
+      std::int64_t budget = fixed ? GetConfig().spin_ns : policy->budget_ns();
+      if (hint.peer_on_this_cpu) budget = 0;
+      std::int64_t spin_end = spin_start + budget;
       if (deadline >= 0 && spin_end > deadline) spin_end = deadline;
       for (unsigned iter = 1;; ++iter) {
         if (NowNs() >= spin_end) break;
@@ -989,7 +1051,7 @@ int EpollWait(int epfd, epoll_event* events, int maxevents, std::int64_t timeout
         n = Collect(*s, events + k, maxevents - k, false, (iter & 63) == 0);
         s->lock.Unlock();
         if (n + k > 0) {
-          if (!fixed) s->spin.OnSpinSuccess(NowNs() - spin_start);
+          if (policy != nullptr) policy->OnSpinSuccess(NowNs() - spin_start);
           return n + k;
         }
 #if defined(__x86_64__) || defined(__i386__)
@@ -999,7 +1061,14 @@ int EpollWait(int epfd, epoll_event* events, int maxevents, std::int64_t timeout
       continue;
     }
     std::int64_t left = deadline < 0 ? -1 : deadline - NowNs();
-    if (deadline >= 0 && left <= 0) return 0;
+    if (deadline >= 0 && left <= 0) {
+      // Nothing came within the timeout: halve the budget, as after a
+      // sleep longer than its cap. An idle loop whose timer is shorter than
+      // the spin (an event loop's 1 ms tick while a reply is due) would
+      // otherwise spin through every timeout, i.e. all the time.
+      if (policy != nullptr) policy->OnSlept(policy->max_ns() + 1);
+      return 0;
+    }
     // Arm the members that are not (the check list, the always list) so
     // that their peers ring when they turn ready; do not sleep if one is
     // ready already.
@@ -1011,7 +1080,7 @@ int EpollWait(int epfd, epoll_event* events, int maxevents, std::int64_t timeout
     n = Collect(*s, events + k, maxevents - k, true);
     s->lock.Unlock();
     if (k + n > 0) {
-      if (spin_start != 0 && GetConfig().spin_ns < 0) s->spin.OnSlept(NowNs() - spin_start);
+      if (policy != nullptr && spin_start != 0) policy->OnSlept(NowNs() - spin_start);
       return k + n;
     }
   }

@@ -8,6 +8,8 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
@@ -1190,6 +1192,114 @@ TEST_P(Conformance, EpollEdgeTriggeredOutAfterEagainWakesASleeper) {
   ASSERT_EQ(ev.size(), 1u);
   EXPECT_EQ(ev[0].events, static_cast<uint32_t>(EPOLLOUT));
   EXPECT_EQ(ev[0].data.u64, 6u);
+}
+
+// Request/response through epoll: each round the client writes a request
+// and waits in its set; the server thread answers after a delay that
+// varies from none to longer than any spin (under doorway a member written
+// to since its last reply spins longer before the set sleeps: epoll.cc
+// kSpinDueMaxNs). Every reply is one EPOLLIN event, with its data, whether
+// it came while the set spun or slept. Then waits that time out while the
+// reply is due (the spin budget is halved each time) still see the late
+// reply.
+TEST_P(Conformance, EpollReplyDueWakesWhetherSpinningOrAsleep) {
+  Connect();
+  Epoll ep;
+  ASSERT_EQ(ep.Ctl(EPOLL_CTL_ADD, client_, EPOLLIN, 77), 0);
+  constexpr int kRounds = 12;
+  constexpr useconds_t kDelayUs[] = {0, 200, 3000, 20000};
+  std::atomic<bool> late_go{false};
+  std::thread srv([&] {
+    char req[8];
+    for (int i = 0; i <= kRounds; ++i) {
+      if (read(server_, req, sizeof(req)) != static_cast<ssize_t>(sizeof(req))) return;
+      if (i < kRounds) {
+        usleep(kDelayUs[i % 4]);
+      } else {
+        for (int w = 0; w < 5000 && !late_go.load(); ++w) usleep(1000);  // bounded: 5 s
+      }
+      req[0] = 'R';
+      if (write(server_, req, sizeof(req)) != static_cast<ssize_t>(sizeof(req))) return;
+    }
+  });
+  char buf[8];
+  auto client = [&] {
+    for (int i = 0; i < kRounds; ++i) {
+      char req[8] = {'Q', static_cast<char>('a' + i), 0, 0, 0, 0, 0, 0};
+      ASSERT_EQ(write(client_, req, sizeof(req)), 8);
+      auto ev = ep.Wait(5000);
+      ASSERT_EQ(ev.size(), 1u) << "round " << i;
+      EXPECT_EQ(ev[0].events, static_cast<uint32_t>(EPOLLIN));
+      EXPECT_EQ(ev[0].data.u64, 77u);
+      ASSERT_EQ(read(client_, buf, sizeof(buf)), 8);
+      EXPECT_EQ(buf[0], 'R');
+      EXPECT_EQ(buf[1], 'a' + i);
+      EXPECT_TRUE(ep.Wait(0).empty());
+    }
+    char last[8] = {'Q', 'z', 0, 0, 0, 0, 0, 0};
+    ASSERT_EQ(write(client_, last, sizeof(last)), 8);
+    for (int i = 0; i < 4; ++i) EXPECT_TRUE(ep.Wait(3).empty()) << "timeout " << i;
+    late_go.store(true);
+    auto ev = ep.Wait(5000);
+    ASSERT_EQ(ev.size(), 1u);
+    EXPECT_EQ(ev[0].events, static_cast<uint32_t>(EPOLLIN));
+    ASSERT_EQ(read(client_, buf, sizeof(buf)), 8);
+    EXPECT_EQ(buf[1], 'z');
+  };
+  client();
+  if (HasFatalFailure()) shutdown(client_, SHUT_RDWR);  // the server thread's read ends
+  late_go.store(true);
+  srv.join();
+}
+
+// Both ends waiting in epoll sets on one CPU (under doorway each wait
+// publishes its CPU and does not spin when its peer waits on the same one,
+// epoll.cc SpinHint): a ping-pong still gets every message, event for
+// event.
+TEST_P(Conformance, EpollPingPongOnOneCpu) {
+  Connect();
+  cpu_set_t old;
+  ASSERT_EQ(pthread_getaffinity_np(pthread_self(), sizeof(old), &old), 0);
+  int cpu = sched_getcpu();
+  ASSERT_GE(cpu, 0);
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  CPU_SET(cpu, &one);
+  ASSERT_EQ(pthread_setaffinity_np(pthread_self(), sizeof(one), &one), 0);
+  constexpr int kRounds = 200;
+  std::thread srv([&] {
+    (void)pthread_setaffinity_np(pthread_self(), sizeof(one), &one);
+    Epoll sep;
+    ASSERT_EQ(sep.Ctl(EPOLL_CTL_ADD, server_, EPOLLIN, 2), 0);
+    for (int i = 0; i < kRounds; ++i) {
+      auto ev = sep.Wait(5000);
+      ASSERT_EQ(ev.size(), 1u) << "server round " << i;
+      EXPECT_EQ(ev[0].events, static_cast<uint32_t>(EPOLLIN));
+      EXPECT_EQ(ev[0].data.u64, 2u);
+      char b[4];
+      ASSERT_EQ(read(server_, b, sizeof(b)), 4);
+      ASSERT_EQ(write(server_, b, sizeof(b)), 4);
+    }
+  });
+  Epoll ep;
+  auto client = [&] {
+    ASSERT_EQ(ep.Ctl(EPOLL_CTL_ADD, client_, EPOLLIN, 1), 0);
+    for (int i = 0; i < kRounds; ++i) {
+      int32_t v = i;
+      ASSERT_EQ(write(client_, &v, sizeof(v)), 4);
+      auto ev = ep.Wait(5000);
+      ASSERT_EQ(ev.size(), 1u) << "client round " << i;
+      EXPECT_EQ(ev[0].events, static_cast<uint32_t>(EPOLLIN));
+      EXPECT_EQ(ev[0].data.u64, 1u);
+      int32_t got = -1;
+      ASSERT_EQ(read(client_, &got, sizeof(got)), 4);
+      ASSERT_EQ(got, i);
+    }
+  };
+  client();
+  if (HasFatalFailure()) shutdown(client_, SHUT_RDWR);  // the server thread's wait ends
+  srv.join();
+  ASSERT_EQ(pthread_setaffinity_np(pthread_self(), sizeof(old), &old), 0);
 }
 
 // One set, two threads waiting in it, edge-triggered members turning ready
