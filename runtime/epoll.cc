@@ -219,9 +219,15 @@ struct EpollSet {
     if (m.fd < 0) return false;
     if (!index.Reserve(m.fd + 1, -1)) return false;
     // Room for every member on each list, so that pushing never fails.
-    if (!check.v.Reserve(count + 1) || !always.v.Reserve(count + 1)) return false;
+    if (!check.v.Reserve(count + 1) || !always.v.Reserve(count + 1) ||
+        !revoke.v.Reserve(count + 1)) {
+      return false;
+    }
     if (count == cap && !GrowMembers()) return false;
-    if (m.nested) ++nested;
+    if (m.nested) {
+      ++nested;
+      if (EpollSet* inner = m.conn.As<EpollSet>()) inner->nested_in.fetch_add(1);
+    }
     if (Connection* c = m.conn.As<Connection>())
       c->epoll_regs.fetch_add(1, std::memory_order_relaxed);
     index[m.fd] = count;
@@ -246,6 +252,23 @@ struct EpollSet {
     }
     lastm->~Member();
     --count;
+  }
+  // After a sleep: takes back the arming of the members ArmSet armed
+  // revocably for it ("Taking the arming back"), unless another thread
+  // waits in the set too. The members go back on the check list.
+  void Revoke() {
+    if (waiters.load(std::memory_order_relaxed) == 1 &&
+        nested_in.load(std::memory_order_relaxed) == 0) {
+      for (int i = 0; i < revoke.n; ++i) {
+        Member* m = Find(revoke.v[i]);
+        if (m == nullptr || m->in_check || m->in_always || m->parked || m->disabled) continue;
+        Connection* c = m->conn.As<Connection>();
+        if (c == nullptr) continue;
+        (void)c->rx.DisarmReadDoorbell();
+        MarkCheck(*m);
+      }
+    }
+    revoke.n = 0;
   }
   // m must be evaluated at the next waits (until armed and not ready).
   void MarkCheck(Member& m) {
@@ -341,12 +364,27 @@ struct EpollSet {
   int cap = 0;
   IntArray index;  // by fd number
   FdList check, always;
+  // The members the last sleep armed revocably (ArmSet at depth 0).
+  FdList revoke;
+  // Threads in EpollWait on this set (Revoke only when alone). Changed
+  // outside the lock, read under it: a thread's increment precedes its
+  // ArmSet, which takes the lock.
+  std::atomic<int> waiters{0};
+  // Sets of this process this one is nested in. An outer set's sleep
+  // relies on the arming of this set's members that are off its check
+  // list, so Revoke does nothing while it is nested (the increment precedes
+  // the outer set's ArmSet of this one, which takes this set's lock).
+  std::atomic<int> nested_in{0};
   std::uint64_t log_pos;  // next change-log entry to read
 
  private:
   static void DropRegistration(Member& m) {
     if (Connection* c = m.conn.As<Connection>())
       c->epoll_regs.fetch_sub(1, std::memory_order_relaxed);
+    if (m.nested) {
+      if (EpollSet* inner = m.conn.As<EpollSet>())
+        inner->nested_in.fetch_sub(1, std::memory_order_relaxed);
+    }
   }
   bool GrowMembers() {
     int ncap = cap == 0 ? 64 : cap * 2;
@@ -435,14 +473,43 @@ void Commit(Member& m, const Reading& r) {
 // clears the flag and sends a byte, which stays on the socket until our
 // next KernelWait drains it, and the level-triggered kernel registration
 // wakes the set meanwhile).
-void Arm(const Member& m, Connection& c, const Reading& r) {
+//
+// revocable: the "data" flag is armed with Ring::kArmRevocable, which the
+// set takes back when it wakes ("Taking the arming back" below).
+void Arm(const Member& m, Connection& c, const Reading& r, bool revocable = false) {
   short ev = 0;
   if (m.events & (EPOLLIN | EPOLLRDNORM | EPOLLRDHUP)) ev |= POLLIN;
   if ((m.events & (EPOLLOUT | EPOLLWRNORM)) && (r.now & (EPOLLOUT | EPOLLWRNORM)) == 0) {
     ev |= POLLOUT;
   }
   if ((m.events & (EPOLLIN | EPOLLRDNORM | EPOLLRDHUP | EPOLLOUT | EPOLLWRNORM)) == 0) ev = POLLIN;
+  if (revocable && (ev & POLLIN)) {
+    (void)c.rx.ArmReadDoorbell(transport::Ring::kArmRevocable);
+    ev &= ~POLLIN;
+  }
   if (ev != 0) (void)ArmDoorbells(c, ev);
+}
+
+// Taking the arming back. A set that goes to sleep arms every member of its
+// check list (the members ready in recent waits), and each of their peers
+// then pays a doorbell (a sendto on the Unix socket) on its next publish,
+// even when the set is awake again long before: a pipelining client that
+// sleeps while its server writes replies to all its connections in one
+// burst cost the server one doorbell per connection per sleep (~29 per
+// sleep, ~15% of the server's time: docs/event-loops.md "-P 16"). So a set
+// that wakes takes back the arming of the members it armed for that sleep
+// and puts them back on its check list (evaluated from the rings again, so
+// nothing is lost: a member off the list still always has a doorbell
+// coming), when the wake brought events to return (a wait that timed out
+// leaves its arming for the kernel's set, see EpollWait). Only its own arming: the members armed
+// with kArmRevocable, which the set does only for a connection this set alone holds in this process
+// and no other process shares (epoll_regs == 1, not shared: any other set or poll arms with the
+// sticky bit, which a revocation leaves set), at the top level of a wait (an outer set arming a
+// nested set's members arms them sticky), and only when no other thread waits in the set (it may
+// sleep on that arming) and the set is not nested in another (whose sleep may rely on it).
+bool Revocable(const Connection& c) {
+  return c.epoll_regs.load(std::memory_order_relaxed) == 1 &&
+         !c.shared.load(std::memory_order_relaxed);
 }
 
 bool NestedReady(EpollSet& s, bool check_kernel, int depth);
@@ -504,6 +571,7 @@ bool ArmSet(EpollSet& s, int depth) {
     }
   }
   int kept = 0;
+  if (depth == 0) s.revoke.n = 0;
   for (int i = 0; i < s.check.n; ++i) {
     int fd = s.check.v[i];
     Member* m = s.Find(fd);
@@ -514,12 +582,14 @@ bool ArmSet(EpollSet& s, int depth) {
     }
     Connection* c = m->conn.As<Connection>();
     if (!m->disabled && c != nullptr) {
-      Arm(*m, *c, Read(*m, *c));
+      const bool revocable = depth == 0 && Revocable(*c);
+      Arm(*m, *c, Read(*m, *c), revocable);
       if (Read(*m, *c).report != 0) {
         ready_now = true;
         s.check.v[kept++] = fd;
         continue;
       }
+      if (revocable) s.revoke.Push(fd);
     }
     m->in_check = false;  // armed and not ready (or disabled: MOD puts it back)
   }
@@ -1005,6 +1075,11 @@ int EpollWait(int epfd, epoll_event* events, int maxevents, std::int64_t timeout
     int k = DOORWAY_REAL(epoll_pwait)(epfd, events, maxevents, ms_of(timeout_ns), sigmask);
     return k < 0 ? -errno : k;
   }
+  struct Waiting {  // EpollSet::waiters, for every return below
+    explicit Waiting(EpollSet& set) : s(set) { s.waiters.fetch_add(1, std::memory_order_seq_cst); }
+    ~Waiting() { s.waiters.fetch_sub(1, std::memory_order_relaxed); }
+    EpollSet& s;
+  } waiting(*s);
   const std::int64_t start = NowNs();
   const std::int64_t deadline = timeout_ns < 0 ? -1 : start + timeout_ns;
   bool spun = false;
@@ -1078,6 +1153,11 @@ int EpollWait(int epfd, epoll_event* events, int maxevents, std::int64_t timeout
     if (k < 0) return k;  // EINTR: epoll_wait is never restarted
     s->lock.Lock();
     n = Collect(*s, events + k, maxevents - k, true);
+    // Only after a wake that brings events: the program will be back in a
+    // wait of this set soon. After a timeout the arming stays, as it did
+    // before revocation existed, for a program that then waits for the
+    // set's fd elsewhere (poll on the epoll fd; the KernelSetWakes cases).
+    if (k + n > 0) s->Revoke();
     s->lock.Unlock();
     if (k + n > 0) {
       if (policy != nullptr && spin_start != 0) policy->OnSlept(NowNs() - spin_start);

@@ -99,9 +99,20 @@ DOORWAY_HOT void Ring::Notify(internal::WaitLine& w) {
   if (w.armed.load(std::memory_order_seq_cst) != 0) TakeArmed(w);
 }
 
-bool Ring::ArmReadDoorbell() {
-  ctrl_->data_wait.armed.store(1, std::memory_order_seq_cst);  // W1 pairs with D1 in Notify
-  return ReadReady();                                          // D2
+bool Ring::ArmReadDoorbell(uint32_t bit) {
+  if (bit == kArmSticky) {
+    ctrl_->data_wait.armed.store(kArmSticky, std::memory_order_seq_cst);  // W1 pairs with D1
+  } else {
+    // An RMW, so that another waiter's sticky bit survives a later
+    // DisarmReadDoorbell; seq_cst: W1 as the store.
+    ctrl_->data_wait.armed.fetch_or(bit, std::memory_order_seq_cst);
+  }
+  return ReadReady();  // D2
+}
+
+bool Ring::DisarmReadDoorbell() {
+  return (ctrl_->data_wait.armed.fetch_and(~kArmRevocable, std::memory_order_relaxed) &
+          kArmRevocable) != 0;
 }
 
 bool Ring::ArmWriteDoorbell(size_t min) {

@@ -176,7 +176,19 @@ class Ring {
   //
   // Consumer: arm "data available". Returns true if Read would not return
   // -EAGAIN already (then do not wait: the doorbell may never come).
-  bool ArmReadDoorbell();
+  // `bit` says whose arming it is: kArmSticky stays until the peer rings
+  // (a plain store: it may absorb a revocable bit, which then rings too);
+  // kArmRevocable may be taken back by DisarmReadDoorbell (an epoll set
+  // that woke and looks at the member from the ring again). The peer rings
+  // while any bit is set, so a revocation never takes away another
+  // waiter's arming.
+  static constexpr uint32_t kArmSticky = 1;
+  static constexpr uint32_t kArmRevocable = 2;
+  bool ArmReadDoorbell(uint32_t bit = kArmSticky);
+  // Takes back a kArmRevocable "data available" arming. True if it was
+  // still set (the peer will not ring for it), false if the peer consumed
+  // it (a doorbell was or will be sent) or it was never set.
+  bool DisarmReadDoorbell();
   // Producer: arm "space available" (for EPOLLOUT). Returns true if a Write
   // of `min` bytes would not return -EAGAIN already.
   bool ArmWriteDoorbell(size_t min);

@@ -340,5 +340,36 @@ TEST_F(RingTest, DoorbellsOnlyWhenArmed) {
   EXPECT_TRUE(cons_.ReadReady());
 }
 
+// A revocable arming (an epoll set that woke takes it back) costs the
+// producer no doorbell once taken back, and taking it back leaves any
+// sticky arming (another waiter's) in place.
+TEST_F(RingTest, RevocableDoorbell) {
+  char buf[8] = {};
+  EXPECT_FALSE(cons_.DisarmReadDoorbell());  // never armed
+  EXPECT_FALSE(cons_.ArmReadDoorbell(Ring::kArmRevocable));
+  EXPECT_TRUE(cons_.DisarmReadDoorbell());
+  ASSERT_EQ(prod_.Write(buf, 1), 1);
+  EXPECT_FALSE(prod_.TakeDoorbell());  // taken back: no doorbell
+  ASSERT_EQ(cons_.Read(buf, sizeof buf), 1);
+
+  // Sticky and revocable together: taking back the one leaves the other.
+  // (A sticky arming made after a revocable one may absorb it: the
+  // revocation then answers false, and the doorbell still comes.)
+  EXPECT_FALSE(cons_.ArmReadDoorbell());
+  EXPECT_FALSE(cons_.ArmReadDoorbell(Ring::kArmRevocable));
+  EXPECT_TRUE(cons_.DisarmReadDoorbell());
+  ASSERT_EQ(prod_.Write(buf, 1), 1);
+  EXPECT_TRUE(prod_.TakeDoorbell());
+  ASSERT_EQ(cons_.Read(buf, sizeof buf), 1);
+
+  // The producer consumed it first: the doorbell goes, the revocation
+  // finds nothing.
+  EXPECT_FALSE(cons_.ArmReadDoorbell(Ring::kArmRevocable));
+  ASSERT_EQ(prod_.Write(buf, 1), 1);
+  EXPECT_TRUE(prod_.TakeDoorbell());
+  EXPECT_FALSE(cons_.DisarmReadDoorbell());
+  EXPECT_TRUE(cons_.ArmReadDoorbell(Ring::kArmRevocable));  // readable: do not wait
+}
+
 }  // namespace
 }  // namespace doorway::transport
