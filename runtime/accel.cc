@@ -9,6 +9,7 @@
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -20,6 +21,7 @@
 #include "runtime/epoll.h"
 #include "runtime/log.h"
 #include "runtime/real.h"
+#include "runtime/reuse.h"
 #include "runtime/signals.h"
 #include "runtime/sockets.h"
 #include "runtime/spare.h"
@@ -740,8 +742,9 @@ int SendHello(int door, const Hello& hello, int memfd) {
 // Returns the memfd or -errno.
 // -EAGAIN: not there yet (after waiting up to wait_ms).
 int ReceiveHello(int conn, Hello* hello, int wait_ms) {
-  const std::int64_t deadline = NowNs() + std::int64_t{wait_ms} * 1000000;
+  const std::int64_t deadline = wait_ms > 0 ? NowNs() + std::int64_t{wait_ms} * 1000000 : 0;
   bool eof_seen = false;
+  int doorbells = 0;
   for (int attempt = 0;; ++attempt) {
     iovec iov{hello, sizeof(*hello)};
     alignas(cmsghdr) char control[CMSG_SPACE(4 * sizeof(int))] = {};
@@ -774,6 +777,9 @@ int ReceiveHello(int conn, Hello* hello, int wait_ms) {
     }
     if (n < 0) return -errno;
     if (n == 0) return -ECONNRESET;  // the client went away before its Hello
+    // A reused door socket (reuse.h) may still hold doorbells of its
+    // previous connection (one byte, no control message) before the Hello.
+    if (n == 1 && msg.msg_controllen == 0 && ++doorbells <= 64) continue;
     int memfd = -1;
     for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
       if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
@@ -800,7 +806,13 @@ int ReceiveHello(int conn, Hello* hello, int wait_ms) {
 }
 
 void Install(int fd, Ref obj, std::uint32_t tag) {
-  if (Connection* c = obj.As<Connection>()) StatsPublish(*c, fd);  // visible in stat
+  if (Connection* c = obj.As<Connection>()) {
+    if (c->socket_ino == 0) {
+      struct stat st;
+      c->socket_ino = fstat(fd, &st) == 0 ? st.st_ino : 0;
+    }
+    StatsPublish(*c, fd);  // visible in stat
+  }
   OnFdAttached(obj);
   bool ok = false;
   Ref old = GlobalTable().Install(fd, std::move(obj), &ok, tag);
@@ -819,8 +831,8 @@ constexpr unsigned kSourceCount = 4;
 // listener's epoll fd (listen_fd) for `events`; false if no slot is free.
 // With memfd >= 0, the Hello arrived and the set-up waits for memory: the
 // memfd and addresses are stored before the slot publishes conn.
-bool Park(Listener& l, int listen_fd, int conn, std::uint32_t events, int memfd,
-          const Hello* hello) {
+bool Park(Listener& l, int listen_fd, int conn, std::uint32_t events, int memfd, const Hello* hello,
+          bool reused = false) {
   // Connections waiting for memory use the first kMaxRetry slots (the only
   // ones with room for a Hello); those waiting for their Hello the others
   // first, from the last.
@@ -831,6 +843,12 @@ bool Park(Listener& l, int listen_fd, int conn, std::uint32_t events, int memfd,
     int expected = -1;
     // -2: claimed, not yet published (no claimer takes a negative value).
     if (!slot.compare_exchange_strong(expected, -2)) continue;
+    const std::uint64_t bit = std::uint64_t{1} << i;
+    if (reused) {
+      l.pending_reused.fetch_or(bit, std::memory_order_relaxed);
+    } else {
+      l.pending_reused.fetch_and(~bit, std::memory_order_relaxed);
+    }
     if (memfd >= 0) {
       l.retry_memfd[i] = memfd;
       l.retry_client[i] = hello->client;
@@ -839,7 +857,7 @@ bool Park(Listener& l, int listen_fd, int conn, std::uint32_t events, int memfd,
     }
     epoll_event ev{};
     ev.events = events;
-    ev.data.u64 = kSourcePending;
+    ev.data.u64 = kSourcePending | std::uint64_t{static_cast<unsigned>(i)} << 8;
     if (DOORWAY_REAL(epoll_ctl)(listen_fd, EPOLL_CTL_ADD, conn, &ev) != 0) {
       if (memfd >= 0) l.retry_memfd[i] = -1;
       slot.store(-1);
@@ -924,6 +942,8 @@ int FinishDoor(Listener& l, int listen_fd, int conn, const ucred& cred, int memf
   Connection& c = *obj.As<Connection>();
   InitConnection(c, std::move(seg), Role::kServer);
   c.recyclable = IsOwnUid(cred.uid);
+  c.listener_index = l.registry_index;
+  c.listener_serial = l.serial;
   c.local = AsDomain(hello.server, l.domain);
   c.peer = AsDomain(hello.client, l.domain);
   c.opts.CopyFrom(l.opts);
@@ -992,8 +1012,11 @@ int AcceptDoor(Listener& l, int listen_fd, int door, sockaddr* addr, socklen_t* 
 // A parked door connection whose Hello has arrived (or that waits for
 // memory: tried again), or -EAGAIN (or -ENOMEM/-ENFILE if memory is still
 // short: it stays parked).
-int AcceptPending(Listener& l, int listen_fd, sockaddr* addr, socklen_t* len, int flags) {
+// slots: the pending slots the listener's epoll fd reported (bit i: slot i).
+int AcceptPending(Listener& l, int listen_fd, sockaddr* addr, socklen_t* len, int flags,
+                  std::uint64_t slots) {
   for (int i = 0; i < Listener::kMaxPending; ++i) {
+    if ((slots & (std::uint64_t{1} << i)) == 0) continue;
     int memfd = -1;
     int conn = ClaimParked(l, i, &memfd);  // no other thread looks at it now
     if (conn < 0) continue;
@@ -1006,14 +1029,26 @@ int AcceptPending(Listener& l, int listen_fd, sockaddr* addr, socklen_t* len, in
       l.pending[i].store(conn);  // back (the slot stayed claimed)
       continue;
     }
+    const bool reused =
+        (l.pending_reused.load(std::memory_order_relaxed) & (std::uint64_t{1} << i)) != 0;
     l.pending[i].store(-1);
     (void)DOORWAY_REAL(epoll_ctl)(listen_fd, EPOLL_CTL_DEL, conn, nullptr);
     ucred cred{};
     socklen_t cl = sizeof(cred);
     (void)DOORWAY_REAL(getsockopt)(conn, SOL_SOCKET, SO_PEERCRED, &cred, &cl);
     // Its flags are unknown here (another accept call parked it): set both.
-    int c = FinishDoor(l, listen_fd, conn, cred, memfd, hello, addr, len, flags,
-                       ~flags & (SOCK_CLOEXEC | SOCK_NONBLOCK));
+    int has_flags = ~flags & (SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (reused && memfd >= 0) {
+      // A kept end lives at a high number (reuse.h); accept gives the
+      // lowest free one, as the kernel's.
+      int low = DOORWAY_REAL(fcntl)(conn, (flags & SOCK_CLOEXEC) ? F_DUPFD_CLOEXEC : F_DUPFD, 0);
+      if (low >= 0) {
+        DOORWAY_REAL(close)(conn);
+        conn = low;
+        has_flags = (flags & SOCK_CLOEXEC) | (~flags & SOCK_NONBLOCK);
+      }
+    }
+    int c = FinishDoor(l, listen_fd, conn, cred, memfd, hello, addr, len, flags, has_flags);
     if (c != -EAGAIN) return c;
   }
   return -EAGAIN;
@@ -1022,13 +1057,20 @@ int AcceptPending(Listener& l, int listen_fd, sockaddr* addr, socklen_t* len, in
 // Which of listener fd's sources have a pending connection, waiting up to
 // timeout_ms (0: just look; -1: forever) for one: a bit per source, or
 // -errno (-EINTR).
-int ReadySources(int fd, int timeout_ms) {
+// *pending_slots: which pending slots (Park) have something.
+int ReadySources(int fd, int timeout_ms, std::uint64_t* pending_slots) {
   epoll_event ev[8];
   int n = DOORWAY_REAL(epoll_wait)(fd, ev, 8, timeout_ms);
   if (n < 0) return -errno;
   int mask = 0;
+  *pending_slots = 0;
   for (int i = 0; i < n; ++i) {
-    if (ev[i].data.u64 < kSourceCount) mask |= 1 << ev[i].data.u64;
+    const std::uint64_t src = ev[i].data.u64 & 0xff;
+    if (src >= kSourceCount) continue;
+    mask |= 1 << src;
+    const std::uint64_t slot = ev[i].data.u64 >> 8;
+    if (src == kSourcePending && slot < Listener::kMaxPending)
+      *pending_slots |= std::uint64_t{1} << slot;
   }
   return mask;
 }
@@ -1189,7 +1231,125 @@ int DropParked(Listener& l, int listen_fd) {
 
 }  // namespace
 
+namespace {
+
+// ---------------------------------------------------------------- door socket reuse (reuse.h)
+
+// Live listeners, for a closing server connection to park its door socket
+// end with the listener it came from, without keeping the listener alive
+// (a reference would keep its doors open after the program closed it).
+// Dekker pair: a parker increments users then loads serial, the destructor
+// stores serial 0 then loads users (all seq_cst): either the parker sees 0,
+// or the destructor waits for it, so nothing is parked after the listener's
+// DropParked.
+struct ListenerEntry {
+  std::atomic<bool> claimed{false};
+  std::atomic<std::uint64_t> serial{0};
+  std::atomic<int> users{0};
+  Listener* listener = nullptr;
+};
+constexpr int kMaxListeners = 64;
+ListenerEntry g_listeners[kMaxListeners];
+std::atomic<std::uint64_t> g_listener_serial{0};
+
+void RegisterListener(Listener& l) {
+  for (int i = 0; i < kMaxListeners; ++i) {
+    ListenerEntry& e = g_listeners[i];
+    bool expected = false;
+    if (!e.claimed.compare_exchange_strong(expected, true)) continue;
+    e.listener = &l;
+    l.serial = g_listener_serial.fetch_add(1, std::memory_order_relaxed) + 1;
+    l.registry_index = i;
+    e.serial.store(l.serial, std::memory_order_seq_cst);
+    return;
+  }
+}
+
+void UnregisterListener(Listener& l) {
+  if (l.registry_index < 0) return;
+  ListenerEntry& e = g_listeners[l.registry_index];
+  e.serial.store(0, std::memory_order_seq_cst);
+  // A parker is inside for a few system calls. Bounded: a signal handler
+  // that closes the listener while its own thread was interrupted parking
+  // would wait forever; it goes on after ~1 s (that end may then stay
+  // parked, and its client's next connection on it is lost).
+  for (int spins = 0; e.users.load(std::memory_order_seq_cst) != 0 && spins < 100000; ++spins) {
+    sched_yield();
+  }
+  e.listener = nullptr;
+  e.claimed.store(false, std::memory_order_release);
+  l.registry_index = -1;
+}
+
+// Parks the server end `h` (a hidden duplicate) of c's door socket with the
+// listener c came from, for the client's next connection; closes it if it
+// cannot.
+void ParkForReuse(const Connection& c, int h) {
+  bool parked = false;
+  if (c.listener_index >= 0 && c.listener_index < kMaxListeners) {
+    ListenerEntry& e = g_listeners[c.listener_index];
+    e.users.fetch_add(1, std::memory_order_seq_cst);
+    if (e.serial.load(std::memory_order_seq_cst) == c.listener_serial) {
+      Listener* l = e.listener;
+      // A client that closed its end for good (not kept: its pool was
+      // full) shows as a hang-up: no use parking ours.
+      if (l->ep_fd >= 0 && !l->shared.load(std::memory_order_relaxed) && !transport::PeerGone(h)) {
+        // The client's doorbells for the old connection: the listener must
+        // not look ready for them.
+        (void)DrainDoorbells(h);
+        parked = Park(*l, l->ep_fd, h, EPOLLIN, -1, nullptr, true);
+      }
+    }
+    e.users.fetch_sub(1, std::memory_order_seq_cst);
+  }
+  if (!parked) DOORWAY_REAL(close)(h);
+}
+
+// The last fd of c, `fd`, is being closed: keeps c's door socket for the
+// next connection between the same client and listener instead (reuse.h),
+// after telling the peer as the socket's hang-up would have. False if c does
+// not qualify (the caller releases it as usual).
+bool ReuseDoorSocket(Connection& c, int fd) {
+  if (!GetConfig().reuse_doors || c.shared.load(std::memory_order_relaxed) || !c.recyclable ||
+      !c.seg.in_arena() || c.socket_ino == 0) {
+    return false;
+  }
+  // A kernel epoll set that holds fd keeps its registration while any fd
+  // of the socket is open: it would report the next connection's events
+  // under this one's data. Only sockets no set holds are kept.
+  if (c.epoll_regs.load(std::memory_order_relaxed) != 0 ||
+      c.epoll_parked.load(std::memory_order_relaxed) != 0) {
+    return false;
+  }
+  transport::ReleaseWatch watch;
+  if (c.role == Role::kClient) {
+    watch = c.seg.WatchRelease();
+    // A server that died (or closed its end for good) hung up: nothing to
+    // keep.
+    if (!watch.valid() || transport::PeerGone(fd)) return false;
+  } else if (c.listener_serial == 0) {
+    return false;
+  }
+  int h = DOORWAY_REAL(fcntl)(fd, F_DUPFD_CLOEXEC, HiddenFdBase());
+  if (h < 0) return false;
+  ConnRelease(c);
+  // The peer learns of the close from the rings; one waiting in poll/epoll
+  // (armed) gets the doorbell the hang-up used to be. No lock, as in
+  // ConnRelease: no other call of this process uses c any more.
+  SendDoorbell(c.tx, h);
+  SendDoorbell(c.rx, h);
+  if (c.role == Role::kClient) {
+    KeepClientDoor(h, c.socket_ino, c.door_dest, c.door_id, c.door_uid, std::move(watch));
+  } else {
+    ParkForReuse(c, h);
+  }
+  return true;
+}
+
+}  // namespace
+
 Listener::~Listener() {
+  UnregisterListener(*this);
   if (tcp_fd >= 0) DOORWAY_REAL(close)(tcp_fd);
   DropParked(*this, -1);
   for (int i = 0; i < 2; ++i) {
@@ -1203,6 +1363,7 @@ Listener::~Listener() {
     // once no process holds a socket bound to its path any more.
     if (is_shared && !UnixPathHeld(door_path[i])) unlink(door_path[i]);
   }
+  if (ep_fd >= 0) DOORWAY_REAL(close)(ep_fd);
 }
 
 void OnFdAttached(const Ref& ref) {
@@ -1230,6 +1391,7 @@ void OnFdDetached(const Ref& ref, int fd) {
         return;
       }
     }
+    if (fd >= 0 && ReuseDoorSocket(*c, fd)) return;
     ConnRelease(*c);
   }
   // A listener's hidden fds close when the object dies (its destructor):
@@ -1264,9 +1426,10 @@ int CollectOwnFds(unsigned first, unsigned last, int* out, int max) {
   };
   // The log file (DOORWAY_LOG_FILE), when it is ours and not stderr.
   if (int lf = g_log_fd.load(std::memory_order_relaxed); lf > 2) add(lf);
-  int pooled[transport::kMaxReuseFds + kSpareSockets];
+  int pooled[transport::kMaxReuseFds + kSpareSockets + kReusedDoors];
   int np = transport::ReusePoolFds(pooled, transport::kMaxReuseFds);
   np += SpareSocketFds(pooled + np, kSpareSockets);
+  np += ClientDoorFds(pooled + np, kReusedDoors);
   for (int i = 0; i < np; ++i) add(pooled[i]);
   GlobalTable().ForEach([&](int, const Ref& r) {
     if (const Connection* c = r.As<Connection>()) add(c->seg.fd());
@@ -1274,6 +1437,8 @@ int CollectOwnFds(unsigned first, unsigned last, int* out, int max) {
       add(l->tcp_fd);
       add(l->door_fd[0]);
       add(l->door_fd[1]);
+      add(l->ep_fd);
+      for (const std::atomic<int>& p : l->pending) add(p.load(std::memory_order_relaxed));
     }
   });
   return n;
@@ -1521,6 +1686,9 @@ int Listen(int fd, int backlog) {
   // The epoll fd takes the program's fd number; the kernel listener lives
   // on at tcp_fd. dup3 is atomic: no moment where fd is closed.
   if (ok) ok = DOORWAY_REAL(dup3)(ep, fd, (fd_flags & FD_CLOEXEC) ? O_CLOEXEC : 0) == fd;
+  // Kept (hidden) for parking reused door sockets (reuse.h).
+  if (ok && GetConfig().reuse_doors)
+    l.ep_fd = DOORWAY_REAL(fcntl)(ep, F_DUPFD_CLOEXEC, HiddenFdBase());
   if (ep >= 0) DOORWAY_REAL(close)(ep);
   if (!ok) {
     // The destructor closes tcp and the doors (and unlinks them).
@@ -1531,6 +1699,7 @@ int Listen(int fd, int backlog) {
   DoorName(door_ep, name, sizeof(name));
   DOORWAY_LOG(kDebug, "fd %d: accelerated listener (door %s%s)", fd, name,
               l.door_fd[1] >= 0 ? " + tcp4 wildcard" : "");
+  if (l.ep_fd >= 0) RegisterListener(l);
   Install(fd, std::move(obj), kTagListener);
   return 0;
 }
@@ -1577,8 +1746,22 @@ int Connect(int fd, const sockaddr* addr, socklen_t len) {
       return kernel();
     }
   }
+  // A door socket kept from an earlier connection to dest (reuse.h) takes
+  // the door's place: no socket, connect or door lookup. If its server has
+  // gone since, its Hello fails and the door is taken as usual.
   DoorCandidates doors;
-  if (FindDoors(dest, &doors) == 0) return kernel();
+  const Endpoint door_dest = Unmapped(dest);
+  std::uint64_t reused_ino = 0;
+  uid_t reused_uid = 0;
+  int reused = GetConfig().reuse_doors
+                   ? TakeClientDoor(door_dest, &reused_ino, &doors.id[0], &reused_uid)
+                   : -1;
+  if (reused >= 0) {
+    doors.count = 1;
+    doors.owner[0] = reused_uid;
+  } else if (FindDoors(dest, &doors) == 0) {
+    return kernel();
+  }
 
   // Everything the Hello needs is ready before the door connects: the
   // server wakes on the connect and should not wait long for the Hello.
@@ -1620,7 +1803,10 @@ int Connect(int fd, const sockaddr* addr, socklen_t len) {
       why = "cannot create segment";
     } else {
       InitConnection(*obj.As<Connection>(), std::move(seg), Role::kClient);
-      if ((door = EnterDoor(doors, &server_uid)) < 0) {
+      if (reused >= 0) {
+        door = reused;
+        server_uid = reused_uid;
+      } else if ((door = EnterDoor(doors, &server_uid)) < 0) {
         why = "no door answered";
       } else if (!IsOwnUid(server_uid) &&
                  (obj.As<Connection>()->seg.generation() > 1 ||
@@ -1655,7 +1841,27 @@ int Connect(int fd, const sockaddr* addr, socklen_t len) {
   hello.client = Unmapped(local);
   hello.server = Unmapped(dest);
   hello.segment_offset = c.seg.offset();
-  const int hello_rc = SendHello(door, hello, c.seg.fd());
+  int hello_rc = SendHello(door, hello, c.seg.fd());
+  if (hello_rc != 0 && reused >= 0) {
+    // The kept socket's server end is closed (its listener went away, or it
+    // could not park it): nobody got the Hello; take the door.
+    DOORWAY_REAL(close)(door);
+    reused = -1;
+    reused_ino = 0;
+    door = FindDoors(dest, &doors) > 0 ? EnterDoor(doors, &server_uid) : -1;
+    if (door < 0 || !IsOwnUid(server_uid)) {
+      DOORWAY_LOG(kDebug, "fd %d: kept door socket closed, no door answered; using TCP", fd);
+      if (door >= 0) DOORWAY_REAL(close)(door);
+      std::move(c.seg).Discard();
+      return kernel();
+    }
+    c.recyclable = true;
+    hello_rc = SendHello(door, hello, c.seg.fd());
+  }
+  c.socket_ino = reused_ino;
+  c.door_dest = door_dest;
+  c.door_id = doors.id[0];
+  c.door_uid = server_uid;
   int fd_flags = DOORWAY_REAL(fcntl)(fd, F_GETFD);
   int fl_flags = DOORWAY_REAL(fcntl)(fd, F_GETFL);
   bool nonblock = (fl_flags & O_NONBLOCK) != 0;
@@ -1680,7 +1886,11 @@ int Connect(int fd, const sockaddr* addr, socklen_t len) {
   }
   DOORWAY_REAL(close)(door);
   if (spare >= 0) KeepSpareSocket(spare, domain, nonblock);
-  if (!nonblock) DOORWAY_REAL(fcntl)(fd, F_SETFL, 0);  // the door socket was non-blocking
+  if (!nonblock) {
+    DOORWAY_REAL(fcntl)(fd, F_SETFL, 0);  // the door socket was non-blocking
+  } else if (c.socket_ino != 0) {
+    DOORWAY_REAL(fcntl)(fd, F_SETFL, O_NONBLOCK);  // a kept one has its last connection's flags
+  }
   if (nonblock) c.connect_state.store(1, std::memory_order_relaxed);
   Install(fd, std::move(obj), kTagConnection);
   if (hello_rc != 0) {
@@ -1726,7 +1936,8 @@ int ManagedAccept(int fd, sockaddr* addr, socklen_t* len, int flags, bool accept
         timeout_ms = static_cast<int>((left + 999999) / 1000000);
       }
     }
-    int ready = ReadySources(fd, timeout_ms);
+    std::uint64_t pending_slots = 0;
+    int ready = ReadySources(fd, timeout_ms, &pending_slots);
     if (ready == -EINTR) {
       // accept(2) restarts under SA_RESTART (unless SO_RCVTIMEO is set).
       if (!RestartAfterSignal(timeout)) return -EINTR;
@@ -1755,7 +1966,7 @@ int ManagedAccept(int fd, sockaddr* addr, socklen_t* len, int flags, bool accept
         }
         if (errno != EAGAIN) return -errno;
       } else if (src == kSourcePending) {
-        int c = AcceptPending(*l, fd, addr, len, flags);
+        int c = AcceptPending(*l, fd, addr, len, flags, pending_slots);
         if (c != -EAGAIN) return c;
       } else if (int d = l->door_fd[src - kSourceDoor]; d >= 0) {
         int c = AcceptDoor(*l, fd, d, addr, len, flags);

@@ -148,6 +148,16 @@ struct Connection {
   std::atomic<int> held_fd{-1};
   // The connection's slot in the process's stats file (runtime/stats.h);
   // the rings count into it. Null: counted in tx_stats/rx_stats, unpublished.
+  // Door socket reuse (runtime/reuse.h). socket_ino: the door socket's
+  // inode (set by Install). Client: the destination (unmapped) and door
+  // identity the socket leads to. Server: the listener it came from
+  // (g_listeners index and serial, 0: none).
+  std::uint64_t socket_ino = 0;
+  Endpoint door_dest;
+  std::uint64_t door_id = 0;
+  uid_t door_uid = 0;
+  int listener_index = -1;
+  std::uint64_t listener_serial = 0;
   stats::Slot* stats = nullptr;
   // Next time a caller that does not wait may look for the peer's death
   // (accel.cc PeerGoneRarely), CLOCK_MONOTONIC ns.
@@ -178,8 +188,18 @@ struct Listener {
   // it just after connecting, but a loaded machine can delay it): watched
   // by the listener's epoll fd and completed by a later accept, so that an
   // accept never waits for one client's Hello. -1: free slot.
-  static constexpr int kMaxPending = 16;
+  // Also the server ends of door sockets kept for reuse (runtime/reuse.h),
+  // marked in pending_reused (bit i for slot i; set or cleared by the slot's
+  // claimer before the slot publishes its fd).
+  static constexpr int kMaxPending = 64;
   std::atomic<int> pending[kMaxPending];
+  std::atomic<std::uint64_t> pending_reused{0};
+  // Door socket reuse: a private duplicate of the listener's epoll fd
+  // (where parked ends are registered; the program's fd number may change)
+  // and its g_listeners entry (-1: none, e.g. inherited across exec).
+  int ep_fd = -1;
+  int registry_index = -1;
+  std::uint64_t serial = 0;  // its g_listeners entry's serial
   // A parked connection whose Hello did arrive but which could not be set
   // up for lack of memory (accept said ENOMEM, as the kernel's does, and
   // the client's connection waits, as in a TCP backlog): its memfd (>= 0)

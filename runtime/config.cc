@@ -7,9 +7,17 @@
 
 namespace doorway::runtime {
 
-const char* const kSettingNames[] = {
-    "DOORWAY_DISABLE",    "DOORWAY_ACCELERATE", "DOORWAY_LOG",   "DOORWAY_LOG_FILE", "DOORWAY_DIR",
-    "DOORWAY_ALLOW_UIDS", "DOORWAY_FALLBACK",   "DOORWAY_STATS", "DOORWAY_SPIN_NS",  nullptr};
+const char* const kSettingNames[] = {"DOORWAY_DISABLE",
+                                     "DOORWAY_ACCELERATE",
+                                     "DOORWAY_LOG",
+                                     "DOORWAY_LOG_FILE",
+                                     "DOORWAY_DIR",
+                                     "DOORWAY_ALLOW_UIDS",
+                                     "DOORWAY_FALLBACK",
+                                     "DOORWAY_STATS",
+                                     "DOORWAY_SPIN_NS",
+                                     "DOORWAY_REUSE_DOORS",
+                                     nullptr};
 
 namespace {
 
@@ -108,6 +116,7 @@ Config ParseConfig(const char* const* envp) {
   Config c;
   c.disabled = ParseBool(&c, envp, "DOORWAY_DISABLE", false);
   c.accelerate = ParseBool(&c, envp, "DOORWAY_ACCELERATE", true);
+  c.reuse_doors = ParseBool(&c, envp, "DOORWAY_REUSE_DOORS", true);
   {
     static constexpr const char* kNames[] = {"off", "error", "warn", "info", "debug", nullptr};
     int i = ParseChoice(&c, envp, "DOORWAY_LOG", kNames, "off|error|warn|info|debug", "off");

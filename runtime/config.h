@@ -51,6 +51,9 @@ struct Config {
   // poll/select/epoll engines), instead of the adaptive default. For
   // studying the spin-versus-sleep policy (docs/benchmarks.md). -1: unset.
   long long spin_ns = -1;
+  // DOORWAY_REUSE_DOORS=0: every accelerated connection makes its own door
+  // connection (runtime/reuse.h), as before door sockets were reused.
+  bool reuse_doors = true;
 
   // Variables reported as bad by ParseConfig (pointers into envp, name
   // lengths), for ForgetReportedSettings.

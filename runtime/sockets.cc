@@ -269,8 +269,8 @@ int CloseRange(unsigned first, unsigned last, int flags) {
   // Descriptors doorway owns (segment memfds, a listener's kernel socket
   // and doors) are closed by the objects that own them, never behind their
   // backs: programs close whole ranges before exec (Python's close_fds).
-  int hidden[256];
-  int nhidden = CollectOwnFds(first, last, hidden, 256);
+  int hidden[1024];
+  int nhidden = CollectOwnFds(first, last, hidden, 1024);
   // Table entries go before the kernel closes the fds (see Close).
   if (first < static_cast<unsigned>(fdtable::FdTable::kMaxFds)) {
     int hi = last >= static_cast<unsigned>(fdtable::FdTable::kMaxFds)

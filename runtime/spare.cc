@@ -57,9 +57,9 @@ void DropInChild() {
 
 [[maybe_unused]] const int g_atfork = pthread_atfork(nullptr, nullptr, DropInChild);
 
-// Where spares go: kSpareMinFd, or lower when the soft fd limit is lower
-// (F_DUPFD fails with EINVAL at or above it).
-int SpareBase() {
+}  // namespace
+
+int HiddenFdBase() {
   static const int base = [] {
     rlimit rl{};
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return kSpareMinFd;
@@ -70,15 +70,13 @@ int SpareBase() {
   return base;
 }
 
-}  // namespace
-
 int DuplicateForSpare(int fd) {
   // A snapshot: KeepSpareSocket closes the duplicate if the pool filled up.
   bool room = false;
   for (Spare& s : g_pool.spare) {
     room = room || std::atomic_ref<int>(s.fd).load(std::memory_order_relaxed) < 0;
   }
-  return room ? DOORWAY_REAL(fcntl)(fd, F_DUPFD_CLOEXEC, SpareBase()) : -1;
+  return room ? DOORWAY_REAL(fcntl)(fd, F_DUPFD_CLOEXEC, HiddenFdBase()) : -1;
 }
 
 void KeepSpareSocket(int spare, int domain, bool nonblock) {

@@ -52,6 +52,11 @@ int TakeSpareSocket(int domain, int flags);
 // how many were written (at most max).
 int SpareSocketFds(int* out, int max);
 
+// Where doorway keeps descriptors of its own (spares, kept door sockets):
+// kSpareMinFd, or lower when the soft fd limit is lower (F_DUPFD fails with
+// EINVAL at or above it).
+int HiddenFdBase();
+
 // A local port for an accelerated connection from an unbound socket: from
 // the kernel's ephemeral range (ip_local_port_range), a per-process
 // sequence from a random start. Binding the socket to port 0 cost ~5 µs per

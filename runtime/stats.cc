@@ -525,8 +525,11 @@ void StatsPublish(Connection& c, int fd) {
   CopyAddress(c.peer, &s->peer);
   s->fd = fd;
   s->shared = c.shared.load(std::memory_order_relaxed) ? 1 : 0;
-  struct stat st;
-  s->socket_ino = fstat(fd, &st) == 0 ? st.st_ino : 0;
+  if (c.socket_ino == 0) {
+    struct stat st;
+    c.socket_ino = fstat(fd, &st) == 0 ? st.st_ino : 0;
+  }
+  s->socket_ino = c.socket_ino;
   // Release pairs with the tool's acquire load of state: it sees the
   // description complete.
   s->state.store(stats::kLive, std::memory_order_release);

@@ -795,6 +795,49 @@ int ReusePoolFds(int* out, int max) {
 
 // ------------------------------------------------------------------ Segment
 
+ReleaseWatch Segment::WatchRelease() const {
+  ReleaseWatch w;
+  if (map_ == nullptr || !slot_owner_) return w;
+  map_->refs.fetch_add(1, std::memory_order_relaxed);  // as AssembleSlot's callers
+  w.map_ = map_;
+  w.offset_ = offset_;
+  w.slot_ = slot_;
+  w.generation_ = generation_;
+  return w;
+}
+
+ReleaseWatch::~ReleaseWatch() {
+  if (map_ != nullptr) Unref(map_);
+}
+
+ReleaseWatch::ReleaseWatch(ReleaseWatch&& o) noexcept
+    : map_(std::exchange(o.map_, nullptr)),
+      offset_(o.offset_),
+      slot_(o.slot_),
+      generation_(o.generation_) {}
+
+ReleaseWatch& ReleaseWatch::operator=(ReleaseWatch&& o) noexcept {
+  if (this != &o) {
+    this->~ReleaseWatch();
+    new (this) ReleaseWatch(std::move(o));
+  }
+  return *this;
+}
+
+bool ReleaseWatch::Released() const {
+  if (map_ == nullptr) return false;
+  // A slot handed out again (a later generation) was released before:
+  // TakeSlot checks that under the same word. acquire: pairs with the
+  // release stores of TakeSlot's caller and of Recycle.
+  const uint64_t w = map_->slot[slot_].load(std::memory_order_acquire);
+  if (static_cast<uint32_t>(w >> 8) != generation_) return true;
+  // acquire: pairs with the receiver's release store in Recycle, so that
+  // whatever it did before releasing (the runtime parks its end of the door
+  // socket) happens before what the caller does next.
+  return std::atomic_ref<uint32_t>(HeaderOf(map_->base + offset_)->released)
+             .load(std::memory_order_acquire) == generation_;
+}
+
 Segment::~Segment() {
   if (map_ != nullptr) {
     // Not recycled (shared by fork, or given up): never handed out again.

@@ -207,6 +207,32 @@ inline constexpr int kMaxReuseFds = kCreatorPoolSize + 3 * kMaxArenas;
 
 struct SharedMap;  // an arena mapping (segment.cc)
 
+// Whether the receiver of an arena slot this process handed out has
+// released it (stored its generation into `released`, segment.h "Reuse"):
+// from then on it never touches the slot for that connection again. The
+// runtime reuses a connection's door socket pair only after that (its
+// server parks its end before releasing). Holds a reference on the arena's
+// mapping, so it stays valid after the Segment is recycled.
+class ReleaseWatch {
+ public:
+  ReleaseWatch() = default;
+  ~ReleaseWatch();
+  ReleaseWatch(ReleaseWatch&& o) noexcept;
+  ReleaseWatch& operator=(ReleaseWatch&& o) noexcept;
+  ReleaseWatch(const ReleaseWatch&) = delete;
+  ReleaseWatch& operator=(const ReleaseWatch&) = delete;
+
+  bool valid() const { return map_ != nullptr; }
+  bool Released() const;
+
+ private:
+  friend class Segment;
+  SharedMap* map_ = nullptr;
+  uint64_t offset_ = 0;
+  uint32_t slot_ = 0;
+  uint32_t generation_ = 0;
+};
+
 class Segment {
  public:
   Segment() = default;
@@ -270,6 +296,10 @@ class Segment {
   // not answer): an arena slot is free again at once; anything else is
   // destroyed.
   void Discard() &&;
+
+  // For a creator's arena slot: a watch on its receiver's release (invalid
+  // for anything else).
+  ReleaseWatch WatchRelease() const;
 
   // The peer is gone (its door socket hung up): its writer becomes closed
   // (EOF after our Reads drain the data) and its reader too (our Writes get

@@ -15,6 +15,7 @@
 #include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/uio.h>
 #include <sys/un.h>
@@ -28,6 +29,7 @@
 #include <cstring>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "abi/doorway.h"
@@ -1640,6 +1642,99 @@ TEST_P(Conformance, BadDescriptors) {
   close(p[1]);
   EXPECT_EQ(close(1 << 20), -1);
   EXPECT_EQ(errno, EBADF);
+}
+
+// Many connections to one listener in a row, each closed a different way:
+// every one must behave as a new connection (data, EOF, reset), whatever
+// doorway reuses between them (runtime/reuse.h: the door socket pair of a
+// closed connection carries the next one). Under doorway the reuse must
+// happen (a reused door socket keeps its inode); natively it cannot.
+TEST_P(Conformance, RepeatedConnectionsEachNew) {
+  std::vector<ino_t> seen;
+  int reused = 0;
+  for (int i = 0; i < 40; ++i) {
+    SCOPED_TRACE("connection " + std::to_string(i));
+    Connect();
+    struct stat st {};
+    ASSERT_EQ(fstat(client_, &st), 0);
+    if (std::find(seen.begin(), seen.end(), st.st_ino) != seen.end()) ++reused;
+    seen.push_back(st.st_ino);
+    // Both directions, sizes varying per connection.
+    const size_t n = 1 + (static_cast<size_t>(i) * 7919) % 20000;
+    std::vector<char> out(n), in(n);
+    for (size_t k = 0; k < n; ++k) out[k] = static_cast<char>(k * 31 + i);
+    ASSERT_EQ(write(client_, out.data(), n), static_cast<ssize_t>(n));
+    size_t got = 0;
+    while (got < n) {
+      ssize_t r = read(server_, in.data() + got, n - got);
+      ASSERT_GT(r, 0);
+      got += static_cast<size_t>(r);
+    }
+    ASSERT_EQ(in, out);
+    ASSERT_EQ(write(server_, "pong", 4), 4);
+    char buf[8];
+    ASSERT_EQ(read(client_, buf, sizeof(buf)), 4);
+    switch (i % 4) {
+      case 0:  // the client closes first: the server reads EOF
+        close(std::exchange(client_, -1));
+        EXPECT_EQ(read(server_, buf, sizeof(buf)), 0);
+        break;
+      case 1:  // the server closes first: the client reads EOF
+        close(std::exchange(server_, -1));
+        EXPECT_EQ(read(client_, buf, sizeof(buf)), 0);
+        break;
+      case 2: {  // closed with unread data: the peer is reset
+        ASSERT_EQ(write(server_, "unread", 6), 6);
+        WaitReadable(client_);
+        close(std::exchange(client_, -1));
+        errno = 0;
+        EXPECT_EQ(read(server_, buf, sizeof(buf)), -1);
+        EXPECT_EQ(errno, ECONNRESET);
+        break;
+      }
+      default: {  // half-closes first, then both close
+        ASSERT_EQ(shutdown(client_, SHUT_WR), 0);
+        EXPECT_EQ(read(server_, buf, sizeof(buf)), 0);
+        ASSERT_EQ(write(server_, "last", 4), 4);
+        EXPECT_EQ(read(client_, buf, sizeof(buf)), 4);
+        ASSERT_EQ(shutdown(server_, SHUT_WR), 0);
+        EXPECT_EQ(read(client_, buf, sizeof(buf)), 0);
+        pollfd p{client_, POLLIN | POLLRDHUP, 0};
+        EXPECT_EQ(poll(&p, 1, 5000), 1);
+        EXPECT_EQ(p.revents & (POLLIN | POLLRDHUP), POLLIN | POLLRDHUP);
+        break;
+      }
+    }
+    for (int* fd : {&client_, &server_}) {
+      if (*fd >= 0) close(std::exchange(*fd, -1));
+    }
+  }
+  const char* reuse = getenv("DOORWAY_REUSE_DOORS");
+  if (DoorwayInfo() != nullptr && IsTcp() && (reuse == nullptr || strcmp(reuse, "0") != 0)) {
+    EXPECT_GE(reused, 20) << "door sockets were not reused";
+  } else {
+    EXPECT_EQ(reused, 0);
+  }
+}
+
+// A listener closed after connections came and went: the next connect is
+// refused, as for any closed port (doorway's kept door sockets to it are
+// closed with it, and the connect finds no door).
+TEST_P(Conformance, ConnectAfterListenerClosedIsRefused) {
+  for (int i = 0; i < 3; ++i) {
+    Connect();
+    ASSERT_EQ(write(client_, "x", 1), 1);
+    char c;
+    ASSERT_EQ(read(server_, &c, 1), 1);
+    close(std::exchange(client_, -1));
+    close(std::exchange(server_, -1));
+  }
+  close(std::exchange(listener_, -1));
+  client_ = socket(Domain(), SOCK_STREAM, 0);
+  ASSERT_GE(client_, 0);
+  errno = 0;
+  EXPECT_EQ(connect(client_, Addr(), addr_len_), -1);
+  EXPECT_EQ(errno, ECONNREFUSED);  // a Unix socket's file is still there
 }
 
 INSTANTIATE_TEST_SUITE_P(Kinds, Conformance, testing::Values(Kind::kTcp4, Kind::kTcp6, Kind::kUnix),

@@ -123,7 +123,8 @@ for i in 1 2 3 4; do
   before="$(awk '/CONNECTED/{print $2}' "$WORK/c$i.out")"
   # What the client keeps for its next connections: the segment arena's
   # memfd (transport/segment.h "Arenas") and a spare TCP socket
-  # (runtime/spare.h), one fd each.
+  # (runtime/spare.h), one fd each; not the door socket of a connection
+  # whose server died (runtime/reuse.h).
   [ "$after" -le $((before + 2)) ] || fail "worker kill $i: client fds $before -> $after"
   wait "$cpid" || fail "client $i exited $?"
   # The master replaces the worker; the dead one's connection counts as closed.

@@ -1,0 +1,152 @@
+#include "runtime/reuse.h"
+
+#include <pthread.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <utility>
+
+#include "runtime/accel.h"
+#include "runtime/real.h"
+
+namespace doorway::runtime {
+namespace {
+
+struct Kept {
+  int fd = -1;  // written under the lock through atomic_ref (ClientDoorFds reads it without)
+  std::uint64_t ino = 0;
+  Endpoint dest;
+  std::uint64_t door_id = 0;
+  uid_t uid = 0;
+  std::int64_t kept_ns = 0;  // CLOCK_MONOTONIC when kept
+  transport::ReleaseWatch watch;
+};
+
+// Try-lock only, as spare.cc's: close() and connect() may run in a signal
+// handler that interrupted a thread holding it (then the socket is simply
+// closed, or the connect takes the door).
+struct Pool {
+  std::atomic_flag busy = ATOMIC_FLAG_INIT;
+  Kept kept[kReusedDoors];
+  // acquire/release: the entries written by the previous holder are visible.
+  bool TryLock() { return !busy.test_and_set(std::memory_order_acquire); }
+  void Unlock() { busy.clear(std::memory_order_release); }
+};
+
+Pool g_pool;
+
+void StoreFd(Kept& k, int fd) { std::atomic_ref<int>(k.fd).store(fd, std::memory_order_relaxed); }
+
+bool SameDest(const Endpoint& a, const Endpoint& b) {
+  return a.family == b.family && a.port == b.port && a.scope_id == b.scope_id &&
+         memcmp(a.addr, b.addr, sizeof(a.addr)) == 0;
+}
+
+// A forked child must not send Hellos on sockets its parent uses too. Only
+// this thread exists in the child: the lock is simply reset.
+void DropInChild() {
+  for (Kept& k : g_pool.kept) {
+    if (k.fd >= 0) DOORWAY_REAL(close)(k.fd);
+    k = Kept{};
+  }
+  g_pool.busy.clear(std::memory_order_relaxed);
+}
+
+[[maybe_unused]] const int g_atfork = pthread_atfork(nullptr, nullptr, DropInChild);
+
+std::int64_t NowNs() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * 1'000'000'000LL + ts.tv_nsec;
+}
+
+// An entry whose server has not released it after this long holds a
+// connection its server keeps open (or a slot it will never release): it
+// may give way to a new one. Younger ones are waited for: a client that
+// connects faster than its server accepts is up to the whole pool ahead,
+// and evicting the oldest would throw away the very entries about to be
+// released (measured: 16 000 of 20 000 connects then made new door
+// connections).
+constexpr std::int64_t kStaleNs = 1'000'000'000;
+
+}  // namespace
+
+void KeepClientDoor(int fd, std::uint64_t ino, const Endpoint& dest, std::uint64_t door_id,
+                    uid_t server_uid, transport::ReleaseWatch watch) {
+  int evicted = -1;
+  bool kept = false;
+  if (ino != 0 && watch.valid() && g_pool.TryLock()) {
+    const std::int64_t now = NowNs();
+    // A free entry, else the oldest if it is stale.
+    Kept* slot = nullptr;
+    for (Kept& k : g_pool.kept) {
+      if (k.fd < 0) {
+        slot = &k;
+        break;
+      }
+      if (slot == nullptr || k.kept_ns < slot->kept_ns) slot = &k;
+    }
+    if (slot->fd < 0 || now - slot->kept_ns > kStaleNs) {
+      if (slot->fd >= 0) evicted = slot->fd;
+      slot->ino = ino;
+      slot->dest = dest;
+      slot->door_id = door_id;
+      slot->uid = server_uid;
+      slot->kept_ns = now;
+      slot->watch = std::move(watch);
+      StoreFd(*slot, fd);
+      kept = true;
+    }
+    g_pool.Unlock();
+  }
+  if (!kept) DOORWAY_REAL(close)(fd);
+  if (evicted >= 0) DOORWAY_REAL(close)(evicted);
+}
+
+int TakeClientDoor(const Endpoint& dest, std::uint64_t* ino, std::uint64_t* door_id,
+                   uid_t* server_uid) {
+  if (!g_pool.TryLock()) return -1;
+  int fd = -1;
+  // The oldest released one: they come back in about the order they went.
+  Kept* best = nullptr;
+  for (Kept& k : g_pool.kept) {
+    if (k.fd < 0 || !SameDest(k.dest, dest)) continue;
+    if (best != nullptr && k.kept_ns > best->kept_ns) continue;
+    if (k.watch.Released()) best = &k;
+  }
+  transport::ReleaseWatch watch;
+  if (best != nullptr) {
+    fd = best->fd;
+    *ino = best->ino;
+    *door_id = best->door_id;
+    *server_uid = best->uid;
+    watch = std::move(best->watch);
+    StoreFd(*best, -1);
+    *best = Kept{};
+  }
+  g_pool.Unlock();
+  if (fd < 0) return -1;
+  // Still the socket we kept? A program that closes fds it does not know
+  // (a daemon closing everything) may have closed it and reused the number:
+  // then it is not ours to close either.
+  struct stat st {};
+  if (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode) || st.st_ino != *ino) return -1;
+  // The old connection's doorbells from the server (one per arming at
+  // most): the new one starts with a quiet socket.
+  (void)DrainDoorbells(fd);
+  return fd;
+}
+
+int ClientDoorFds(int* out, int max) {
+  int n = 0;
+  for (Kept& k : g_pool.kept) {
+    int fd = std::atomic_ref<int>(k.fd).load(std::memory_order_relaxed);
+    if (fd >= 0 && n < max) out[n++] = fd;
+  }
+  return n;
+}
+
+}  // namespace doorway::runtime

@@ -1,0 +1,55 @@
+// Door socket reuse: the Unix socket pair of a closed accelerated connection
+// carries the next connection between the same client process and listener.
+//
+// Why: a door connection costs the client socket + connect + close and the
+// server accept4 + close of a Unix socket, ~60% of an accelerated
+// connection's set-up once segments come from arenas (docs/accelerated-tcp.md).
+// Kernel TCP pays the same kind of objects, so the set-up could not get much
+// cheaper than TCP's while each connection made its own.
+//
+// How: when the program closes a connection, each side keeps its end of the
+// door socket instead of closing it (the rings' shutdown flags, not the
+// socket's hang-up, tell the peer, plus a doorbell for a peer waiting in
+// poll/epoll). The server parks its end with the listener, as a door
+// connection whose Hello has not arrived yet (Listener::pending), and then
+// releases the connection's segment; the client keeps its end here, with a
+// watch on that release. A later connect to the same destination takes an
+// end whose server released (so the server's end is parked, or closed: then
+// the Hello fails with EPIPE and the connect takes the door as usual) and
+// sends its Hello on it; the listener's accept finds it like any parked
+// connection. Stale doorbells of the old connection are skipped.
+//
+// Only for connections on arena segments (same uid), not shared with another
+// process (fork, exec, spawn, SCM_RIGHTS), closed by their last fd while no
+// call waits on them; the server's listener must be alive and not shared.
+// DOORWAY_REUSE_DOORS=0 turns it off.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+
+#include "runtime/endpoint.h"
+#include "transport/segment.h"
+
+namespace doorway::runtime {
+
+inline constexpr int kReusedDoors = 64;
+
+// Keeps `fd` (the client end of a closed connection's door socket, a
+// duplicate the caller made: close-on-exec, out of the program's way) for a
+// later connect to `dest`, or closes it. `ino` is the socket's inode (checked
+// again before reuse), `door_id` the listener's door identity (the arena key)
+// and `server_uid` the server's uid. Async-signal-safe (try-lock).
+void KeepClientDoor(int fd, std::uint64_t ino, const Endpoint& dest, std::uint64_t door_id,
+                    uid_t server_uid, transport::ReleaseWatch watch);
+
+// A kept door socket to `dest` whose server is done with its previous
+// connection, or -1. Its stale doorbells are drained.
+int TakeClientDoor(const Endpoint& dest, std::uint64_t* ino, std::uint64_t* door_id,
+                   uid_t* server_uid);
+
+// The kept sockets' fds, so that close_range/closefrom leave them alone.
+int ClientDoorFds(int* out, int max);
+
+}  // namespace doorway::runtime
