@@ -16,6 +16,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <new>
 
 #include "runtime/config.h"
 #include "runtime/epoll.h"
@@ -720,19 +721,23 @@ bool ClaimLocalAddress(int fd, const Endpoint& dest, int domain, bool unbound, E
   return true;
 }
 
+// memfd < 0: none (a reused door socket whose previous connection's arena
+// holds the new slot too, reuse.h).
 int SendHello(int door, const Hello& hello, int memfd) {
   iovec iov{const_cast<Hello*>(&hello), sizeof(hello)};
   alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
   msghdr msg{};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof(control);
-  cmsghdr* cm = CMSG_FIRSTHDR(&msg);
-  cm->cmsg_level = SOL_SOCKET;
-  cm->cmsg_type = SCM_RIGHTS;
-  cm->cmsg_len = CMSG_LEN(sizeof(int));
-  memcpy(CMSG_DATA(cm), &memfd, sizeof(int));
+  if (memfd >= 0) {
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof(control);
+    cmsghdr* cm = CMSG_FIRSTHDR(&msg);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cm), &memfd, sizeof(int));
+  }
   ssize_t n = DOORWAY_REAL(sendmsg)(door, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
   if (n != static_cast<ssize_t>(sizeof(hello))) return n < 0 ? -errno : -EPROTO;
   return 0;
@@ -741,7 +746,10 @@ int SendHello(int door, const Hello& hello, int memfd) {
 // Receives the Hello and the memfd from an accepted door connection.
 // Returns the memfd or -errno.
 // -EAGAIN: not there yet (after waiting up to wait_ms).
-int ReceiveHello(int conn, Hello* hello, int wait_ms) {
+// kNoMemfd: a Hello without memfd, accepted only with no_memfd_ok (a
+// reused door socket, whose previous connection's arena is held).
+constexpr int kNoMemfd = -4096;
+int ReceiveHello(int conn, Hello* hello, int wait_ms, bool no_memfd_ok = false) {
   const std::int64_t deadline = wait_ms > 0 ? NowNs() + std::int64_t{wait_ms} * 1000000 : 0;
   bool eof_seen = false;
   int doorbells = 0;
@@ -795,13 +803,14 @@ int ReceiveHello(int conn, Hello* hello, int wait_ms) {
       }
     }
     if (n != static_cast<ssize_t>(sizeof(*hello)) || (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) ||
-        hello->magic != Hello::kMagic || hello->version != Hello::kVersion || memfd < 0 ||
+        hello->magic != Hello::kMagic || hello->version != Hello::kVersion ||
+        (memfd < 0 && !no_memfd_ok) ||
         (hello->client.family != AF_INET && hello->client.family != AF_INET6) ||
         (hello->server.family != AF_INET && hello->server.family != AF_INET6)) {
       if (memfd >= 0) DOORWAY_REAL(close)(memfd);
       return -EPROTO;
     }
-    return memfd;
+    return memfd >= 0 ? memfd : kNoMemfd;
   }
 }
 
@@ -832,7 +841,7 @@ constexpr unsigned kSourceCount = 4;
 // With memfd >= 0, the Hello arrived and the set-up waits for memory: the
 // memfd and addresses are stored before the slot publishes conn.
 bool Park(Listener& l, int listen_fd, int conn, std::uint32_t events, int memfd, const Hello* hello,
-          bool reused = false) {
+          Listener::Reused* reused = nullptr) {
   // Connections waiting for memory use the first kMaxRetry slots (the only
   // ones with room for a Hello); those waiting for their Hello the others
   // first, from the last.
@@ -844,7 +853,8 @@ bool Park(Listener& l, int listen_fd, int conn, std::uint32_t events, int memfd,
     // -2: claimed, not yet published (no claimer takes a negative value).
     if (!slot.compare_exchange_strong(expected, -2)) continue;
     const std::uint64_t bit = std::uint64_t{1} << i;
-    if (reused) {
+    if (reused != nullptr) {
+      l.reused[i] = std::move(*reused);
       l.pending_reused.fetch_or(bit, std::memory_order_relaxed);
     } else {
       l.pending_reused.fetch_and(~bit, std::memory_order_relaxed);
@@ -860,6 +870,7 @@ bool Park(Listener& l, int listen_fd, int conn, std::uint32_t events, int memfd,
     ev.data.u64 = kSourcePending | std::uint64_t{static_cast<unsigned>(i)} << 8;
     if (DOORWAY_REAL(epoll_ctl)(listen_fd, EPOLL_CTL_ADD, conn, &ev) != 0) {
       if (memfd >= 0) l.retry_memfd[i] = -1;
+      if (reused != nullptr) l.reused[i] = Listener::Reused{};
       slot.store(-1);
       return false;
     }
@@ -895,29 +906,34 @@ int ClaimParked(Listener& l, int i, int* memfd) {
 // also when out of memory on a listener shared by fork (which never parks)
 // or with every parking slot taken.
 // has_flags: the SOCK_NONBLOCK/SOCK_CLOEXEC that conn has now.
+// reused: what a kept door socket's slot held (reuse.h): with a Hello
+// without memfd (kNoMemfd), the slot is in reused->arena.
 int FinishDoor(Listener& l, int listen_fd, int conn, const ucred& cred, int memfd,
-               const Hello& hello, sockaddr* addr, socklen_t* len, int flags, int has_flags) {
+               const Hello& hello, sockaddr* addr, socklen_t* len, int flags, int has_flags,
+               const Listener::Reused* reused = nullptr) {
   transport::Segment seg;
   const char* why = nullptr;
   int retry = 0;  // -errno to return if the connection can wait for memory
   Ref obj;
-  if (memfd < 0) {
+  if (memfd < 0 && !(memfd == kNoMemfd && reused != nullptr && reused->arena.valid())) {
     why = "bad hello";
   } else if (!(obj = Make<Connection>()) || !GlobalTable().Prepare(conn)) {
     // Prepare: the Install below cannot fail (the fd table's page for conn
     // exists); failing there would leave the program a bare door socket.
     why = "out of memory";
-    retry = -ENOMEM;
-  } else if (int rc = transport::Segment::AttachAt(memfd, hello.segment_offset, &seg,
-                                                   IsOwnUid(cred.uid));
+    retry = memfd >= 0 ? -ENOMEM : 0;
+  } else if (int rc = memfd >= 0 ? transport::Segment::AttachAt(memfd, hello.segment_offset, &seg,
+                                                                IsOwnUid(cred.uid))
+                                 : transport::Segment::AttachBeside(reused->arena,
+                                                                    hello.segment_offset, &seg);
              rc != 0) {
     // mmap: ENOMEM (memory, RLIMIT_AS, vm.max_map_count), EAGAIN (locked
     // memory), ENFILE; anything else is the client's fault.
-    if (rc == -ENOMEM || rc == -EAGAIN || rc == -ENFILE) {
+    if (memfd >= 0 && (rc == -ENOMEM || rc == -EAGAIN || rc == -ENFILE)) {
       why = "out of memory";
       retry = rc == -ENFILE ? -ENFILE : -ENOMEM;
     } else {
-      DOORWAY_REAL(close)(memfd);
+      if (memfd >= 0) DOORWAY_REAL(close)(memfd);
       why = "segment rejected";
     }
   }
@@ -944,6 +960,9 @@ int FinishDoor(Listener& l, int listen_fd, int conn, const ucred& cred, int memf
   c.recyclable = IsOwnUid(cred.uid);
   c.listener_index = l.registry_index;
   c.listener_serial = l.serial;
+  c.peer_uid = cred.uid;
+  c.peer_pid = cred.pid;
+  if (reused != nullptr) c.socket_ino = reused->ino;
   c.local = AsDomain(hello.server, l.domain);
   c.peer = AsDomain(hello.client, l.domain);
   c.opts.CopyFrom(l.opts);
@@ -1020,25 +1039,34 @@ int AcceptPending(Listener& l, int listen_fd, sockaddr* addr, socklen_t* len, in
     int memfd = -1;
     int conn = ClaimParked(l, i, &memfd);  // no other thread looks at it now
     if (conn < 0) continue;
+    const bool reused = l.reused != nullptr && (l.pending_reused.load(std::memory_order_relaxed) &
+                                                (std::uint64_t{1} << i)) != 0;
     Hello hello{};
     if (memfd >= 0) {
       hello.client = l.retry_client[i];
       hello.server = l.retry_server[i];
       hello.segment_offset = l.retry_offset[i];
-    } else if ((memfd = ReceiveHello(conn, &hello, 0)) == -EAGAIN) {
+    } else if ((memfd = ReceiveHello(conn, &hello, 0, reused)) == -EAGAIN) {
       l.pending[i].store(conn);  // back (the slot stayed claimed)
       continue;
     }
-    const bool reused =
-        (l.pending_reused.load(std::memory_order_relaxed) & (std::uint64_t{1} << i)) != 0;
+    // The slot's kept-end record leaves with the connection (the slot may
+    // be parked into again as soon as it is free).
+    Listener::Reused info;
+    if (reused) info = std::move(l.reused[i]);
     l.pending[i].store(-1);
     (void)DOORWAY_REAL(epoll_ctl)(listen_fd, EPOLL_CTL_DEL, conn, nullptr);
     ucred cred{};
-    socklen_t cl = sizeof(cred);
-    (void)DOORWAY_REAL(getsockopt)(conn, SOL_SOCKET, SO_PEERCRED, &cred, &cl);
+    if (reused) {
+      cred.uid = info.uid;
+      cred.pid = info.pid;
+    } else {
+      socklen_t cl = sizeof(cred);
+      (void)DOORWAY_REAL(getsockopt)(conn, SOL_SOCKET, SO_PEERCRED, &cred, &cl);
+    }
     // Its flags are unknown here (another accept call parked it): set both.
     int has_flags = ~flags & (SOCK_CLOEXEC | SOCK_NONBLOCK);
-    if (reused && memfd >= 0) {
+    if (reused && (memfd >= 0 || memfd == kNoMemfd)) {
       // A kept end lives at a high number (reuse.h); accept gives the
       // lowest free one, as the kernel's.
       int low = DOORWAY_REAL(fcntl)(conn, (flags & SOCK_CLOEXEC) ? F_DUPFD_CLOEXEC : F_DUPFD, 0);
@@ -1048,7 +1076,8 @@ int AcceptPending(Listener& l, int listen_fd, sockaddr* addr, socklen_t* len, in
         has_flags = (flags & SOCK_CLOEXEC) | (~flags & SOCK_NONBLOCK);
       }
     }
-    int c = FinishDoor(l, listen_fd, conn, cred, memfd, hello, addr, len, flags, has_flags);
+    int c = FinishDoor(l, listen_fd, conn, cred, memfd, hello, addr, len, flags, has_flags,
+                       reused ? &info : nullptr);
     if (c != -EAGAIN) return c;
   }
   return -EAGAIN;
@@ -1223,6 +1252,7 @@ int DropParked(Listener& l, int listen_fd) {
     if (listen_fd >= 0) (void)DOORWAY_REAL(epoll_ctl)(listen_fd, EPOLL_CTL_DEL, conn, nullptr);
     if (memfd >= 0) DOORWAY_REAL(close)(memfd);
     DOORWAY_REAL(close)(conn);
+    if (l.reused != nullptr) l.reused[i] = Listener::Reused{};
     l.pending[i].store(-1);
     ++n;
   }
@@ -1297,7 +1327,12 @@ void ParkForReuse(const Connection& c, int h) {
         // The client's doorbells for the old connection: the listener must
         // not look ready for them.
         (void)DrainDoorbells(h);
-        parked = Park(*l, l->ep_fd, h, EPOLLIN, -1, nullptr, true);
+        Listener::Reused info;
+        info.arena = c.seg.SlotRef();
+        info.uid = c.peer_uid;
+        info.pid = c.peer_pid;
+        info.ino = c.socket_ino;
+        parked = l->reused != nullptr && Park(*l, l->ep_fd, h, EPOLLIN, -1, nullptr, &info);
       }
     }
     e.users.fetch_sub(1, std::memory_order_seq_cst);
@@ -1321,9 +1356,9 @@ bool ReuseDoorSocket(Connection& c, int fd) {
       c.epoll_parked.load(std::memory_order_relaxed) != 0) {
     return false;
   }
-  transport::ReleaseWatch watch;
+  transport::ArenaSlotRef watch;
   if (c.role == Role::kClient) {
-    watch = c.seg.WatchRelease();
+    watch = c.seg.SlotRef();
     // A server that died (or closed its end for good) hung up: nothing to
     // keep.
     if (!watch.valid() || transport::PeerGone(fd)) return false;
@@ -1364,6 +1399,7 @@ Listener::~Listener() {
     if (is_shared && !UnixPathHeld(door_path[i])) unlink(door_path[i]);
   }
   if (ep_fd >= 0) DOORWAY_REAL(close)(ep_fd);
+  delete[] reused;
 }
 
 void OnFdAttached(const Ref& ref) {
@@ -1687,8 +1723,10 @@ int Listen(int fd, int backlog) {
   // on at tcp_fd. dup3 is atomic: no moment where fd is closed.
   if (ok) ok = DOORWAY_REAL(dup3)(ep, fd, (fd_flags & FD_CLOEXEC) ? O_CLOEXEC : 0) == fd;
   // Kept (hidden) for parking reused door sockets (reuse.h).
-  if (ok && GetConfig().reuse_doors)
-    l.ep_fd = DOORWAY_REAL(fcntl)(ep, F_DUPFD_CLOEXEC, HiddenFdBase());
+  if (ok && GetConfig().reuse_doors) {
+    l.reused = new (std::nothrow) Listener::Reused[Listener::kMaxPending];
+    if (l.reused != nullptr) l.ep_fd = DOORWAY_REAL(fcntl)(ep, F_DUPFD_CLOEXEC, HiddenFdBase());
+  }
   if (ep >= 0) DOORWAY_REAL(close)(ep);
   if (!ok) {
     // The destructor closes tcp and the doors (and unlinks them).
@@ -1753,8 +1791,9 @@ int Connect(int fd, const sockaddr* addr, socklen_t len) {
   const Endpoint door_dest = Unmapped(dest);
   std::uint64_t reused_ino = 0;
   uid_t reused_uid = 0;
+  transport::ArenaSlotRef prev;  // the kept socket's previous connection's slot
   int reused = GetConfig().reuse_doors
-                   ? TakeClientDoor(door_dest, &reused_ino, &doors.id[0], &reused_uid)
+                   ? TakeClientDoor(door_dest, &reused_ino, &doors.id[0], &reused_uid, &prev)
                    : -1;
   if (reused >= 0) {
     doors.count = 1;
@@ -1841,7 +1880,9 @@ int Connect(int fd, const sockaddr* addr, socklen_t len) {
   hello.client = Unmapped(local);
   hello.server = Unmapped(dest);
   hello.segment_offset = c.seg.offset();
-  int hello_rc = SendHello(door, hello, c.seg.fd());
+  // Over a kept socket, a slot of the arena its previous connection used
+  // goes without the memfd: the server holds that arena for the socket.
+  int hello_rc = SendHello(door, hello, reused >= 0 && prev.SameArena(c.seg) ? -1 : c.seg.fd());
   if (hello_rc != 0 && reused >= 0) {
     // The kept socket's server end is closed (its listener went away, or it
     // could not park it): nobody got the Hello; take the door.

@@ -158,6 +158,8 @@ struct Connection {
   uid_t door_uid = 0;
   int listener_index = -1;
   std::uint64_t listener_serial = 0;
+  uid_t peer_uid = 0;  // server: the client's credentials (SO_PEERCRED)
+  pid_t peer_pid = 0;
   stats::Slot* stats = nullptr;
   // Next time a caller that does not wait may look for the peer's death
   // (accel.cc PeerGoneRarely), CLOCK_MONOTONIC ns.
@@ -199,6 +201,17 @@ struct Listener {
   // and its g_listeners entry (-1: none, e.g. inherited across exec).
   int ep_fd = -1;
   int registry_index = -1;
+  // Per pending slot holding a kept end: what the accept of the next
+  // connection on it needs (the arena of the socket's previous connection,
+  // for a Hello without memfd; the client's credentials; the socket's
+  // inode). Allocated with ep_fd (too big for the fd table's node).
+  struct Reused {
+    transport::ArenaSlotRef arena;
+    uid_t uid = 0;
+    pid_t pid = 0;
+    std::uint64_t ino = 0;
+  };
+  Reused* reused = nullptr;
   std::uint64_t serial = 0;  // its g_listeners entry's serial
   // A parked connection whose Hello did arrive but which could not be set
   // up for lack of memory (accept said ENOMEM, as the kernel's does, and

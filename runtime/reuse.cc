@@ -22,7 +22,7 @@ struct Kept {
   std::uint64_t door_id = 0;
   uid_t uid = 0;
   std::int64_t kept_ns = 0;  // CLOCK_MONOTONIC when kept
-  transport::ReleaseWatch watch;
+  transport::ArenaSlotRef watch;
 };
 
 // Try-lock only, as spare.cc's: close() and connect() may run in a signal
@@ -75,29 +75,29 @@ constexpr std::int64_t kStaleNs = 1'000'000'000;
 }  // namespace
 
 void KeepClientDoor(int fd, std::uint64_t ino, const Endpoint& dest, std::uint64_t door_id,
-                    uid_t server_uid, transport::ReleaseWatch watch) {
+                    uid_t server_uid, transport::ArenaSlotRef slot) {
   int evicted = -1;
   bool kept = false;
-  if (ino != 0 && watch.valid() && g_pool.TryLock()) {
+  if (ino != 0 && slot.valid() && g_pool.TryLock()) {
     const std::int64_t now = NowNs();
     // A free entry, else the oldest if it is stale.
-    Kept* slot = nullptr;
+    Kept* e = nullptr;
     for (Kept& k : g_pool.kept) {
       if (k.fd < 0) {
-        slot = &k;
+        e = &k;
         break;
       }
-      if (slot == nullptr || k.kept_ns < slot->kept_ns) slot = &k;
+      if (e == nullptr || k.kept_ns < e->kept_ns) e = &k;
     }
-    if (slot->fd < 0 || now - slot->kept_ns > kStaleNs) {
-      if (slot->fd >= 0) evicted = slot->fd;
-      slot->ino = ino;
-      slot->dest = dest;
-      slot->door_id = door_id;
-      slot->uid = server_uid;
-      slot->kept_ns = now;
-      slot->watch = std::move(watch);
-      StoreFd(*slot, fd);
+    if (e->fd < 0 || now - e->kept_ns > kStaleNs) {
+      if (e->fd >= 0) evicted = e->fd;
+      e->ino = ino;
+      e->dest = dest;
+      e->door_id = door_id;
+      e->uid = server_uid;
+      e->kept_ns = now;
+      e->watch = std::move(slot);
+      StoreFd(*e, fd);
       kept = true;
     }
     g_pool.Unlock();
@@ -107,7 +107,7 @@ void KeepClientDoor(int fd, std::uint64_t ino, const Endpoint& dest, std::uint64
 }
 
 int TakeClientDoor(const Endpoint& dest, std::uint64_t* ino, std::uint64_t* door_id,
-                   uid_t* server_uid) {
+                   uid_t* server_uid, transport::ArenaSlotRef* prev) {
   if (!g_pool.TryLock()) return -1;
   int fd = -1;
   // The oldest released one: they come back in about the order they went.
@@ -117,7 +117,7 @@ int TakeClientDoor(const Endpoint& dest, std::uint64_t* ino, std::uint64_t* door
     if (best != nullptr && k.kept_ns > best->kept_ns) continue;
     if (k.watch.Released()) best = &k;
   }
-  transport::ReleaseWatch watch;
+  transport::ArenaSlotRef watch;
   if (best != nullptr) {
     fd = best->fd;
     *ino = best->ino;
@@ -129,6 +129,7 @@ int TakeClientDoor(const Endpoint& dest, std::uint64_t* ino, std::uint64_t* door
   }
   g_pool.Unlock();
   if (fd < 0) return -1;
+  *prev = std::move(watch);
   // Still the socket we kept? A program that closes fds it does not know
   // (a daemon closing everything) may have closed it and reused the number:
   // then it is not ours to close either.

@@ -42,12 +42,14 @@ inline constexpr int kReusedDoors = 64;
 // again before reuse), `door_id` the listener's door identity (the arena key)
 // and `server_uid` the server's uid. Async-signal-safe (try-lock).
 void KeepClientDoor(int fd, std::uint64_t ino, const Endpoint& dest, std::uint64_t door_id,
-                    uid_t server_uid, transport::ReleaseWatch watch);
+                    uid_t server_uid, transport::ArenaSlotRef slot);
 
 // A kept door socket to `dest` whose server is done with its previous
-// connection, or -1. Its stale doorbells are drained.
+// connection, or -1. Its stale doorbells are drained. *prev: that
+// connection's slot (a Hello for a slot of the same arena goes without the
+// memfd: the server holds that arena for the socket).
 int TakeClientDoor(const Endpoint& dest, std::uint64_t* ino, std::uint64_t* door_id,
-                   uid_t* server_uid);
+                   uid_t* server_uid, transport::ArenaSlotRef* prev);
 
 // The kept sockets' fds, so that close_range/closefrom leave them alone.
 int ClientDoorFds(int* out, int max);

@@ -795,9 +795,9 @@ int ReusePoolFds(int* out, int max) {
 
 // ------------------------------------------------------------------ Segment
 
-ReleaseWatch Segment::WatchRelease() const {
-  ReleaseWatch w;
-  if (map_ == nullptr || !slot_owner_) return w;
+ArenaSlotRef Segment::SlotRef() const {
+  ArenaSlotRef w;
+  if (map_ == nullptr) return w;
   map_->refs.fetch_add(1, std::memory_order_relaxed);  // as AssembleSlot's callers
   w.map_ = map_;
   w.offset_ = offset_;
@@ -806,25 +806,40 @@ ReleaseWatch Segment::WatchRelease() const {
   return w;
 }
 
-ReleaseWatch::~ReleaseWatch() {
+ArenaSlotRef::~ArenaSlotRef() {
   if (map_ != nullptr) Unref(map_);
 }
 
-ReleaseWatch::ReleaseWatch(ReleaseWatch&& o) noexcept
+ArenaSlotRef::ArenaSlotRef(ArenaSlotRef&& o) noexcept
     : map_(std::exchange(o.map_, nullptr)),
       offset_(o.offset_),
       slot_(o.slot_),
       generation_(o.generation_) {}
 
-ReleaseWatch& ReleaseWatch::operator=(ReleaseWatch&& o) noexcept {
+ArenaSlotRef& ArenaSlotRef::operator=(ArenaSlotRef&& o) noexcept {
   if (this != &o) {
-    this->~ReleaseWatch();
-    new (this) ReleaseWatch(std::move(o));
+    this->~ArenaSlotRef();
+    new (this) ArenaSlotRef(std::move(o));
   }
   return *this;
 }
 
-bool ReleaseWatch::Released() const {
+bool ArenaSlotRef::SameArena(const Segment& seg) const {
+  return map_ != nullptr && seg.map_ == map_;
+}
+
+int Segment::AttachBeside(const ArenaSlotRef& beside, uint64_t offset, Segment* out) {
+  SharedMap* m = beside.map_;
+  if (m == nullptr) return -EINVAL;
+  SegmentLayout layout;
+  int rc = ValidateSlot(m->base, m->size, offset, &layout);
+  if (rc != 0) return rc;
+  m->refs.fetch_add(1, std::memory_order_relaxed);  // *out's
+  AssembleSlot(m, offset, layout, 0, out);
+  return 0;
+}
+
+bool ArenaSlotRef::Released() const {
   if (map_ == nullptr) return false;
   // A slot handed out again (a later generation) was released before:
   // TakeSlot checks that under the same word. acquire: pairs with the

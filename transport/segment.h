@@ -206,24 +206,32 @@ inline constexpr uint64_t kArenaMaxBytes = uint64_t{256} << 20;  // of address s
 inline constexpr int kMaxReuseFds = kCreatorPoolSize + 3 * kMaxArenas;
 
 struct SharedMap;  // an arena mapping (segment.cc)
+class Segment;
 
-// Whether the receiver of an arena slot this process handed out has
-// released it (stored its generation into `released`, segment.h "Reuse"):
-// from then on it never touches the slot for that connection again. The
-// runtime reuses a connection's door socket pair only after that (its
-// server parks its end before releasing). Holds a reference on the arena's
-// mapping, so it stays valid after the Segment is recycled.
-class ReleaseWatch {
+// A reference to an arena slot of a connection, kept after the connection
+// ends (it holds a reference on the arena's mapping). The runtime reuses a
+// connection's door socket pair for the next connection (runtime/reuse.h):
+//   * the creator asks Released(): whether the receiver has released the
+//     slot (stored its generation into `released`, "Reuse" above), after
+//     which it never touches it for that connection again (the runtime's
+//     server parks its end of the door socket before releasing);
+//   * the receiver attaches the next connection's slot in the same arena
+//     without its memfd (Segment::AttachBeside): the client sends none when
+//     it is the arena of the socket's previous connection.
+class ArenaSlotRef {
  public:
-  ReleaseWatch() = default;
-  ~ReleaseWatch();
-  ReleaseWatch(ReleaseWatch&& o) noexcept;
-  ReleaseWatch& operator=(ReleaseWatch&& o) noexcept;
-  ReleaseWatch(const ReleaseWatch&) = delete;
-  ReleaseWatch& operator=(const ReleaseWatch&) = delete;
+  ArenaSlotRef() = default;
+  ~ArenaSlotRef();
+  ArenaSlotRef(ArenaSlotRef&& o) noexcept;
+  ArenaSlotRef& operator=(ArenaSlotRef&& o) noexcept;
+  ArenaSlotRef(const ArenaSlotRef&) = delete;
+  ArenaSlotRef& operator=(const ArenaSlotRef&) = delete;
 
   bool valid() const { return map_ != nullptr; }
+  // The creator's view only.
   bool Released() const;
+  // Whether seg is a slot of the same arena.
+  bool SameArena(const Segment& seg) const;
 
  private:
   friend class Segment;
@@ -234,6 +242,8 @@ class ReleaseWatch {
 };
 
 class Segment {
+  friend class ArenaSlotRef;
+
  public:
   Segment() = default;
   ~Segment();
@@ -297,9 +307,11 @@ class Segment {
   // destroyed.
   void Discard() &&;
 
-  // For a creator's arena slot: a watch on its receiver's release (invalid
-  // for anything else).
-  ReleaseWatch WatchRelease() const;
+  // For an arena slot: a reference to it (invalid for anything else).
+  ArenaSlotRef SlotRef() const;
+  // The receiver's attach of the slot at `offset` of the arena `beside` is a
+  // slot of (see ArenaSlotRef): validated as AttachAt does.
+  static int AttachBeside(const ArenaSlotRef& beside, uint64_t offset, Segment* out);
 
   // The peer is gone (its door socket hung up): its writer becomes closed
   // (EOF after our Reads drain the data) and its reader too (our Writes get
