@@ -17,6 +17,7 @@
 #include <cerrno>
 #include <cstring>
 #include <new>
+#include <utility>
 
 #include "runtime/config.h"
 #include "runtime/epoll.h"
@@ -834,7 +835,8 @@ void Install(int fd, Ref obj, std::uint32_t tag) {
 constexpr unsigned kSourceTcp = 0;
 constexpr unsigned kSourceDoor = 1;     // + door index
 constexpr unsigned kSourcePending = 3;  // a door connection waiting for its Hello
-constexpr unsigned kSourceCount = 4;
+constexpr unsigned kSourceWake = 4;     // Hellos on kept door sockets (Listener::pe_fd)
+constexpr unsigned kSourceCount = 5;
 
 // Parks door connection conn in a free slot of l.pending, watched by the
 // listener's epoll fd (listen_fd) for `events`; false if no slot is free.
@@ -1031,7 +1033,8 @@ int AcceptDoor(Listener& l, int listen_fd, int door, sockaddr* addr, socklen_t* 
 // A parked door connection whose Hello has arrived (or that waits for
 // memory: tried again), or -EAGAIN (or -ENOMEM/-ENFILE if memory is still
 // short: it stays parked).
-// slots: the pending slots the listener's epoll fd reported (bit i: slot i).
+// slots: the pending slots the listener's epoll fd (or, for kept ends,
+// pe_fd) reported (bit i: slot i).
 int AcceptPending(Listener& l, int listen_fd, sockaddr* addr, socklen_t* len, int flags,
                   std::uint64_t slots) {
   for (int i = 0; i < Listener::kMaxPending; ++i) {
@@ -1053,9 +1056,17 @@ int AcceptPending(Listener& l, int listen_fd, sockaddr* addr, socklen_t* len, in
     // The slot's kept-end record leaves with the connection (the slot may
     // be parked into again as soon as it is free).
     Listener::Reused info;
-    if (reused) info = std::move(l.reused[i]);
+    if (reused) {
+      info = std::move(l.reused[i]);
+      // Its wake byte (Listener::wake_rd): one per Hello, none for a
+      // client that hung up. Taken before the slot is free.
+      if (memfd >= 0 || memfd == kNoMemfd) {
+        char b;
+        (void)DOORWAY_REAL(read)(l.wake_rd, &b, 1);
+      }
+    }
     l.pending[i].store(-1);
-    (void)DOORWAY_REAL(epoll_ctl)(listen_fd, EPOLL_CTL_DEL, conn, nullptr);
+    (void)DOORWAY_REAL(epoll_ctl)(reused ? l.pe_fd : listen_fd, EPOLL_CTL_DEL, conn, nullptr);
     ucred cred{};
     if (reused) {
       cred.uid = info.uid;
@@ -1086,6 +1097,19 @@ int AcceptPending(Listener& l, int listen_fd, sockaddr* addr, socklen_t* len, in
 // Which of listener fd's sources have a pending connection, waiting up to
 // timeout_ms (0: just look; -1: forever) for one: a bit per source, or
 // -errno (-EINTR).
+// Hellos on kept door sockets (the wake FIFO was readable): the kept ends
+// with something, as AcceptPending's slots.
+std::uint64_t ReadyKeptEnds(const Listener& l) {
+  epoll_event ev[16];
+  int n = DOORWAY_REAL(epoll_wait)(l.pe_fd, ev, 16, 0);
+  std::uint64_t slots = 0;
+  for (int i = 0; i < n; ++i) {
+    const std::uint64_t slot = ev[i].data.u64 >> 8;
+    if (slot < Listener::kMaxPending) slots |= std::uint64_t{1} << slot;
+  }
+  return slots;
+}
+
 // *pending_slots: which pending slots (Park) have something.
 int ReadySources(int fd, int timeout_ms, std::uint64_t* pending_slots) {
   epoll_event ev[8];
@@ -1311,6 +1335,46 @@ void UnregisterListener(Listener& l) {
   l.registry_index = -1;
 }
 
+// Moves fd to a hidden number (close-on-exec), or closes it: -1.
+int Hide(int fd) {
+  if (fd < 0) return -1;
+  int h = DOORWAY_REAL(fcntl)(fd, F_DUPFD_CLOEXEC, HiddenFdBase());
+  DOORWAY_REAL(close)(fd);
+  return h;
+}
+
+// Sets up l's side of door socket reuse (Listener::pe_fd): the parking set,
+// the wake FIFO beside its first door, registered in the listener's epoll
+// set ep. Without them (a FIFO that cannot be made) kept ends are not
+// parked: connections simply do not reuse door sockets.
+void OpenWake(Listener& l, int ep) {
+  char wp[kDoorPathMax + 2];
+  if (l.door_fd[0] < 0 || !WakePath(l.door_path[0], wp, sizeof(wp))) return;
+  l.reused = new (std::nothrow) Listener::Reused[Listener::kMaxPending];
+  if (l.reused == nullptr) return;
+  // A stale FIFO of a listener that died: its door was just replaced too.
+  (void)unlink(wp);
+  if (mkfifo(wp, 0600) == 0) {
+    // Non-blocking: an open for reading does not wait for a writer; ours
+    // comes next, before any client's.
+    l.wake_rd = Hide(static_cast<int>(
+        syscall(SYS_openat, AT_FDCWD, wp, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOFOLLOW)));
+    l.wake_wr = Hide(static_cast<int>(
+        syscall(SYS_openat, AT_FDCWD, wp, O_WRONLY | O_NONBLOCK | O_CLOEXEC | O_NOFOLLOW)));
+    l.pe_fd = Hide(DOORWAY_REAL(epoll_create1)(EPOLL_CLOEXEC));
+  }
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = kSourceWake;
+  if (l.wake_rd < 0 || l.wake_wr < 0 || l.pe_fd < 0 ||
+      DOORWAY_REAL(epoll_ctl)(ep, EPOLL_CTL_ADD, l.wake_rd, &ev) != 0) {
+    for (int* f : {&l.wake_rd, &l.wake_wr, &l.pe_fd}) {
+      if (*f >= 0) DOORWAY_REAL(close)(std::exchange(*f, -1));
+    }
+    (void)unlink(wp);
+  }
+}
+
 // Parks the server end `h` (a hidden duplicate) of c's door socket with the
 // listener c came from, for the client's next connection; closes it if it
 // cannot.
@@ -1323,7 +1387,7 @@ void ParkForReuse(const Connection& c, int h) {
       Listener* l = e.listener;
       // A client that closed its end for good (not kept: its pool was
       // full) shows as a hang-up: no use parking ours.
-      if (l->ep_fd >= 0 && !l->shared.load(std::memory_order_relaxed) && !transport::PeerGone(h)) {
+      if (l->pe_fd >= 0 && !l->shared.load(std::memory_order_relaxed) && !transport::PeerGone(h)) {
         // The client's doorbells for the old connection: the listener must
         // not look ready for them.
         (void)DrainDoorbells(h);
@@ -1332,7 +1396,7 @@ void ParkForReuse(const Connection& c, int h) {
         info.uid = c.peer_uid;
         info.pid = c.peer_pid;
         info.ino = c.socket_ino;
-        parked = l->reused != nullptr && Park(*l, l->ep_fd, h, EPOLLIN, -1, nullptr, &info);
+        parked = Park(*l, l->pe_fd, h, EPOLLIN, -1, nullptr, &info);
       }
     }
     e.users.fetch_sub(1, std::memory_order_seq_cst);
@@ -1346,7 +1410,7 @@ void ParkForReuse(const Connection& c, int h) {
 // not qualify (the caller releases it as usual).
 bool ReuseDoorSocket(Connection& c, int fd) {
   if (!GetConfig().reuse_doors || c.shared.load(std::memory_order_relaxed) || !c.recyclable ||
-      !c.seg.in_arena() || c.socket_ino == 0) {
+      !c.seg.in_arena() || c.socket_ino == 0 || (c.role == Role::kClient && c.door_id == 0)) {
     return false;
   }
   // A kernel epoll set that holds fd keeps its registration while any fd
@@ -1398,7 +1462,13 @@ Listener::~Listener() {
     // once no process holds a socket bound to its path any more.
     if (is_shared && !UnixPathHeld(door_path[i])) unlink(door_path[i]);
   }
-  if (ep_fd >= 0) DOORWAY_REAL(close)(ep_fd);
+  for (int f : {pe_fd, wake_rd, wake_wr}) {
+    if (f >= 0) DOORWAY_REAL(close)(f);
+  }
+  if (wake_rd >= 0 && !shared.load(std::memory_order_relaxed) && creator == getpid()) {
+    char wp[kDoorPathMax + 2];
+    if (WakePath(door_path[0], wp, sizeof(wp))) unlink(wp);
+  }
   delete[] reused;
 }
 
@@ -1462,10 +1532,10 @@ int CollectOwnFds(unsigned first, unsigned last, int* out, int max) {
   };
   // The log file (DOORWAY_LOG_FILE), when it is ours and not stderr.
   if (int lf = g_log_fd.load(std::memory_order_relaxed); lf > 2) add(lf);
-  int pooled[transport::kMaxReuseFds + kSpareSockets + kReusedDoors];
+  int pooled[transport::kMaxReuseFds + kSpareSockets + kReusedDoors + 16];
   int np = transport::ReusePoolFds(pooled, transport::kMaxReuseFds);
   np += SpareSocketFds(pooled + np, kSpareSockets);
-  np += ClientDoorFds(pooled + np, kReusedDoors);
+  np += ClientDoorFds(pooled + np, kReusedDoors + 16);
   for (int i = 0; i < np; ++i) add(pooled[i]);
   GlobalTable().ForEach([&](int, const Ref& r) {
     if (const Connection* c = r.As<Connection>()) add(c->seg.fd());
@@ -1473,7 +1543,9 @@ int CollectOwnFds(unsigned first, unsigned last, int* out, int max) {
       add(l->tcp_fd);
       add(l->door_fd[0]);
       add(l->door_fd[1]);
-      add(l->ep_fd);
+      add(l->pe_fd);
+      add(l->wake_rd);
+      add(l->wake_wr);
       for (const std::atomic<int>& p : l->pending) add(p.load(std::memory_order_relaxed));
     }
   });
@@ -1723,10 +1795,7 @@ int Listen(int fd, int backlog) {
   // on at tcp_fd. dup3 is atomic: no moment where fd is closed.
   if (ok) ok = DOORWAY_REAL(dup3)(ep, fd, (fd_flags & FD_CLOEXEC) ? O_CLOEXEC : 0) == fd;
   // Kept (hidden) for parking reused door sockets (reuse.h).
-  if (ok && GetConfig().reuse_doors) {
-    l.reused = new (std::nothrow) Listener::Reused[Listener::kMaxPending];
-    if (l.reused != nullptr) l.ep_fd = DOORWAY_REAL(fcntl)(ep, F_DUPFD_CLOEXEC, HiddenFdBase());
-  }
+  if (ok && GetConfig().reuse_doors) OpenWake(l, ep);
   if (ep >= 0) DOORWAY_REAL(close)(ep);
   if (!ok) {
     // The destructor closes tcp and the doors (and unlinks them).
@@ -1737,7 +1806,7 @@ int Listen(int fd, int backlog) {
   DoorName(door_ep, name, sizeof(name));
   DOORWAY_LOG(kDebug, "fd %d: accelerated listener (door %s%s)", fd, name,
               l.door_fd[1] >= 0 ? " + tcp4 wildcard" : "");
-  if (l.ep_fd >= 0) RegisterListener(l);
+  if (l.pe_fd >= 0) RegisterListener(l);
   Install(fd, std::move(obj), kTagListener);
   return 0;
 }
@@ -1792,9 +1861,11 @@ int Connect(int fd, const sockaddr* addr, socklen_t len) {
   std::uint64_t reused_ino = 0;
   uid_t reused_uid = 0;
   transport::ArenaSlotRef prev;  // the kept socket's previous connection's slot
+  int wake = -1;
   int reused = GetConfig().reuse_doors
-                   ? TakeClientDoor(door_dest, &reused_ino, &doors.id[0], &reused_uid, &prev)
+                   ? TakeClientDoor(door_dest, &reused_ino, &doors.id[0], &reused_uid, &prev, &wake)
                    : -1;
+  int door_index = 0;
   if (reused >= 0) {
     doors.count = 1;
     doors.owner[0] = reused_uid;
@@ -1845,7 +1916,7 @@ int Connect(int fd, const sockaddr* addr, socklen_t len) {
       if (reused >= 0) {
         door = reused;
         server_uid = reused_uid;
-      } else if ((door = EnterDoor(doors, &server_uid)) < 0) {
+      } else if ((door = EnterDoor(doors, &server_uid, &door_index)) < 0) {
         why = "no door answered";
       } else if (!IsOwnUid(server_uid) &&
                  (obj.As<Connection>()->seg.generation() > 1 ||
@@ -1883,13 +1954,14 @@ int Connect(int fd, const sockaddr* addr, socklen_t len) {
   // Over a kept socket, a slot of the arena its previous connection used
   // goes without the memfd: the server holds that arena for the socket.
   int hello_rc = SendHello(door, hello, reused >= 0 && prev.SameArena(c.seg) ? -1 : c.seg.fd());
+  if (hello_rc == 0 && reused >= 0) WakeListener(wake);
   if (hello_rc != 0 && reused >= 0) {
     // The kept socket's server end is closed (its listener went away, or it
     // could not park it): nobody got the Hello; take the door.
     DOORWAY_REAL(close)(door);
     reused = -1;
     reused_ino = 0;
-    door = FindDoors(dest, &doors) > 0 ? EnterDoor(doors, &server_uid) : -1;
+    door = FindDoors(dest, &doors) > 0 ? EnterDoor(doors, &server_uid, &door_index) : -1;
     if (door < 0 || !IsOwnUid(server_uid)) {
       DOORWAY_LOG(kDebug, "fd %d: kept door socket closed, no door answered; using TCP", fd);
       if (door >= 0) DOORWAY_REAL(close)(door);
@@ -1901,8 +1973,13 @@ int Connect(int fd, const sockaddr* addr, socklen_t len) {
   }
   c.socket_ino = reused_ino;
   c.door_dest = door_dest;
-  c.door_id = doors.id[0];
   c.door_uid = server_uid;
+  // Kept for reuse only through the first door (the arena's key names its
+  // listener, whose wake FIFO announces Hellos on kept sockets).
+  if (reused >= 0 || (door_index == 0 && IsOwnUid(server_uid) && GetConfig().reuse_doors &&
+                      NoteDoorWake(doors.id[0], doors.path[0]))) {
+    c.door_id = doors.id[0];
+  }
   int fd_flags = DOORWAY_REAL(fcntl)(fd, F_GETFD);
   int fl_flags = DOORWAY_REAL(fcntl)(fd, F_GETFL);
   bool nonblock = (fl_flags & O_NONBLOCK) != 0;
@@ -2008,6 +2085,9 @@ int ManagedAccept(int fd, sockaddr* addr, socklen_t* len, int flags, bool accept
         if (errno != EAGAIN) return -errno;
       } else if (src == kSourcePending) {
         int c = AcceptPending(*l, fd, addr, len, flags, pending_slots);
+        if (c != -EAGAIN) return c;
+      } else if (src == kSourceWake) {
+        int c = AcceptPending(*l, fd, addr, len, flags, ReadyKeptEnds(*l));
         if (c != -EAGAIN) return c;
       } else if (int d = l->door_fd[src - kSourceDoor]; d >= 0) {
         int c = AcceptDoor(*l, fd, d, addr, len, flags);

@@ -196,10 +196,19 @@ struct Listener {
   static constexpr int kMaxPending = 64;
   std::atomic<int> pending[kMaxPending];
   std::atomic<std::uint64_t> pending_reused{0};
-  // Door socket reuse: a private duplicate of the listener's epoll fd
-  // (where parked ends are registered; the program's fd number may change)
-  // and its g_listeners entry (-1: none, e.g. inherited across exec).
-  int ep_fd = -1;
+  // Door socket reuse (reuse.h): kept ends are parked in a private epoll
+  // set (pe_fd), not in the listener's: a kept end hangs up when its client
+  // exits, and the listener must not look readable for that (a program
+  // told so calls a blocking accept). Instead a client that sends a Hello
+  // on a kept socket writes one byte into the listener's wake FIFO
+  // (<door>.w, wake_rd in the listener's epoll set; wake_wr is our own
+  // writer, so that the FIFO never reads as hung up), and accept takes one
+  // byte per such Hello: the listener is readable exactly while some are
+  // pending. registry_index: the g_listeners entry (-1: none, e.g.
+  // inherited across exec).
+  int pe_fd = -1;
+  int wake_rd = -1;
+  int wake_wr = -1;
   int registry_index = -1;
   // Per pending slot holding a kept end: what the accept of the next
   // connection on it needs (the arena of the socket's previous connection,

@@ -201,7 +201,12 @@ int FindDoors(const Endpoint& in, DoorCandidates* out) {
   return out->count;
 }
 
-int EnterDoor(DoorCandidates& doors, uid_t* peer_uid) {
+bool WakePath(const char* door_path, char* out, size_t size) {
+  int n = snprintf(out, size, "%s.w", door_path);
+  return n > 0 && static_cast<size_t>(n) < size;
+}
+
+int EnterDoor(DoorCandidates& doors, uid_t* peer_uid, int* index) {
   for (int i = 0; i < doors.count || doors.later; ++i) {
     if (i == doors.count) {
       doors.later = false;
@@ -228,6 +233,7 @@ int EnterDoor(DoorCandidates& doors, uid_t* peer_uid) {
       continue;
     }
     if (peer_uid != nullptr) *peer_uid = cred.uid;
+    if (index != nullptr) *index = i;
     return fd;
   }
   return -ENOENT;

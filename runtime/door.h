@@ -58,11 +58,14 @@ struct DoorCandidates {
   Endpoint later_ep;
 };
 int FindDoors(const Endpoint& dest, DoorCandidates* out);
+// The wake FIFO beside a door (runtime/reuse.h): "<door>.w". False if it
+// does not fit in size.
+bool WakePath(const char* door_path, char* out, std::size_t size);
 // EnterDoor connects to the first candidate that answers and whose listener
 // (SO_PEERCRED) is an allowed uid, looking at the wildcard door only then if
 // FindDoors left it for later: a connected Unix socket (non-blocking,
 // close-on-exec), or -ENOENT. The listener's uid goes to *peer_uid if given.
-int EnterDoor(DoorCandidates& doors, uid_t* peer_uid);
+int EnterDoor(DoorCandidates& doors, uid_t* peer_uid, int* index = nullptr);
 
 // Both steps at once: connects to a door that can serve dest. Returns a connected
 // Unix socket (non-blocking, close-on-exec) whose peer is an allowed uid, or

@@ -1,7 +1,9 @@
 #include "runtime/reuse.h"
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -10,7 +12,9 @@
 #include <utility>
 
 #include "runtime/accel.h"
+#include "runtime/door.h"
 #include "runtime/real.h"
+#include "runtime/spare.h"
 
 namespace doorway::runtime {
 namespace {
@@ -37,6 +41,25 @@ struct Pool {
 };
 
 Pool g_pool;
+
+// The wake FIFOs of the listeners this process kept sockets for: opened
+// once, never closed (a listener's FIFO outlives nothing of ours but an fd).
+// Slots are claimed with a compare-exchange on door_id and published by fd.
+struct Wake {
+  std::atomic<std::uint64_t> door_id{0};
+  std::atomic<int> fd{-1};
+};
+constexpr int kMaxWakes = 16;
+Wake g_wakes[kMaxWakes];
+
+int WakeFor(std::uint64_t door_id) {
+  for (Wake& w : g_wakes) {
+    if (w.door_id.load(std::memory_order_acquire) == door_id) {
+      return w.fd.load(std::memory_order_acquire);
+    }
+  }
+  return -1;
+}
 
 void StoreFd(Kept& k, int fd) { std::atomic_ref<int>(k.fd).store(fd, std::memory_order_relaxed); }
 
@@ -78,7 +101,7 @@ void KeepClientDoor(int fd, std::uint64_t ino, const Endpoint& dest, std::uint64
                     uid_t server_uid, transport::ArenaSlotRef slot) {
   int evicted = -1;
   bool kept = false;
-  if (ino != 0 && slot.valid() && g_pool.TryLock()) {
+  if (ino != 0 && slot.valid() && WakeFor(door_id) >= 0 && g_pool.TryLock()) {
     const std::int64_t now = NowNs();
     // A free entry, else the oldest if it is stale.
     Kept* e = nullptr;
@@ -107,13 +130,13 @@ void KeepClientDoor(int fd, std::uint64_t ino, const Endpoint& dest, std::uint64
 }
 
 int TakeClientDoor(const Endpoint& dest, std::uint64_t* ino, std::uint64_t* door_id,
-                   uid_t* server_uid, transport::ArenaSlotRef* prev) {
+                   uid_t* server_uid, transport::ArenaSlotRef* prev, int* wake) {
   if (!g_pool.TryLock()) return -1;
   int fd = -1;
   // The oldest released one: they come back in about the order they went.
   Kept* best = nullptr;
   for (Kept& k : g_pool.kept) {
-    if (k.fd < 0 || !SameDest(k.dest, dest)) continue;
+    if (k.fd < 0 || !SameDest(k.dest, dest) || WakeFor(k.door_id) < 0) continue;
     if (best != nullptr && k.kept_ns > best->kept_ns) continue;
     if (k.watch.Released()) best = &k;
   }
@@ -130,6 +153,7 @@ int TakeClientDoor(const Endpoint& dest, std::uint64_t* ino, std::uint64_t* door
   g_pool.Unlock();
   if (fd < 0) return -1;
   *prev = std::move(watch);
+  *wake = WakeFor(*door_id);
   // Still the socket we kept? A program that closes fds it does not know
   // (a daemon closing everything) may have closed it and reused the number:
   // then it is not ours to close either.
@@ -141,8 +165,52 @@ int TakeClientDoor(const Endpoint& dest, std::uint64_t* ino, std::uint64_t* door
   return fd;
 }
 
+bool HasDoorWake(std::uint64_t door_id) { return WakeFor(door_id) >= 0; }
+
+bool NoteDoorWake(std::uint64_t door_id, const char* door_path) {
+  if (door_id == 0) return false;
+  if (WakeFor(door_id) >= 0) return true;
+  char wp[kDoorPathMax + 2];
+  if (!WakePath(door_path, wp, sizeof(wp))) return false;
+  // Read-write: a FIFO open for reading by ourselves never makes a write
+  // fail with EPIPE (and SIGPIPE) after its listener is gone; the bytes then
+  // go nowhere, as the Hello before them did. Non-blocking: never waits.
+  int fd = static_cast<int>(
+      syscall(SYS_openat, AT_FDCWD, wp, O_RDWR | O_NONBLOCK | O_CLOEXEC | O_NOFOLLOW));
+  if (fd < 0) return false;
+  struct stat st {};
+  // The door directory is ours (DoorDirectory checked it): a FIFO there is
+  // our listener's; the check costs once per listener.
+  if (fstat(fd, &st) != 0 || !S_ISFIFO(st.st_mode) || !UidAllowed(st.st_uid)) {
+    DOORWAY_REAL(close)(fd);
+    return false;
+  }
+  int h = DOORWAY_REAL(fcntl)(fd, F_DUPFD_CLOEXEC, HiddenFdBase());
+  DOORWAY_REAL(close)(fd);
+  if (h < 0) return false;
+  for (Wake& w : g_wakes) {
+    std::uint64_t expected = 0;
+    if (w.fd.load(std::memory_order_acquire) < 0 &&
+        w.door_id.compare_exchange_strong(expected, door_id, std::memory_order_acq_rel)) {
+      w.fd.store(h, std::memory_order_release);
+      return true;
+    }
+  }
+  DOORWAY_REAL(close)(h);  // full (or another thread noted it meanwhile)
+  return WakeFor(door_id) >= 0;
+}
+
+void WakeListener(int wake) {
+  char b = 'w';
+  (void)syscall(SYS_write, wake, &b, 1);
+}
+
 int ClientDoorFds(int* out, int max) {
   int n = 0;
+  for (Wake& w : g_wakes) {
+    int fd = w.fd.load(std::memory_order_relaxed);
+    if (fd >= 0 && n < max) out[n++] = fd;
+  }
   for (Kept& k : g_pool.kept) {
     int fd = std::atomic_ref<int>(k.fd).load(std::memory_order_relaxed);
     if (fd >= 0 && n < max) out[n++] = fd;

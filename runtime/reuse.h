@@ -27,6 +27,7 @@
 
 #include <sys/types.h>
 
+#include <cstddef>
 #include <cstdint>
 
 #include "runtime/endpoint.h"
@@ -47,11 +48,23 @@ void KeepClientDoor(int fd, std::uint64_t ino, const Endpoint& dest, std::uint64
 // A kept door socket to `dest` whose server is done with its previous
 // connection, or -1. Its stale doorbells are drained. *prev: that
 // connection's slot (a Hello for a slot of the same arena goes without the
-// memfd: the server holds that arena for the socket).
+// memfd: the server holds that arena for the socket). *wake: the
+// listener's wake FIFO (Listener::wake_rd), where the Hello is announced
+// with one byte (WakeListener).
 int TakeClientDoor(const Endpoint& dest, std::uint64_t* ino, std::uint64_t* door_id,
-                   uid_t* server_uid, transport::ArenaSlotRef* prev);
+                   uid_t* server_uid, transport::ArenaSlotRef* prev, int* wake);
 
-// The kept sockets' fds, so that close_range/closefrom leave them alone.
+// Opens (once per listener) the wake FIFO beside the door at door_path,
+// whose identity is door_id; false if there is none (then connections
+// through that door are not kept for reuse).
+bool NoteDoorWake(std::uint64_t door_id, const char* door_path);
+bool HasDoorWake(std::uint64_t door_id);
+
+// Announces a Hello sent on a kept door socket to its listener.
+void WakeListener(int wake);
+
+// The kept sockets' and wake FIFOs' fds, so that close_range/closefrom
+// leave them alone.
 int ClientDoorFds(int* out, int max);
 
 }  // namespace doorway::runtime
