@@ -42,9 +42,10 @@ struct Pool {
 
 Pool g_pool;
 
-// The wake FIFOs of the listeners this process kept sockets for: opened
-// once, never closed (a listener's FIFO outlives nothing of ours but an fd).
-// Slots are claimed with a compare-exchange on door_id and published by fd.
+// The wake FIFOs of the listeners this process kept sockets for, by door
+// identity: opened once per listener (NoteDoorWake replaces a dead
+// listener's). Slots are claimed with a compare-exchange on door_id and
+// published by fd.
 struct Wake {
   std::atomic<std::uint64_t> door_id{0};
   std::atomic<int> fd{-1};
@@ -167,11 +168,32 @@ int TakeClientDoor(const Endpoint& dest, std::uint64_t* ino, std::uint64_t* door
 
 bool HasDoorWake(std::uint64_t door_id) { return WakeFor(door_id) >= 0; }
 
+// Whether fd is the FIFO now at path (a listener's FIFO is replaced by its
+// successor's on the same port, whose door may even reuse the inode, and so
+// the door identity, of the old one).
+bool IsFifoAt(int fd, const char* path) {
+  struct stat a {
+  }, b{};
+  return fstat(fd, &a) == 0 && lstat(path, &b) == 0 && a.st_dev == b.st_dev &&
+         a.st_ino == b.st_ino && a.st_nlink > 0;
+}
+
 bool NoteDoorWake(std::uint64_t door_id, const char* door_path) {
   if (door_id == 0) return false;
-  if (WakeFor(door_id) >= 0) return true;
   char wp[kDoorPathMax + 2];
   if (!WakePath(door_path, wp, sizeof(wp))) return false;
+  for (Wake& w : g_wakes) {
+    if (w.door_id.load(std::memory_order_acquire) != door_id) continue;
+    int fd = w.fd.load(std::memory_order_acquire);
+    if (fd >= 0 && IsFifoAt(fd, wp)) return true;
+    // A dead listener's: forget it (a kept socket of that listener fails
+    // its Hello before it would write there). Claimed by swapping the fd.
+    if (fd >= 0 && w.fd.compare_exchange_strong(fd, -1, std::memory_order_acq_rel)) {
+      w.door_id.store(0, std::memory_order_release);
+      DOORWAY_REAL(close)(fd);
+    }
+    break;
+  }
   // Read-write: a FIFO open for reading by ourselves never makes a write
   // fail with EPIPE (and SIGPIPE) after its listener is gone; the bytes then
   // go nowhere, as the Hello before them did. Non-blocking: never waits.
@@ -190,8 +212,7 @@ bool NoteDoorWake(std::uint64_t door_id, const char* door_path) {
   if (h < 0) return false;
   for (Wake& w : g_wakes) {
     std::uint64_t expected = 0;
-    if (w.fd.load(std::memory_order_acquire) < 0 &&
-        w.door_id.compare_exchange_strong(expected, door_id, std::memory_order_acq_rel)) {
+    if (w.door_id.compare_exchange_strong(expected, door_id, std::memory_order_acq_rel)) {
       w.fd.store(h, std::memory_order_release);
       return true;
     }

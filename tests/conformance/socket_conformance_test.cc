@@ -1737,6 +1737,68 @@ TEST_P(Conformance, ConnectAfterListenerClosedIsRefused) {
   EXPECT_EQ(errno, ECONNREFUSED);  // a Unix socket's file is still there
 }
 
+// A client process that kept door sockets to the listener exits: nothing
+// is pending, so the listener must not look readable (a program told it is
+// calls a blocking accept and hangs: iperf3 -s -1 did, when doorway's kept
+// ends were watched by the listener itself).
+TEST_P(Conformance, ListenerQuietAfterClientExits) {
+  // A listener made before a fork is shared with the child (doorway then
+  // keeps nothing for it): make it after.
+  close(std::exchange(listener_, -1));
+  int to_child[2], to_parent[2];
+  ASSERT_EQ(pipe(to_child), 0);
+  ASSERT_EQ(pipe(to_parent), 0);
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    close(to_child[1]);
+    close(to_parent[0]);
+    sockaddr_storage a{};
+    socklen_t alen = 0;
+    bool ok = read(to_child[0], &alen, sizeof(alen)) == sizeof(alen) &&
+              read(to_child[0], &a, sizeof(a)) == sizeof(a);
+    for (int i = 0; ok && i < 5; ++i) {
+      int c = socket(Domain(), SOCK_STREAM, 0);
+      char x = 'x';
+      ok = c >= 0 && connect(c, reinterpret_cast<sockaddr*>(&a), alen) == 0 &&
+           write(c, &x, 1) == 1 && read(c, &x, 1) == 1;
+      if (c >= 0) close(c);
+    }
+    char r = ok ? 'k' : 'f';
+    _exit(write(to_parent[1], &r, 1) == 1 && ok ? 0 : 1);
+  }
+  close(to_child[0]);
+  close(to_parent[1]);
+  listener_ = MakeListener();
+  ASSERT_EQ(write(to_child[1], &addr_len_, sizeof(addr_len_)),
+            static_cast<ssize_t>(sizeof(addr_len_)));
+  ASSERT_EQ(write(to_child[1], &addr_, sizeof(addr_)), static_cast<ssize_t>(sizeof(addr_)));
+  for (int i = 0; i < 5; ++i) {
+    int s = accept(listener_, nullptr, nullptr);
+    ASSERT_GE(s, 0) << strerror(errno);
+    char x;
+    ASSERT_EQ(read(s, &x, 1), 1);
+    ASSERT_EQ(write(s, &x, 1), 1);
+    // Wait for the client's close before ours (its end is kept first).
+    EXPECT_EQ(read(s, &x, 1), 0);
+    close(s);
+  }
+  char r = 0;
+  EXPECT_EQ(read(to_parent[0], &r, 1), 1);
+  EXPECT_EQ(r, 'k');
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  close(to_child[1]);
+  close(to_parent[0]);
+  pollfd p{listener_, POLLIN, 0};
+  EXPECT_EQ(poll(&p, 1, 200), 0) << "revents " << p.revents;
+  ASSERT_EQ(fcntl(listener_, F_SETFL, O_NONBLOCK), 0);
+  errno = 0;
+  EXPECT_EQ(accept(listener_, nullptr, nullptr), -1);
+  EXPECT_EQ(errno, EAGAIN);
+}
+
 INSTANTIATE_TEST_SUITE_P(Kinds, Conformance, testing::Values(Kind::kTcp4, Kind::kTcp6, Kind::kUnix),
                          KindName);
 

@@ -122,10 +122,10 @@ for i in 1 2 3 4; do
   note_latency "$t" "$at" "worker kill $i"
   before="$(awk '/CONNECTED/{print $2}' "$WORK/c$i.out")"
   # What the client keeps for its next connections: the segment arena's
-  # memfd (transport/segment.h "Arenas") and a spare TCP socket
-  # (runtime/spare.h), one fd each; not the door socket of a connection
-  # whose server died (runtime/reuse.h).
-  [ "$after" -le $((before + 2)) ] || fail "worker kill $i: client fds $before -> $after"
+  # memfd (transport/segment.h "Arenas"), a spare TCP socket
+  # (runtime/spare.h) and the listener's wake FIFO (runtime/reuse.h), one
+  # fd each; not the door socket of a connection whose server died.
+  [ "$after" -le $((before + 3)) ] || fail "worker kill $i: client fds $before -> $after"
   wait "$cpid" || fail "client $i exited $?"
   # The master replaces the worker; the dead one's connection counts as closed.
   wait_for "$S" "DIED $w" 5
