@@ -1348,7 +1348,7 @@ int Hide(int fd) {
 // set ep. Without them (a FIFO that cannot be made) kept ends are not
 // parked: connections simply do not reuse door sockets.
 void OpenWake(Listener& l, int ep) {
-  char wp[kDoorPathMax + 2];
+  char wp[kDoorPathMax + 8];
   if (l.door_fd[0] < 0 || !WakePath(l.door_path[0], wp, sizeof(wp))) return;
   l.reused = new (std::nothrow) Listener::Reused[Listener::kMaxPending];
   if (l.reused == nullptr) return;
@@ -1456,18 +1456,21 @@ Listener::~Listener() {
     // Only the process that opened a door removes it, and only if no
     // forked process may still be accepting from it.
     bool is_shared = shared.load(std::memory_order_relaxed);
-    if (!is_shared && creator == getpid()) unlink(door_path[i]);
+    bool remove = !is_shared && creator == getpid();
+    if (remove) unlink(door_path[i]);
     DOORWAY_REAL(close)(door_fd[i]);
     // A door shared by fork: whichever process closes it last removes it,
     // once no process holds a socket bound to its path any more.
-    if (is_shared && !UnixPathHeld(door_path[i])) unlink(door_path[i]);
+    if (is_shared && !UnixPathHeld(door_path[i])) {
+      unlink(door_path[i]);
+      remove = true;
+    }
+    // The wake FIFO (reuse.h) goes with the first door.
+    char wp[kDoorPathMax + 8];
+    if (i == 0 && remove && wake_rd >= 0 && WakePath(door_path[0], wp, sizeof(wp))) unlink(wp);
   }
   for (int f : {pe_fd, wake_rd, wake_wr}) {
     if (f >= 0) DOORWAY_REAL(close)(f);
-  }
-  if (wake_rd >= 0 && !shared.load(std::memory_order_relaxed) && creator == getpid()) {
-    char wp[kDoorPathMax + 2];
-    if (WakePath(door_path[0], wp, sizeof(wp))) unlink(wp);
   }
   delete[] reused;
 }

@@ -201,7 +201,7 @@ struct Listener {
   // exits, and the listener must not look readable for that (a program
   // told so calls a blocking accept). Instead a client that sends a Hello
   // on a kept socket writes one byte into the listener's wake FIFO
-  // (<door>.w, wake_rd in the listener's epoll set; wake_wr is our own
+  // (wake.<door>, wake_rd in the listener's epoll set; wake_wr is our own
   // writer, so that the FIFO never reads as hung up), and accept takes one
   // byte per such Hello: the listener is readable exactly while some are
   // pending. registry_index: the g_listeners entry (-1: none, e.g.

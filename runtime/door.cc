@@ -202,7 +202,10 @@ int FindDoors(const Endpoint& in, DoorCandidates* out) {
 }
 
 bool WakePath(const char* door_path, char* out, size_t size) {
-  int n = snprintf(out, size, "%s.w", door_path);
+  const char* slash = strrchr(door_path, '/');
+  if (slash == nullptr) return false;
+  int n = snprintf(out, size, "%.*swake.%s", static_cast<int>(slash + 1 - door_path), door_path,
+                   slash + 1);
   return n > 0 && static_cast<size_t>(n) < size;
 }
 

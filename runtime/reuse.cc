@@ -13,6 +13,7 @@
 
 #include "runtime/accel.h"
 #include "runtime/door.h"
+#include "runtime/log.h"
 #include "runtime/real.h"
 #include "runtime/spare.h"
 
@@ -104,16 +105,23 @@ void KeepClientDoor(int fd, std::uint64_t ino, const Endpoint& dest, std::uint64
   bool kept = false;
   if (ino != 0 && slot.valid() && WakeFor(door_id) >= 0 && g_pool.TryLock()) {
     const std::int64_t now = NowNs();
-    // A free entry, else the oldest if it is stale.
+    // A free entry, else the oldest released one (ready for reuse, but
+    // there are more than enough: e.g. to listeners since closed), else the
+    // oldest if it is stale.
     Kept* e = nullptr;
+    Kept* released = nullptr;
     for (Kept& k : g_pool.kept) {
       if (k.fd < 0) {
         e = &k;
         break;
       }
       if (e == nullptr || k.kept_ns < e->kept_ns) e = &k;
+      if ((released == nullptr || k.kept_ns < released->kept_ns) && k.watch.Released()) {
+        released = &k;
+      }
     }
-    if (e->fd < 0 || now - e->kept_ns > kStaleNs) {
+    if (e->fd >= 0 && released != nullptr) e = released;
+    if (e->fd < 0 || e == released || now - e->kept_ns > kStaleNs) {
       if (e->fd >= 0) evicted = e->fd;
       e->ino = ino;
       e->dest = dest;
@@ -180,7 +188,7 @@ bool IsFifoAt(int fd, const char* path) {
 
 bool NoteDoorWake(std::uint64_t door_id, const char* door_path) {
   if (door_id == 0) return false;
-  char wp[kDoorPathMax + 2];
+  char wp[kDoorPathMax + 8];
   if (!WakePath(door_path, wp, sizeof(wp))) return false;
   for (Wake& w : g_wakes) {
     if (w.door_id.load(std::memory_order_acquire) != door_id) continue;
@@ -199,7 +207,11 @@ bool NoteDoorWake(std::uint64_t door_id, const char* door_path) {
   // go nowhere, as the Hello before them did. Non-blocking: never waits.
   int fd = static_cast<int>(
       syscall(SYS_openat, AT_FDCWD, wp, O_RDWR | O_NONBLOCK | O_CLOEXEC | O_NOFOLLOW));
-  if (fd < 0) return false;
+  if (fd < 0) {
+    DOORWAY_LOG(kDebug, "no wake FIFO %s (%s): door sockets to it are not kept", wp,
+                strerror(errno));
+    return false;
+  }
   struct stat st {};
   // The door directory is ours (DoorDirectory checked it): a FIFO there is
   // our listener's; the check costs once per listener.
@@ -210,11 +222,25 @@ bool NoteDoorWake(std::uint64_t door_id, const char* door_path) {
   int h = DOORWAY_REAL(fcntl)(fd, F_DUPFD_CLOEXEC, HiddenFdBase());
   DOORWAY_REAL(close)(fd);
   if (h < 0) return false;
-  for (Wake& w : g_wakes) {
-    std::uint64_t expected = 0;
-    if (w.door_id.compare_exchange_strong(expected, door_id, std::memory_order_acq_rel)) {
-      w.fd.store(h, std::memory_order_release);
-      return true;
+  for (int pass = 0; pass < 2; ++pass) {
+    for (Wake& w : g_wakes) {
+      std::uint64_t expected = 0;
+      if (w.door_id.compare_exchange_strong(expected, door_id, std::memory_order_acq_rel)) {
+        w.fd.store(h, std::memory_order_release);
+        return true;
+      }
+    }
+    // Full: free the entries of listeners that are gone (their FIFO was
+    // removed). A program that opens many listeners over its life would
+    // otherwise fill the table with dead ones (the conformance suite did).
+    for (Wake& w : g_wakes) {
+      int old = w.fd.load(std::memory_order_acquire);
+      struct stat ost {};
+      if (old >= 0 && fstat(old, &ost) == 0 && ost.st_nlink == 0 &&
+          w.fd.compare_exchange_strong(old, -1, std::memory_order_acq_rel)) {
+        w.door_id.store(0, std::memory_order_release);
+        DOORWAY_REAL(close)(old);
+      }
     }
   }
   DOORWAY_REAL(close)(h);  // full (or another thread noted it meanwhile)

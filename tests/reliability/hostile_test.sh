@@ -70,8 +70,13 @@ server_case() {  # select|threads
   # Closed connections' segments may stay cached for reuse
   # (transport/segment.h): the creator's pool holds at most kCreatorPoolSize
   # (8) fds and mappings, the receiver's cache kReceiverPoolSize (32)
-  # mappings and no fds.
-  [ "$(fds "$vpid")" -le $((base_fds + 8)) ] || fail "$mode: victim fds $base_fds -> $(fds "$vpid")"
+  # mappings and no fds. The server also parks its ends of door sockets the
+  # good clients kept (runtime/reuse.h), one per pair in circulation: a
+  # client running ahead of the server has a few (8 each allowed here, for
+  # 50 connections each); they go at the listener's next accept after the
+  # clients exit.
+  [ "$(fds "$vpid")" -le $((base_fds + 8 + 16)) ] ||
+    fail "$mode: victim fds $base_fds -> $(fds "$vpid")"
   [ "$(segments "$vpid")" -le $((base_segs + 40)) ] ||
     fail "$mode: victim segment mappings $base_segs -> $(segments "$vpid")"
   echo "ok: $mode server: $(grep ATTACKED "$WORK/$name-peer.out"), good clients:" \
