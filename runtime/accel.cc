@@ -1385,12 +1385,13 @@ void ParkForReuse(const Connection& c, int h) {
     e.users.fetch_add(1, std::memory_order_seq_cst);
     if (e.serial.load(std::memory_order_seq_cst) == c.listener_serial) {
       Listener* l = e.listener;
-      // A client that closed its end for good (not kept: its pool was
-      // full) shows as a hang-up: no use parking ours.
-      if (l->pe_fd >= 0 && !l->shared.load(std::memory_order_relaxed) && !transport::PeerGone(h)) {
-        // The client's doorbells for the old connection: the listener must
-        // not look ready for them.
-        (void)DrainDoorbells(h);
+      // The client's doorbells for the old connection go (the parked end
+      // must not look ready for them); a client that closed its end for
+      // good (not kept: its pool was full) shows as a hang-up after them:
+      // no use parking ours.
+      bool hung_up = false;
+      if (l->pe_fd >= 0 && !l->shared.load(std::memory_order_relaxed) &&
+          (DrainDoorbells(h, &hung_up), !hung_up)) {
         Listener::Reused info;
         info.arena = c.seg.SlotRef();
         info.uid = c.peer_uid;
@@ -1678,7 +1679,7 @@ bool ArmDoorbells(Connection& c, short events) {
   return ready;
 }
 
-int DrainDoorbells(int fd) {
+int DrainDoorbells(int fd, bool* hung_up) {
   // Each doorbell is one SEQPACKET message; a bounded number per call (the
   // peer sends at most one per armed flag and arming; any left over keep
   // the socket readable, so the next wait comes back for them). recvmmsg
@@ -1701,6 +1702,7 @@ int DrainDoorbells(int fd) {
     long bells = 0;
     while (bells < got && msgs[bells].msg_len > 0) ++bells;
     n += static_cast<int>(bells);
+    if (bells < got && hung_up != nullptr) *hung_up = true;
     if (bells < static_cast<long>(kBatch)) break;
   }
   return n;

@@ -297,7 +297,9 @@ short ConnPollEvents(Connection& c, int fd = -1);
 bool ArmDoorbells(Connection& c, short events);
 // After such a sleep: takes the doorbells off the socket fd. Returns how
 // many were there.
-int DrainDoorbells(int fd);
+// *hung_up (optional): whether the peer hung up (an empty message, EOF, came
+// after the doorbells).
+int DrainDoorbells(int fd, bool* hung_up = nullptr);
 // Blocks (spin, then futex) until c has one of `events` (POLLIN or POLLOUT)
 // or timeout_ns passes (-ETIMEDOUT) or a signal arrives (-EINTR). fd is the
 // connection's fd (its Unix socket shows the peer's death).
