@@ -169,8 +169,15 @@ int TakeClientDoor(const Endpoint& dest, std::uint64_t* ino, std::uint64_t* door
   struct stat st {};
   if (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode) || st.st_ino != *ino) return -1;
   // The old connection's doorbells from the server (one per arming at
-  // most): the new one starts with a quiet socket.
-  (void)DrainDoorbells(fd);
+  // most): the new one starts with a quiet socket. A server that closed its
+  // end instead of parking it (its connection was in an epoll set, or it
+  // had no room) shows as a hang-up after them: the connect takes the door.
+  bool hung_up = false;
+  (void)DrainDoorbells(fd, &hung_up);
+  if (hung_up) {
+    DOORWAY_REAL(close)(fd);
+    return -1;
+  }
   return fd;
 }
 
