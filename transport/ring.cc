@@ -99,15 +99,42 @@ DOORWAY_HOT void Ring::Notify(internal::WaitLine& w) {
   if (w.armed.load(std::memory_order_seq_cst) != 0) TakeArmed(w);
 }
 
-bool Ring::ArmReadDoorbell(uint32_t bit) {
+DOORWAY_HOT void Ring::NotifyFenced(internal::WaitLine& w) {
+  // F1 (fence.h): the caller published with a release store. The compiler
+  // barrier keeps the flag loads after that store in program order; the CPU
+  // may still perform them before the store leaves its store buffer, and the
+  // waiter's HeavyFence between its W1 and its recheck is what orders the two
+  // sides. Relaxed loads: the ordering comes from that fence, not from C++.
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  if (w.sleeping.load(std::memory_order_relaxed) != 0) WakeSleepers(w, stats_);
+  if (w.armed.load(std::memory_order_relaxed) != 0) TakeArmed(w);
+}
+
+bool Ring::ArmReadDoorbellNoFence(uint32_t bit) {
+  internal::WaitLine& w = ctrl_->data_wait;
+  AdvertiseFence(w);
   if (bit == kArmSticky) {
-    ctrl_->data_wait.armed.store(kArmSticky, std::memory_order_seq_cst);  // W1 pairs with D1
+    // W1 pairs with D1 in Notify (F1 in NotifyFenced).
+    w.armed.store(kArmSticky, std::memory_order_seq_cst);
   } else {
     // An RMW, so that another waiter's sticky bit survives a later
     // DisarmReadDoorbell; seq_cst: W1 as the store.
-    ctrl_->data_wait.armed.fetch_or(bit, std::memory_order_seq_cst);
+    w.armed.fetch_or(bit, std::memory_order_seq_cst);
   }
-  return ReadReady();  // D2
+  // F2: read after W1; whether the recheck must wait for the heavy fence.
+  return w.fenced.load(std::memory_order_seq_cst) != 0;
+}
+
+bool Ring::ArmWriteDoorbellNoFence() {
+  internal::WaitLine& w = ctrl_->space_wait;
+  AdvertiseFence(w);
+  w.armed.store(1, std::memory_order_seq_cst);  // W1 pairs with D1 in Notify (F1 in NotifyFenced)
+  return w.fenced.load(std::memory_order_seq_cst) != 0;  // F2, after W1
+}
+
+bool Ring::ArmReadDoorbell(uint32_t bit) {
+  if (ArmReadDoorbellNoFence(bit) && !HeavyFence()) return true;  // F1; failed: assume ready
+  return ReadReady();                                             // D2
 }
 
 bool Ring::DisarmReadDoorbell() {
@@ -116,7 +143,7 @@ bool Ring::DisarmReadDoorbell() {
 }
 
 bool Ring::ArmWriteDoorbell(size_t min) {
-  ctrl_->space_wait.armed.store(1, std::memory_order_seq_cst);  // W1 pairs with D1 in Notify
+  if (ArmWriteDoorbellNoFence() && !HeavyFence()) return true;  // F1; failed: assume ready
   return WriteReady(min);                                       // D2
 }
 
@@ -178,11 +205,23 @@ DOORWAY_HOT void Ring::PublishTail(uint64_t tail) {
   // The working copy first (relaxed: only this end reads it), then the
   // published tail.
   ctrl_->prod_lock.index.store(tail, std::memory_order_relaxed);
-  // R1 pairs with A2 (the consumer's acquire load of the tail): the bytes
-  // copied above are visible before the new tail. seq_cst for D1 (Dekker with
-  // the consumer's W1 in wait.cc); on x86 this is one xchg.
-  ctrl_->prod.index.store(tail, std::memory_order_seq_cst);
-  Notify(ctrl_->data_wait);
+  internal::WaitLine& w = ctrl_->data_wait;
+  // F2 (fence.h): the consumer side's waiters fence and this process is
+  // registered, so the publish needs no full fence of its own. Acquire
+  // (pairs with nothing: `fenced` carries no data) keeps the flag loads in
+  // NotifyFenced after this load. The wait line is read on every publish
+  // anyway (the flags), so this is a hit.
+  if (internal::FastPublish() && w.fenced.load(std::memory_order_acquire) != 0) {
+    // R1 pairs with A2 (the consumer's acquire load of the tail): the bytes
+    // copied above are visible before the new tail. A plain mov on x86.
+    ctrl_->prod.index.store(tail, std::memory_order_release);
+    NotifyFenced(w);
+  } else {
+    // R1 pairs with A2, as above. seq_cst for D1 (Dekker with the consumer's
+    // W1 in wait.cc); on x86 this is one xchg.
+    ctrl_->prod.index.store(tail, std::memory_order_seq_cst);
+    Notify(w);
+  }
   internal::PrefetchForWrite(data_ + (tail & mask_));
 }
 
@@ -326,10 +365,18 @@ DOORWAY_HOT int64_t Ring::LoadAvailForConsumer(uint64_t* head_out, size_t want) 
 }
 
 DOORWAY_HOT void Ring::PublishHead(uint64_t head) {
-  // R2 pairs with A1: our reads of the consumed bytes happen before the
-  // producer may overwrite them. seq_cst for D1 with the producer's W1.
-  ctrl_->cons.index.store(head, std::memory_order_seq_cst);
-  Notify(ctrl_->space_wait);
+  internal::WaitLine& w = ctrl_->space_wait;
+  // F2, as in PublishTail: the producer side's waiters fence.
+  if (internal::FastPublish() && w.fenced.load(std::memory_order_acquire) != 0) {
+    // R2 pairs with A1: our reads of the consumed bytes happen before the
+    // producer may overwrite them.
+    ctrl_->cons.index.store(head, std::memory_order_release);
+    NotifyFenced(w);
+  } else {
+    // R2 pairs with A1, as above. seq_cst for D1 with the producer's W1.
+    ctrl_->cons.index.store(head, std::memory_order_seq_cst);
+    Notify(w);
+  }
 }
 
 DOORWAY_COLD int64_t Ring::EmptyResult() {

@@ -27,6 +27,11 @@
 //   D1/D2  the seq_cst parts of R1/R2/R3 and the waiter count form the Dekker
 //       pair with the waiter's registration W1 (wait.cc): either the waker
 //       sees sleeping != 0, or the waiter's recheck sees the new index/state.
+//   F1/F2  the asymmetric variant (fence.h): on a wait line whose waiters
+//       fence (`fenced`, F2, read by the waker before its store) a registered
+//       waker publishes R1/R2 with a release store and loads the flags after a
+//       compiler barrier; the waiter's HeavyFence between W1 and its recheck
+//       (F1) stands in for the waker's full fence. R3 always stays seq_cst.
 #pragma once
 
 #include <sys/uio.h>
@@ -35,6 +40,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "transport/fence.h"
 #include "transport/internal/layout.h"
 
 namespace doorway::transport {
@@ -175,7 +181,8 @@ class Ring {
   // store followed by a seq_cst recheck.
   //
   // Consumer: arm "data available". Returns true if Read would not return
-  // -EAGAIN already (then do not wait: the doorbell may never come).
+  // -EAGAIN already (then do not wait: the doorbell may never come). Issues
+  // the heavy fence (fence.h) when the line's waiters fence.
   // `bit` says whose arming it is: kArmSticky stays until the peer rings
   // (a plain store: it may absorb a revocable bit, which then rings too);
   // kArmRevocable may be taken back by DisarmReadDoorbell (an epoll set
@@ -192,6 +199,17 @@ class Ring {
   // Producer: arm "space available" (for EPOLLOUT). Returns true if a Write
   // of `min` bytes would not return -EAGAIN already.
   bool ArmWriteDoorbell(size_t min);
+  // Two-step arming for callers that arm many rings before one wait (poll,
+  // epoll), so that they pay one heavy fence instead of one per ring: store
+  // every flag with these, then, if any returned true, call
+  // ArmFence() once, then recheck each ring (ReadReady/WriteReady or the
+  // caller's own reading of it). Returns whether the recheck needs the fence.
+  bool ArmReadDoorbellNoFence(uint32_t bit = kArmSticky);
+  bool ArmWriteDoorbellNoFence();
+  // The fence of the two-step arming. False if it failed (fence.h "Rules"):
+  // then the rechecks prove nothing; treat the armed rings as ready (do not
+  // sleep).
+  static bool ArmFence() { return HeavyFence(); }
   // True once after one of this side's operations (Write/Commit/Read/Release/
   // Shutdown*) consumed the peer's armed flag: the caller sends one byte on
   // the door socket. Process-local; call it under the end's lock if shared.
@@ -214,6 +232,7 @@ class Ring {
   void PublishTail(uint64_t tail);
   void PublishHead(uint64_t head);
   void Notify(internal::WaitLine& w);
+  void NotifyFenced(internal::WaitLine& w);
   void TakeArmed(internal::WaitLine& w);
   void Corrupt() const;
   void FillSpan(uint64_t index, uint64_t n, RingSpan* span) const;
@@ -239,5 +258,25 @@ class Ring {
 // Wakes the sleepers of `w` if one registered since the last wake. The caller
 // has just done a seq_cst store (D1) of the state the sleepers wait for.
 void WakeIfWaiting(internal::WaitLine& w, RingStats* stats);
+
+// The waiting side's half of fence.h, for the waiters (wait.cc) and armers of
+// `w`. Before W1: if this process is registered, mark the line's waiters as
+// fencing (relaxed load and store: when the mark becomes visible does not
+// matter, a waker that does not see it yet uses the seq_cst store; it is
+// never cleared).
+inline void AdvertiseFence(internal::WaitLine& w) {
+  if (internal::FastPublish() && w.fenced.load(std::memory_order_relaxed) == 0) {
+    w.fenced.store(1, std::memory_order_relaxed);
+  }
+}
+// After W1 and before the recheck (F1): issues the heavy fence if the line's
+// waiters fence. Returns 0 (no fence needed), 1 (fenced) or -1 (needed and
+// failed: the recheck proves nothing, see fence.h). seq_cst load after the
+// seq_cst W1: a waker that saw `fenced` and loads the flag before W1 is
+// visible implies that this load sees `fenced` (fence.h "Rules").
+inline int FenceAfterArming(internal::WaitLine& w) {
+  if (w.fenced.load(std::memory_order_seq_cst) == 0) return 0;
+  return HeavyFence() ? 1 : -1;
+}
 
 }  // namespace doorway::transport

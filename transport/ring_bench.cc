@@ -34,6 +34,7 @@
 #include <string>
 #include <vector>
 
+#include "transport/fence.h"
 #include "transport/internal/copy.h"
 #include "transport/internal/futex.h"
 #include "transport/segment.h"
@@ -535,16 +536,19 @@ double SocketStreamGBps(int domain, size_t chunk, uint64_t total) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  bool use_fence = true;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) g_quick = true;
     if (std::strncmp(argv[i], "--rounds=", 9) == 0) g_rounds = std::max(1, atoi(argv[i] + 9));
     if (std::strncmp(argv[i], "--only=", 7) == 0) g_only = argv[i] + 7;
+    if (std::strcmp(argv[i], "--no-asymmetric-fence") == 0) use_fence = false;
     if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0) {
       printf(
           "usage: ring_bench [--quick] [--rounds=N] [--only=pingpong,futex,stream,pipelined]\n"
           "  --quick      10x smaller counts, one round\n"
           "  --rounds=N   rounds per figure (default 5); each figure is the median\n"
-          "  --only=LIST  run only these sections (default: all)\n");
+          "  --only=LIST  run only these sections (default: all)\n"
+          "  --no-asymmetric-fence  publish with seq_cst stores (transport/fence.h)\n");
       return 0;
     }
   }
@@ -568,6 +572,11 @@ int main(int argc, char** argv) {
   if (!Pin(g_cpu_parent)) Die("pin parent");
   printf("pinned: measuring process on CPU %d, partner process on CPU %d (sched_setaffinity)\n",
          g_cpu_parent, g_cpu_child);
+  // Before the partners are forked (they inherit the registration), as the
+  // runtime does at start-up.
+  bool fenced = use_fence && dt::EnableAsymmetricFence();
+  printf("asymmetric fence (membarrier, transport/fence.h): %s\n",
+         fenced ? "on" : (use_fence ? "unavailable" : "off (--no-asymmetric-fence)"));
   dt::PageSupport ps = dt::DetectPageSupport();
   {
     dt::Segment s = NewSegment(dt::kDefaultRingCapacity);

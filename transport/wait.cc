@@ -88,6 +88,9 @@ int WaitOn(Ring& ring, internal::WaitLine& wl, Ready ready, bool consumer, const
   const uint32_t backoff = spin != nullptr ? spin->BackoffForWait() : 0;
   if ((backoff == 0 || opts.timeout_ns == 0) && ready()) return 0;
   if (opts.timeout_ns == 0) return -EAGAIN;
+  // fence.h: from the first wait on (spinning included, so that a waker of a
+  // spinning ping-pong gets the cheap publish too), this line's waiters fence.
+  AdvertiseFence(wl);
   // relaxed: the counter is this thread's own (bumped by its handlers).
   auto interrupted = [&opts] {
     return opts.interrupt_counter != nullptr &&
@@ -173,6 +176,12 @@ int WaitOn(Ring& ring, internal::WaitLine& wl, Ready ready, bool consumer, const
     // transfer) when the flag is already set by us or a sibling.
     if (wl.sleeping.load(std::memory_order_seq_cst) == 0)
       wl.sleeping.store(1, std::memory_order_seq_cst);
+    // F1 (fence.h): on a line whose waiters fence, a waker may have
+    // published with a plain store; the heavy fence makes the recheck below
+    // see it, or the waker see our flag. If the fence failed (a seccomp
+    // filter installed after start-up), a wake-up may be lost: sleep in short
+    // slices and look again.
+    const bool unfenced = FenceAfterArming(wl) < 0;
     if (ready()) break;  // D2
     // A handler that ran after the last check (with no spin budget: before
     // the wait began) would otherwise go unnoticed until a wake-up or the
@@ -185,6 +194,7 @@ int WaitOn(Ring& ring, internal::WaitLine& wl, Ready ready, bool consumer, const
       int64_t iv = opts.liveness_interval_ns > 0 ? opts.liveness_interval_ns : 1'000'000;
       if (slice < 0 || slice > iv) slice = iv;
     }
+    if (unfenced && (slice < 0 || slice > kUnfencedSliceNs)) slice = kUnfencedSliceNs;
     int rc = internal::FutexWait(&wl.seq, seq, slice);
     StatAdd(stats->futex_waits);
     if (ready()) break;

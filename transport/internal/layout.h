@@ -80,12 +80,25 @@ struct alignas(kCacheLine) StateLine {
 // waited on, 0 if unknown: the peer reads it to learn whether the two sides
 // share a core (wait.h "Sharing a core"). A hint; a hostile value only
 // changes whether the peer spins.
+//
+// `fenced` != 0: the waiters and armers of this line issue the heavy fence
+// (transport/fence.h) between their flag store and their recheck, so a
+// registered waker may publish with a plain store. Set by a waiting side
+// whose process registered; never cleared while the connection lives (a
+// waker that read it may be preempted before its store). Added without a
+// version change: older builds leave it 0 and never read it, which is safe
+// both ways (fence.h). A hostile value only costs the waiters a fence or
+// loses the hostile side its own wake-ups.
 struct alignas(kCacheLine) WaitLine {
   std::atomic<uint32_t> seq;
   std::atomic<uint32_t> sleeping;
   std::atomic<uint32_t> armed;
   std::atomic<uint32_t> cpu;
+  std::atomic<uint32_t> fenced;
 };
+static_assert(offsetof(WaitLine, sleeping) == 4 && offsetof(WaitLine, armed) == 8);
+static_assert(offsetof(WaitLine, cpu) == 12 && offsetof(WaitLine, fenced) == 16);
+static_assert(sizeof(WaitLine) == kCacheLine);
 
 // A cross-process mutex word (see shm_mutex.h) serialising the threads and
 // processes that share one end of a ring.
