@@ -295,6 +295,14 @@ short ConnPollEvents(Connection& c, int fd = -1);
 // POLLOUT): arms c's rings so that the peer sends a doorbell when they
 // become ready. Returns true if c is ready already (do not sleep then).
 bool ArmDoorbells(Connection& c, short events);
+// The same in two steps, for poll and epoll, which arm many connections
+// before one sleep and should pay one heavy fence (transport/fence.h), not
+// one per ring: ArmDoorbellsNoFence stores the flags of each connection and
+// returns whether a fence is needed; then, if any said so, one
+// transport::HeavyFence() (if it fails, treat every armed connection as
+// ready); then ArmedReady rechecks each connection (true: do not sleep).
+bool ArmDoorbellsNoFence(Connection& c, short events);
+bool ArmedReady(Connection& c, short events);
 // After such a sleep: takes the doorbells off the socket fd. Returns how
 // many were there.
 // *hung_up (optional): whether the peer hung up (an empty message, EOF, came

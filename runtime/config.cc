@@ -17,6 +17,7 @@ const char* const kSettingNames[] = {"DOORWAY_DISABLE",
                                      "DOORWAY_STATS",
                                      "DOORWAY_SPIN_NS",
                                      "DOORWAY_REUSE_DOORS",
+                                     "DOORWAY_ASYMMETRIC_FENCE",
                                      nullptr};
 
 namespace {
@@ -176,6 +177,7 @@ Config ParseConfig(const char* const* envp) {
       c.spin_ns = ns;
     }
   }
+  c.asymmetric_fence = ParseBool(&c, envp, "DOORWAY_ASYMMETRIC_FENCE", true);
   ReportUnknownNames(&c, envp);
   return c;
 }

@@ -54,6 +54,12 @@ struct Config {
   // DOORWAY_REUSE_DOORS=0: every accelerated connection makes its own door
   // connection (runtime/reuse.h), as before door sockets were reused.
   bool reuse_doors = true;
+  // DOORWAY_ASYMMETRIC_FENCE=0: never register for membarrier(2); this
+  // process's wakers always publish ring indices with a full fence and its
+  // waiters never ask for the cheap publish (transport/fence.h). For A/B
+  // measurements, and for programs that deny membarrier with seccomp after
+  // start-up.
+  bool asymmetric_fence = true;
 
   // Variables reported as bad by ParseConfig (pointers into envp, name
   // lengths), for ForgetReportedSettings.

@@ -46,6 +46,17 @@ TEST(Config, DoorSettings) {
   EXPECT_EQ(b.allowed_uid_count, 0);
 }
 
+TEST(Config, AsymmetricFence) {
+  const char* unset[] = {"PATH=/bin", nullptr};
+  EXPECT_TRUE(ParseConfig(unset).asymmetric_fence);
+  const char* off[] = {"DOORWAY_ASYMMETRIC_FENCE=0", nullptr};
+  EXPECT_FALSE(ParseConfig(off).asymmetric_fence);
+  const char* bad[] = {"DOORWAY_ASYMMETRIC_FENCE=maybe", nullptr};
+  Config b = ParseConfig(bad);
+  EXPECT_TRUE(b.asymmetric_fence);
+  EXPECT_EQ(b.reported_count, 1);
+}
+
 TEST(Config, SpinBudget) {
   const char* unset[] = {"PATH=/bin", nullptr};
   EXPECT_EQ(ParseConfig(unset).spin_ns, -1);

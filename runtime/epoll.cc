@@ -16,6 +16,7 @@
 #include "runtime/accel.h"
 #include "runtime/real.h"
 #include "runtime/signals.h"
+#include "transport/fence.h"
 #include "transport/wait.h"
 
 namespace doorway::runtime {
@@ -476,18 +477,27 @@ void Commit(Member& m, const Reading& r) {
 //
 // revocable: the "data" flag is armed with Ring::kArmRevocable, which the
 // set takes back when it wakes ("Taking the arming back" below).
-void Arm(const Member& m, Connection& c, const Reading& r, bool revocable = false) {
+//
+// On a ring whose waiters fence (transport/fence.h) the peer publishes
+// without a full fence; then the re-read must follow a heavy fence. Arm
+// only stores the flags and returns whether that fence is needed: ArmSet
+// arms all members, fences once, then re-reads them all; Evaluate fences
+// for its one member. A failed fence proves nothing: the member counts as
+// ready (stays on the check list).
+bool Arm(const Member& m, Connection& c, const Reading& r, bool revocable = false) {
   short ev = 0;
   if (m.events & (EPOLLIN | EPOLLRDNORM | EPOLLRDHUP)) ev |= POLLIN;
   if ((m.events & (EPOLLOUT | EPOLLWRNORM)) && (r.now & (EPOLLOUT | EPOLLWRNORM)) == 0) {
     ev |= POLLOUT;
   }
   if ((m.events & (EPOLLIN | EPOLLRDNORM | EPOLLRDHUP | EPOLLOUT | EPOLLWRNORM)) == 0) ev = POLLIN;
+  bool fence = false;
   if (revocable && (ev & POLLIN)) {
-    (void)c.rx.ArmReadDoorbell(transport::Ring::kArmRevocable);
+    fence |= c.rx.ArmReadDoorbellNoFence(transport::Ring::kArmRevocable);
     ev &= ~POLLIN;
   }
-  if (ev != 0) (void)ArmDoorbells(c, ev);
+  if (ev != 0) fence |= ArmDoorbellsNoFence(c, ev);
+  return fence;
 }
 
 // Taking the arming back. A set that goes to sleep arms every member of its
@@ -558,13 +568,28 @@ bool ArmSet(EpollSet& s, int depth) {
   bool ready_now = false;
   s.lock.Lock();
   s.ConsumeLog();
+  // First every flag, then at most one heavy fence, then the re-reads (Arm).
+  bool fence = false;
+  for (int i = 0; i < s.always.n; ++i) {
+    Member* m = s.Find(s.always.v[i]);
+    if (m == nullptr || m->disabled || m->nested) continue;
+    if (Connection* c = m->conn.As<Connection>()) fence |= Arm(*m, *c, Read(*m, *c));
+  }
+  for (int i = 0; i < s.check.n; ++i) {
+    Member* m = s.Find(s.check.v[i]);
+    if (m == nullptr || Stale(*m) || m->disabled) continue;
+    if (Connection* c = m->conn.As<Connection>()) {
+      fence |= Arm(*m, *c, Read(*m, *c), depth == 0 && Revocable(*c));
+    }
+  }
+  const bool unfenced = fence && !transport::HeavyFence();
+  ready_now = unfenced;
   for (int i = 0; i < s.always.n; ++i) {
     Member* m = s.Find(s.always.v[i]);
     if (m == nullptr || m->disabled) continue;
     if (m->nested) {
       if (EpollSet* inner = m->conn.As<EpollSet>()) ready_now |= ArmSet(*inner, depth + 1);
     } else if (Connection* c = m->conn.As<Connection>()) {
-      Arm(*m, *c, Read(*m, *c));
       // Ready, but already reported to an edge-triggered member (e.g. EOF):
       // not a reason to stay awake; only a new edge is.
       ready_now |= Read(*m, *c).report != 0;
@@ -582,9 +607,11 @@ bool ArmSet(EpollSet& s, int depth) {
     }
     Connection* c = m->conn.As<Connection>();
     if (!m->disabled && c != nullptr) {
+      // As armed above (relaxed hints: should they have changed since, a
+      // revocable bit stays armed and rings once, or a revocation finds
+      // only the sticky bit; either is harmless).
       const bool revocable = depth == 0 && Revocable(*c);
-      Arm(*m, *c, Read(*m, *c), revocable);
-      if (Read(*m, *c).report != 0) {
+      if (unfenced || Read(*m, *c).report != 0) {
         ready_now = true;
         s.check.v[kept++] = fd;
         continue;
@@ -622,7 +649,8 @@ int Evaluate(EpollSet& s, Member& m, epoll_event* out, bool check_kernel, bool p
     Commit(m, r);
     if (r.now & EPOLLIN) m.tx_mark = c.tx.stats()->ops.load(std::memory_order_relaxed);
     if (r.report == 0 && prune && m.in_check && ++m.idle_waits >= kIdleWaits) {
-      Arm(m, c, r);
+      // A failed fence (see Arm): keep the member on the check list.
+      if (Arm(m, c, r) && !transport::HeavyFence()) return 0;
       r = Read(m, c);  // after W1 (see Arm)
       Commit(m, r);
       if (r.report == 0) {

@@ -11,6 +11,7 @@
 #include "runtime/epoll.h"
 #include "runtime/real.h"
 #include "runtime/signals.h"
+#include "transport/fence.h"
 
 namespace doorway::runtime {
 
@@ -240,10 +241,18 @@ int EnginePoll(pollfd* fds, nfds_t n, std::int64_t timeout_ns, const sigset_t* s
     }
     // Sleep in the kernel (see poll.h for what wakes it): arm the rings
     // first, and do not sleep if one turned ready meanwhile.
-    bool ready_now = false;
+    // All flags first, then at most one heavy fence (transport/fence.h),
+    // then the rechecks (accel.h ArmDoorbellsNoFence).
+    bool fence = false;
     for (nfds_t i = 0; i < n; ++i) {
       if (Connection* c = s.refs[i].As<Connection>(); c != nullptr) {
-        ready_now |= ArmDoorbells(*c, fds[i].events);
+        fence |= ArmDoorbellsNoFence(*c, fds[i].events);
+      }
+    }
+    bool ready_now = fence && !transport::HeavyFence();
+    for (nfds_t i = 0; i < n && !ready_now; ++i) {
+      if (Connection* c = s.refs[i].As<Connection>(); c != nullptr) {
+        ready_now |= ArmedReady(*c, fds[i].events);
       }
     }
     if (ready_now) continue;

@@ -17,6 +17,7 @@
 #include "runtime/real.h"
 #include "runtime/sockets.h"
 #include "runtime/stats.h"
+#include "transport/fence.h"
 
 namespace doorway::runtime {
 
@@ -50,6 +51,9 @@ void Initialise() {
   }
   g_log_level.store(static_cast<int>(config.log_level), std::memory_order_relaxed);
   SetConfig(config);
+  // Before any ring exists, and while the process most likely has one
+  // thread (registering a multi-threaded one costs an RCU grace period).
+  if (!config.disabled && config.asymmetric_fence) (void)transport::EnableAsymmetricFence();
   ForgetReportedSettings(config);
   StatsConfigure(config);
   SetTrackingEnabled(!config.disabled);
