@@ -14,6 +14,9 @@
 #define DOORWAY_TSAN 1
 #endif
 #endif
+#ifndef DOORWAY_TSAN
+#define DOORWAY_TSAN 0
+#endif
 
 namespace doorway::transport {
 
@@ -62,9 +65,8 @@ void OnForkChild() {
 }  // namespace
 
 bool EnableAsymmetricFence() {
-#ifdef DOORWAY_TSAN
-  return false;
-#else
+  // TSAN does not model membarrier (fence.h): keep the seq_cst publish.
+  if (DOORWAY_TSAN) return false;
   if (internal::g_fast_publish.load(std::memory_order_relaxed)) return true;
   if (!QueryAndRegister()) return false;
   // Once per process (a function-local static's guard is fine here: this is
@@ -76,7 +78,6 @@ bool EnableAsymmetricFence() {
   // that sees true runs in the same (registered) address space.
   internal::g_fast_publish.store(true, std::memory_order_relaxed);
   return true;
-#endif
 }
 
 bool HeavyFence() { return Membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED) == 0; }
