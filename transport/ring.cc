@@ -532,11 +532,14 @@ int64_t Ring::Queued() const {
   // refilled) or be negative (head read after the tail). So: head, tail,
   // head again. Both indices only grow, so an unchanged head was the head
   // when the tail was read, and the pair is a state the ring really had.
-  // seq_cst loads: they and the seq_cst stores R1/R2 take one total order,
-  // which is what "at the moment the tail was read" means here (plain loads
-  // on x86). Bounded: if the head keeps moving, the last pair is used and
-  // clamped (any value in [0, capacity] the ring passed through is as good
-  // as another to a caller that races with a reader).
+  // seq_cst loads (plain loads on x86). The bound does not need the stores
+  // R1/R2 to be seq_cst (they are release stores in the fenced mode,
+  // fence.h): the tail load synchronises with its release store, after which
+  // the producer had seen head >= tail - capacity (A1), so the second head
+  // load sees at least that (coherence); symmetrically the first head load
+  // synchronises with R2, after which the consumer had seen tail >= head. Bounded: if the head
+  // keeps moving, the last pair is used and clamped (any value in [0, capacity] the ring passed
+  // through is as good as another to a caller that races with a reader).
   uint64_t used = 0;
   for (int attempt = 0; attempt < 64; ++attempt) {
     uint64_t head = ctrl_->cons.index.load(std::memory_order_seq_cst);

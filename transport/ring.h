@@ -19,8 +19,9 @@
 //
 // Memory ordering (labels are referred to in ring.cc and wait.cc):
 //   R1  producer: tail.store(seq_cst)      pairs with A2 (consumer sees the bytes)
+//                 (release on a fenced line, F1/F2 below)
 //   A1  producer: head.load(acquire)       pairs with R2 (consumer is done with the bytes)
-//   R2  consumer: head.store(seq_cst)      pairs with A1
+//   R2  consumer: head.store(seq_cst)      pairs with A1 (release on a fenced line)
 //   A2  consumer: tail.load(acquire)       pairs with R1
 //   R3  shutdown: state.store(seq_cst)     pairs with A3
 //   A3  state.load(acquire)                pairs with R3 (EOF seen only after the last data)

@@ -15,7 +15,10 @@
 // W1, the ready() loads, the waker's store and its flag load are all seq_cst,
 // so in their single total order either the waker sees the flag or the
 // waiter's recheck sees the new index. A wake between the recheck and
-// FUTEX_WAIT changed seq, so FUTEX_WAIT returns at once. Only the waker that
+// FUTEX_WAIT changed seq, so FUTEX_WAIT returns at once. In the fenced mode
+// (fence.h) the waker's store is a release store, and the waiter issues
+// membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED) between W1 and its recheck
+// (F1) instead, if the line says its waiters fence. Only the waker that
 // clears the flag calls FUTEX_WAKE (one syscall per sleep, not one per
 // operation while the sleeper is being scheduled), and it wakes every
 // sleeper, because several threads of one end may have registered through
