@@ -292,8 +292,21 @@ class Segment {
   // Views of the rings. A Ring keeps process-local caches: make one per end
   // and keep it (threads sharing it serialise with the lock of that end).
   Ring MakeRing(uint32_t ring, RingStats* stats) const;
-  Ring MakeTxRing(Role self, RingStats* stats) const { return MakeRing(TxRingIndex(self), stats); }
-  Ring MakeRxRing(Role self, RingStats* stats) const { return MakeRing(RxRingIndex(self), stats); }
+  // The end views also advertise that this side's waiters fence (fence.h),
+  // the producer on space_wait, the consumer on data_wait, if this process
+  // registered: from the start, so that the peer publishes cheaply also on
+  // the line whose waiters have not waited yet (a ping-pong's producer never
+  // waits for space, yet every Read publishes the head).
+  Ring MakeTxRing(Role self, RingStats* stats) const {
+    Ring r = MakeRing(TxRingIndex(self), stats);
+    AdvertiseFence(r.control()->space_wait);
+    return r;
+  }
+  Ring MakeRxRing(Role self, RingStats* stats) const {
+    Ring r = MakeRing(RxRingIndex(self), stats);
+    AdvertiseFence(r.control()->data_wait);
+    return r;
+  }
   ShmMutex ProducerLock(uint32_t ring) const;
   ShmMutex ConsumerLock(uint32_t ring) const;
 
