@@ -308,6 +308,54 @@ TEST(Segment, ArenaSlotsAreReusedOnlyAfterRelease) {
 
 // A slot whose rings carried much gets its data pages freed by the side
 // that is done second, so idle arenas hold only headers.
+// The runtime's door socket reuse (runtime/reuse.h): the creator watches the
+// receiver's release of a slot after both recycled it, and the receiver
+// attaches the next slot of the same arena without its memfd.
+TEST(Segment, ArenaSlotRefWatchesReleaseAndAttachesBeside) {
+  SegmentOptions opts = ArenaOptions();
+  Segment a;
+  ASSERT_EQ(Segment::Create(opts, &a), 0);
+  Segment ra;
+  ASSERT_EQ(Segment::AttachAt(dup(a.fd()), a.offset(), &ra), 0);
+  ArenaSlotRef watch = a.SlotRef();
+  ArenaSlotRef held = ra.SlotRef();
+  ASSERT_TRUE(watch.valid());
+  ASSERT_TRUE(held.valid());
+  EXPECT_TRUE(watch.SameArena(ra));  // one process: one mapping for both ends
+  EXPECT_FALSE(watch.Released());
+  std::move(a).Recycle(Role::kClient);
+  EXPECT_FALSE(watch.Released()) << "the receiver has not released it";
+  std::move(ra).Recycle(Role::kServer);
+  EXPECT_TRUE(watch.Released());
+
+  Segment b;
+  ASSERT_EQ(Segment::Create(opts, &b), 0);
+  ASSERT_TRUE(watch.SameArena(b));
+  EXPECT_TRUE(watch.Released()) << "a slot handed out again was released before";
+  Segment rb;
+  ASSERT_EQ(Segment::AttachBeside(held, b.offset(), &rb), 0);
+  RingStats st;
+  ASSERT_EQ(b.MakeTxRing(Role::kClient, &st).Write("beside", 6), 6);
+  char buf[8];
+  ASSERT_EQ(rb.MakeRxRing(Role::kServer, &st).Read(buf, sizeof buf), 6);
+  EXPECT_EQ(std::string(buf, 6), "beside");
+
+  // Offsets from the peer are checked as AttachAt checks them.
+  Segment bad;
+  EXPECT_NE(Segment::AttachBeside(held, b.offset() + 1, &bad), 0);
+  EXPECT_NE(Segment::AttachBeside(held, uint64_t{1} << 40, &bad), 0);
+  EXPECT_NE(Segment::AttachBeside(ArenaSlotRef(), b.offset(), &bad), 0);
+  EXPECT_FALSE(bad.valid());
+
+  // A segment of its own (not an arena slot) has no slot reference.
+  SegmentOptions plain = opts;
+  plain.arena = false;
+  plain.reuse = false;
+  Segment p;
+  ASSERT_EQ(Segment::Create(plain, &p), 0);
+  EXPECT_FALSE(p.SlotRef().valid());
+}
+
 TEST(Segment, ArenaFreesHeavySlotsPages) {
   for (int creator_last = 0; creator_last < 2; ++creator_last) {
     Segment a, b;
