@@ -2108,8 +2108,19 @@ int ManagedAccept(int fd, sockaddr* addr, socklen_t* len, int flags, bool accept
         int c = AcceptPending(*l, fd, addr, len, flags, pending_slots);
         if (c != -EAGAIN) return c;
       } else if (src == kSourceWake) {
-        int c = AcceptPending(*l, fd, addr, len, flags, ReadyKeptEnds(*l));
+        const std::uint64_t kept = ReadyKeptEnds(*l);
+        int c = kept != 0 ? AcceptPending(*l, fd, addr, len, flags, kept) : -EAGAIN;
         if (c != -EAGAIN) return c;
+        // A wake byte with no Hello on any kept end (its end was dropped,
+        // e.g. at a fork, or a same-uid client wrote one without a Hello):
+        // it would keep the listener readable and a blocking accept
+        // spinning. A client writes its byte after its Hello is queued, so
+        // none can be on its way here; one another thread is about to take
+        // is no loss (that thread's read finds none).
+        if (kept == 0) {
+          char b;
+          (void)!DOORWAY_REAL(read)(l->wake_rd, &b, 1);
+        }
       } else if (int d = l->door_fd[src - kSourceDoor]; d >= 0) {
         int c = AcceptDoor(*l, fd, d, addr, len, flags);
         if (c != -EAGAIN) return c;
