@@ -124,10 +124,6 @@ long RawSend(int fd, const void* buf, size_t n, int flags) {
   return syscall(SYS_sendto, fd, buf, n, flags, nullptr, 0);
 }
 
-long RawRecv(int fd, void* buf, size_t n, int flags) {
-  return syscall(SYS_recvfrom, fd, buf, n, flags, nullptr, nullptr);
-}
-
 // Takes the lock of one end of a ring (threads and forked processes sharing
 // the socket). The kernel's socket lock is not interruptible: neither is
 // this one, so a signal only makes it retry. 0 (or kOwnerDied: the previous
@@ -1336,14 +1332,6 @@ void UnregisterListener(Listener& l) {
   l.registry_index = -1;
 }
 
-// Moves fd to a hidden number (close-on-exec), or closes it: -1.
-int Hide(int fd) {
-  if (fd < 0) return -1;
-  int h = DOORWAY_REAL(fcntl)(fd, F_DUPFD_CLOEXEC, HiddenFdBase());
-  DOORWAY_REAL(close)(fd);
-  return h;
-}
-
 // Sets up l's side of door socket reuse (Listener::pe_fd): the parking set,
 // the wake FIFO beside its first door, registered in the listener's epoll
 // set ep. Without them (a FIFO that cannot be made) kept ends are not
@@ -1358,11 +1346,11 @@ void OpenWake(Listener& l, int ep) {
   if (mkfifo(wp, 0600) == 0) {
     // Non-blocking: an open for reading does not wait for a writer; ours
     // comes next, before any client's.
-    l.wake_rd = Hide(static_cast<int>(
+    l.wake_rd = HideFd(static_cast<int>(
         syscall(SYS_openat, AT_FDCWD, wp, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOFOLLOW)));
-    l.wake_wr = Hide(static_cast<int>(
+    l.wake_wr = HideFd(static_cast<int>(
         syscall(SYS_openat, AT_FDCWD, wp, O_WRONLY | O_NONBLOCK | O_CLOEXEC | O_NOFOLLOW)));
-    l.pe_fd = Hide(DOORWAY_REAL(epoll_create1)(EPOLL_CLOEXEC));
+    l.pe_fd = HideFd(DOORWAY_REAL(epoll_create1)(EPOLL_CLOEXEC));
   }
   epoll_event ev{};
   ev.events = EPOLLIN;
@@ -1537,10 +1525,10 @@ int CollectOwnFds(unsigned first, unsigned last, int* out, int max) {
   };
   // The log file (DOORWAY_LOG_FILE), when it is ours and not stderr.
   if (int lf = g_log_fd.load(std::memory_order_relaxed); lf > 2) add(lf);
-  int pooled[transport::kMaxReuseFds + kSpareSockets + kReusedDoors + 16];
+  int pooled[transport::kMaxReuseFds + kSpareSockets + kReusedDoors + kMaxDoorWakes];
   int np = transport::ReusePoolFds(pooled, transport::kMaxReuseFds);
   np += SpareSocketFds(pooled + np, kSpareSockets);
-  np += ClientDoorFds(pooled + np, kReusedDoors + 16);
+  np += ClientDoorFds(pooled + np, kReusedDoors + kMaxDoorWakes);
   for (int i = 0; i < np; ++i) add(pooled[i]);
   GlobalTable().ForEach([&](int, const Ref& r) {
     if (const Connection* c = r.As<Connection>()) add(c->seg.fd());

@@ -30,15 +30,10 @@ struct Kept {
   transport::ArenaSlotRef watch;
 };
 
-// Try-lock only, as spare.cc's: close() and connect() may run in a signal
-// handler that interrupted a thread holding it (then the socket is simply
-// closed, or the connect takes the door).
-struct Pool {
-  std::atomic_flag busy = ATOMIC_FLAG_INIT;
+// On contention (spare.h TryLockFlag) the socket is simply closed, or the
+// connect takes the door.
+struct Pool : TryLockFlag {
   Kept kept[kReusedDoors];
-  // acquire/release: the entries written by the previous holder are visible.
-  bool TryLock() { return !busy.test_and_set(std::memory_order_acquire); }
-  void Unlock() { busy.clear(std::memory_order_release); }
 };
 
 Pool g_pool;
@@ -51,8 +46,7 @@ struct Wake {
   std::atomic<std::uint64_t> door_id{0};
   std::atomic<int> fd{-1};
 };
-constexpr int kMaxWakes = 16;
-Wake g_wakes[kMaxWakes];
+Wake g_wakes[kMaxDoorWakes];
 
 int WakeFor(std::uint64_t door_id) {
   for (Wake& w : g_wakes) {
@@ -77,7 +71,7 @@ void DropInChild() {
     if (k.fd >= 0) DOORWAY_REAL(close)(k.fd);
     k = Kept{};
   }
-  g_pool.busy.clear(std::memory_order_relaxed);
+  g_pool.Reset();
 }
 
 [[maybe_unused]] const int g_atfork = pthread_atfork(nullptr, nullptr, DropInChild);
@@ -181,14 +175,12 @@ int TakeClientDoor(const Endpoint& dest, std::uint64_t* ino, std::uint64_t* door
   return fd;
 }
 
-bool HasDoorWake(std::uint64_t door_id) { return WakeFor(door_id) >= 0; }
-
 // Whether fd is the FIFO now at path (a listener's FIFO is replaced by its
 // successor's on the same port, whose door may even reuse the inode, and so
 // the door identity, of the old one).
 bool IsFifoAt(int fd, const char* path) {
-  struct stat a {
-  }, b{};
+  struct stat a {};
+  struct stat b {};
   return fstat(fd, &a) == 0 && lstat(path, &b) == 0 && a.st_dev == b.st_dev &&
          a.st_ino == b.st_ino && a.st_nlink > 0;
 }
@@ -226,8 +218,7 @@ bool NoteDoorWake(std::uint64_t door_id, const char* door_path) {
     DOORWAY_REAL(close)(fd);
     return false;
   }
-  int h = DOORWAY_REAL(fcntl)(fd, F_DUPFD_CLOEXEC, HiddenFdBase());
-  DOORWAY_REAL(close)(fd);
+  int h = HideFd(fd);
   if (h < 0) return false;
   for (int pass = 0; pass < 2; ++pass) {
     for (Wake& w : g_wakes) {

@@ -36,6 +36,8 @@
 namespace doorway::runtime {
 
 inline constexpr int kReusedDoors = 64;
+// Listeners whose wake FIFO a process keeps open at once.
+inline constexpr int kMaxDoorWakes = 16;
 
 // Keeps `fd` (the client end of a closed connection's door socket, a
 // duplicate the caller made: close-on-exec, out of the program's way) for a
@@ -58,13 +60,12 @@ int TakeClientDoor(const Endpoint& dest, std::uint64_t* ino, std::uint64_t* door
 // whose identity is door_id; false if there is none (then connections
 // through that door are not kept for reuse).
 bool NoteDoorWake(std::uint64_t door_id, const char* door_path);
-bool HasDoorWake(std::uint64_t door_id);
 
 // Announces a Hello sent on a kept door socket to its listener.
 void WakeListener(int wake);
 
-// The kept sockets' and wake FIFOs' fds, so that close_range/closefrom
-// leave them alone.
+// The kept sockets' and wake FIFOs' fds (at most kReusedDoors +
+// kMaxDoorWakes), so that close_range/closefrom leave them alone.
 int ClientDoorFds(int* out, int max);
 
 }  // namespace doorway::runtime

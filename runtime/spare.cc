@@ -27,12 +27,8 @@ struct Spare {
 
 // The lock is try-only: socket() and connect() may run in a signal handler
 // that interrupted a thread holding it.
-struct Pool {
-  std::atomic_flag busy = ATOMIC_FLAG_INIT;
+struct Pool : TryLockFlag {
   Spare spare[kSpareSockets];
-  // acquire/release: the entries written by the previous holder are visible.
-  bool TryLock() { return !busy.test_and_set(std::memory_order_acquire); }
-  void Unlock() { busy.clear(std::memory_order_release); }
 };
 
 Pool g_pool;
@@ -51,7 +47,7 @@ void DropInChild() {
     if (s.fd >= 0) DOORWAY_REAL(close)(s.fd);
     s = Spare{};
   }
-  g_pool.busy.clear(std::memory_order_relaxed);
+  g_pool.Reset();
   g_port_seeded.store(false, std::memory_order_relaxed);
 }
 
@@ -68,6 +64,13 @@ int HiddenFdBase() {
     return static_cast<int>(soft / 2);
   }();
   return base;
+}
+
+int HideFd(int fd) {
+  if (fd < 0) return -1;
+  int h = DOORWAY_REAL(fcntl)(fd, F_DUPFD_CLOEXEC, HiddenFdBase());
+  DOORWAY_REAL(close)(fd);
+  return h;
 }
 
 int DuplicateForSpare(int fd) {

@@ -28,6 +28,7 @@
 // connect and its next socket() gets a socket of the old namespace.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 
 namespace doorway::runtime {
@@ -56,6 +57,21 @@ int SpareSocketFds(int* out, int max);
 // kSpareMinFd, or lower when the soft fd limit is lower (F_DUPFD fails with
 // EINVAL at or above it).
 int HiddenFdBase();
+// Moves fd to a hidden number (close-on-exec, from HiddenFdBase), closing
+// fd; the new fd, or -1 (fd closed too) if fd < 0 or no number is free.
+int HideFd(int fd);
+
+// The lock of doorway's small per-process pools (spares, kept door
+// sockets): try-only, since socket(), connect() and close() may run in a
+// signal handler that interrupted a thread holding it. acquire/release:
+// the entries written by the previous holder are visible.
+struct TryLockFlag {
+  std::atomic_flag busy = ATOMIC_FLAG_INIT;
+  bool TryLock() { return !busy.test_and_set(std::memory_order_acquire); }
+  void Unlock() { busy.clear(std::memory_order_release); }
+  // A fork child: only its one thread exists.
+  void Reset() { busy.clear(std::memory_order_relaxed); }
+};
 
 // A local port for an accelerated connection from an unbound socket: from
 // the kernel's ephemeral range (ip_local_port_range), a per-process

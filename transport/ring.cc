@@ -201,27 +201,33 @@ DOORWAY_HOT int64_t Ring::LoadUsedForProducer(uint64_t* tail_out, size_t want) {
   return static_cast<int64_t>(used);
 }
 
-DOORWAY_HOT void Ring::PublishTail(uint64_t tail) {
-  // The working copy first (relaxed: only this end reads it), then the
-  // published tail.
-  ctrl_->prod_lock.index.store(tail, std::memory_order_relaxed);
-  internal::WaitLine& w = ctrl_->data_wait;
-  // F2 (fence.h): the consumer side's waiters fence and this process is
+// Stores a published index (R1 in PublishTail, R2 in PublishHead: release)
+// and wakes or rings for whoever waits on w, the other side's wait line.
+DOORWAY_HOT void Ring::Publish(std::atomic<uint64_t>& index, internal::WaitLine& w,
+                               uint64_t value) {
+  // F2 (fence.h): the other side's waiters fence and this process is
   // registered, so the publish needs no full fence of its own. Acquire
   // (pairs with nothing: `fenced` carries no data) keeps the flag loads in
   // NotifyFenced after this load. The wait line is read on every publish
   // anyway (the flags), so this is a hit.
   if (internal::FastPublish() && w.fenced.load(std::memory_order_acquire) != 0) {
-    // R1 pairs with A2 (the consumer's acquire load of the tail): the bytes
-    // copied above are visible before the new tail. A plain mov on x86.
-    ctrl_->prod.index.store(tail, std::memory_order_release);
+    index.store(value, std::memory_order_release);  // a plain mov on x86
     NotifyFenced(w);
   } else {
-    // R1 pairs with A2, as above. seq_cst for D1 (Dekker with the consumer's
-    // W1 in wait.cc); on x86 this is one xchg.
-    ctrl_->prod.index.store(tail, std::memory_order_seq_cst);
+    // seq_cst for D1 (Dekker with the waiter's W1 in wait.cc); on x86 this
+    // is one xchg.
+    index.store(value, std::memory_order_seq_cst);
     Notify(w);
   }
+}
+
+DOORWAY_HOT void Ring::PublishTail(uint64_t tail) {
+  // The working copy first (relaxed: only this end reads it), then the
+  // published tail.
+  ctrl_->prod_lock.index.store(tail, std::memory_order_relaxed);
+  // R1 pairs with A2 (the consumer's acquire load of the tail): the bytes
+  // copied above are visible before the new tail.
+  Publish(ctrl_->prod.index, ctrl_->data_wait, tail);
   internal::PrefetchForWrite(data_ + (tail & mask_));
 }
 
@@ -365,18 +371,9 @@ DOORWAY_HOT int64_t Ring::LoadAvailForConsumer(uint64_t* head_out, size_t want) 
 }
 
 DOORWAY_HOT void Ring::PublishHead(uint64_t head) {
-  internal::WaitLine& w = ctrl_->space_wait;
-  // F2, as in PublishTail: the producer side's waiters fence.
-  if (internal::FastPublish() && w.fenced.load(std::memory_order_acquire) != 0) {
-    // R2 pairs with A1: our reads of the consumed bytes happen before the
-    // producer may overwrite them.
-    ctrl_->cons.index.store(head, std::memory_order_release);
-    NotifyFenced(w);
-  } else {
-    // R2 pairs with A1, as above. seq_cst for D1 with the producer's W1.
-    ctrl_->cons.index.store(head, std::memory_order_seq_cst);
-    Notify(w);
-  }
+  // R2 pairs with A1: our reads of the consumed bytes happen before the
+  // producer may overwrite them.
+  Publish(ctrl_->cons.index, ctrl_->space_wait, head);
 }
 
 DOORWAY_COLD int64_t Ring::EmptyResult() {

@@ -234,6 +234,7 @@ class Ring {
   void PublishHead(uint64_t head);
   void Notify(internal::WaitLine& w);
   void NotifyFenced(internal::WaitLine& w);
+  void Publish(std::atomic<uint64_t>& index, internal::WaitLine& w, uint64_t value);
   void TakeArmed(internal::WaitLine& w);
   void Corrupt() const;
   void FillSpan(uint64_t index, uint64_t n, RingSpan* span) const;
