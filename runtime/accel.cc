@@ -976,6 +976,7 @@ int FinishDoor(Listener& l, int listen_fd, int conn, const ucred& cred, int memf
   Endpoint peer = c.peer;
   Install(conn, std::move(obj), kTagConnection);
   CopyOut(peer, addr, len);
+  StatsNoteAccelerated(true);
   DOORWAY_LOG(kDebug, "fd %d: accelerated connection accepted (peer pid %d)", conn,
               static_cast<int>(cred.pid));
   return conn;
@@ -2028,6 +2029,7 @@ int Connect(int fd, const sockaddr* addr, socklen_t len) {
       NotePeerHangup(*kc);
     }
   }
+  StatsNoteAccelerated(false);
   DOORWAY_LOG(kDebug, "fd %d: accelerated connection to port %u", fd, dest.port);
   return nonblock ? -EINPROGRESS : 0;
 }

@@ -36,6 +36,10 @@ enum FileState : int {
 constinit std::atomic<int> g_state{kUnconfigured};
 constinit std::atomic<ProcessHeader*> g_header{nullptr};
 constinit bool g_summary = false;
+// StatsNoteAccelerated's counts (not in the file: only the exit summary
+// prints them; a fork child starts again at zero, as its file does).
+constinit std::atomic<std::uint64_t> g_accel_connects{0};
+constinit std::atomic<std::uint64_t> g_accel_accepts{0};
 // The file's name, for removal at exit, and the pid that may remove it
 // (a fork child that could not make its own file must not remove its
 // parent's).
@@ -407,9 +411,12 @@ void PrintSummary(ProcessHeader* h) {
     rx_msgs += Load(slots[i].rx.ops);
   }
   RawLog(LogLevel::kInfo,
-         "stats: %llu accelerated connection(s) (%u still open at exit), sent %llu bytes in %llu "
-         "writes, received %llu bytes in %llu reads%s",
+         "stats: %llu accelerated connection(s) (%u still open at exit; %llu connect(s) and %llu "
+         "accept(s) accelerated), sent %llu bytes in %llu writes, received %llu bytes in %llu "
+         "reads%s",
          static_cast<unsigned long long>(Load(h->opened)), live,
+         static_cast<unsigned long long>(Load(g_accel_connects)),
+         static_cast<unsigned long long>(Load(g_accel_accepts)),
          static_cast<unsigned long long>(tx_bytes), static_cast<unsigned long long>(tx_msgs),
          static_cast<unsigned long long>(rx_bytes), static_cast<unsigned long long>(rx_msgs),
          Load(h->slots_full) != 0 ? " (some connections not counted: stats file full)" : "");
@@ -552,12 +559,20 @@ void StatsClose(Connection& c) {
   s->state.store(stats::kFree, std::memory_order_release);
 }
 
+void StatsNoteAccelerated(bool accepted) {
+  (accepted ? g_accel_accepts : g_accel_connects).fetch_add(1, std::memory_order_relaxed);
+}
+
 void StatsMarkShared() {
   int s = g_state.load(std::memory_order_acquire);
   if (s == kReady || s == kForked) MarkLiveShared(g_header.load(std::memory_order_relaxed));
 }
 
 void StatsAfterFork(pid_t pid) {
+  if (pid == 0) {
+    g_accel_connects.store(0, std::memory_order_relaxed);
+    g_accel_accepts.store(0, std::memory_order_relaxed);
+  }
   int s = g_state.load(std::memory_order_acquire);
   if (s != kReady && s != kForked) return;
   ErrnoSaver saver;

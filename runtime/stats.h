@@ -54,6 +54,11 @@ void StatsAfterFork(pid_t pid);
 // Every live connection is now shared with another process (posix_spawn
 // hands them to the child without a fork of ours).
 void StatsMarkShared();
+// A connect (client) or an accept (server) returned an accelerated
+// connection: counted where the debug log says so, for the exit summary
+// (DOORWAY_STATS=exit), so that a benchmark can prove acceleration without
+// paying a log write per connection. Process-local, async-signal-safe.
+void StatsNoteAccelerated(bool accepted);
 
 }  // namespace doorway::runtime
 
