@@ -1082,7 +1082,7 @@ int AcceptPending(Listener& l, int listen_fd, sockaddr* addr, socklen_t* len, in
       if (low >= 0) {
         DOORWAY_REAL(close)(conn);
         conn = low;
-        has_flags = (flags & SOCK_CLOEXEC) | (~flags & SOCK_NONBLOCK);
+        has_flags = (flags & SOCK_CLOEXEC) | (info.nonblock ? SOCK_NONBLOCK : 0);
       }
     }
     int c = FinishDoor(l, listen_fd, conn, cred, memfd, hello, addr, len, flags, has_flags,
@@ -1387,6 +1387,7 @@ void ParkForReuse(const Connection& c, int h) {
         info.uid = c.peer_uid;
         info.pid = c.peer_pid;
         info.ino = c.socket_ino;
+        info.nonblock = c.nonblocking.load(std::memory_order_relaxed);
         parked = Park(*l, l->pe_fd, h, EPOLLIN, -1, nullptr, &info);
       }
     }
@@ -1401,7 +1402,8 @@ void ParkForReuse(const Connection& c, int h) {
 // not qualify (the caller releases it as usual).
 bool ReuseDoorSocket(Connection& c, int fd) {
   if (!GetConfig().reuse_doors || c.shared.load(std::memory_order_relaxed) || !c.recyclable ||
-      !c.seg.in_arena() || c.socket_ino == 0 || (c.role == Role::kClient && c.door_id == 0)) {
+      c.odd_flags.load(std::memory_order_relaxed) || !c.seg.in_arena() || c.socket_ino == 0 ||
+      (c.role == Role::kClient && c.door_id == 0)) {
     return false;
   }
   // A kernel epoll set that holds fd keeps its registration while any fd
@@ -1429,7 +1431,8 @@ bool ReuseDoorSocket(Connection& c, int fd) {
   SendDoorbell(c.tx, h);
   SendDoorbell(c.rx, h);
   if (c.role == Role::kClient) {
-    KeepClientDoor(h, c.socket_ino, c.door_dest, c.door_id, c.door_uid, std::move(watch));
+    KeepClientDoor(h, c.socket_ino, c.door_dest, c.door_id, c.door_uid, std::move(watch),
+                   c.nonblocking.load(std::memory_order_relaxed));
   } else {
     ParkForReuse(c, h);
   }
@@ -1872,9 +1875,10 @@ int Connect(int fd, const sockaddr* addr, socklen_t len) {
   uid_t reused_uid = 0;
   transport::ArenaSlotRef prev;  // the kept socket's previous connection's slot
   int wake = -1;
-  int reused = GetConfig().reuse_doors
-                   ? TakeClientDoor(door_dest, &reused_ino, &doors.id[0], &reused_uid, &prev, &wake)
-                   : -1;
+  bool reused_nonblock = false;  // the kept socket's O_NONBLOCK
+  int reused = GetConfig().reuse_doors ? TakeClientDoor(door_dest, &reused_ino, &doors.id[0],
+                                                        &reused_uid, &prev, &wake, &reused_nonblock)
+                                       : -1;
   int door_index = 0;
   if (reused >= 0) {
     doors.count = 1;
@@ -2014,10 +2018,10 @@ int Connect(int fd, const sockaddr* addr, socklen_t len) {
   }
   DOORWAY_REAL(close)(door);
   if (spare >= 0) KeepSpareSocket(spare, domain, nonblock);
-  if (!nonblock) {
-    DOORWAY_REAL(fcntl)(fd, F_SETFL, 0);  // the door socket was non-blocking
-  } else if (c.socket_ino != 0) {
-    DOORWAY_REAL(fcntl)(fd, F_SETFL, O_NONBLOCK);  // a kept one has its last connection's flags
+  // A new door socket is non-blocking; a kept one has its last
+  // connection's flags.
+  if (c.socket_ino == 0 ? !nonblock : nonblock != reused_nonblock) {
+    DOORWAY_REAL(fcntl)(fd, F_SETFL, nonblock ? O_NONBLOCK : 0);
   }
   if (nonblock) c.connect_state.store(1, std::memory_order_relaxed);
   Install(fd, std::move(obj), kTagConnection);
@@ -2452,6 +2456,11 @@ int ManagedIoctl(int fd, unsigned long request, void* arg) {
         c->nonblocking.store(on != 0, std::memory_order_relaxed);
         break;  // and mirror it on the kernel file below
       }
+      case FIOASYNC:
+      case FIOSETOWN:
+      case SIOCSPGRP:
+        c->odd_flags.store(true, std::memory_order_relaxed);
+        break;
       default:
         break;
     }
@@ -2463,10 +2472,13 @@ int ManagedIoctl(int fd, unsigned long request, void* arg) {
 
 int ManagedFcntl(int fd, int cmd, unsigned long arg, bool fcntl64) {
   if (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) return Fcntl(fd, cmd, arg, fcntl64);
-  if (cmd == F_SETFL) {
+  if (cmd == F_SETFL || cmd == F_SETOWN || cmd == F_SETOWN_EX || cmd == F_SETSIG) {
     Ref r = GlobalTable().Get(fd);
     if (Connection* c = r.As<Connection>()) {
-      c->nonblocking.store((arg & O_NONBLOCK) != 0, std::memory_order_relaxed);
+      if (cmd == F_SETFL) c->nonblocking.store((arg & O_NONBLOCK) != 0, std::memory_order_relaxed);
+      if (cmd != F_SETFL || (arg & ~static_cast<unsigned long>(O_NONBLOCK | O_ACCMODE)) != 0) {
+        c->odd_flags.store(true, std::memory_order_relaxed);
+      }
     }
   }
   int rc = fcntl64 ? DOORWAY_REAL(fcntl64)(fd, cmd, arg) : DOORWAY_REAL(fcntl)(fd, cmd, arg);

@@ -110,6 +110,10 @@ struct Connection {
   OptionSnapshot opts;
   std::atomic<int> fds{0};  // fd numbers of this process that refer to it
   std::atomic<bool> nonblocking{false};
+  // The program set file flags other than O_NONBLOCK (O_ASYNC, O_APPEND...)
+  // or a signal owner: the door socket is not kept for reuse, whose next
+  // connection sets only O_NONBLOCK, and only if it differs.
+  std::atomic<bool> odd_flags{false};
   std::atomic<bool> shut_rd{false};
   std::atomic<bool> shut_wr{false};
   std::atomic<bool> reset_reported{false};
@@ -219,6 +223,7 @@ struct Listener {
     uid_t uid = 0;
     pid_t pid = 0;
     std::uint64_t ino = 0;
+    bool nonblock = false;  // O_NONBLOCK on the parked end's file
   };
   Reused* reused = nullptr;
   std::uint64_t serial = 0;  // its g_listeners entry's serial

@@ -44,8 +44,10 @@ inline constexpr int kMaxDoorWakes = 16;
 // later connect to `dest`, or closes it. `ino` is the socket's inode (checked
 // again before reuse), `door_id` the listener's door identity (the arena key)
 // and `server_uid` the server's uid. Async-signal-safe (try-lock).
+// `nonblock`: whether the socket's file has O_NONBLOCK now (its connection's
+// last flags), so that the next connect sets the flags only if they differ.
 void KeepClientDoor(int fd, std::uint64_t ino, const Endpoint& dest, std::uint64_t door_id,
-                    uid_t server_uid, transport::ArenaSlotRef slot);
+                    uid_t server_uid, transport::ArenaSlotRef slot, bool nonblock);
 
 // A kept door socket to `dest` whose server is done with its previous
 // connection, or -1. Its stale doorbells are drained. *prev: that
@@ -54,7 +56,7 @@ void KeepClientDoor(int fd, std::uint64_t ino, const Endpoint& dest, std::uint64
 // listener's wake FIFO (Listener::wake_rd), where the Hello is announced
 // with one byte (WakeListener).
 int TakeClientDoor(const Endpoint& dest, std::uint64_t* ino, std::uint64_t* door_id,
-                   uid_t* server_uid, transport::ArenaSlotRef* prev, int* wake);
+                   uid_t* server_uid, transport::ArenaSlotRef* prev, int* wake, bool* nonblock);
 
 // Opens (once per listener) the wake FIFO beside the door at door_path,
 // whose identity is door_id; false if there is none (then connections

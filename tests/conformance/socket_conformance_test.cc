@@ -1717,6 +1717,56 @@ TEST_P(Conformance, RepeatedConnectionsEachNew) {
   }
 }
 
+// A new connection's file flags are a new socket's (O_RDWR, blocking, no
+// O_ASYNC), whatever the previous connection's were: doorway's kept door
+// sockets carry their last connection's flags, and the next connection
+// changes them only where they differ (reuse.h), so flags it does not track
+// must keep the socket from being reused.
+TEST_P(Conformance, RepeatedConnectionsStartWithFreshFlags) {
+  std::vector<ino_t> seen;
+  int reused = 0;
+  for (int i = 0; i < 24; ++i) {
+    SCOPED_TRACE("connection " + std::to_string(i));
+    Connect();
+    struct stat st {};
+    ASSERT_EQ(fstat(client_, &st), 0);
+    if (std::find(seen.begin(), seen.end(), st.st_ino) != seen.end()) ++reused;
+    seen.push_back(st.st_ino);
+    for (int fd : {client_, server_}) {
+      EXPECT_EQ(fcntl(fd, F_GETFL), O_RDWR);
+      EXPECT_EQ(fcntl(fd, F_GETFD), 0);
+    }
+    ASSERT_EQ(write(client_, "ping", 4), 4);
+    char buf[8];
+    ASSERT_EQ(read(server_, buf, sizeof(buf)), 4);  // blocking: waits if need be
+    int on = 1;
+    switch (i % 4) {
+      case 0:
+        ASSERT_EQ(fcntl(client_, F_SETFL, O_RDWR | O_NONBLOCK), 0);
+        ASSERT_EQ(fcntl(server_, F_SETFL, O_RDWR | O_NONBLOCK), 0);
+        break;
+      case 1:
+        ASSERT_EQ(ioctl(client_, FIONBIO, &on), 0);
+        ASSERT_EQ(ioctl(server_, FIONBIO, &on), 0);
+        break;
+      case 2:
+        ASSERT_EQ(fcntl(client_, F_SETFL, O_RDWR | O_NONBLOCK | O_ASYNC), 0);
+        ASSERT_EQ(ioctl(server_, FIOASYNC, &on), 0);
+        break;
+      default:
+        break;  // left as they were
+    }
+    close(std::exchange(client_, -1));
+    close(std::exchange(server_, -1));
+  }
+  const char* reuse = getenv("DOORWAY_REUSE_DOORS");
+  if (DoorwayInfo() != nullptr && IsTcp() && (reuse == nullptr || strcmp(reuse, "0") != 0)) {
+    EXPECT_GE(reused, 8) << "door sockets were not reused";
+  } else {
+    EXPECT_EQ(reused, 0);
+  }
+}
+
 // A listener closed after connections came and went: the next connect is
 // refused, as for any closed port (doorway's kept door sockets to it are
 // closed with it, and the connect finds no door).
