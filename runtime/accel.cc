@@ -535,8 +535,9 @@ DOORWAY_DATA_PATH ssize_t ConnSendT(Connection& c, int fd, const iovec* iov, int
         // ring for it (epoll.cc Arm leaves a writable member's room doorbell
         // unarmed). Room already back: no doorbell will come for it, so the
         // sets look at their members.
-        if (c.epoll_regs.load(std::memory_order_relaxed) > 0 && c.tx.ArmWriteDoorbell(1)) {
-          NoteEpollChange(-1);
+        if (c.epoll_regs.load(std::memory_order_relaxed) > 0) {
+          NoteArmed(c);
+          if (c.tx.ArmWriteDoorbell(1)) NoteEpollChange(-1);
         }
         break;
       }
@@ -1432,7 +1433,8 @@ bool ReuseDoorSocket(Connection& c, int fd) {
   SendDoorbell(c.rx, h);
   if (c.role == Role::kClient) {
     KeepClientDoor(h, c.socket_ino, c.door_dest, c.door_id, c.door_uid, std::move(watch),
-                   c.nonblocking.load(std::memory_order_relaxed));
+                   c.nonblocking.load(std::memory_order_relaxed),
+                   c.ever_armed.load(std::memory_order_relaxed));
   } else {
     ParkForReuse(c, h);
   }
@@ -1666,6 +1668,7 @@ short ConnPollEvents(Connection& c, int fd) {
 }
 
 bool ArmDoorbellsNoFence(Connection& c, short events) {
+  NoteArmed(c);
   bool fence = false;
   if (events & (POLLIN | POLLRDNORM)) fence |= c.rx.ArmReadDoorbellNoFence();
   if (events & (POLLOUT | POLLWRNORM)) fence |= c.tx.ArmWriteDoorbellNoFence();
@@ -2017,7 +2020,8 @@ int Connect(int fd, const sockaddr* addr, socklen_t len) {
     return -ECONNREFUSED;
   }
   DOORWAY_REAL(close)(door);
-  if (spare >= 0) KeepSpareSocket(spare, domain, nonblock);
+  // Its identity is known if it was a spare before (checked then).
+  if (spare >= 0) KeepSpareSocket(spare, domain, nonblock, f->spare_dev, f->spare_ino);
   // A new door socket is non-blocking; a kept one has its last
   // connection's flags.
   if (c.socket_ino == 0 ? !nonblock : nonblock != reused_nonblock) {

@@ -114,6 +114,10 @@ struct Connection {
   // or a signal owner: the door socket is not kept for reuse, whose next
   // connection sets only O_NONBLOCK, and only if it differs.
   std::atomic<bool> odd_flags{false};
+  // This end ever armed a doorbell (poll, select, epoll): only then can the
+  // peer have sent doorbells that a kept door socket must drain before its
+  // next connection (reuse.h).
+  std::atomic<bool> ever_armed{false};
   std::atomic<bool> shut_rd{false};
   std::atomic<bool> shut_wr{false};
   std::atomic<bool> reset_reported{false};
@@ -300,6 +304,12 @@ short ConnPollEvents(Connection& c, int fd = -1);
 // POLLOUT): arms c's rings so that the peer sends a doorbell when they
 // become ready. Returns true if c is ready already (do not sleep then).
 bool ArmDoorbells(Connection& c, short events);
+// Records that c armed a doorbell (Connection::ever_armed).
+inline void NoteArmed(Connection& c) {
+  if (!c.ever_armed.load(std::memory_order_relaxed)) {
+    c.ever_armed.store(true, std::memory_order_relaxed);
+  }
+}
 // The same in two steps, for poll and epoll, which arm many connections
 // before one sleep and should pay one heavy fence (transport/fence.h), not
 // one per ring: ArmDoorbellsNoFence stores the flags of each connection and

@@ -493,6 +493,7 @@ bool Arm(const Member& m, Connection& c, const Reading& r, bool revocable = fals
   if ((m.events & (EPOLLIN | EPOLLRDNORM | EPOLLRDHUP | EPOLLOUT | EPOLLWRNORM)) == 0) ev = POLLIN;
   bool fence = false;
   if (revocable && (ev & POLLIN)) {
+    NoteArmed(c);
     fence |= c.rx.ArmReadDoorbellNoFence(transport::Ring::kArmRevocable);
     ev &= ~POLLIN;
   }

@@ -35,6 +35,7 @@ struct Kept {
   // wrote (measured: 6% of a connect with 64 entries to scan).
   bool released = false;
   bool nonblock = false;  // O_NONBLOCK on the socket's file
+  bool armed = false;     // its connection armed doorbells (drain them)
 };
 
 bool Released(Kept& k) { return k.released || (k.released = k.watch.Released()); }
@@ -103,7 +104,7 @@ constexpr std::int64_t kStaleNs = 1'000'000'000;
 }  // namespace
 
 void KeepClientDoor(int fd, std::uint64_t ino, const Endpoint& dest, std::uint64_t door_id,
-                    uid_t server_uid, transport::ArenaSlotRef slot, bool nonblock) {
+                    uid_t server_uid, transport::ArenaSlotRef slot, bool nonblock, bool armed) {
   int evicted = -1;
   bool kept = false;
   if (ino != 0 && slot.valid() && WakeFor(door_id) >= 0 && g_pool.TryLock()) {
@@ -134,6 +135,7 @@ void KeepClientDoor(int fd, std::uint64_t ino, const Endpoint& dest, std::uint64
       e->watch = std::move(slot);
       e->released = false;
       e->nonblock = nonblock;
+      e->armed = armed;
       StoreFd(*e, fd);
       kept = true;
     }
@@ -205,12 +207,14 @@ int TakeClientDoor(const Endpoint& dest, std::uint64_t* ino, std::uint64_t* door
                            std::memory_order_relaxed);
   }
   transport::ArenaSlotRef watch;
+  bool armed = false;
   if (best != nullptr) {
     fd = best->fd;
     *ino = best->ino;
     *door_id = best->door_id;
     *server_uid = best->uid;
     *nonblock = best->nonblock;
+    armed = best->armed;
     watch = std::move(best->watch);
     StoreFd(*best, -1);
     *best = Kept{};
@@ -228,8 +232,10 @@ int TakeClientDoor(const Endpoint& dest, std::uint64_t* ino, std::uint64_t* door
   // most): the new one starts with a quiet socket. A server that closed its
   // end instead of parking it (its connection was in an epoll set, or it
   // had no room) shows as a hang-up after them: the connect takes the door.
+  // Without doorbells armed none came: skip the system call (a server that
+  // closed its end fails the Hello with EPIPE instead).
   bool hung_up = false;
-  (void)DrainDoorbells(fd, &hung_up);
+  if (armed) (void)DrainDoorbells(fd, &hung_up);
   if (hung_up) {
     DOORWAY_REAL(close)(fd);
     return -1;

@@ -46,11 +46,15 @@ inline constexpr int kMaxDoorWakes = 16;
 // and `server_uid` the server's uid. Async-signal-safe (try-lock).
 // `nonblock`: whether the socket's file has O_NONBLOCK now (its connection's
 // last flags), so that the next connect sets the flags only if they differ.
+// `armed`: the connection ever armed a doorbell (Connection::ever_armed);
+// if not, the server sent none, and the next connect need not drain any.
 void KeepClientDoor(int fd, std::uint64_t ino, const Endpoint& dest, std::uint64_t door_id,
-                    uid_t server_uid, transport::ArenaSlotRef slot, bool nonblock);
+                    uid_t server_uid, transport::ArenaSlotRef slot, bool nonblock, bool armed);
 
 // A kept door socket to `dest` whose server is done with its previous
-// connection, or -1. Its stale doorbells are drained. *prev: that
+// connection, or -1. Its stale doorbells are drained (if its connection
+// armed any; a server that closed its end instead of parking it then shows
+// as the Hello's EPIPE). *prev: that
 // connection's slot (a Hello for a slot of the same arena goes without the
 // memfd: the server holds that arena for the socket). *wake: the
 // listener's wake FIFO (Listener::wake_rd), where the Hello is announced

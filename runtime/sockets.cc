@@ -80,8 +80,11 @@ void Track(int fd, const SocketFile& file) {
               OriginName(file.origin), file.domain, file.type, file.protocol);
 }
 
-void TrackAs(int fd, int domain, int type, int protocol, Origin origin) {
+void TrackAs(int fd, int domain, int type, int protocol, Origin origin, std::uint64_t spare_dev = 0,
+             std::uint64_t spare_ino = 0) {
   SocketFile f;
+  f.spare_dev = spare_dev;
+  f.spare_ino = spare_ino;
   f.domain = domain;
   f.type = type & ~(SOCK_NONBLOCK | SOCK_CLOEXEC);
   // The kernel picks the default protocol for 0 and reports it through
@@ -206,8 +209,10 @@ int Socket(int domain, int type, int protocol) {
   if ((domain == AF_INET || domain == AF_INET6) &&
       (type & ~(SOCK_NONBLOCK | SOCK_CLOEXEC)) == SOCK_STREAM &&
       (protocol == 0 || protocol == IPPROTO_TCP) && TrackingEnabled()) {
-    if (int fd = TakeSpareSocket(domain, type & (SOCK_NONBLOCK | SOCK_CLOEXEC)); fd >= 0) {
-      TrackAs(fd, domain, type, protocol, Origin::kSocket);
+    std::uint64_t dev = 0, ino = 0;
+    if (int fd = TakeSpareSocket(domain, type & (SOCK_NONBLOCK | SOCK_CLOEXEC), &dev, &ino);
+        fd >= 0) {
+      TrackAs(fd, domain, type, protocol, Origin::kSocket, dev, ino);
       return fd;
     }
   }

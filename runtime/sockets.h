@@ -43,13 +43,17 @@ struct SocketFile {
         type(o.type),
         protocol(o.protocol),
         origin(o.origin),
-        history(o.history.load(std::memory_order_relaxed)) {}
+        history(o.history.load(std::memory_order_relaxed)),
+        spare_dev(o.spare_dev),
+        spare_ino(o.spare_ino) {}
   SocketFile& operator=(const SocketFile& o) {
     domain = o.domain;
     type = o.type;
     protocol = o.protocol;
     origin = o.origin;
     history.store(o.history.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    spare_dev = o.spare_dev;
+    spare_ino = o.spare_ino;
     return *this;
   }
   int domain = 0;
@@ -68,6 +72,11 @@ struct SocketFile {
   static constexpr std::uint8_t kHistoryUnknown = 1;
   static constexpr std::uint8_t kHistoryBound = 2;
   static constexpr std::uint8_t kHistoryConnectTried = 4;
+  // The socket's inode when socket() handed out a spare (spare.h) whose
+  // identity it checked: a connect that keeps it as a spare again need not
+  // ask the kernel. 0: unknown.
+  std::uint64_t spare_dev = 0;
+  std::uint64_t spare_ino = 0;
 };
 
 // Records history bits (SocketFile::kHistory*) of the plain socket fd.

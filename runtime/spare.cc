@@ -82,10 +82,13 @@ int DuplicateForSpare(int fd) {
   return room ? DOORWAY_REAL(fcntl)(fd, F_DUPFD_CLOEXEC, HiddenFdBase()) : -1;
 }
 
-void KeepSpareSocket(int spare, int domain, bool nonblock) {
+void KeepSpareSocket(int spare, int domain, bool nonblock, std::uint64_t dev, std::uint64_t ino) {
   struct stat st {};
+  st.st_dev = dev;
+  st.st_ino = ino;
+  st.st_mode = S_IFSOCK;
   bool kept = false;
-  if (fstat(spare, &st) == 0 && S_ISSOCK(st.st_mode) && g_pool.TryLock()) {
+  if ((ino != 0 || (fstat(spare, &st) == 0 && S_ISSOCK(st.st_mode))) && g_pool.TryLock()) {
     for (Spare& s : g_pool.spare) {
       if (s.fd >= 0) continue;
       s.domain = domain;
@@ -101,7 +104,7 @@ void KeepSpareSocket(int spare, int domain, bool nonblock) {
   if (!kept) DOORWAY_REAL(close)(spare);
 }
 
-int TakeSpareSocket(int domain, int flags) {
+int TakeSpareSocket(int domain, int flags, std::uint64_t* dev, std::uint64_t* ino) {
   if (!g_pool.TryLock()) return -1;
   Spare got;
   for (Spare& s : g_pool.spare) {
@@ -138,6 +141,8 @@ int TakeSpareSocket(int domain, int flags) {
     DOORWAY_REAL(close)(fd);
     return -1;
   }
+  if (dev != nullptr) *dev = st.st_dev;
+  if (ino != nullptr) *ino = st.st_ino;
   return fd;
 }
 

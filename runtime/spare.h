@@ -42,12 +42,16 @@ inline constexpr int kSpareMinFd = 512;
 int DuplicateForSpare(int fd);
 // Keeps `spare` (from DuplicateForSpare; a TCP socket of `domain`, O_NONBLOCK
 // set or not) for a later socket(), or closes it. Async-signal-safe
-// (try-lock; on contention it is closed).
-void KeepSpareSocket(int spare, int domain, bool nonblock);
+// (try-lock; on contention it is closed). dev/ino: the socket's identity if
+// known (TakeSpareSocket's), else 0 (then it is asked with fstat).
+void KeepSpareSocket(int spare, int domain, bool nonblock, std::uint64_t dev = 0,
+                     std::uint64_t ino = 0);
 
 // A spare TCP socket of `domain` installed at the lowest free fd, as
 // socket() would, with `flags` (SOCK_NONBLOCK, SOCK_CLOEXEC); -1 if none.
-int TakeSpareSocket(int domain, int flags);
+// *dev, *ino (if given): its identity.
+int TakeSpareSocket(int domain, int flags, std::uint64_t* dev = nullptr,
+                    std::uint64_t* ino = nullptr);
 
 // The spares' fds, so that close_range/closefrom leave them alone. Returns
 // how many were written (at most max).
