@@ -6,6 +6,7 @@
 #include <netinet/tcp.h>
 #include <numa.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
@@ -1034,8 +1035,11 @@ int AcceptDoor(Listener& l, int listen_fd, int door, sockaddr* addr, socklen_t* 
 // short: it stays parked).
 // slots: the pending slots the listener's epoll fd (or, for kept ends,
 // pe_fd) reported (bit i: slot i).
+// *taken (if given): the slot whose connection it returns (slots below it
+// were tried, those above not), -1 if none.
 int AcceptPending(Listener& l, int listen_fd, sockaddr* addr, socklen_t* len, int flags,
-                  std::uint64_t slots) {
+                  std::uint64_t slots, int* taken = nullptr) {
+  if (taken != nullptr) *taken = -1;
   for (int i = 0; i < Listener::kMaxPending; ++i) {
     if ((slots & (std::uint64_t{1} << i)) == 0) continue;
     int memfd = -1;
@@ -1088,9 +1092,25 @@ int AcceptPending(Listener& l, int listen_fd, sockaddr* addr, socklen_t* len, in
     }
     int c = FinishDoor(l, listen_fd, conn, cred, memfd, hello, addr, len, flags, has_flags,
                        reused ? &info : nullptr);
-    if (c != -EAGAIN) return c;
+    if (c != -EAGAIN) {
+      if (taken != nullptr) *taken = i;
+      return c;
+    }
   }
   return -EAGAIN;
+}
+
+// AcceptPending over the kept ends in `kept`; those above the one it took
+// go back to l.kept_ready for the next accept.
+int AcceptKept(Listener& l, int listen_fd, sockaddr* addr, socklen_t* len, int flags,
+               std::uint64_t kept) {
+  int taken = -1;
+  int c = AcceptPending(l, listen_fd, addr, len, flags, kept, &taken);
+  if (taken >= 0 && taken + 1 < Listener::kMaxPending) {
+    const std::uint64_t rest = kept & ~((std::uint64_t{2} << taken) - 1);
+    if (rest != 0) l.kept_ready.fetch_or(rest, std::memory_order_relaxed);
+  }
+  return c;
 }
 
 // Which of listener fd's sources have a pending connection, waiting up to
@@ -1380,9 +1400,13 @@ void ParkForReuse(const Connection& c, int h) {
       // must not look ready for them); a client that closed its end for
       // good (not kept: its pool was full) shows as a hang-up after them:
       // no use parking ours.
+      // Only a connection that armed doorbells can have been sent any;
+      // without the drain, a client gone for good is noticed when the
+      // parking set reports its hang-up.
       bool hung_up = false;
       if (l->pe_fd >= 0 && !l->shared.load(std::memory_order_relaxed) &&
-          (DrainDoorbells(h, &hung_up), !hung_up)) {
+          (!c.ever_armed.load(std::memory_order_relaxed) ||
+           (DrainDoorbells(h, &hung_up), !hung_up))) {
         Listener::Reused info;
         info.arena = c.seg.SlotRef();
         info.uid = c.peer_uid;
@@ -2044,6 +2068,37 @@ int Connect(int fd, const sockaddr* addr, socklen_t len) {
 
 // ---------------------------------------------------------------- accept
 
+// A blocking accept that finds nothing pending looks again for up to
+// Listener::accept_spin_ns (sched_yield between looks: a client on this
+// CPU runs, else this is a slow spin) before it sleeps in epoll_wait. Why:
+// a server whose clients connect every few microseconds went to sleep
+// after each accept, and each client's connect then paid the wake-up of a
+// sleeping CPU (on this VM a halted vCPU: the IPI and the wake-up were ~8%
+// of a connect's CPU time) and waited for it. The budget follows the gaps
+// between connections: a sleep shorter than kAcceptSpinMaxNs (a spin would
+// have caught it) sets it to the maximum; a longer one halves it; a spin
+// that catches a connection keeps it. Returns what ReadySources returns
+// (0: nothing came; an error as it found it).
+constexpr std::int64_t kAcceptSpinMaxNs = 50'000;
+
+int AcceptSpin(Listener& l, int fd, std::uint64_t* pending_slots) {
+  int ready = ReadySources(fd, 0, pending_slots);
+  const std::int64_t budget = l.accept_spin_ns.load(std::memory_order_relaxed);
+  if (ready != 0 || budget <= 0) return ready;
+  const std::int64_t deadline = NowNs() + budget;
+  while (ready == 0 && NowNs() < deadline) {
+    sched_yield();
+    ready = ReadySources(fd, 0, pending_slots);
+  }
+  return ready;
+}
+
+void AcceptSlept(Listener& l, std::int64_t slept_ns) {
+  const std::int64_t budget = l.accept_spin_ns.load(std::memory_order_relaxed);
+  l.accept_spin_ns.store(slept_ns < kAcceptSpinMaxNs ? kAcceptSpinMaxNs : budget / 2,
+                         std::memory_order_relaxed);
+}
+
 int ManagedAccept(int fd, sockaddr* addr, socklen_t* len, int flags, bool accept4) {
   Ref r = GlobalTable().Get(fd);
   Listener* l = r.As<Listener>();
@@ -2056,6 +2111,13 @@ int ManagedAccept(int fd, sockaddr* addr, socklen_t* len, int flags, bool accept
   if (!accept4) flags = 0;
   if (addr != nullptr && len == nullptr) return -EFAULT;
   if (len != nullptr && static_cast<int>(*len) < 0) return -EINVAL;
+  // Hellos on kept ends seen by an earlier accept: no wait, so neither the
+  // listener's flags nor its sources matter (the other sources get their
+  // turn once these few are taken).
+  if (std::uint64_t kept = l->kept_ready.exchange(0, std::memory_order_relaxed); kept != 0) {
+    int c = AcceptKept(*l, fd, addr, len, flags, kept);
+    if (c != -EAGAIN) return c;
+  }
   int fl = DOORWAY_REAL(fcntl)(fd, F_GETFL);
   bool nonblock = fl >= 0 && (fl & O_NONBLOCK) != 0;
   std::int64_t timeout = l->opts.rcvtimeo_ns.load(std::memory_order_relaxed);
@@ -2074,7 +2136,13 @@ int ManagedAccept(int fd, sockaddr* addr, socklen_t* len, int flags, bool accept
       }
     }
     std::uint64_t pending_slots = 0;
-    int ready = ReadySources(fd, timeout_ms, &pending_slots);
+    int ready =
+        timeout_ms != 0 ? AcceptSpin(*l, fd, &pending_slots) : ReadySources(fd, 0, &pending_slots);
+    if (ready == 0 && timeout_ms != 0) {
+      const std::int64_t slept = NowNs();
+      ready = ReadySources(fd, timeout_ms, &pending_slots);
+      AcceptSlept(*l, NowNs() - slept);
+    }
     if (ready == -EINTR) {
       // accept(2) restarts under SA_RESTART (unless SO_RCVTIMEO is set).
       if (!RestartAfterSignal(timeout)) return -EINTR;
@@ -2107,7 +2175,7 @@ int ManagedAccept(int fd, sockaddr* addr, socklen_t* len, int flags, bool accept
         if (c != -EAGAIN) return c;
       } else if (src == kSourceWake) {
         const std::uint64_t kept = ReadyKeptEnds(*l);
-        int c = kept != 0 ? AcceptPending(*l, fd, addr, len, flags, kept) : -EAGAIN;
+        int c = kept != 0 ? AcceptKept(*l, fd, addr, len, flags, kept) : -EAGAIN;
         if (c != -EAGAIN) return c;
         // A wake byte with no Hello on any kept end (its end was dropped,
         // e.g. at a fork, or a same-uid client wrote one without a Hello):

@@ -194,6 +194,15 @@ struct Listener {
   std::atomic<int> fds{0};
   std::atomic<bool> shared{false};
   std::atomic<unsigned> turn{0};  // alternates door/TCP so neither starves
+  // Kept-end slots (pending_reused) the parking set reported with a Hello
+  // that accept has not tried yet (bit i: slot i): the next accept tries
+  // them first, without the two epoll_waits and the flags query (a client
+  // that runs ahead has several queued). A hint: a slot taken meanwhile by
+  // another thread just says EAGAIN.
+  std::atomic<std::uint64_t> kept_ready{0};
+  // How long a blocking accept that finds nothing looks again before it
+  // sleeps (ManagedAccept): adapted to the gaps between connections.
+  std::atomic<std::int64_t> accept_spin_ns{0};
   // Door connections accepted before their Hello arrived (the client sends
   // it just after connecting, but a loaded machine can delay it): watched
   // by the listener's epoll fd and completed by a later accept, so that an
