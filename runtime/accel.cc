@@ -10,11 +10,13 @@
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <new>
@@ -487,6 +489,56 @@ bool PeerClosedReading(const Connection& c) {
          c.tx.ReaderState() == transport::EndState::kClosed;
 }
 
+// Populating the tx ring's pages ahead of the writer, in its first lap.
+// A fresh ring's pages are allocated by the writer's first touch, one fault
+// per 4 KiB page, and a reader that follows right behind faults on each page
+// again: its fault maps the neighbouring pages too (the kernel's fault-around,
+// 64 KiB), but they do not exist yet. With pipelined small messages that is
+// the reader's biggest cost outside the program itself (redis-server under
+// redis-benchmark -P 16: ~4% of its time in page faults, each ring carrying
+// less than one lap per benchmark test; docs/event-loops.md "sixth
+// session"). So once a connection has written kPopulateStart bytes, the
+// writer populates the pages up to the end of the next kPopulateChunk
+// beyond its position (MADV_POPULATE_WRITE: allocated and mapped, one system
+// call per chunk instead of a fault per page), and the reader's one fault
+// per 64 KiB maps them all. Connections that write less than kPopulateStart
+// (most) keep demand paging: no memory beyond what they touch. After the
+// first lap every page was touched, and the check costs one compare.
+constexpr std::uint64_t kPopulateStart = 32 << 10;
+constexpr std::uint64_t kPopulateChunk = 64 << 10;
+// Cleared when the kernel lacks MADV_POPULATE_WRITE (before Linux 5.14).
+constinit std::atomic<bool> g_populate_ok{true};
+#ifdef MADV_POPULATE_WRITE
+constexpr int kMadvPopulateWrite = MADV_POPULATE_WRITE;
+#else
+constexpr int kMadvPopulateWrite = 23;  // Linux 5.14
+#endif
+
+__attribute__((noinline)) void PopulateAhead(Connection& c) {
+  const std::uint64_t cap = c.tx.capacity();
+  // The producer's own copy of its tail (its lock line, in our cache): a
+  // hint, read after the write.
+  const std::uint64_t pos = c.tx.control()->prod_lock.index.load(std::memory_order_relaxed);
+  if (pos >= cap || c.seg.placement().pages != transport::PageKind::kSmall ||
+      !g_populate_ok.load(std::memory_order_relaxed)) {
+    c.tx_populated.store(cap, std::memory_order_relaxed);  // done (or never)
+    return;
+  }
+  if (pos < kPopulateStart) return;
+  const std::uint64_t done = c.tx_populated.load(std::memory_order_relaxed);
+  const std::uint64_t target = std::min(cap, (pos & ~(kPopulateChunk - 1)) + 2 * kPopulateChunk);
+  if (target <= done) return;
+  const std::uint64_t from = std::max(done, pos & ~std::uint64_t{4095});
+  c.tx_populated.store(target, std::memory_order_relaxed);
+  std::byte* data = static_cast<std::byte*>(c.seg.base()) +
+                    c.seg.layout().ring_data_offset[transport::TxRingIndex(c.role)];
+  const int saved = errno;  // the write succeeded: errno stays as it was
+  if (madvise(data + from, target - from, kMadvPopulateWrite) != 0 && errno == EINVAL) {
+    g_populate_ok.store(false, std::memory_order_relaxed);
+  }
+  errno = saved;
+}
+
 template <bool kOne>
 DOORWAY_DATA_PATH ssize_t ConnSendT(Connection& c, int fd, const iovec* iov, int iovcnt,
                                     int flags) {
@@ -574,6 +626,11 @@ DOORWAY_DATA_PATH ssize_t ConnSendT(Connection& c, int fd, const iovec* iov, int
   }
   if (lrc != kReentered) lock.Unlock();
   if (counted) WaiterDone(c);
+  // After the unlock: the bytes are published and the doorbell sent.
+  if (__builtin_expect(sent > 0 && c.tx_populated.load(std::memory_order_relaxed) < c.tx.capacity(),
+                       0)) {
+    PopulateAhead(c);
+  }
   return result < 0 ? result : static_cast<ssize_t>(sent);
 }
 

@@ -172,6 +172,9 @@ struct Connection {
   // Next time a caller that does not wait may look for the peer's death
   // (accel.cc PeerGoneRarely), CLOCK_MONOTONIC ns.
   std::atomic<std::int64_t> next_liveness_ns{0};
+  // How far into its first lap this process populated the tx ring's pages
+  // ahead of its writes (accel.cc PopulateAhead); the capacity once done.
+  std::atomic<std::uint64_t> tx_populated{0};
 };
 
 struct Listener {
