@@ -732,11 +732,25 @@ int Collect(EpollSet& s, epoll_event* out, int max, bool count, bool check_kerne
 // Kernel events for the set, without blocking unless timeout_ms != 0.
 // Accelerated members' wake-ups are taken off: their doorbells drained and
 // the members put on the check list (where Collect evaluates them next).
+//
+// revoked (a sleeping wait's): a wake that brought kernel events takes the
+// sleep's arming back at once (EpollSet::Revoke), before the doorbells are
+// drained and the members evaluated, and says so: the peer of each member
+// armed for the sleep pays a doorbell for every message it sends until
+// then (a server answering a pipelining client's connections in one burst
+// rang all of them while the woken client was still draining and
+// evaluating).
 int KernelWait(EpollSet& s, int epfd, epoll_event* out, int max, int timeout_ms,
-               const sigset_t* sigmask) {
+               const sigset_t* sigmask, bool* revoked = nullptr) {
   if (max <= 0) return 0;
   int k = DOORWAY_REAL(epoll_pwait)(epfd, out, max, timeout_ms, sigmask);
   if (k < 0) return -errno;
+  if (revoked != nullptr && k > 0) {
+    s.lock.Lock();
+    s.Revoke();
+    s.lock.Unlock();
+    *revoked = true;
+  }
   int kept = 0;
   for (int i = 0; i < k; ++i) {
     if ((out[i].data.u64 & kMarkerMask) != kMarker) {
@@ -1112,6 +1126,7 @@ int EpollWait(int epfd, epoll_event* events, int maxevents, std::int64_t timeout
   const std::int64_t start = NowNs();
   const std::int64_t deadline = timeout_ns < 0 ? -1 : start + timeout_ns;
   bool spun = false;
+  bool rearm = false;  // the last sleep's wake revoked its arming and reported nothing
   std::int64_t spin_start = 0;
   const bool fixed = GetConfig().spin_ns >= 0;
   transport::SpinPolicy* policy = nullptr;  // the adaptive budget this call spun by
@@ -1166,6 +1181,13 @@ int EpollWait(int epfd, epoll_event* events, int maxevents, std::int64_t timeout
     }
     std::int64_t left = deadline < 0 ? -1 : deadline - NowNs();
     if (deadline >= 0 && left <= 0) {
+      if (rearm) {
+        // The last sleep's wake took its arming back and then brought
+        // nothing to report (a nested set's or a parked member's wake-up):
+        // arm again, as a wait that times out leaves its members armed.
+        rearm = false;
+        if (ArmSet(*s, 0)) continue;
+      }
       // Nothing came within the timeout: halve the budget, as after a
       // sleep longer than its cap. An idle loop whose timer is shorter than
       // the spin (an event loop's 1 ms tick while a reply is due) would
@@ -1178,7 +1200,8 @@ int EpollWait(int epfd, epoll_event* events, int maxevents, std::int64_t timeout
     // ready already.
     if (ArmSet(*s, 0)) continue;
     if (signals->load(std::memory_order_relaxed) != epoch) return -EINTR;
-    k = KernelWait(*s, epfd, events, maxevents, ms_of(left), sigmask);
+    bool revoked = false;
+    k = KernelWait(*s, epfd, events, maxevents, ms_of(left), sigmask, &revoked);
     if (k < 0) return k;  // EINTR: epoll_wait is never restarted
     s->lock.Lock();
     n = Collect(*s, events + k, maxevents - k, true);
@@ -1186,8 +1209,10 @@ int EpollWait(int epfd, epoll_event* events, int maxevents, std::int64_t timeout
     // wait of this set soon. After a timeout the arming stays, as it did
     // before revocation existed, for a program that then waits for the
     // set's fd elsewhere (poll on the epoll fd; the KernelSetWakes cases).
-    if (k + n > 0) s->Revoke();
+    // A wake with kernel events took it back already (KernelWait).
+    if (k + n > 0 && !revoked) s->Revoke();
     s->lock.Unlock();
+    rearm = revoked && k + n == 0;
     if (k + n > 0) {
       if (policy != nullptr && spin_start != 0) policy->OnSlept(NowNs() - spin_start);
       return k + n;

@@ -1603,6 +1603,44 @@ TEST_P(Conformance, EpollDelThenForkThenAddAgainKernelSetWakes) {
   EXPECT_EQ(ev[0].data.u64, 2u);
 }
 
+// A sleeping set woken by something it then does not report (here the
+// doorbell of a member the program deleted, whose kernel registration
+// doorway kept) still wakes for its other members afterwards: the wake
+// took the arming of the member it slept on back (doorway's revocation),
+// and the wait must arm it again before it sleeps or returns. Asked of the
+// kernel afterwards (poll on the epoll fd).
+TEST_P(Conformance, EpollWokenForNothingStillWakesForItsMembers) {
+  Pairs p;
+  MakePairs(2, Domain(), Addr(), addr_len_, listener_, &p);
+  Epoll ep;
+  ASSERT_EQ(ep.Ctl(EPOLL_CTL_ADD, p.clients[0], EPOLLIN, 1), 0);
+  ASSERT_EQ(ep.Ctl(EPOLL_CTL_ADD, p.clients[1], EPOLLIN, 2), 0);
+  EXPECT_TRUE(ep.Wait(30).empty());  // both armed by the sleep
+  ASSERT_EQ(ep.Ctl(EPOLL_CTL_DEL, p.clients[1], 0, 0), 0);
+  // Member 1 turns ready and is read: it is looked at (and armed for the
+  // set's next sleep) again.
+  ASSERT_EQ(write(p.servers[0], "a", 1), 1);
+  auto ev = ep.Wait(5000);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].data.u64, 1u);
+  char c;
+  ASSERT_EQ(read(p.clients[0], &c, 1), 1);
+  // While the set sleeps, the deleted one turns readable.
+  std::thread t([&] {
+    usleep(20000);
+    EXPECT_EQ(write(p.servers[1], "b", 1), 1);
+  });
+  EXPECT_TRUE(ep.Wait(100).empty());
+  t.join();
+  ASSERT_EQ(write(p.servers[0], "c", 1), 1);
+  pollfd pf{ep.fd(), POLLIN, 0};
+  EXPECT_EQ(poll(&pf, 1, 5000), 1);  // the kernel's set woke
+  ev = ep.Wait(0);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].data.u64, 1u);
+  EXPECT_EQ(ev[0].events, static_cast<uint32_t>(EPOLLIN));
+}
+
 TEST_P(Conformance, LongIoVectors) {
   Connect();
   // More iovecs than doorway copies at once (64): all of them are used.
