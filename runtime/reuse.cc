@@ -178,7 +178,7 @@ Kept* OldestReleased(const Endpoint& dest, std::int64_t now, int* in_flight) {
 // connect the budget at most; each wait that times out halves the budget
 // (down to kWaitMinNs), each that succeeds restores it.
 constexpr int kWaitDepth = 4;
-constexpr std::int64_t kWaitMaxNs = 200'000;
+constexpr std::int64_t kWaitMaxNs = 100'000;
 constexpr std::int64_t kWaitMinNs = 5'000;
 std::atomic<std::int64_t> g_wait_budget_ns{kWaitMaxNs};
 
