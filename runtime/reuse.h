@@ -19,6 +19,17 @@
 // sends its Hello on it; the listener's accept finds it like any parked
 // connection. Stale doorbells of the old connection are skipped.
 //
+// A connect that finds no released end but at least four
+// still with their server waits for a release (up to 100 µs, adaptive,
+// reuse.cc kWaitDepth) instead of entering the door, so that a client
+// running ahead of its server does not fall back to new socket pairs, the
+// dearer set-up for both sides. Each kept end remembers its O_NONBLOCK and
+// whether its connection ever armed a doorbell: the next connection sets
+// the flags only if they differ and drains doorbells only if some can have
+// come (a server end closed since then fails the Hello with EPIPE); a
+// connection whose program set other file flags (O_ASYNC...) or a signal
+// owner is not kept.
+//
 // Only for connections on arena segments (same uid), not shared with another
 // process (fork, exec, spawn, SCM_RIGHTS), closed by their last fd while no
 // call waits on them; the server's listener must be alive and not shared.
