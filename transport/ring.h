@@ -167,6 +167,12 @@ class Ring {
   // bytes (clamped to capacity) would not return -EAGAIN.
   bool ReadReady() const;
   bool WriteReady(size_t min) const;
+  // A consumer's poll while it spins (wait.cc): ReadReady, with a prefetch
+  // of the line the next Read starts in issued beside the tail load.
+  bool ReadReadyPrefetch() const {
+    __builtin_prefetch(data_ + (ctrl_->cons.index.load(std::memory_order_relaxed) & mask_), 0, 3);
+    return ReadReady();
+  }
 
   // Wakes every waiter of the given kind, unconditionally (for local events
   // such as a close by another thread of this process).

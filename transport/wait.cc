@@ -218,7 +218,8 @@ int WaitOn(Ring& ring, internal::WaitLine& wl, Ready ready, bool consumer, const
 
 int WaitReadable(Ring& ring, const WaitOptions& opts, SpinPolicy* spin) {
   return WaitOn(
-      ring, ring.control()->data_wait, [&ring] { return ring.ReadReady(); }, true, opts, spin);
+      ring, ring.control()->data_wait, [&ring] { return ring.ReadReadyPrefetch(); }, true, opts,
+      spin);
 }
 
 int WaitWritable(Ring& ring, size_t min_bytes, const WaitOptions& opts, SpinPolicy* spin) {
