@@ -66,6 +66,20 @@ class Ref {
   Ref Clone() const;
   // Releases ownership without dropping the reference.
   Node* Release() { return std::exchange(node_, nullptr); }
+  // Drops a reference taken with FdTable::GetUncontended, under the same
+  // conditions, without a locked instruction while they hold (else as
+  // Reset: a thread may have been made meanwhile).
+  void ResetUncontended(bool single_threaded) {
+    Node* node = node_;
+    if (node == nullptr || !single_threaded) {
+      Reset();
+      return;
+    }
+    node_ = nullptr;
+    const std::uint32_t refs = node->refs.load(std::memory_order_relaxed);
+    node->refs.store(refs - 1, std::memory_order_relaxed);
+    if (refs == 1) Destroy(node);
+  }
   // Inline: every interposed data call drops one reference.
   void Reset() {
     Node* node = std::exchange(node_, nullptr);
@@ -116,6 +130,14 @@ class FdTable {
 
   // The object installed at fd, or an empty Ref. Lock-free.
   Ref Get(int fd) const;
+  // Get for a caller that no other thread and no signal handler can race
+  // with until it drops the reference (ResetUncontended): a process with
+  // one thread, inside a section where signal handlers are deferred. The
+  // count is changed with a plain load and store: a locked instruction
+  // waits for the store buffer to drain, and on the data path the buffer
+  // holds the ring index store whose line the peer polls (a cross-core
+  // transfer per call).
+  Ref GetUncontended(int fd) const;
   // Puts obj at fd, with `tag` (< kTagMask) beside it; returns what was
   // there. Fails (returns obj back, with *ok = false) only for fds beyond
   // kMaxFds or when memory is exhausted.
@@ -201,6 +223,17 @@ inline Ref FdTable::Get(int fd) const {
     if (NodeOf(slot.load(std::memory_order_acquire)) == node) return Ref(node);
     Ref(node).Reset();
   }
+}
+
+inline Ref FdTable::GetUncontended(int fd) const {
+  if (static_cast<unsigned>(fd) >= static_cast<unsigned>(kMaxFds)) return Ref();
+  Bucket* b = buckets_[fd / kSlotsPerBucket].load(std::memory_order_acquire);
+  if (b == nullptr) return Ref();
+  Node* node = NodeOf(b->slots[fd % kSlotsPerBucket].load(std::memory_order_acquire));
+  if (node == nullptr) return Ref();
+  // Installed, so the slot's own reference keeps it above zero.
+  node->refs.store(node->refs.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  return Ref(node);
 }
 
 inline std::uint32_t FdTable::Tag(int fd) const {

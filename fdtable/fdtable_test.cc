@@ -154,6 +154,41 @@ TEST(FdTable, CloneKeepsAlive) {
   EXPECT_EQ(g_live.load(), before);
 }
 
+// GetUncontended/ResetUncontended count as Get/Reset do (the data path of
+// a one-thread process uses them): the object lives while any reference
+// does, and the last one dropped destroys it, whichever kind it is.
+TEST(FdTable, UncontendedReferencesCountAsOthers) {
+  FdTable t;
+  int before = g_live.load();
+  bool ok = false;
+  t.Install(9, Make<Thing>(3), &ok).Reset();
+  ASSERT_TRUE(ok);
+  EXPECT_FALSE(t.GetUncontended(8));
+  EXPECT_FALSE(t.GetUncontended(-1));
+  {
+    Ref r = t.GetUncontended(9);
+    ASSERT_NE(r.As<Thing>(), nullptr);
+    EXPECT_EQ(r.As<Thing>()->value, 3);
+    EXPECT_EQ(r.use_count(), 2u);
+    Ref g = t.Get(9);
+    EXPECT_EQ(g.use_count(), 3u);
+    r.ResetUncontended(true);
+    EXPECT_FALSE(r);
+    EXPECT_EQ(g.use_count(), 2u);
+  }
+  // Removed while an uncontended reference holds it: that one destroys it,
+  // with the plain decrement or (a thread appeared meanwhile) the atomic one.
+  for (bool single : {true, false}) {
+    t.Install(9, Make<Thing>(4), &ok).Reset();
+    Ref r = t.GetUncontended(9);
+    t.Remove(9).Reset();
+    EXPECT_EQ(g_live.load(), before + 1);
+    EXPECT_EQ(r.As<Thing>()->value, 4);
+    r.ResetUncontended(single);
+    EXPECT_EQ(g_live.load(), before);
+  }
+}
+
 TEST(Pool, NodesAreReused) {
   Pool& p = GlobalPool();
   Ref a = Make<Thing>(1);
