@@ -1609,7 +1609,7 @@ TEST_P(Conformance, EpollDelThenForkThenAddAgainKernelSetWakes) {
 // took the arming of the member it slept on back (doorway's revocation),
 // and the wait must arm it again before it sleeps or returns. Asked of the
 // kernel afterwards (poll on the epoll fd).
-TEST_P(Conformance, EpollWokenForNothingStillWakesForItsMembers) {
+TEST_P(Conformance, EpollWokenForNothingKernelSetWakes) {
   Pairs p;
   MakePairs(2, Domain(), Addr(), addr_len_, listener_, &p);
   Epoll ep;
