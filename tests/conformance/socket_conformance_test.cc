@@ -170,6 +170,27 @@ class Conformance : public testing::TestWithParam<Kind> {
     ASSERT_GE(server_, 0);
   }
 
+  // Connect(), counting in *reused the client sockets whose inode an
+  // earlier one in *seen had (doorway's door socket reuse keeps it).
+  void ConnectNoticingReuse(std::vector<ino_t>* seen, int* reused) {
+    Connect();
+    struct stat st {};
+    ASSERT_EQ(fstat(client_, &st), 0);
+    if (std::find(seen->begin(), seen->end(), st.st_ino) != seen->end()) ++*reused;
+    seen->push_back(st.st_ino);
+  }
+
+  // Under doorway over TCP (reuse on) at least `at_least` reused; natively
+  // none can be.
+  void ExpectDoorReuse(int reused, int at_least) {
+    const char* reuse = getenv("DOORWAY_REUSE_DOORS");
+    if (DoorwayInfo() != nullptr && IsTcp() && (reuse == nullptr || strcmp(reuse, "0") != 0)) {
+      EXPECT_GE(reused, at_least) << "door sockets were not reused";
+    } else {
+      EXPECT_EQ(reused, 0);
+    }
+  }
+
   // Writes 64 KiB chunks to the non-blocking client_ until a write fails
   // (bounded); returns the bytes written. The caller checks errno (EAGAIN).
   size_t FillClient(char c) {
@@ -1692,11 +1713,7 @@ TEST_P(Conformance, RepeatedConnectionsEachNew) {
   int reused = 0;
   for (int i = 0; i < 40; ++i) {
     SCOPED_TRACE("connection " + std::to_string(i));
-    Connect();
-    struct stat st {};
-    ASSERT_EQ(fstat(client_, &st), 0);
-    if (std::find(seen.begin(), seen.end(), st.st_ino) != seen.end()) ++reused;
-    seen.push_back(st.st_ino);
+    ASSERT_NO_FATAL_FAILURE(ConnectNoticingReuse(&seen, &reused));
     // Both directions, sizes varying per connection.
     const size_t n = 1 + (static_cast<size_t>(i) * 7919) % 20000;
     std::vector<char> out(n), in(n);
@@ -1747,12 +1764,7 @@ TEST_P(Conformance, RepeatedConnectionsEachNew) {
       if (*fd >= 0) close(std::exchange(*fd, -1));
     }
   }
-  const char* reuse = getenv("DOORWAY_REUSE_DOORS");
-  if (DoorwayInfo() != nullptr && IsTcp() && (reuse == nullptr || strcmp(reuse, "0") != 0)) {
-    EXPECT_GE(reused, 20) << "door sockets were not reused";
-  } else {
-    EXPECT_EQ(reused, 0);
-  }
+  ExpectDoorReuse(reused, 20);
 }
 
 // A new connection's file flags are a new socket's (O_RDWR, blocking, no
@@ -1765,11 +1777,7 @@ TEST_P(Conformance, RepeatedConnectionsStartWithFreshFlags) {
   int reused = 0;
   for (int i = 0; i < 24; ++i) {
     SCOPED_TRACE("connection " + std::to_string(i));
-    Connect();
-    struct stat st {};
-    ASSERT_EQ(fstat(client_, &st), 0);
-    if (std::find(seen.begin(), seen.end(), st.st_ino) != seen.end()) ++reused;
-    seen.push_back(st.st_ino);
+    ASSERT_NO_FATAL_FAILURE(ConnectNoticingReuse(&seen, &reused));
     for (int fd : {client_, server_}) {
       EXPECT_EQ(fcntl(fd, F_GETFL), O_RDWR);
       EXPECT_EQ(fcntl(fd, F_GETFD), 0);
@@ -1810,12 +1818,7 @@ TEST_P(Conformance, RepeatedConnectionsStartWithFreshFlags) {
     close(std::exchange(client_, -1));
     close(std::exchange(server_, -1));
   }
-  const char* reuse = getenv("DOORWAY_REUSE_DOORS");
-  if (DoorwayInfo() != nullptr && IsTcp() && (reuse == nullptr || strcmp(reuse, "0") != 0)) {
-    EXPECT_GE(reused, 8) << "door sockets were not reused";
-  } else {
-    EXPECT_EQ(reused, 0);
-  }
+  ExpectDoorReuse(reused, 8);
 }
 
 // A listener closed after connections came and went: the next connect is
