@@ -28,9 +28,10 @@
 //
 // Spin policy (docs/transport.md has the measurements): before registering as
 // a waiter, the thread spins up to SpinPolicy::budget_ns() with a pause
-// instruction, reading the clock every 16 iterations and calling
+// instruction, reading the clock every 64 iterations and calling
 // sched_yield() every kSpinYieldNs so that two spinners sharing one core
-// cannot starve each other. The budget adapts: a wait that succeeds while
+// cannot starve each other. A consumer's poll also prefetches the line its
+// next Read starts in (Ring::ReadReadyPrefetch). The budget adapts: a wait that succeeds while
 // spinning keeps the budget at >= 2x the time it took; a wait that had to
 // sleep doubles the budget if the event came within max_ns (spinning longer
 // would have caught it without the ~18 µs/hop futex wake-up), and halves it
