@@ -1491,13 +1491,15 @@ void ParkForReuse(const Connection& c, int h) {
       // must not look ready for them); a client that closed its end for
       // good (not kept: its pool was full) shows as a hang-up after them:
       // no use parking ours.
-      // Only a connection that armed doorbells can have been sent any;
-      // without the drain, a client gone for good is noticed when the
-      // parking set reports its hang-up.
+      // Always drained, even for a connection that never armed a doorbell
+      // (then none came): the drain also sees a client that closed its end
+      // for good (it exited), which must not be parked. Parked, it would
+      // hold an fd until the listener's next accept (churn_test's server
+      // kept 8-15 such ends after its clients exited when this drain was
+      // skipped).
       bool hung_up = false;
       if (l->pe_fd >= 0 && !l->shared.load(std::memory_order_relaxed) &&
-          (!c.ever_armed.load(std::memory_order_relaxed) ||
-           (DrainDoorbells(h, &hung_up), !hung_up))) {
+          (DrainDoorbells(h, &hung_up), !hung_up)) {
         Listener::Reused info;
         info.arena = c.seg.SlotRef();
         info.uid = c.peer_uid;
