@@ -2207,9 +2207,13 @@ int ManagedAccept(int fd, sockaddr* addr, socklen_t* len, int flags, bool accept
   // Hellos on kept ends seen by an earlier accept: no wait, so neither the
   // listener's flags nor its sources matter (the other sources get their
   // turn once these few are taken).
-  if (std::uint64_t kept = l->kept_ready.exchange(0, std::memory_order_relaxed); kept != 0) {
-    int c = AcceptKept(*l, fd, addr, len, flags, kept);
-    if (c != -EAGAIN) return c;
+  // A plain load first: the exchange is a locked instruction, paid only
+  // when something is there.
+  if (l->kept_ready.load(std::memory_order_relaxed) != 0) {
+    if (std::uint64_t kept = l->kept_ready.exchange(0, std::memory_order_relaxed); kept != 0) {
+      int c = AcceptKept(*l, fd, addr, len, flags, kept);
+      if (c != -EAGAIN) return c;
+    }
   }
   int fl = DOORWAY_REAL(fcntl)(fd, F_GETFL);
   bool nonblock = fl >= 0 && (fl & O_NONBLOCK) != 0;

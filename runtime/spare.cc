@@ -83,18 +83,23 @@ int DuplicateForSpare(int fd) {
 }
 
 void KeepSpareSocket(int spare, int domain, bool nonblock, std::uint64_t dev, std::uint64_t ino) {
-  struct stat st {};
-  st.st_dev = dev;
-  st.st_ino = ino;
-  st.st_mode = S_IFSOCK;
+  if (ino == 0) {
+    struct stat st {};
+    if (fstat(spare, &st) != 0 || !S_ISSOCK(st.st_mode)) {
+      DOORWAY_REAL(close)(spare);
+      return;
+    }
+    dev = st.st_dev;
+    ino = st.st_ino;
+  }
   bool kept = false;
-  if ((ino != 0 || (fstat(spare, &st) == 0 && S_ISSOCK(st.st_mode))) && g_pool.TryLock()) {
+  if (g_pool.TryLock()) {
     for (Spare& s : g_pool.spare) {
       if (s.fd >= 0) continue;
       s.domain = domain;
       s.nonblock = nonblock;
-      s.dev = st.st_dev;
-      s.ino = st.st_ino;
+      s.dev = dev;
+      s.ino = ino;
       StoreFd(s, spare);
       kept = true;
       break;
