@@ -26,22 +26,37 @@ trap cleanup EXIT
 mkdir -p "$work/www"
 size=$((16 * 1024 * 1024))
 head -c "$size" /dev/urandom >"$work/www/payload.bin"
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-
 echo "== doorway demo: python3 -m http.server and curl, both under doorway"
+# The server binds port 0 and the demo reads the port it got from its banner
+# (-u: unbuffered, or the banner would wait in stdio's buffer until exit). A
+# port picked beforehand and then bound by the server can be taken meanwhile
+# by any connect's ephemeral port on a busy machine.
 DOORWAY_LOG=debug DOORWAY_LOG_FILE="$work/server.log" \
-  "$PRELOAD" -- python3 -m http.server "$port" --bind 127.0.0.1 --directory "$work/www" \
+  "$PRELOAD" -- python3 -u -m http.server 0 --bind 127.0.0.1 --directory "$work/www" \
   >"$work/server.out" 2>&1 &
 server=$!
-for _ in $(seq 1 200); do
-  grep -q "Serving HTTP" "$work/server.out" 2>/dev/null && break
+port=""
+for _ in $(seq 1 400); do
+  port="$(sed -n 's/^Serving HTTP on [^ ]* port \([0-9]*\) .*/\1/p' "$work/server.out" 2>/dev/null)"
+  [ -n "$port" ] && break
+  kill -0 "$server" 2>/dev/null || break
   sleep 0.05
 done
+if [ -z "$port" ]; then
+  echo "demo: the server did not start; its output:" >&2
+  cat "$work/server.out" >&2
+  exit 1
+fi
 echo "server: pid $server, http://127.0.0.1:$port/"
 
 start=$(date +%s.%N)
 DOORWAY_LOG=debug DOORWAY_LOG_FILE="$work/client.log" \
-  "$PRELOAD" --stats -- curl -sS --max-time 60 -o "$work/got.bin" "http://127.0.0.1:$port/payload.bin"
+  "$PRELOAD" --stats -- curl -sS --max-time 60 -o "$work/got.bin" "http://127.0.0.1:$port/payload.bin" || {
+  rc=$?
+  echo "demo: curl failed ($rc); the server's output, then both doorway logs:" >&2
+  tail -20 "$work/server.out" "$work/server.log" "$work/client.log" >&2 || true
+  exit "$rc"
+}
 end=$(date +%s.%N)
 
 want="$(sha256sum "$work/www/payload.bin" | cut -d' ' -f1)"
