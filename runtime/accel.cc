@@ -201,18 +201,51 @@ __attribute__((noinline)) int LockEndContended(transport::ShmMutex& lock, bool s
 // LockEnd's result when it took the lock without an atomic read-modify-
 // write (UnlockEnd releases it the same way).
 constexpr int kHeldPlain = 3;
+// LockEnd's result for a biased hold (transport/lock_bias.h): released by
+// LockBias::Leave.
+constexpr int kHeldBiased = 4;
 
-// Call inside a SignalSection. Inline: the uncontended case is one CAS.
+// The rest of LockEnd: claiming the end's bias, or revoking another
+// thread's (which waits for that thread to leave its hold, in a wait where
+// signal handlers run, as LockEndContended's), then the ShmMutex.
+__attribute__((noinline)) int LockEndSlow(transport::ShmMutex& lock, transport::LockBias& bias,
+                                          bool shared) {
+  const std::uint32_t tid = transport::ShmMutex::SelfTid();
+  // Claims and revocations of an owner outside its holds need no wait (no
+  // signal window: a claim is on every new connection's first operation).
+  transport::LockBias::Slow s = bias.Resolve(lock.word(), tid, /*may_claim=*/!shared, false);
+  if (s == transport::LockBias::Slow::kBusy) {
+    Parked parked(lock.word());
+    s = bias.Resolve(lock.word(), tid, /*may_claim=*/!shared, /*wait=*/true);
+  }
+  int rc = lock.TryLock();
+  if (rc == -EBUSY) rc = LockEndContended(lock, shared);
+  if (rc != 0) return rc;  // kOwnerDied stays a normal hold (rare), as errors and kReentered
+  if (s == transport::LockBias::Slow::kClaimed && bias.Adopt(tid)) return kHeldBiased;
+  return 0;
+}
+
+// Call inside a SignalSection. Inline: the uncontended case is one CAS, or
+// plain stores:
+//
 // A process that has never made a second thread (glibc's
 // __libc_single_threaded) holding an end no other process has (`shared`:
-// fork, exec, SCM_RIGHTS) has nobody to exclude: it writes its tid with a
+// fork, exec) has nobody to exclude: it writes its tid with a
 // plain store instead, which a signal handler's call on the same end sees
 // as its own thread's hold (LockEndContended), as with the CAS. Why: a
 // locked instruction waits for the store buffer to drain, and the buffer
 // holds the previous operation's index store, whose line the peer polls:
 // the unlock's xchg was half of a 64 B write's time (perf: 52% of
 // ManagedWrite), one cross-core line transfer per write.
-inline __attribute__((always_inline)) int LockEnd(transport::ShmMutex& lock, bool shared) {
+//
+// A process with several threads: the end's bias (transport/lock_bias.h)
+// gives the thread that uses it the same plain stores, until another
+// thread wants the end; a handler on that thread finds the biased hold its
+// own (kSelfHeld) and is treated as LockEndContended treats its own
+// thread's CAS hold. Unbiased ends (shared, revoked, no membarrier): the
+// CAS.
+inline __attribute__((always_inline)) int LockEnd(transport::ShmMutex& lock,
+                                                  transport::LockBias& bias, bool shared) {
   if (!shared && __libc_single_threaded != 0) {
     if (__builtin_expect(lock.word()->load(std::memory_order_relaxed) == 0, 1)) {
       lock.word()->store(transport::ShmMutex::SelfTid(), std::memory_order_relaxed);
@@ -220,6 +253,16 @@ inline __attribute__((always_inline)) int LockEnd(transport::ShmMutex& lock, boo
       return kHeldPlain;
     }
     return LockEndContended(lock, shared);
+  }
+  if (!bias.Unbiased()) {
+    switch (bias.TryEnter(lock.word(), transport::ShmMutex::SelfTid())) {
+      case transport::LockBias::Fast::kEntered:
+        return kHeldBiased;
+      case transport::LockBias::Fast::kSelfHeld:
+        return t_parked_on == lock.word() ? kReentered : -EINTR;
+      case transport::LockBias::Fast::kSlow:
+        return LockEndSlow(lock, bias, shared);
+    }
   }
   int rc = lock.TryLock();
   if (__builtin_expect(rc != -EBUSY, 1)) return rc;
@@ -229,13 +272,41 @@ inline __attribute__((always_inline)) int LockEnd(transport::ShmMutex& lock, boo
 // Releases what LockEnd(lock) returned lrc for. A thread made while this
 // one held the end (by a signal handler that ran in a wait) may be waiting
 // for it: then the full unlock, which wakes waiters.
-inline __attribute__((always_inline)) void UnlockEnd(transport::ShmMutex& lock, int lrc) {
+inline __attribute__((always_inline)) void UnlockEnd(transport::ShmMutex& lock,
+                                                     transport::LockBias& bias, int lrc) {
   if (lrc == kHeldPlain && __libc_single_threaded != 0) {
     std::atomic_signal_fence(std::memory_order_seq_cst);
     lock.word()->store(0, std::memory_order_relaxed);
+  } else if (lrc == kHeldBiased) {
+    bias.Leave(lock, transport::ShmMutex::SelfTid());
   } else if (lrc != kReentered) {
     lock.Unlock();
   }
+}
+
+// LockEnd for a caller that must not wait (poll's look at the ring under
+// the lock, which has lock-free answers when the end is busy): a biased
+// owner that is inside a hold (a reader parked in a blocking read) is
+// busy, not waited for. -EBUSY, or what UnlockEnd takes.
+int TryLockEnd(transport::ShmMutex& lock, transport::LockBias& bias, bool shared) {
+  const std::uint32_t tid = transport::ShmMutex::SelfTid();
+  transport::LockBias::Slow s = transport::LockBias::Slow::kNormal;
+  if (!bias.Unbiased()) {
+    switch (bias.TryEnter(lock.word(), tid)) {
+      case transport::LockBias::Fast::kEntered:
+        return kHeldBiased;
+      case transport::LockBias::Fast::kSelfHeld:
+        return -EBUSY;
+      case transport::LockBias::Fast::kSlow:
+        s = bias.Resolve(lock.word(), tid, /*may_claim=*/!shared, /*wait=*/false);
+        if (s == transport::LockBias::Slow::kBusy) return -EBUSY;
+        break;
+    }
+  }
+  int rc = lock.TryLock();
+  if (rc != 0) return rc == transport::kOwnerDied ? 0 : rc;
+  if (s == transport::LockBias::Slow::kClaimed && bias.Adopt(tid)) return kHeldBiased;
+  return 0;
 }
 
 // Doorbells (transport/ring.h "doorbells"): a side about to sleep in the
@@ -440,7 +511,7 @@ DOORWAY_DATA_PATH ssize_t ConnRecvT(Connection& c, int fd, const iovec* iov, int
   // returns or waits (signals.h "Critical sections").
   SignalSection section;
   transport::ShmMutex lock(c.rx.consumer_lock_word());  // c.seg.ConsumerLock, inline
-  int lrc = LockEnd(lock, c.shared.load(std::memory_order_relaxed));
+  int lrc = LockEnd(lock, c.rx_bias, c.shared.load(std::memory_order_relaxed));
   if (lrc < 0) return lrc;
 
   iovec scratch[kScratchIov];
@@ -511,7 +582,7 @@ DOORWAY_DATA_PATH ssize_t ConnRecvT(Connection& c, int fd, const iovec* iov, int
     break;
   }
   if (got > 0 && !peek) SendDoorbell(c.rx, FdFor(c, fd));  // room for a writer waiting in poll
-  UnlockEnd(lock, lrc);
+  UnlockEnd(lock, c.rx_bias, lrc);
   if (counted) WaiterDone(c);
   return result < 0 ? result : static_cast<ssize_t>(got);
 }
@@ -591,7 +662,7 @@ DOORWAY_DATA_PATH ssize_t ConnSendT(Connection& c, int fd, const iovec* iov, int
 
   SignalSection section;                                // as in ConnRecv
   transport::ShmMutex lock(c.tx.producer_lock_word());  // c.seg.ProducerLock, inline
-  int lrc = LockEnd(lock, c.shared.load(std::memory_order_relaxed));
+  int lrc = LockEnd(lock, c.tx_bias, c.shared.load(std::memory_order_relaxed));
   if (lrc < 0) return lrc;
 
   iovec scratch[kScratchIov];
@@ -658,7 +729,7 @@ DOORWAY_DATA_PATH ssize_t ConnSendT(Connection& c, int fd, const iovec* iov, int
     }
     break;
   }
-  UnlockEnd(lock, lrc);
+  UnlockEnd(lock, c.tx_bias, lrc);
   if (counted) WaiterDone(c);
   // After the unlock: the bytes are published and the doorbell sent.
   if (__builtin_expect(sent > 0 && c.tx_populated.load(std::memory_order_relaxed) < c.tx.capacity(),
@@ -684,11 +755,11 @@ void ConnShutdownWrite(Connection& c, int fd, bool reset) {
   if (c.shut_wr.exchange(true) && !reset) return;
   SignalSection section;
   transport::ShmMutex lock = c.seg.ProducerLock(transport::TxRingIndex(c.role));
-  int lrc = LockEnd(lock, c.shared.load(std::memory_order_relaxed));
+  int lrc = LockEnd(lock, c.tx_bias, c.shared.load(std::memory_order_relaxed));
   if (lrc < 0) return;
   c.tx.ShutdownWrite(reset);
   if (fd >= 0) SendDoorbell(c.tx, fd);
-  UnlockEnd(lock, lrc);
+  UnlockEnd(lock, c.tx_bias, lrc);
 }
 
 // The last fd of c in this process is going away.
@@ -1626,6 +1697,10 @@ void InitInheritedConnection(Connection& c, transport::Segment seg, Role role,
   c.local = local;
   c.peer = peer;
   c.shared.store(shared, std::memory_order_relaxed);
+  if (shared) {
+    c.rx_bias.Disable();
+    c.tx_bias.Disable();
+  }
   int fl = DOORWAY_REAL(fcntl)(fd, F_GETFL);
   c.nonblocking.store(fl >= 0 && (fl & O_NONBLOCK) != 0, std::memory_order_relaxed);
   StatsPublish(c, fd);
@@ -1686,10 +1761,30 @@ void MarkAllShared() {
       }
     }
   });
-  GlobalTable().ForEach([](int, const Ref& r) {
-    if (Connection* c = r.As<Connection>()) c->shared.store(true, std::memory_order_relaxed);
+  // The ends' biases go (transport/lock_bias.h "Revoking without
+  // waiting"): the other process takes the ends by the ShmMutex, which a
+  // biased owner would not see. One fence for all; a thread parked in a
+  // hold (a blocking read) is not waited for: its tid is in the lock word,
+  // and its unlock is then the ShmMutex's.
+  bool fence = false;
+  GlobalTable().ForEach([&fence](int, const Ref& r) {
+    if (Connection* c = r.As<Connection>()) {
+      c->shared.store(true, std::memory_order_relaxed);
+      fence |= c->rx_bias.BeginRevoke();
+      fence |= c->tx_bias.BeginRevoke();
+    }
     if (Listener* l = r.As<Listener>()) l->shared.store(true, std::memory_order_relaxed);
   });
+  if (fence) {
+    transport::ProcessFence();
+    const std::uint32_t self = transport::ShmMutex::SelfTid();
+    GlobalTable().ForEach([self](int, const Ref& r) {
+      if (Connection* c = r.As<Connection>()) {
+        c->rx_bias.FinishRevoke(c->rx.consumer_lock_word(), self);
+        c->tx_bias.FinishRevoke(c->tx.producer_lock_word(), self);
+      }
+    });
+  }
   // Both processes' epoll sets move these connections to their always
   // lists: the other process's waits may take their doorbells.
   NoteEpollChange(-1);
@@ -1747,10 +1842,11 @@ short ConnPollEvents(Connection& c, int fd) {
   // and read this socket would find the lock taken by its own thread.
   std::int64_t rx;
   transport::ShmMutex rlock = c.seg.ConsumerLock(transport::RxRingIndex(c.role));
+  const bool shared = c.shared.load(std::memory_order_relaxed);
   EnterSignalSection();
-  if (rlock.TryLock() >= 0) {
+  if (int lrc = TryLockEnd(rlock, c.rx_bias, shared); lrc >= 0) {
     rx = c.rx.Peek(0, &iov, 1);
-    rlock.Unlock();
+    UnlockEnd(rlock, c.rx_bias, lrc);
   } else {
     rx = c.rx.ReadReady() ? 1 : -EAGAIN;
   }
@@ -1763,9 +1859,9 @@ short ConnPollEvents(Connection& c, int fd) {
   std::int64_t tx;
   transport::ShmMutex wlock = c.seg.ProducerLock(transport::TxRingIndex(c.role));
   EnterSignalSection();
-  if (wlock.TryLock() >= 0) {
+  if (int lrc = TryLockEnd(wlock, c.tx_bias, shared); lrc >= 0) {
     tx = c.tx.Writable();
-    wlock.Unlock();
+    UnlockEnd(wlock, c.tx_bias, lrc);
   } else {
     tx = c.tx.WriteReady(1) ? 1 : 0;
   }

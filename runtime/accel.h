@@ -45,6 +45,7 @@
 #include "runtime/config.h"
 #include "runtime/door.h"
 #include "runtime/endpoint.h"
+#include "transport/lock_bias.h"
 #include "transport/segment.h"
 #include "transport/wait.h"
 
@@ -122,6 +123,11 @@ struct Connection {
   std::atomic<bool> shut_wr{false};
   std::atomic<bool> reset_reported{false};
   std::atomic<bool> shared{false};  // another process may hold it (fork)
+  // The biased locks in front of the ends' ShmMutexes (consumer end of rx,
+  // producer end of tx; transport/lock_bias.h): the thread that uses an
+  // end locks it with plain stores until another thread wants it. Never
+  // biased when shared (MarkAllShared revokes them before a fork).
+  transport::LockBias rx_bias, tx_bias;
   // The segment may be reused for a later connection when this one ends
   // (transport/segment.h, "Reuse"): the peer has our uid (it may read our
   // memory anyway), and no other process got the connection (fork, exec).

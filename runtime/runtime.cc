@@ -53,7 +53,12 @@ void Initialise() {
   SetConfig(config);
   // Before any ring exists, and while the process most likely has one
   // thread (registering a multi-threaded one costs an RCU grace period).
-  if (!config.disabled && config.asymmetric_fence) (void)transport::EnableAsymmetricFence();
+  // The biased end locks' fence too (transport/lock_bias.h), under the
+  // same switch.
+  if (!config.disabled && config.asymmetric_fence) {
+    (void)transport::EnableAsymmetricFence();
+    (void)transport::EnableProcessFence();
+  }
   ForgetReportedSettings(config);
   StatsConfigure(config);
   SetTrackingEnabled(!config.disabled);

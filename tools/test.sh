@@ -19,7 +19,8 @@ bazel test --disk_cache="$cache" //... || status=$?
 # SKIP_SANITIZERS=1 skips them for a quick local run.
 sanitized=(
   //transport:ring_test //transport:segment_test //transport:wait_test
-  //transport:shm_mutex_test //transport:stress_test //transport:fence_test //fdtable:all //runtime:all
+  //transport:shm_mutex_test //transport:lock_bias_test //transport:stress_test //transport:fence_test
+  //fdtable:all //runtime:all
   //tests/linked:all //tests/conformance:socket_conformance_linked_test
   //tests/conformance:process_threads_linked_test
 )

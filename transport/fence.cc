@@ -2,6 +2,8 @@
 
 #include <linux/membarrier.h>
 #include <pthread.h>
+#include <sched.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -62,7 +64,50 @@ void OnForkChild() {
   }
 }
 
+constinit std::atomic<bool> g_process_fence{false};
+
+void OnForkChildProcessFence() {
+  if (!g_process_fence.load(std::memory_order_relaxed)) return;
+  if (Membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) != 0) {
+    g_process_fence.store(false, std::memory_order_relaxed);
+  }
+}
+
 }  // namespace
+
+bool EnableProcessFence() {
+  if (g_process_fence.load(std::memory_order_relaxed)) return true;
+  constexpr long kCmds =
+      MEMBARRIER_CMD_PRIVATE_EXPEDITED | MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED;
+  long cmds = Membarrier(MEMBARRIER_CMD_QUERY);
+  if (cmds < 0 || (cmds & kCmds) != kCmds) return false;
+  if (Membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) != 0) return false;
+  if (Membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) != 0) return false;
+  static const int atfork = pthread_atfork(nullptr, nullptr, OnForkChildProcessFence);
+  (void)atfork;
+  g_process_fence.store(true, std::memory_order_relaxed);
+  return true;
+}
+
+bool ProcessFenceEnabled() { return g_process_fence.load(std::memory_order_relaxed); }
+
+void ProcessFence() {
+  for (;;) {
+    if (Membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0) return;
+    // A fresh page per call: no lock (a handler may call this), no page
+    // that a concurrent call makes read-only under our write. Writing it
+    // makes a TLB entry; taking the write permission away flushes it on
+    // every CPU that runs this mm, by IPI.
+    void* p = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p != MAP_FAILED) {
+      static_cast<volatile char*>(p)[0] = 1;
+      int r = mprotect(p, 4096, PROT_READ);
+      munmap(p, 4096);
+      if (r == 0) return;
+    }
+    sched_yield();  // out of memory for one page: try again
+  }
+}
 
 bool EnableAsymmetricFence() {
   // TSAN does not model membarrier (fence.h): keep the seq_cst publish.
@@ -87,6 +132,8 @@ namespace internal {
 void SetMembarrierForTesting(MembarrierFn fn) { g_membarrier.store(fn, std::memory_order_relaxed); }
 
 void ResetAsymmetricFenceForTesting() { g_fast_publish.store(false, std::memory_order_relaxed); }
+
+void ResetProcessFenceForTesting() { g_process_fence.store(false, std::memory_order_relaxed); }
 
 }  // namespace internal
 

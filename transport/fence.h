@@ -76,6 +76,24 @@ bool EnableAsymmetricFence();
 // development VM with the other CPU idle.
 bool HeavyFence();
 
+// The process-private asymmetric fence of the biased end locks
+// (lock_bias.h): membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) reaches only
+// this process's threads (the global command above also interrupts every
+// other registered process). EnableProcessFence registers (idempotent,
+// thread-safe; the runtime calls it at start-up, with the asymmetric fence's
+// switch DOORWAY_ASYMMETRIC_FENCE) and says whether the fence works; the
+// fork child re-registers. Unlike the global one, TSAN builds use it too:
+// the biased lock's happens-before edges are all atomics, which TSAN sees.
+bool EnableProcessFence();
+bool ProcessFenceEnabled();
+// The fence itself. Only after EnableProcessFence returned true. Never
+// fails: if membarrier fails later (a seccomp filter installed after
+// start-up), it falls back to an mprotect() of a private page, whose TLB
+// shoot-down interrupts every CPU that runs this address space (folly's
+// asymmetricHeavyBarrier fallback; weaker: a kernel that invalidates TLBs
+// by broadcast instead of IPIs gives no barrier), and logs nothing.
+void ProcessFence();
+
 // The shortest sleep slice of a waiter that had to fence and could not.
 inline constexpr long long kUnfencedSliceNs = 1'000'000;  // 1 ms
 
@@ -98,6 +116,8 @@ void SetMembarrierForTesting(MembarrierFn fn);
 // (the seq_cst store is correct against either kind of waiter); the
 // kernel-side registration stays.
 void ResetAsymmetricFenceForTesting();
+// Turns the process fence (and thus new biases) off again.
+void ResetProcessFenceForTesting();
 
 }  // namespace internal
 

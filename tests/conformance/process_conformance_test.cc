@@ -534,6 +534,69 @@ TEST_F(Process, ThreadsShareOneSocket) {
   for (int w = 0; w < 4; ++w) EXPECT_EQ(per_writer[w].load(), kBytes) << "writer " << w;
 }
 
+// One thread writes and one reads for a while (doorway biases each end to
+// the thread that uses it: plain stores, transport/lock_bias.h), then a
+// second writer and a second reader join in the middle of the stream: their
+// first calls revoke the biases while the first threads keep going. Every
+// writer's stream arrives whole and in order.
+TEST_F(Process, SecondThreadsJoinAConnectionInUse) {
+  Connect();
+  constexpr std::uint64_t kBytes = 512 * 1024;
+  std::atomic<std::uint64_t> progress[2] = {};  // bytes written by writer 0, read by reader 0
+  auto writer = [&](int w) {
+    unsigned char buf[300];
+    for (std::uint64_t j = 0; j < kBytes;) {
+      size_t n = 0;
+      size_t chunk = 1 + (j * 7 + w) % sizeof(buf);
+      for (; n < chunk && j < kBytes; ++n, ++j) buf[n] = StreamByte(w, j);
+      size_t off = 0;
+      while (off < n) {
+        ssize_t r = w == 0 ? write(server_, buf + off, n - off)
+                           : send(server_, buf + off, n - off, MSG_NOSIGNAL);
+        ASSERT_GT(r, 0) << strerror(errno);
+        off += static_cast<size_t>(r);
+      }
+      if (w == 0) progress[0].store(j, std::memory_order_relaxed);
+    }
+  };
+  std::atomic<bool> bad{false};
+  std::atomic<std::uint64_t> per_writer[2] = {};
+  auto reader = [&](int t) {
+    unsigned char buf[1000];
+    std::uint64_t mine[2] = {};
+    for (;;) {
+      ssize_t r = t == 0 ? read(client_, buf, sizeof(buf)) : recv(client_, buf, sizeof(buf), 0);
+      if (r == 0) break;
+      if (r < 0 || (buf[0] >> 6) > 1) {
+        bad = true;
+        break;
+      }
+      int last[2] = {-1, -1};
+      for (ssize_t i = 0; i < r; ++i) {
+        int w = (buf[i] >> 6) & 1, v = buf[i] & 63;
+        if (last[w] >= 0 && v != ((last[w] + 1) & 63)) bad = true;
+        last[w] = v;
+        ++mine[w];
+      }
+      if (t == 0) progress[1].fetch_add(static_cast<std::uint64_t>(r), std::memory_order_relaxed);
+    }
+    for (int w = 0; w < 2; ++w) per_writer[w] += mine[w];
+  };
+  std::thread w0(writer, 0), r0(reader, 0);
+  // Bounded: writer 0 and reader 0 make progress on their own.
+  while (progress[0].load() < kBytes / 2 || progress[1].load() < kBytes / 4) {
+    std::this_thread::yield();
+  }
+  std::thread w1(writer, 1), r1(reader, 1);
+  w0.join();
+  w1.join();
+  ASSERT_EQ(shutdown(server_, SHUT_WR), 0);
+  r0.join();
+  r1.join();
+  EXPECT_FALSE(bad.load());
+  for (int w = 0; w < 2; ++w) EXPECT_EQ(per_writer[w].load(), kBytes) << "writer " << w;
+}
+
 // True once thread tid sleeps (state S) — in the kernel's read, or in
 // doorway's futex wait after its spin. Bounded.
 bool WaitUntilSleeping(pid_t tid) {
