@@ -314,10 +314,13 @@ int TryLockEnd(transport::ShmMutex& lock, transport::LockBias& bias, bool shared
 // the other side's operation that meets an armed ring reports it through
 // TakeDoorbell, and we send one byte on the socket. Called under the end's
 // lock, as TakeDoorbell requires.
-void SendDoorbell(transport::Ring& ring, int fd) {
-  if (!ring.TakeDoorbell()) return;
+__attribute__((noinline)) void RingDoorbell(int fd) {
   char x = 'd';
   (void)RawSend(fd, &x, 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+}
+
+inline void SendDoorbell(transport::Ring& ring, int fd) {
+  if (__builtin_expect(ring.TakeDoorbell(), 0)) RingDoorbell(fd);
 }
 
 // After a signal interrupted a blocking call: would the kernel have
@@ -458,6 +461,11 @@ int FdFor(const Connection& c, int fd) {
   return h >= 0 ? h : fd;
 }
 
+// SendDoorbell on c's socket (FdFor), looked up only when a doorbell is due.
+inline void SendDoorbell(transport::Ring& ring, const Connection& c, int fd) {
+  if (__builtin_expect(ring.TakeDoorbell(), 0)) RingDoorbell(FdFor(c, fd));
+}
+
 // Blocking waits notice a dead peer through their liveness slices, and
 // poll/epoll through the door socket they sleep on; a caller that never
 // waits (a non-blocking reader or writer, poll with a zero timeout) saw a
@@ -492,27 +500,37 @@ bool PeerLeftUnread(Connection& c) {
 // a few hundred instructions, and each nested call's prologue was ~10%).
 #define DOORWAY_DATA_PATH inline __attribute__((always_inline))
 
+// A SignalSection, or nothing when the caller holds one (a nested section
+// costs two more thread-local stores per call).
+template <bool kActive>
+struct MaybeSignalSection {
+  MaybeSignalSection() {
+    if constexpr (kActive) EnterSignalSection();
+  }
+  ~MaybeSignalSection() {
+    if constexpr (kActive) LeaveSignalSection();
+  }
+  MaybeSignalSection(const MaybeSignalSection&) = delete;
+  MaybeSignalSection& operator=(const MaybeSignalSection&) = delete;
+};
+
+// The part of a read after its first attempt: the loop that waits, takes
+// more for MSG_WAITALL or a long vector, and turns EOF, resets and errors
+// into the kernel's results. Entered with the end's lock held (lrc) inside
+// the caller's signal section; `first` is the first attempt's result when
+// has_first. Out of line: the first attempt that returns bytes is the data
+// path, and this loop's state (waits, the scratch vector) would cost it
+// register spills and saves (stores, docs/transport.md "seventh session").
 template <bool kOne>
-DOORWAY_DATA_PATH ssize_t ConnRecvT(Connection& c, int fd, const iovec* iov, int iovcnt,
-                                    int flags) {
-  if constexpr (kOne) iovcnt = 1;
-  if (iovcnt < 0 || iovcnt > kMaxIov) return -EINVAL;
-  if (flags & MSG_OOB) return -EINVAL;  // no urgent data ever arrives
-  if (flags & MSG_ERRQUEUE) return -EAGAIN;
+__attribute__((noinline)) ssize_t ConnRecvRest(Connection& c, int fd, const iovec* iov, int iovcnt,
+                                               int flags, transport::ShmMutex lock, int lrc,
+                                               bool has_first, std::int64_t first) {
   std::size_t want = IovLen(iov, iovcnt);
-  if (want == 0) return 0;
   bool peek = (flags & MSG_PEEK) != 0;
   bool waitall = (flags & MSG_WAITALL) != 0 && !peek;
   bool dontwait = (flags & MSG_DONTWAIT) != 0 || c.nonblocking.load(std::memory_order_relaxed);
   std::int64_t timeout = c.opts.rcvtimeo_ns.load(std::memory_order_relaxed);
   std::int64_t start = timeout > 0 ? NowNs() : 0;
-
-  // Signals that arrive from here on run their handlers when the call
-  // returns or waits (signals.h "Critical sections").
-  SignalSection section;
-  transport::ShmMutex lock(c.rx.consumer_lock_word());  // c.seg.ConsumerLock, inline
-  int lrc = LockEnd(lock, c.rx_bias, c.shared.load(std::memory_order_relaxed));
-  if (lrc < 0) return lrc;
 
   iovec scratch[kScratchIov];
   bool counted = false;  // in c.waiting
@@ -520,7 +538,10 @@ DOORWAY_DATA_PATH ssize_t ConnRecvT(Connection& c, int fd, const iovec* iov, int
   ssize_t result = 0;
   for (;;) {
     std::int64_t r;
-    if (peek) {
+    if (has_first) {
+      r = first;
+      has_first = false;
+    } else if (peek) {
       r = c.rx.Peek(0, iov, iovcnt);
     } else if (iovcnt == 1) {
       // read(), recv(): the ring's single-buffer call, without the window
@@ -581,10 +602,48 @@ DOORWAY_DATA_PATH ssize_t ConnRecvT(Connection& c, int fd, const iovec* iov, int
     if (got == 0) result = r;
     break;
   }
-  if (got > 0 && !peek) SendDoorbell(c.rx, FdFor(c, fd));  // room for a writer waiting in poll
+  if (got > 0 && !peek) SendDoorbell(c.rx, c, fd);  // room for a writer waiting in poll
   UnlockEnd(lock, c.rx_bias, lrc);
   if (counted) WaiterDone(c);
   return result < 0 ? result : static_cast<ssize_t>(got);
+}
+
+template <bool kOne, bool kInSection = false>
+DOORWAY_DATA_PATH ssize_t ConnRecvT(Connection& c, int fd, const iovec* iov, int iovcnt,
+                                    int flags) {
+  if constexpr (kOne) iovcnt = 1;
+  if (iovcnt < 0 || iovcnt > kMaxIov) return -EINVAL;
+  if (flags & MSG_OOB) return -EINVAL;  // no urgent data ever arrives
+  if (flags & MSG_ERRQUEUE) return -EAGAIN;
+  if constexpr (kOne) {
+    if (iov[0].iov_len == 0) return 0;
+  } else {
+    if (IovLen(iov, iovcnt) == 0) return 0;
+  }
+
+  // Signals that arrive from here on run their handlers when the call
+  // returns or waits (signals.h "Critical sections"); kInSection: the
+  // caller's section covers this call already.
+  MaybeSignalSection<!kInSection> section;
+  transport::ShmMutex lock(c.rx.consumer_lock_word());  // c.seg.ConsumerLock, inline
+  int lrc = LockEnd(lock, c.rx_bias, c.shared.load(std::memory_order_relaxed));
+  if (lrc < 0) return lrc;
+  if constexpr (kOne) {
+    // read(), recv(): one attempt with the ring's single-buffer call; if it
+    // returns bytes that complete the call (no MSG_PEEK, no MSG_WAITALL
+    // asking for more), that is the whole read, as in ConnRecvRest.
+    if ((flags & MSG_PEEK) == 0) {
+      std::int64_t r = c.rx.Read(iov[0].iov_base, iov[0].iov_len);
+      if (__builtin_expect(r > 0, 1) &&
+          ((flags & MSG_WAITALL) == 0 || static_cast<std::size_t>(r) == iov[0].iov_len)) {
+        SendDoorbell(c.rx, c, fd);  // room for a writer waiting in poll
+        UnlockEnd(lock, c.rx_bias, lrc);
+        return r;
+      }
+      return ConnRecvRest<kOne>(c, fd, iov, iovcnt, flags, lock, lrc, true, r);
+    }
+  }
+  return ConnRecvRest<kOne>(c, fd, iov, iovcnt, flags, lock, lrc, false, 0);
 }
 
 // The reader of c's tx ring closed normally (nothing unread) while this end
@@ -644,26 +703,16 @@ __attribute__((noinline)) void PopulateAhead(Connection& c) {
   errno = saved;
 }
 
+// The part of a write after its first attempt (as ConnRecvRest): waits,
+// the rest of a partial write, errors. Entered with the end's lock held.
 template <bool kOne>
-DOORWAY_DATA_PATH ssize_t ConnSendT(Connection& c, int fd, const iovec* iov, int iovcnt,
-                                    int flags) {
-  if constexpr (kOne) iovcnt = 1;
-  if (iovcnt < 0 || iovcnt > kMaxIov) return -EINVAL;
-  if (flags & MSG_OOB) return -EOPNOTSUPP;
-  if (c.shut_wr.load(std::memory_order_relaxed)) {
-    RaiseSigpipe(flags);
-    return -EPIPE;
-  }
+__attribute__((noinline)) ssize_t ConnSendRest(Connection& c, int fd, const iovec* iov, int iovcnt,
+                                               int flags, transport::ShmMutex lock, int lrc,
+                                               bool has_first, std::int64_t first) {
   std::size_t want = IovLen(iov, iovcnt);
-  if (want == 0) return 0;
   bool dontwait = (flags & MSG_DONTWAIT) != 0 || c.nonblocking.load(std::memory_order_relaxed);
   std::int64_t timeout = c.opts.sndtimeo_ns.load(std::memory_order_relaxed);
   std::int64_t start = timeout > 0 ? NowNs() : 0;
-
-  SignalSection section;                                // as in ConnRecv
-  transport::ShmMutex lock(c.tx.producer_lock_word());  // c.seg.ProducerLock, inline
-  int lrc = LockEnd(lock, c.tx_bias, c.shared.load(std::memory_order_relaxed));
-  if (lrc < 0) return lrc;
 
   iovec scratch[kScratchIov];
   bool counted = false;  // in c.waiting
@@ -671,7 +720,10 @@ DOORWAY_DATA_PATH ssize_t ConnSendT(Connection& c, int fd, const iovec* iov, int
   ssize_t result = 0;
   for (;;) {
     std::int64_t r;
-    if (iovcnt == 1) {
+    if (has_first) {
+      r = first;
+      has_first = false;
+    } else if (iovcnt == 1) {
       // write(), send(): the ring's single-buffer call.
       r = c.tx.Write(static_cast<const char*>(iov[0].iov_base) + sent, iov[0].iov_len - sent);
     } else {
@@ -680,7 +732,7 @@ DOORWAY_DATA_PATH ssize_t ConnSendT(Connection& c, int fd, const iovec* iov, int
     }
     if (r > 0) {
       sent += static_cast<std::size_t>(r);
-      SendDoorbell(c.tx, FdFor(c, fd));
+      SendDoorbell(c.tx, c, fd);
       if (sent >= want) break;
       continue;
     }
@@ -737,6 +789,44 @@ DOORWAY_DATA_PATH ssize_t ConnSendT(Connection& c, int fd, const iovec* iov, int
     PopulateAhead(c);
   }
   return result < 0 ? result : static_cast<ssize_t>(sent);
+}
+
+template <bool kOne, bool kInSection = false>
+DOORWAY_DATA_PATH ssize_t ConnSendT(Connection& c, int fd, const iovec* iov, int iovcnt,
+                                    int flags) {
+  if constexpr (kOne) iovcnt = 1;
+  if (iovcnt < 0 || iovcnt > kMaxIov) return -EINVAL;
+  if (flags & MSG_OOB) return -EOPNOTSUPP;
+  if (c.shut_wr.load(std::memory_order_relaxed)) {
+    RaiseSigpipe(flags);
+    return -EPIPE;
+  }
+  if constexpr (kOne) {
+    if (iov[0].iov_len == 0) return 0;
+  } else {
+    if (IovLen(iov, iovcnt) == 0) return 0;
+  }
+
+  MaybeSignalSection<!kInSection> section;              // as in ConnRecvT
+  transport::ShmMutex lock(c.tx.producer_lock_word());  // c.seg.ProducerLock, inline
+  int lrc = LockEnd(lock, c.tx_bias, c.shared.load(std::memory_order_relaxed));
+  if (lrc < 0) return lrc;
+  if constexpr (kOne) {
+    // write(), send(): one attempt with the ring's single-buffer call; if
+    // it took every byte, that is the whole write, as in ConnSendRest.
+    std::int64_t r = c.tx.Write(iov[0].iov_base, iov[0].iov_len);
+    if (__builtin_expect(r > 0 && static_cast<std::size_t>(r) == iov[0].iov_len, 1)) {
+      SendDoorbell(c.tx, c, fd);
+      UnlockEnd(lock, c.tx_bias, lrc);
+      // After the unlock: the bytes are published and the doorbell sent.
+      if (__builtin_expect(c.tx_populated.load(std::memory_order_relaxed) < c.tx.capacity(), 0)) {
+        PopulateAhead(c);
+      }
+      return r;
+    }
+    return ConnSendRest<kOne>(c, fd, iov, iovcnt, flags, lock, lrc, true, r);
+  }
+  return ConnSendRest<kOne>(c, fd, iov, iovcnt, flags, lock, lrc, false, 0);
 }
 
 __attribute__((noinline)) ssize_t ConnRecv(Connection& c, int fd, const iovec* iov, int iovcnt,
@@ -2432,23 +2522,24 @@ ssize_t ManagedSend(int fd, const iovec* iov, int iovcnt, int flags) {
 // instruction at all, and does not wait for the previous one's index
 // store to reach the peer's core.
 template <bool kWrite>
-bool UncontendedIo(int fd, void* buf, size_t n, int flags, ssize_t* result) {
+inline __attribute__((always_inline)) bool UncontendedIo(int fd, void* buf, size_t n, int flags,
+                                                         ssize_t* result) {
   SignalSection section;
   Ref r = GlobalTable().GetUncontended(fd);
   Connection* c = r.As<Connection>();
   if (c != nullptr) {
     iovec iov{buf, n};
-    *result =
-        kWrite ? ConnSendT<true>(*c, fd, &iov, 1, flags) : ConnRecvT<true>(*c, fd, &iov, 1, flags);
+    *result = kWrite ? ConnSendT<true, true>(*c, fd, &iov, 1, flags)
+                     : ConnRecvT<true, true>(*c, fd, &iov, 1, flags);
   }
   r.ResetUncontended(__libc_single_threaded != 0);
   return c != nullptr;
 }
 
-ssize_t ManagedRead(int fd, void* buf, size_t n, int flags) {
-  if (ssize_t rc = 0; __libc_single_threaded != 0 && UncontendedIo<false>(fd, buf, n, flags, &rc)) {
-    return rc;
-  }
+// ManagedRead and ManagedWrite in a process with threads (or when fd is
+// not a connection), out of line: the single-threaded path is inlined into
+// ManagedRead/ManagedWrite, and this one's frame would cost it stores.
+__attribute__((noinline)) ssize_t ManagedReadShared(int fd, void* buf, size_t n, int flags) {
   iovec iov{buf, n};
   Ref r = GlobalTable().Get(fd);
   if (Connection* c = r.As<Connection>()) return ConnRecvT<true>(*c, fd, &iov, 1, flags);
@@ -2456,16 +2547,27 @@ ssize_t ManagedRead(int fd, void* buf, size_t n, int flags) {
   return ManagedRecv(fd, &iov, 1, flags, nullptr);
 }
 
-ssize_t ManagedWrite(int fd, const void* buf, size_t n, int flags) {
-  if (ssize_t rc = 0; __libc_single_threaded != 0 &&
-                      UncontendedIo<true>(fd, const_cast<void*>(buf), n, flags, &rc)) {
-    return rc;
-  }
+__attribute__((noinline)) ssize_t ManagedWriteShared(int fd, const void* buf, size_t n, int flags) {
   iovec iov{const_cast<void*>(buf), n};
   Ref r = GlobalTable().Get(fd);
   if (Connection* c = r.As<Connection>()) return ConnSendT<true>(*c, fd, &iov, 1, flags);
   r.Reset();
   return ManagedSend(fd, &iov, 1, flags);
+}
+
+ssize_t ManagedRead(int fd, void* buf, size_t n, int flags) {
+  if (ssize_t rc = 0; __libc_single_threaded != 0 && UncontendedIo<false>(fd, buf, n, flags, &rc)) {
+    return rc;
+  }
+  return ManagedReadShared(fd, buf, n, flags);
+}
+
+ssize_t ManagedWrite(int fd, const void* buf, size_t n, int flags) {
+  if (ssize_t rc = 0; __libc_single_threaded != 0 &&
+                      UncontendedIo<true>(fd, const_cast<void*>(buf), n, flags, &rc)) {
+    return rc;
+  }
+  return ManagedWriteShared(fd, buf, n, flags);
 }
 
 int ManagedRecvmmsg(int fd, mmsghdr* msgs, unsigned n, int flags, timespec* timeout) {

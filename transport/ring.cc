@@ -8,10 +8,8 @@
 #include "transport/internal/copy.h"
 #include "transport/internal/futex.h"
 
-// The per-message helpers below are small and called once or twice per
-// operation; gcc -O2 kept them out of line (a call and a return each, ~20% of
-// a 64 B Write+Read in one thread). Rare paths stay out of line on purpose.
-#define DOORWAY_HOT inline __attribute__((always_inline))
+// The per-message helpers are in ring.h (inline); rare paths stay out of
+// line on purpose.
 #define DOORWAY_COLD __attribute__((noinline, cold))
 
 namespace doorway::transport {
@@ -24,7 +22,7 @@ using internal::kStateReset;
 
 RingStats g_unused_stats;  // sink for Rings built without stats
 
-inline bool ValidState(uint32_t s) { return s <= kStateReset; }
+using internal::ValidState;
 
 // Sum of iovec lengths, saturated at `limit` (callers pass the capacity, so
 // a huge or overflowing iovec array cannot matter).
@@ -56,10 +54,8 @@ Ring::Ring(internal::RingControl* ctrl, std::byte* data, uint64_t capacity, Ring
 
 void Ring::Corrupt() const { StatAdd(stats_->corruptions); }
 
-namespace {
-
 // The sleeper is registered: clear the flag and wake it (out of line: rare).
-DOORWAY_COLD void WakeSleepers(internal::WaitLine& w, RingStats* stats) {
+DOORWAY_COLD void internal::WakeSleepers(internal::WaitLine& w, RingStats* stats) {
   // Only the waker that clears the flag makes the syscall: the sleeper may
   // take ~20 µs to run again, and the operations in between must not each
   // pay a FUTEX_WAKE.
@@ -72,42 +68,15 @@ DOORWAY_COLD void WakeSleepers(internal::WaitLine& w, RingStats* stats) {
   if (stats != nullptr) StatAdd(stats->futex_wakes);
 }
 
-DOORWAY_HOT void WakeIfWaitingInline(internal::WaitLine& w, RingStats* stats) {
-  // D1: the caller's seq_cst store (R1/R2/R3) precedes this seq_cst load in
-  // the single total order; the waiter's W1 (sleeping = 1) precedes its own
-  // seq_cst recheck. So either we see sleeping != 0 here, or the waiter's
-  // recheck sees our store. Cache hit in the common case: the line is
-  // written only when somebody goes to sleep.
-  if (w.sleeping.load(std::memory_order_seq_cst) != 0) WakeSleepers(w, stats);
+void WakeIfWaiting(internal::WaitLine& w, RingStats* stats) {
+  internal::WakeIfWaitingInline(w, stats);
 }
-
-}  // namespace
-
-void WakeIfWaiting(internal::WaitLine& w, RingStats* stats) { WakeIfWaitingInline(w, stats); }
 
 DOORWAY_COLD void Ring::TakeArmed(internal::WaitLine& w) {
   if (w.armed.exchange(0, std::memory_order_seq_cst) != 0) {
     doorbell_pending_ = true;
     StatAdd(stats_->doorbells);
   }
-}
-
-DOORWAY_HOT void Ring::Notify(internal::WaitLine& w) {
-  WakeIfWaitingInline(w, stats_);
-  // D1 for the doorbell: the caller's seq_cst store precedes this load. The
-  // flag shares the wait line, so this is a hit when the line was just read.
-  if (w.armed.load(std::memory_order_seq_cst) != 0) TakeArmed(w);
-}
-
-DOORWAY_HOT void Ring::NotifyFenced(internal::WaitLine& w) {
-  // F1 (fence.h): the caller published with a release store. The compiler
-  // barrier keeps the flag loads after that store in program order; the CPU
-  // may still perform them before the store leaves its store buffer, and the
-  // waiter's HeavyFence between its W1 and its recheck is what orders the two
-  // sides. Relaxed loads: the ordering comes from that fence, not from C++.
-  std::atomic_signal_fence(std::memory_order_seq_cst);
-  if (w.sleeping.load(std::memory_order_relaxed) != 0) WakeSleepers(w, stats_);
-  if (w.armed.load(std::memory_order_relaxed) != 0) TakeArmed(w);
 }
 
 bool Ring::ArmReadDoorbellNoFence(uint32_t bit) {
@@ -148,109 +117,6 @@ bool Ring::ArmWriteDoorbell(size_t min) {
 }
 
 // --------------------------------------------------------------- producer
-
-DOORWAY_HOT void Ring::CopyIn(uint64_t index, const std::byte* src, uint64_t len) {
-  uint64_t pos = index & mask_;
-  uint64_t first = cap_ - pos;  // room before the end of the data area
-  if (first > len) first = len;
-  internal::CopyBytes(data_ + pos, src, first);
-  if (len > first) internal::CopyBytes(data_, src + first, len - first);
-}
-
-DOORWAY_HOT void Ring::CopyOut(uint64_t index, std::byte* dst, uint64_t len) const {
-  uint64_t pos = index & mask_;
-  uint64_t first = cap_ - pos;
-  if (first > len) first = len;
-  internal::CopyBytes(dst, data_ + pos, first);
-  if (len > first) internal::CopyBytes(dst + first, data_, len - first);
-}
-
-DOORWAY_HOT int Ring::CheckWriteState() const {
-  // Own state: relaxed, only this end writes it (and a handover between
-  // threads/processes of this end goes through the end's lock).
-  uint32_t w = ctrl_->state.writer.load(std::memory_order_relaxed);
-  // A3 pairs with R3 in ShutdownRead/MarkReaderGone.
-  uint32_t r = ctrl_->state.reader.load(std::memory_order_acquire);
-  if (!ValidState(w) || !ValidState(r)) {
-    Corrupt();
-    return -EIO;
-  }
-  if (r == kStateReset) return -ECONNRESET;
-  if (r != kStateOpen || w != kStateOpen) return -EPIPE;
-  return 0;
-}
-
-DOORWAY_HOT int64_t Ring::LoadUsedForProducer(uint64_t* tail_out, size_t want) {
-  // Own working tail from the end's private line (layout.h, LockLine):
-  // relaxed, written only by this end, handed between threads/processes of
-  // the end by its lock. Still validated against the head below, since the
-  // peer can scribble on it.
-  uint64_t tail = ctrl_->prod_lock.index.load(std::memory_order_relaxed);
-  uint64_t used = tail - cached_head_;
-  if (used > cap_ || cap_ - used < want) {
-    // A1 pairs with R2: once we see the consumer's head, its reads of the
-    // bytes before head are complete and we may overwrite them.
-    cached_head_ = ctrl_->cons.index.load(std::memory_order_acquire);
-    used = tail - cached_head_;
-    if (used > cap_) {  // head > tail or tail - head > capacity
-      Corrupt();
-      return -EIO;
-    }
-  }
-  *tail_out = tail;
-  return static_cast<int64_t>(used);
-}
-
-// Stores a published index (R1 in PublishTail, R2 in PublishHead: release)
-// and wakes or rings for whoever waits on w, the other side's wait line.
-DOORWAY_HOT void Ring::Publish(std::atomic<uint64_t>& index, internal::WaitLine& w,
-                               uint64_t value) {
-  // F2 (fence.h): the other side's waiters fence and this process is
-  // registered, so the publish needs no full fence of its own. Acquire
-  // (pairs with nothing: `fenced` carries no data) keeps the flag loads in
-  // NotifyFenced after this load. The wait line is read on every publish
-  // anyway (the flags), so this is a hit.
-  if (internal::FastPublish() && w.fenced.load(std::memory_order_acquire) != 0) {
-    index.store(value, std::memory_order_release);  // a plain mov on x86
-    NotifyFenced(w);
-  } else {
-    // seq_cst for D1 (Dekker with the waiter's W1 in wait.cc); on x86 this
-    // is one xchg.
-    index.store(value, std::memory_order_seq_cst);
-    Notify(w);
-  }
-}
-
-DOORWAY_HOT void Ring::PublishTail(uint64_t tail) {
-  // The working copy first (relaxed: only this end reads it), then the
-  // published tail.
-  ctrl_->prod_lock.index.store(tail, std::memory_order_relaxed);
-  // R1 pairs with A2 (the consumer's acquire load of the tail): the bytes
-  // copied above are visible before the new tail.
-  Publish(ctrl_->prod.index, ctrl_->data_wait, tail);
-  internal::PrefetchForWrite(data_ + (tail & mask_));
-}
-
-// The single-buffer calls are the hot path of small messages (a 64 B
-// ping-pong or a pipelined stream of small writes): they do the iovec
-// version's work without the iovec loop, and the helpers they call are
-// visible here for inlining.
-int64_t Ring::Write(const void* buf, size_t len) {
-  if (int rc = CheckWriteState(); rc != 0) return rc;
-  uint64_t total = len < cap_ ? len : cap_;
-  if (total == 0) return 0;
-  uint64_t tail;
-  int64_t used = LoadUsedForProducer(&tail, total);
-  if (used < 0) return used;
-  uint64_t n = cap_ - static_cast<uint64_t>(used);
-  if (n == 0) return -EAGAIN;
-  if (n > total) n = total;
-  CopyIn(tail, static_cast<const std::byte*>(buf), n);
-  PublishTail(tail + n);
-  StatAdd(stats_->bytes, n);
-  StatAdd(stats_->ops);
-  return static_cast<int64_t>(n);
-}
 
 int64_t Ring::Write(const struct iovec* iov, int iovcnt) {
   if (int rc = CheckWriteState(); rc != 0) return rc;
@@ -353,29 +219,6 @@ void Ring::MarkReaderGone() {
 
 // --------------------------------------------------------------- consumer
 
-DOORWAY_HOT int64_t Ring::LoadAvailForConsumer(uint64_t* head_out, size_t want) {
-  // Own index: relaxed, written only by this end; validated below.
-  uint64_t head = ctrl_->cons.index.load(std::memory_order_relaxed);
-  uint64_t avail = cached_tail_ - head;
-  if (avail > cap_ || avail < want) {
-    // A2 pairs with R1: the bytes before the tail are visible.
-    cached_tail_ = ctrl_->prod.index.load(std::memory_order_acquire);
-    avail = cached_tail_ - head;
-    if (avail > cap_) {
-      Corrupt();
-      return -EIO;
-    }
-  }
-  *head_out = head;
-  return static_cast<int64_t>(avail);
-}
-
-DOORWAY_HOT void Ring::PublishHead(uint64_t head) {
-  // R2 pairs with A1: our reads of the consumed bytes happen before the
-  // producer may overwrite them.
-  Publish(ctrl_->cons.index, ctrl_->space_wait, head);
-}
-
 DOORWAY_COLD int64_t Ring::EmptyResult() {
   // Called when no byte is readable; states were checked before the tail load.
   uint32_t r = ctrl_->state.reader.load(std::memory_order_relaxed);  // own
@@ -400,39 +243,6 @@ DOORWAY_COLD int64_t Ring::EmptyResult() {
     return -EAGAIN;  // data raced in before the FIN; caller retries (never 0 here)
   }
   return -EAGAIN;
-}
-
-int64_t Ring::Read(void* buf, size_t len) {
-  uint64_t total = len < cap_ ? len : cap_;
-  uint64_t head;
-  int64_t avail = AvailToConsume(total, &head);
-  if (avail <= 0) return avail;
-  uint64_t n = static_cast<uint64_t>(avail) < total ? static_cast<uint64_t>(avail) : total;
-  CopyOut(head, static_cast<std::byte*>(buf), n);
-  PublishHead(head + n);
-  StatAdd(stats_->bytes, n);
-  StatAdd(stats_->ops);
-  return static_cast<int64_t>(n);
-}
-
-DOORWAY_HOT int64_t Ring::AvailToConsume(uint64_t want, uint64_t* head) {
-  // A3 pairs with R3: a reset discards whatever is still queued (as TCP's RST).
-  uint32_t w = ctrl_->state.writer.load(std::memory_order_acquire);
-  if (!ValidState(w)) {
-    Corrupt();
-    return -EIO;
-  }
-  if (w == kStateReset) return -ECONNRESET;
-  if (want == 0) return 0;
-  int64_t avail = LoadAvailForConsumer(head, want);
-  if (avail != 0) return avail;
-  int64_t r = EmptyResult();
-  if (r != -EAGAIN || ctrl_->state.writer.load(std::memory_order_acquire) != kStateClosed) {
-    return r;
-  }
-  // FIN raced with the last data: take it now (bounded: one retry).
-  avail = LoadAvailForConsumer(head, want);
-  return avail;
 }
 
 int64_t Ring::Read(const struct iovec* iov, int iovcnt) {

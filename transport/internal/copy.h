@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 
 #if defined(__x86_64__)
@@ -67,8 +68,51 @@ inline bool HaveAvx2() {
 }
 #endif
 
-// Copies n bytes; the ranges must not overlap.
-inline void CopyBytes(void* dst, const void* src, size_t n) {
+// Copies n <= 64 bytes without a call: all loads first, then all stores,
+// in at most two 16-byte pieces from each end (overlapping when n is not a
+// power of two). Why not memcpy: a call in the data path's one function
+// makes the compiler save and spill registers around it, and every such
+// store waits in the store buffer behind the ring's index store (a 64 B
+// write() took ~15 stores more; docs/transport.md "seventh session").
+inline __attribute__((always_inline)) void CopySmall(void* dst, const void* src, size_t n) {
+  auto* d = static_cast<char*>(dst);
+  auto* s = static_cast<const char*>(src);
+  if (n >= 16) {
+    char a[16], b[16], c[16], e[16];
+    __builtin_memcpy(a, s, 16);
+    __builtin_memcpy(e, s + n - 16, 16);
+    if (n > 32) {
+      __builtin_memcpy(b, s + 16, 16);
+      __builtin_memcpy(c, s + n - 32, 16);
+      __builtin_memcpy(d + 16, b, 16);
+      __builtin_memcpy(d + n - 32, c, 16);
+    }
+    __builtin_memcpy(d, a, 16);
+    __builtin_memcpy(d + n - 16, e, 16);
+  } else if (n >= 8) {
+    uint64_t a, e;
+    __builtin_memcpy(&a, s, 8);
+    __builtin_memcpy(&e, s + n - 8, 8);
+    __builtin_memcpy(d, &a, 8);
+    __builtin_memcpy(d + n - 8, &e, 8);
+  } else if (n >= 4) {
+    uint32_t a, e;
+    __builtin_memcpy(&a, s, 4);
+    __builtin_memcpy(&e, s + n - 4, 4);
+    __builtin_memcpy(d, &a, 4);
+    __builtin_memcpy(d + n - 4, &e, 4);
+  } else if (n > 0) {
+    char a = s[0], m = s[n / 2], e = s[n - 1];
+    d[0] = a;
+    d[n / 2] = m;
+    d[n - 1] = e;
+  }
+}
+
+// Copies n > 64 bytes; the ranges must not overlap.
+// Out of line: the caller is inlined into the data path, and a call costs
+// nothing next to a copy of more than 64 bytes.
+__attribute__((noinline)) inline void CopyLarge(void* dst, const void* src, size_t n) {
 #if defined(__x86_64__)
   if (n >= kVectorCopyMin) {
     if (HaveAvx2()) {
@@ -80,6 +124,16 @@ inline void CopyBytes(void* dst, const void* src, size_t n) {
   }
 #endif
   std::memcpy(dst, src, n);
+}
+
+// Copies n bytes; the ranges must not overlap. Inline (the small case is
+// the data path of small messages), the large case may be a call.
+inline __attribute__((always_inline)) void CopyBytes(void* dst, const void* src, size_t n) {
+  if (n <= 64) {
+    CopySmall(dst, src, n);
+  } else {
+    CopyLarge(dst, src, n);
+  }
 }
 
 #if defined(__x86_64__)
