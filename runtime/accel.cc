@@ -21,6 +21,7 @@
 #include <cerrno>
 #include <cstring>
 #include <new>
+#include <type_traits>
 #include <utility>
 
 #include "runtime/config.h"
@@ -123,6 +124,33 @@ struct Hello {
   // transport/segment.h "Arenas"; untrusted, validated by AttachAt).
   std::uint64_t segment_offset;
 };
+
+bool HelloValid(const Hello& h) {
+  return h.magic == Hello::kMagic && h.version == Hello::kVersion &&
+         (h.client.family == AF_INET || h.client.family == AF_INET6) &&
+         (h.server.family == AF_INET || h.server.family == AF_INET6);
+}
+
+// A connection on a kept door socket (reuse.h), as its client writes it
+// into the listener's wake FIFO: which parked end it uses, named by the
+// arena slot of the socket's previous connection (both sides hold it), and
+// the Hello. When the new segment is a slot of that same arena (the usual
+// case) the Hello is here and nothing goes on the socket: no sendmsg for
+// the client, no epoll_wait or recvmsg for the server (they were ~25% of
+// each side's connection set-up). Else the Hello follows on the socket with
+// the arena's memfd, as through a door. Untrusted (any program of the
+// user can write the FIFO): every field is checked.
+struct WakeRecord {
+  static constexpr std::uint32_t kMagic = 0x324B4157;  // "WAK2"
+  static constexpr std::uint32_t kHelloHere = 1;
+  static constexpr std::uint32_t kHelloOnSocket = 2;
+  std::uint32_t magic;
+  std::uint32_t kind;
+  transport::SlotIdentity prev;
+  Hello hello;
+};
+static_assert(sizeof(WakeRecord) <= kWakeRecordMax);
+static_assert(std::is_trivially_copyable_v<WakeRecord>);
 
 long RawSend(int fd, const void* buf, size_t n, int flags) {
   return syscall(SYS_sendto, fd, buf, n, flags, nullptr, 0);
@@ -1055,10 +1083,7 @@ int ReceiveHello(int conn, Hello* hello, int wait_ms, bool no_memfd_ok = false) 
       }
     }
     if (n != static_cast<ssize_t>(sizeof(*hello)) || (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) ||
-        hello->magic != Hello::kMagic || hello->version != Hello::kVersion ||
-        (memfd < 0 && !no_memfd_ok) ||
-        (hello->client.family != AF_INET && hello->client.family != AF_INET6) ||
-        (hello->server.family != AF_INET && hello->server.family != AF_INET6)) {
+        !HelloValid(*hello) || (memfd < 0 && !no_memfd_ok)) {
       if (memfd >= 0) DOORWAY_REAL(close)(memfd);
       return -EPROTO;
     }
@@ -1086,11 +1111,17 @@ void Install(int fd, Ref obj, std::uint32_t tag) {
 constexpr unsigned kSourceTcp = 0;
 constexpr unsigned kSourceDoor = 1;     // + door index
 constexpr unsigned kSourcePending = 3;  // a door connection waiting for its Hello
-constexpr unsigned kSourceWake = 4;     // Hellos on kept door sockets (Listener::pe_fd)
+constexpr unsigned kSourceWake = 4;     // connections on kept door sockets (the wake FIFO)
 constexpr unsigned kSourceCount = 5;
 
+// Listener::reused_key's hash of a kept end's slot identity.
+std::uint64_t SlotKey(const transport::SlotIdentity& id) {
+  return (id.ino * 0x9E3779B97F4A7C15ull) ^ (id.dev << 32) ^ id.offset ^ id.generation;
+}
+
 // Parks door connection conn in a free slot of l.pending, watched by the
-// listener's epoll fd (listen_fd) for `events`; false if no slot is free.
+// listener's epoll fd (listen_fd) for `events` (a kept end, with `reused`,
+// by none); false if no slot is free.
 // With memfd >= 0, the Hello arrived and the set-up waits for memory: the
 // memfd and addresses are stored before the slot publishes conn.
 bool Park(Listener& l, int listen_fd, int conn, std::uint32_t events, int memfd, const Hello* hello,
@@ -1107,6 +1138,7 @@ bool Park(Listener& l, int listen_fd, int conn, std::uint32_t events, int memfd,
     if (!slot.compare_exchange_strong(expected, -2)) continue;
     const std::uint64_t bit = std::uint64_t{1} << i;
     if (reused != nullptr) {
+      l.reused_key[i].store(SlotKey(reused->arena.Identity()), std::memory_order_relaxed);
       l.reused[i] = std::move(*reused);
       l.pending_reused.fetch_or(bit, std::memory_order_relaxed);
     } else {
@@ -1121,7 +1153,8 @@ bool Park(Listener& l, int listen_fd, int conn, std::uint32_t events, int memfd,
     epoll_event ev{};
     ev.events = events;
     ev.data.u64 = kSourcePending | std::uint64_t{static_cast<unsigned>(i)} << 8;
-    if (DOORWAY_REAL(epoll_ctl)(listen_fd, EPOLL_CTL_ADD, conn, &ev) != 0) {
+    // A kept end is watched by no set (Listener::wake_rd says why).
+    if (reused == nullptr && DOORWAY_REAL(epoll_ctl)(listen_fd, EPOLL_CTL_ADD, conn, &ev) != 0) {
       if (memfd >= 0) l.retry_memfd[i] = -1;
       if (reused != nullptr) l.reused[i] = Listener::Reused{};
       slot.store(-1);
@@ -1285,102 +1318,201 @@ int AcceptDoor(Listener& l, int listen_fd, int door, sockaddr* addr, socklen_t* 
 // A parked door connection whose Hello has arrived (or that waits for
 // memory: tried again), or -EAGAIN (or -ENOMEM/-ENFILE if memory is still
 // short: it stays parked).
-// slots: the pending slots the listener's epoll fd (or, for kept ends,
-// pe_fd) reported (bit i: slot i).
-// *taken (if given): the slot whose connection it returns (slots below it
-// were tried, those above not), -1 if none.
+// slots: the pending slots the listener's epoll fd reported (bit i: slot
+// i; never a kept end's, which no set watches).
 int AcceptPending(Listener& l, int listen_fd, sockaddr* addr, socklen_t* len, int flags,
-                  std::uint64_t slots, int* taken = nullptr) {
-  if (taken != nullptr) *taken = -1;
+                  std::uint64_t slots) {
   for (int i = 0; i < Listener::kMaxPending; ++i) {
     if ((slots & (std::uint64_t{1} << i)) == 0) continue;
     int memfd = -1;
     int conn = ClaimParked(l, i, &memfd);  // no other thread looks at it now
     if (conn < 0) continue;
-    const bool reused = l.reused != nullptr && (l.pending_reused.load(std::memory_order_relaxed) &
-                                                (std::uint64_t{1} << i)) != 0;
+    if (l.reused != nullptr &&
+        (l.pending_reused.load(std::memory_order_relaxed) & (std::uint64_t{1} << i)) != 0) {
+      l.pending[i].store(conn);  // a kept end parked since the report: its record takes it
+      continue;
+    }
     Hello hello{};
     if (memfd >= 0) {
       hello.client = l.retry_client[i];
       hello.server = l.retry_server[i];
       hello.segment_offset = l.retry_offset[i];
-    } else if ((memfd = ReceiveHello(conn, &hello, 0, reused)) == -EAGAIN) {
+    } else if ((memfd = ReceiveHello(conn, &hello, 0)) == -EAGAIN) {
       l.pending[i].store(conn);  // back (the slot stayed claimed)
       continue;
     }
-    // The slot's kept-end record leaves with the connection (the slot may
-    // be parked into again as soon as it is free).
-    Listener::Reused info;
-    if (reused) {
-      info = std::move(l.reused[i]);
-      // Its wake byte (Listener::wake_rd): one per Hello, none for a
-      // client that hung up. Taken before the slot is free.
-      if (memfd >= 0 || memfd == kNoMemfd) {
-        char b;
-        (void)DOORWAY_REAL(read)(l.wake_rd, &b, 1);
-      }
-    }
     l.pending[i].store(-1);
-    (void)DOORWAY_REAL(epoll_ctl)(reused ? l.pe_fd : listen_fd, EPOLL_CTL_DEL, conn, nullptr);
+    (void)DOORWAY_REAL(epoll_ctl)(listen_fd, EPOLL_CTL_DEL, conn, nullptr);
     ucred cred{};
-    if (reused) {
-      cred.uid = info.uid;
-      cred.pid = info.pid;
-    } else {
-      socklen_t cl = sizeof(cred);
-      (void)DOORWAY_REAL(getsockopt)(conn, SOL_SOCKET, SO_PEERCRED, &cred, &cl);
-    }
+    socklen_t cl = sizeof(cred);
+    (void)DOORWAY_REAL(getsockopt)(conn, SOL_SOCKET, SO_PEERCRED, &cred, &cl);
     // Its flags are unknown here (another accept call parked it): set both.
     int has_flags = ~flags & (SOCK_CLOEXEC | SOCK_NONBLOCK);
-    if (reused && (memfd >= 0 || memfd == kNoMemfd)) {
-      // A kept end lives at a high number (reuse.h); accept gives the
-      // lowest free one, as the kernel's.
-      int low = DOORWAY_REAL(fcntl)(conn, (flags & SOCK_CLOEXEC) ? F_DUPFD_CLOEXEC : F_DUPFD, 0);
-      if (low >= 0) {
-        DOORWAY_REAL(close)(conn);
-        conn = low;
-        has_flags = (flags & SOCK_CLOEXEC) | (info.nonblock ? SOCK_NONBLOCK : 0);
-      }
-    }
-    int c = FinishDoor(l, listen_fd, conn, cred, memfd, hello, addr, len, flags, has_flags,
-                       reused ? &info : nullptr);
-    if (c != -EAGAIN) {
-      if (taken != nullptr) *taken = i;
-      return c;
-    }
+    int c = FinishDoor(l, listen_fd, conn, cred, memfd, hello, addr, len, flags, has_flags);
+    if (c != -EAGAIN) return c;
   }
   return -EAGAIN;
 }
 
-// AcceptPending over the kept ends in `kept`; those above the one it took
-// go back to l.kept_ready for the next accept.
-int AcceptKept(Listener& l, int listen_fd, sockaddr* addr, socklen_t* len, int flags,
-               std::uint64_t kept) {
-  int taken = -1;
-  int c = AcceptPending(l, listen_fd, addr, len, flags, kept, &taken);
-  if (taken >= 0 && taken + 1 < Listener::kMaxPending) {
-    const std::uint64_t rest = kept & ~((std::uint64_t{2} << taken) - 1);
-    if (rest != 0) l.kept_ready.fetch_or(rest, std::memory_order_relaxed);
+// Closes the parked kept ends whose client closed its end for good (it
+// exited, or dropped the socket from its pool): no epoll set watches them
+// (Listener::wake_rd), so without this look each would hold an fd (at most
+// kMaxPending) until the listener closes. One poll(2) over all of them;
+// called by accept before it sleeps and when parking finds no free slot.
+//
+// A client that exits right after starting connections on kept sockets
+// leaves their records in the FIFO and their ends hung up: those
+// connections are still to be accepted (they read as ended, as a TCP
+// connection whose client closed in the backlog). A record is written
+// before its end hangs up, so an end seen hung up with the FIFO empty
+// afterwards has none pending, unless an accept is between reading its
+// record and claiming the end (Listener::records_inflight, counted before
+// the read): then nothing is closed this time.
+void ReapKeptEnds(Listener& l) {
+  const std::uint64_t kept = l.pending_reused.load(std::memory_order_relaxed);
+  if (kept == 0 || l.reused == nullptr) return;
+  pollfd p[Listener::kMaxPending];
+  int slot[Listener::kMaxPending];
+  int n = 0;
+  for (int i = 0; i < Listener::kMaxPending; ++i) {
+    if ((kept & (std::uint64_t{1} << i)) == 0) continue;
+    // A number read without claiming the slot: polled only (harmless if
+    // stale); closed only if the claim below returns the same number.
+    int fd = l.pending[i].load(std::memory_order_relaxed);
+    if (fd < 0) continue;
+    p[n] = {fd, POLLRDHUP, 0};
+    slot[n++] = i;
   }
-  return c;
+  // Raw: poll() is doorway's, and these sockets are no program's.
+  if (n == 0 || syscall(SYS_poll, p, static_cast<nfds_t>(n), 0) <= 0) return;
+  bool any = false;
+  for (int k = 0; k < n; ++k) any = any || (p[k].revents & (POLLHUP | POLLERR | POLLRDHUP)) != 0;
+  if (!any) return;
+  pollfd w{l.wake_rd, POLLIN, 0};
+  if (syscall(SYS_poll, &w, 1, 0) != 0 || l.records_inflight.load() != 0) return;
+  for (int k = 0; k < n; ++k) {
+    // POLLNVAL: not an open fd (stale number): nothing to close.
+    if ((p[k].revents & (POLLHUP | POLLERR | POLLRDHUP)) == 0) continue;
+    const int i = slot[k];
+    int memfd = -1;
+    int conn = ClaimParked(l, i, &memfd);
+    if (conn < 0) continue;
+    if (conn != p[k].fd ||
+        (l.pending_reused.load(std::memory_order_relaxed) & (std::uint64_t{1} << i)) == 0) {
+      l.pending[i].store(conn);  // parked again since the poll: not the one that hung up
+      continue;
+    }
+    DOORWAY_REAL(close)(conn);
+    l.reused[i] = Listener::Reused{};
+    l.pending[i].store(-1);
+  }
+}
+
+// The parked kept end whose previous connection was on slot `id`, claimed
+// (its slot index in *slot), or -1 (none: its server end was closed since
+// the client looked, by ReapKeptEnds or DropParked, or the record is
+// forged). A slot another thread holds for a moment (ReapKeptEnds looking,
+// or a parker publishing it) is waited for, bounded.
+int ClaimKept(Listener& l, const transport::SlotIdentity& id, int* slot) {
+  const std::uint64_t key = SlotKey(id);
+  const std::uint64_t kept = l.pending_reused.load(std::memory_order_relaxed);
+  for (int i = 0; i < Listener::kMaxPending; ++i) {
+    if ((kept & (std::uint64_t{1} << i)) == 0 ||
+        l.reused_key[i].load(std::memory_order_relaxed) != key) {
+      continue;
+    }
+    for (int tries = 0; tries < 10000; ++tries) {
+      int memfd = -1;
+      int conn = ClaimParked(l, i, &memfd);
+      if (conn >= 0) {
+        if ((l.pending_reused.load(std::memory_order_relaxed) & (std::uint64_t{1} << i)) != 0 &&
+            l.reused[i].arena.Identity() == id) {
+          *slot = i;
+          return conn;
+        }
+        l.pending[i].store(conn);  // another end with the same hash
+        break;
+      }
+      if (l.pending[i].load() != -2) break;
+      sched_yield();
+    }
+  }
+  return -1;
+}
+
+// A stray write into the wake FIFO (a program of the user writing it, not
+// a client's record) puts every record after it out of step: what is
+// there is dropped. The connections of records dropped so (never a
+// client's own doing) stay unaccepted, as in a TCP backlog nobody
+// accepts from; their clients see a reset once they close the kept socket.
+void DiscardWakes(const Listener& l) {
+  char buf[4096];
+  for (int i = 0; i < 64 && DOORWAY_REAL(read)(l.wake_rd, buf, sizeof(buf)) > 0; ++i) {
+  }
+}
+
+// One connection announced by a record in the listener's wake FIFO
+// (WakeRecord), or -EAGAIN: none was there (*empty), or it was unusable
+// (dropped: a record whose parked end is gone, a bad Hello).
+int AcceptRecord(Listener& l, int listen_fd, sockaddr* addr, socklen_t* len, int flags,
+                 bool* empty) {
+  *empty = false;
+  WakeRecord rec;
+  // seq_cst, before the read: ReapKeptEnds's pairing load comes after its
+  // look at the FIFO.
+  l.records_inflight.fetch_add(1);
+  // Records are written whole (WakeListener) and read one at a time, so a
+  // read never splits one, with any number of accepting threads.
+  ssize_t n = DOORWAY_REAL(read)(l.wake_rd, &rec, sizeof(rec));
+  int i = -1;
+  int conn = -1;
+  const bool good = n == static_cast<ssize_t>(sizeof(rec)) && rec.magic == WakeRecord::kMagic &&
+                    (rec.kind == WakeRecord::kHelloHere || rec.kind == WakeRecord::kHelloOnSocket);
+  if (good && l.reused_key != nullptr) conn = ClaimKept(l, rec.prev, &i);
+  l.records_inflight.fetch_sub(1);
+  if (n < 0) {
+    *empty = errno == EAGAIN;
+    return -EAGAIN;
+  }
+  if (!good) {
+    DiscardWakes(l);
+    return -EAGAIN;
+  }
+  if (conn < 0) {
+    DOORWAY_LOG(kDebug, "wake record for no parked door socket dropped");
+    return -EAGAIN;
+  }
+  Hello hello = rec.hello;
+  int memfd = kNoMemfd;
+  if (rec.kind == WakeRecord::kHelloOnSocket) {
+    // The client writes the record, then the Hello: it may be on its way.
+    memfd = ReceiveHello(conn, &hello, 200);
+  } else if (!HelloValid(hello)) {
+    memfd = -EPROTO;
+  }
+  Listener::Reused info = std::move(l.reused[i]);
+  l.pending[i].store(-1);
+  ucred cred{};
+  cred.uid = info.uid;
+  cred.pid = info.pid;
+  const int nonblock = info.nonblock ? SOCK_NONBLOCK : 0;
+  int has_flags = SOCK_CLOEXEC | nonblock;  // hidden ends are close-on-exec
+  if (memfd >= 0 || memfd == kNoMemfd) {
+    // A kept end lives at a high number (reuse.h); accept gives the lowest
+    // free one, as the kernel's.
+    int low = DOORWAY_REAL(fcntl)(conn, (flags & SOCK_CLOEXEC) ? F_DUPFD_CLOEXEC : F_DUPFD, 0);
+    if (low >= 0) {
+      DOORWAY_REAL(close)(conn);
+      conn = low;
+      has_flags = (flags & SOCK_CLOEXEC) | nonblock;
+    }
+  }
+  return FinishDoor(l, listen_fd, conn, cred, memfd, hello, addr, len, flags, has_flags, &info);
 }
 
 // Which of listener fd's sources have a pending connection, waiting up to
 // timeout_ms (0: just look; -1: forever) for one: a bit per source, or
 // -errno (-EINTR).
-// Hellos on kept door sockets (the wake FIFO was readable): the kept ends
-// with something, as AcceptPending's slots.
-std::uint64_t ReadyKeptEnds(const Listener& l) {
-  epoll_event ev[16];
-  int n = DOORWAY_REAL(epoll_wait)(l.pe_fd, ev, 16, 0);
-  std::uint64_t slots = 0;
-  for (int i = 0; i < n; ++i) {
-    const std::uint64_t slot = ev[i].data.u64 >> 8;
-    if (slot < Listener::kMaxPending) slots |= std::uint64_t{1} << slot;
-  }
-  return slots;
-}
-
 // *pending_slots: which pending slots (Park) have something.
 int ReadySources(int fd, int timeout_ms, std::uint64_t* pending_slots) {
   epoll_event ev[8];
@@ -1544,7 +1676,11 @@ int DropParked(Listener& l, int listen_fd) {
     int memfd = -1;
     int conn = ClaimParked(l, i, &memfd);
     if (conn < 0) continue;
-    if (listen_fd >= 0) (void)DOORWAY_REAL(epoll_ctl)(listen_fd, EPOLL_CTL_DEL, conn, nullptr);
+    const bool kept = l.reused != nullptr && (l.pending_reused.load(std::memory_order_relaxed) &
+                                              (std::uint64_t{1} << i)) != 0;
+    if (listen_fd >= 0 && !kept) {
+      (void)DOORWAY_REAL(epoll_ctl)(listen_fd, EPOLL_CTL_DEL, conn, nullptr);
+    }
     if (memfd >= 0) DOORWAY_REAL(close)(memfd);
     DOORWAY_REAL(close)(conn);
     if (l.reused != nullptr) l.reused[i] = Listener::Reused{};
@@ -1606,15 +1742,20 @@ void UnregisterListener(Listener& l) {
   l.registry_index = -1;
 }
 
-// Sets up l's side of door socket reuse (Listener::pe_fd): the parking set,
-// the wake FIFO beside its first door, registered in the listener's epoll
-// set ep. Without them (a FIFO that cannot be made) kept ends are not
+// Sets up l's side of door socket reuse: the wake FIFO beside its first
+// door, registered in the listener's epoll set ep, and the kept ends'
+// records. Without them (a FIFO that cannot be made) kept ends are not
 // parked: connections simply do not reuse door sockets.
 void OpenWake(Listener& l, int ep) {
   char wp[kDoorPathMax + 8];
   if (l.door_fd[0] < 0 || !WakePath(l.door_path[0], wp, sizeof(wp))) return;
   l.reused = new (std::nothrow) Listener::Reused[Listener::kMaxPending];
-  if (l.reused == nullptr) return;
+  l.reused_key = new (std::nothrow) std::atomic<std::uint64_t>[Listener::kMaxPending] {};
+  if (l.reused == nullptr || l.reused_key == nullptr) {
+    delete[] std::exchange(l.reused, nullptr);
+    delete[] std::exchange(l.reused_key, nullptr);
+    return;
+  }
   // A stale FIFO of a listener that died: its door was just replaced too.
   (void)unlink(wp);
   if (mkfifo(wp, 0600) == 0) {
@@ -1624,14 +1765,13 @@ void OpenWake(Listener& l, int ep) {
         syscall(SYS_openat, AT_FDCWD, wp, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOFOLLOW)));
     l.wake_wr = HideFd(static_cast<int>(
         syscall(SYS_openat, AT_FDCWD, wp, O_WRONLY | O_NONBLOCK | O_CLOEXEC | O_NOFOLLOW)));
-    l.pe_fd = HideFd(DOORWAY_REAL(epoll_create1)(EPOLL_CLOEXEC));
   }
   epoll_event ev{};
   ev.events = EPOLLIN;
   ev.data.u64 = kSourceWake;
-  if (l.wake_rd < 0 || l.wake_wr < 0 || l.pe_fd < 0 ||
+  if (l.wake_rd < 0 || l.wake_wr < 0 ||
       DOORWAY_REAL(epoll_ctl)(ep, EPOLL_CTL_ADD, l.wake_rd, &ev) != 0) {
-    for (int* f : {&l.wake_rd, &l.wake_wr, &l.pe_fd}) {
+    for (int* f : {&l.wake_rd, &l.wake_wr}) {
       if (*f >= 0) DOORWAY_REAL(close)(std::exchange(*f, -1));
     }
     (void)unlink(wp);
@@ -1659,7 +1799,7 @@ void ParkForReuse(const Connection& c, int h) {
       // kept 8-15 such ends after its clients exited when this drain was
       // skipped).
       bool hung_up = false;
-      if (l->pe_fd >= 0 && !l->shared.load(std::memory_order_relaxed) &&
+      if (l->wake_rd >= 0 && !l->shared.load(std::memory_order_relaxed) &&
           (DrainDoorbells(h, &hung_up), !hung_up)) {
         Listener::Reused info;
         info.arena = c.seg.SlotRef();
@@ -1667,7 +1807,12 @@ void ParkForReuse(const Connection& c, int h) {
         info.pid = c.peer_pid;
         info.ino = c.socket_ino;
         info.nonblock = c.nonblocking.load(std::memory_order_relaxed);
-        parked = Park(*l, l->pe_fd, h, EPOLLIN, -1, nullptr, &info);
+        parked = Park(*l, -1, h, 0, -1, nullptr, &info);
+        if (!parked) {
+          // Full: perhaps of ends whose clients are gone.
+          ReapKeptEnds(*l);
+          parked = Park(*l, -1, h, 0, -1, nullptr, &info);
+        }
       }
     }
     e.users.fetch_sub(1, std::memory_order_seq_cst);
@@ -1743,10 +1888,11 @@ Listener::~Listener() {
     char wp[kDoorPathMax + 8];
     if (i == 0 && remove && wake_rd >= 0 && WakePath(door_path[0], wp, sizeof(wp))) unlink(wp);
   }
-  for (int f : {pe_fd, wake_rd, wake_wr}) {
+  for (int f : {wake_rd, wake_wr}) {
     if (f >= 0) DOORWAY_REAL(close)(f);
   }
   delete[] reused;
+  delete[] reused_key;
 }
 
 void OnFdAttached(const Ref& ref) {
@@ -1824,7 +1970,6 @@ int CollectOwnFds(unsigned first, unsigned last, int* out, int max) {
       add(l->tcp_fd);
       add(l->door_fd[0]);
       add(l->door_fd[1]);
-      add(l->pe_fd);
       add(l->wake_rd);
       add(l->wake_wr);
       for (const std::atomic<int>& p : l->pending) add(p.load(std::memory_order_relaxed));
@@ -2125,7 +2270,7 @@ int Listen(int fd, int backlog) {
   DoorName(door_ep, name, sizeof(name));
   DOORWAY_LOG(kDebug, "fd %d: accelerated listener (door %s%s)", fd, name,
               l.door_fd[1] >= 0 ? " + tcp4 wildcard" : "");
-  if (l.pe_fd >= 0) RegisterListener(l);
+  if (l.wake_rd >= 0) RegisterListener(l);
   Install(fd, std::move(obj), kTagListener);
   return 0;
 }
@@ -2186,6 +2331,7 @@ int Connect(int fd, const sockaddr* addr, socklen_t len) {
                                                         &reused_uid, &prev, &wake, &reused_nonblock)
                                        : -1;
   int door_index = 0;
+  if (reused < 0) reused_ino = 0;  // (TakeClientDoor clears it too; the door makes a new socket)
   if (reused >= 0) {
     doors.count = 1;
     doors.owner[0] = reused_uid;
@@ -2271,13 +2417,29 @@ int Connect(int fd, const sockaddr* addr, socklen_t len) {
   hello.client = Unmapped(local);
   hello.server = Unmapped(dest);
   hello.segment_offset = c.seg.offset();
-  // Over a kept socket, a slot of the arena its previous connection used
-  // goes without the memfd: the server holds that arena for the socket.
-  int hello_rc = SendHello(door, hello, reused >= 0 && prev.SameArena(c.seg) ? -1 : c.seg.fd());
-  if (hello_rc == 0 && reused >= 0) WakeListener(wake);
+  int hello_rc = 0;
+  if (reused >= 0) {
+    // Over a kept socket the Hello goes in the wake record (WakeRecord),
+    // unless the new slot is in another arena than the socket's previous
+    // connection: then it follows on the socket with the memfd.
+    WakeRecord rec{};
+    rec.magic = WakeRecord::kMagic;
+    rec.prev = prev.Identity();
+    rec.hello = hello;
+    const bool beside = prev.SameArena(c.seg);
+    rec.kind = beside ? WakeRecord::kHelloHere : WakeRecord::kHelloOnSocket;
+    if (!WakeListener(wake, &rec, sizeof(rec))) {
+      hello_rc = -EAGAIN;
+    } else if (!beside) {
+      hello_rc = SendHello(door, hello, c.seg.fd());
+    }
+  } else {
+    hello_rc = SendHello(door, hello, c.seg.fd());
+  }
   if (hello_rc != 0 && reused >= 0) {
-    // The kept socket's server end is closed (its listener went away, or it
-    // could not park it): nobody got the Hello; take the door.
+    // The wake FIFO is full (its listener is that far behind), or the kept
+    // socket's server end was closed since TakeClientDoor looked: nobody
+    // got the Hello; take the door.
     DOORWAY_REAL(close)(door);
     reused = -1;
     reused_ino = 0;
@@ -2390,16 +2552,14 @@ int ManagedAccept(int fd, sockaddr* addr, socklen_t* len, int flags, bool accept
   if (!accept4) flags = 0;
   if (addr != nullptr && len == nullptr) return -EFAULT;
   if (len != nullptr && static_cast<int>(*len) < 0) return -EINVAL;
-  // Hellos on kept ends seen by an earlier accept: no wait, so neither the
-  // listener's flags nor its sources matter (the other sources get their
-  // turn once these few are taken).
-  // A plain load first: the exchange is a locked instruction, paid only
-  // when something is there.
-  if (l->kept_ready.load(std::memory_order_relaxed) != 0) {
-    if (std::uint64_t kept = l->kept_ready.exchange(0, std::memory_order_relaxed); kept != 0) {
-      int c = AcceptKept(*l, fd, addr, len, flags, kept);
-      if (c != -EAGAIN) return c;
-    }
+  // The last accept found a wake record: look for the next one first.
+  // Nothing waits, so neither the listener's flags nor its other sources
+  // matter (they get their turn once the records are taken).
+  if (l->wake_records.load(std::memory_order_relaxed)) {
+    bool empty = false;
+    int c = AcceptRecord(*l, fd, addr, len, flags, &empty);
+    if (c != -EAGAIN) return c;
+    if (empty) l->wake_records.store(false, std::memory_order_relaxed);
   }
   int fl = DOORWAY_REAL(fcntl)(fd, F_GETFL);
   bool nonblock = fl >= 0 && (fl & O_NONBLOCK) != 0;
@@ -2422,6 +2582,7 @@ int ManagedAccept(int fd, sockaddr* addr, socklen_t* len, int flags, bool accept
     int ready =
         timeout_ms != 0 ? AcceptSpin(*l, fd, &pending_slots) : ReadySources(fd, 0, &pending_slots);
     if (ready == 0 && timeout_ms != 0) {
+      ReapKeptEnds(*l);  // idle: a good time
       const std::int64_t slept = NowNs();
       ready = ReadySources(fd, timeout_ms, &pending_slots);
       AcceptSlept(*l, NowNs() - slept);
@@ -2457,19 +2618,13 @@ int ManagedAccept(int fd, sockaddr* addr, socklen_t* len, int flags, bool accept
         int c = AcceptPending(*l, fd, addr, len, flags, pending_slots);
         if (c != -EAGAIN) return c;
       } else if (src == kSourceWake) {
-        const std::uint64_t kept = ReadyKeptEnds(*l);
-        int c = kept != 0 ? AcceptKept(*l, fd, addr, len, flags, kept) : -EAGAIN;
+        // A record that names no parked end (dropped at a fork, reaped, or
+        // forged) or a stray write is consumed all the same: it would keep
+        // the listener readable and a blocking accept spinning.
+        bool empty = false;
+        int c = AcceptRecord(*l, fd, addr, len, flags, &empty);
+        if (!empty) l->wake_records.store(true, std::memory_order_relaxed);
         if (c != -EAGAIN) return c;
-        // A wake byte with no Hello on any kept end (its end was dropped,
-        // e.g. at a fork, or a same-uid client wrote one without a Hello):
-        // it would keep the listener readable and a blocking accept
-        // spinning. A client writes its byte after its Hello is queued, so
-        // none can be on its way here; one another thread is about to take
-        // is no loss (that thread's read finds none).
-        if (kept == 0) {
-          char b;
-          (void)!DOORWAY_REAL(read)(l->wake_rd, &b, 1);
-        }
       } else if (int d = l->door_fd[src - kSourceDoor]; d >= 0) {
         int c = AcceptDoor(*l, fd, d, addr, len, flags);
         if (c != -EAGAIN) return c;

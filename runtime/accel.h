@@ -202,13 +202,11 @@ struct Listener {
   OptionSnapshot opts;  // inherited by accepted connections
   std::atomic<int> fds{0};
   std::atomic<bool> shared{false};
+  // The last look into the wake FIFO found a record (reuse.h): the next
+  // accept reads it first, without the flags query and the epoll_wait (a
+  // client that runs ahead has several queued). A hint.
+  std::atomic<bool> wake_records{false};
   std::atomic<unsigned> turn{0};  // alternates door/TCP so neither starves
-  // Kept-end slots (pending_reused) the parking set reported with a Hello
-  // that accept has not tried yet (bit i: slot i): the next accept tries
-  // them first, without the two epoll_waits and the flags query (a client
-  // that runs ahead has several queued). A hint: a slot taken meanwhile by
-  // another thread just says EAGAIN.
-  std::atomic<std::uint64_t> kept_ready{0};
   // How long a blocking accept that finds nothing looks again before it
   // sleeps (ManagedAccept): adapted to the gaps between connections.
   std::atomic<std::int64_t> accept_spin_ns{0};
@@ -222,20 +220,24 @@ struct Listener {
   static constexpr int kMaxPending = 64;
   std::atomic<int> pending[kMaxPending];
   std::atomic<std::uint64_t> pending_reused{0};
-  // Door socket reuse (reuse.h): kept ends are parked in a private epoll
-  // set (pe_fd), not in the listener's: a kept end hangs up when its client
+  // Door socket reuse (reuse.h): kept ends are parked in pending slots
+  // but watched by no epoll set: a kept end hangs up when its client
   // exits, and the listener must not look readable for that (a program
-  // told so calls a blocking accept). Instead a client that sends a Hello
-  // on a kept socket writes one byte into the listener's wake FIFO
-  // (wake.<door>, wake_rd in the listener's epoll set; wake_wr is our own
-  // writer, so that the FIFO never reads as hung up), and accept takes one
-  // byte per such Hello: the listener is readable exactly while some are
-  // pending. registry_index: the g_listeners entry (-1: none, e.g.
-  // inherited across exec).
-  int pe_fd = -1;
+  // told so calls a blocking accept). A client that starts a connection on
+  // a kept socket writes a fixed-size record into the listener's wake FIFO
+  // (wake2.<door>, wake_rd in the listener's epoll set; wake_wr is our own
+  // writer, so that the FIFO never reads as hung up): which parked end (by
+  // its previous connection's arena slot, reused_key) and the Hello; accept
+  // takes one record per connection, so the listener is readable exactly
+  // while some are pending. Parked ends whose client hung up are closed by
+  // ReapKeptEnds now and then. registry_index: the g_listeners entry (-1:
+  // none, e.g. inherited across exec).
   int wake_rd = -1;
   int wake_wr = -1;
   int registry_index = -1;
+  // Accepts between reading a wake record and claiming its parked end
+  // (accel.cc ReapKeptEnds must not close that end meanwhile).
+  std::atomic<int> records_inflight{0};
   // Per pending slot holding a kept end: what the accept of the next
   // connection on it needs (the arena of the socket's previous connection,
   // for a Hello without memfd; the client's credentials; the socket's
@@ -248,6 +250,11 @@ struct Listener {
     bool nonblock = false;  // O_NONBLOCK on the parked end's file
   };
   Reused* reused = nullptr;
+  // Per slot holding a kept end: a hash of its arena slot's identity
+  // (accel.cc SlotKey), written before the slot publishes its fd, so that a
+  // record's end is found without claiming every slot (the claim checks
+  // the whole identity).
+  std::atomic<std::uint64_t>* reused_key = nullptr;
   std::uint64_t serial = 0;  // its g_listeners entry's serial
   // A parked connection whose Hello did arrive but which could not be set
   // up for lack of memory (accept said ENOMEM, as the kernel's does, and

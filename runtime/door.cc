@@ -204,7 +204,7 @@ int FindDoors(const Endpoint& in, DoorCandidates* out) {
 bool WakePath(const char* door_path, char* out, size_t size) {
   const char* slash = strrchr(door_path, '/');
   if (slash == nullptr) return false;
-  int n = snprintf(out, size, "%.*swake.%s", static_cast<int>(slash + 1 - door_path), door_path,
+  int n = snprintf(out, size, "%.*swake2.%s", static_cast<int>(slash + 1 - door_path), door_path,
                    slash + 1);
   return n > 0 && static_cast<size_t>(n) < size;
 }

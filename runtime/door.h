@@ -58,8 +58,9 @@ struct DoorCandidates {
   Endpoint later_ep;
 };
 int FindDoors(const Endpoint& dest, DoorCandidates* out);
-// The wake FIFO beside a door (runtime/reuse.h): "wake.<door's name>" in
-// the door's directory. False if it does not fit in size.
+// The wake FIFO beside a door (runtime/reuse.h): "wake2.<door's name>" in
+// the door's directory ("wake2": fixed-size records; "wake." carried single
+// bytes, which must not mix with them). False if it does not fit in size.
 bool WakePath(const char* door_path, char* out, std::size_t size);
 // EnterDoor connects to the first candidate that answers and whose listener
 // (SO_PEERCRED) is an allowed uid, looking at the wildcard door only then if

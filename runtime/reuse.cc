@@ -1,6 +1,7 @@
 #include "runtime/reuse.h"
 
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <sched.h>
 #include <sys/stat.h>
@@ -18,6 +19,7 @@
 #include "runtime/log.h"
 #include "runtime/real.h"
 #include "runtime/spare.h"
+#include "transport/wait.h"
 
 namespace doorway::runtime {
 namespace {
@@ -248,17 +250,26 @@ int TakeClientDoor(const Endpoint& dest, std::uint64_t* ino, std::uint64_t* door
   // (a daemon closing everything) may have closed it and reused the number:
   // then it is not ours to close either.
   struct stat st {};
-  if (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode) || st.st_ino != *ino) return -1;
+  if (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode) || st.st_ino != *ino) {
+    *ino = 0;
+    return -1;
+  }
   // The old connection's doorbells from the server (one per arming at
   // most): the new one starts with a quiet socket. A server that closed its
   // end instead of parking it (its connection was in an epoll set, or it
-  // had no room) shows as a hang-up after them: the connect takes the door.
-  // Without doorbells armed none came: skip the system call (a server that
-  // closed its end fails the Hello with EPIPE instead).
+  // had no room, or it exited) shows as a hang-up after them: the connect
+  // takes the door. Without doorbells armed none came: a poll asks for the
+  // hang-up alone. Asked here because the Hello goes in the wake FIFO
+  // (WakeListener), whose write cannot tell whether anyone parked the end.
   bool hung_up = false;
-  if (armed) (void)DrainDoorbells(fd, &hung_up);
+  if (armed) {
+    (void)DrainDoorbells(fd, &hung_up);
+  } else {
+    hung_up = transport::PeerGone(fd);
+  }
   if (hung_up) {
     DOORWAY_REAL(close)(fd);
+    *ino = 0;  // no kept socket: the caller's connection gets a new one
     return -1;
   }
   return fd;
@@ -334,9 +345,12 @@ bool NoteDoorWake(std::uint64_t door_id, const char* door_path) {
   return WakeFor(door_id) >= 0;
 }
 
-void WakeListener(int wake) {
-  char b = 'w';
-  (void)syscall(SYS_write, wake, &b, 1);
+bool WakeListener(int wake, const void* record, std::size_t size) {
+  // One write of at most PIPE_BUF bytes: atomic, so records of several
+  // clients never interleave, and a full FIFO refuses it whole (EAGAIN).
+  static_assert(kWakeRecordMax <= PIPE_BUF);
+  if (size > kWakeRecordMax) return false;
+  return syscall(SYS_write, wake, record, size) == static_cast<long>(size);
 }
 
 int ClientDoorFds(int* out, int max) {

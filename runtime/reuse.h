@@ -14,10 +14,13 @@
 // connection whose Hello has not arrived yet (Listener::pending), and then
 // releases the connection's segment; the client keeps its end here, with a
 // watch on that release. A later connect to the same destination takes an
-// end whose server released (so the server's end is parked, or closed: then
-// the Hello fails with EPIPE and the connect takes the door as usual) and
-// sends its Hello on it; the listener's accept finds it like any parked
-// connection. Stale doorbells of the old connection are skipped.
+// end whose server released (so the server's end is parked, or closed: a
+// hang-up, and the connect takes the door as usual) and writes a record
+// into the listener's wake FIFO naming the parked end (by the arena slot
+// of the socket's previous connection) with the Hello; the listener's
+// accept claims that end. Nothing goes on the socket itself unless the new
+// segment is in another arena (then the Hello with its memfd follows the
+// record). Stale doorbells of the old connection are drained.
 //
 // A connect that finds no released end but at least four
 // still with their server waits for a release (up to 100 µs, adaptive,
@@ -26,7 +29,7 @@
 // dearer set-up for both sides. Each kept end remembers its O_NONBLOCK and
 // whether its connection ever armed a doorbell: the next connection sets
 // the flags only if they differ and drains doorbells only if some can have
-// come (a server end closed since then fails the Hello with EPIPE); a
+// come (else it polls for the server end's hang-up); a
 // connection whose program set other file flags (O_ASYNC...) or a signal
 // owner is not kept.
 //
@@ -63,13 +66,13 @@ void KeepClientDoor(int fd, std::uint64_t ino, const Endpoint& dest, std::uint64
                     uid_t server_uid, transport::ArenaSlotRef slot, bool nonblock, bool armed);
 
 // A kept door socket to `dest` whose server is done with its previous
-// connection, or -1. Its stale doorbells are drained (if its connection
-// armed any; a server that closed its end instead of parking it then shows
-// as the Hello's EPIPE). *prev: that
-// connection's slot (a Hello for a slot of the same arena goes without the
-// memfd: the server holds that arena for the socket). *wake: the
-// listener's wake FIFO (Listener::wake_rd), where the Hello is announced
-// with one byte (WakeListener).
+// connection and parked its end (a server end closed meanwhile shows as a
+// hang-up here: -1 then), or -1. Its stale doorbells are drained. *prev:
+// that connection's slot, which names the socket to the server in the wake
+// record (a Hello for a slot of the same arena goes in the record, without
+// the memfd: the server holds that arena for the socket). *wake: the
+// listener's wake FIFO (Listener::wake_rd), where the record goes
+// (WakeListener).
 int TakeClientDoor(const Endpoint& dest, std::uint64_t* ino, std::uint64_t* door_id,
                    uid_t* server_uid, transport::ArenaSlotRef* prev, int* wake, bool* nonblock);
 
@@ -78,8 +81,12 @@ int TakeClientDoor(const Endpoint& dest, std::uint64_t* ino, std::uint64_t* door
 // through that door are not kept for reuse).
 bool NoteDoorWake(std::uint64_t door_id, const char* door_path);
 
-// Announces a Hello sent on a kept door socket to its listener.
-void WakeListener(int wake);
+// Writes a wake record (accel.cc WakeRecord: a connection on a kept door
+// socket, with its Hello or announcing one sent on the socket) into its
+// listener's wake FIFO, whole or not at all; false if not written (the
+// FIFO is full: the listener is that far behind).
+inline constexpr std::size_t kWakeRecordMax = 128;
+bool WakeListener(int wake, const void* record, std::size_t size);
 
 // The kept sockets' and wake FIFOs' fds (at most kReusedDoors +
 // kMaxDoorWakes), so that close_range/closefrom leave them alone.

@@ -828,6 +828,16 @@ bool ArenaSlotRef::SameArena(const Segment& seg) const {
   return map_ != nullptr && seg.map_ == map_;
 }
 
+SlotIdentity ArenaSlotRef::Identity() const {
+  SlotIdentity id;
+  if (map_ == nullptr) return id;
+  id.dev = map_->dev;
+  id.ino = map_->ino;
+  id.offset = offset_;
+  id.generation = generation_;
+  return id;
+}
+
 int Segment::AttachBeside(const ArenaSlotRef& beside, uint64_t offset, Segment* out) {
   SharedMap* m = beside.map_;
   if (m == nullptr) return -EINVAL;

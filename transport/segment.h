@@ -208,6 +208,19 @@ inline constexpr int kMaxReuseFds = kCreatorPoolSize + 3 * kMaxArenas;
 struct SharedMap;  // an arena mapping (segment.cc)
 class Segment;
 
+// Which arena slot, as both peers name it: the arena memfd's identity, the
+// slot's offset in it and the generation of the connection on it. The
+// runtime's wake records (runtime/reuse.h) carry the client's to the
+// server, which finds the door socket it parked for that connection.
+struct SlotIdentity {
+  uint64_t dev = 0;
+  uint64_t ino = 0;
+  uint64_t offset = 0;
+  uint32_t generation = 0;
+  uint32_t unused = 0;
+  bool operator==(const SlotIdentity&) const = default;
+};
+
 // A reference to an arena slot of a connection, kept after the connection
 // ends (it holds a reference on the arena's mapping). The runtime reuses a
 // connection's door socket pair for the next connection (runtime/reuse.h):
@@ -232,6 +245,8 @@ class ArenaSlotRef {
   bool Released() const;
   // Whether seg is a slot of the same arena.
   bool SameArena(const Segment& seg) const;
+  // Its connection's slot (zero if !valid()).
+  SlotIdentity Identity() const;
 
  private:
   friend class Segment;

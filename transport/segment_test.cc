@@ -321,6 +321,10 @@ TEST(Segment, ArenaSlotRefWatchesReleaseAndAttachesBeside) {
   ArenaSlotRef held = ra.SlotRef();
   ASSERT_TRUE(watch.valid());
   ASSERT_TRUE(held.valid());
+  // Both ends name the connection's slot alike (the wake records' key).
+  EXPECT_EQ(watch.Identity(), held.Identity());
+  EXPECT_NE(watch.Identity().ino, 0u);
+  EXPECT_EQ(ArenaSlotRef().Identity(), SlotIdentity{});
   EXPECT_TRUE(watch.SameArena(ra));  // one process: one mapping for both ends
   EXPECT_FALSE(watch.Released());
   std::move(a).Recycle(Role::kClient);
@@ -331,6 +335,8 @@ TEST(Segment, ArenaSlotRefWatchesReleaseAndAttachesBeside) {
   Segment b;
   ASSERT_EQ(Segment::Create(opts, &b), 0);
   ASSERT_TRUE(watch.SameArena(b));
+  // The next connection, even on the same slot, is another one.
+  EXPECT_NE(b.SlotRef().Identity(), watch.Identity());
   EXPECT_TRUE(watch.Released()) << "a slot handed out again was released before";
   Segment rb;
   ASSERT_EQ(Segment::AttachBeside(held, b.offset(), &rb), 0);

@@ -1841,6 +1841,102 @@ TEST_P(Conformance, ConnectAfterListenerClosedIsRefused) {
   EXPECT_EQ(errno, ECONNREFUSED);  // a Unix socket's file is still there
 }
 
+// A client process starts connections (data, then close) and exits before
+// the server accepts them: they are still accepted, each with its data and
+// then end of file, as from a TCP backlog. Under doorway they go over door
+// sockets the client kept (reuse.h): their wake records wait in the FIFO
+// while their ends hang up, and the ends must not be reaped meanwhile.
+TEST_P(Conformance, ConnectionsOfAnExitedClientAreAccepted) {
+  constexpr int kConns = 12;            // within the listen backlog (16)
+  close(std::exchange(listener_, -1));  // made after the fork (not shared)
+  int to_child[2], to_parent[2];
+  ASSERT_EQ(pipe(to_child), 0);
+  ASSERT_EQ(pipe(to_parent), 0);
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    close(to_child[1]);
+    close(to_parent[0]);
+    sockaddr_storage a{};
+    socklen_t alen = 0;
+    bool ok = read(to_child[0], &alen, sizeof(alen)) == sizeof(alen) &&
+              read(to_child[0], &a, sizeof(a)) == sizeof(a);
+    // Round 1: kConns at once, closed after the server closed its ends
+    // (so that doorway keeps them all); round 2: kConns one after the
+    // other, each on a kept socket, and exit without waiting.
+    std::vector<ino_t> seen;
+    int c[kConns];
+    for (int i = 0; ok && i < kConns; ++i) {
+      c[i] = socket(Domain(), SOCK_STREAM, 0);
+      char x = 'a';
+      ok = c[i] >= 0 && connect(c[i], reinterpret_cast<sockaddr*>(&a), alen) == 0 &&
+           write(c[i], &x, 1) == 1;
+      struct stat st {};
+      if (ok && fstat(c[i], &st) == 0) seen.push_back(st.st_ino);
+    }
+    char g = 0;
+    ok = ok && read(to_child[0], &g, 1) == 1;
+    for (int i = 0; ok && i < kConns; ++i) {
+      char x;
+      ok = read(c[i], &x, 1) == 0;  // the server's close
+      close(c[i]);
+    }
+    unsigned char reused = 0;
+    for (int i = 0; ok && i < kConns; ++i) {
+      int d = socket(Domain(), SOCK_STREAM, 0);
+      char x = 'b';
+      ok = d >= 0 && connect(d, reinterpret_cast<sockaddr*>(&a), alen) == 0 && write(d, &x, 1) == 1;
+      struct stat st {};
+      if (ok && fstat(d, &st) == 0 && std::find(seen.begin(), seen.end(), st.st_ino) != seen.end())
+        ++reused;
+      if (d >= 0) close(d);
+    }
+    unsigned char r[2] = {static_cast<unsigned char>(ok ? 'k' : 'f'), reused};
+    _exit(write(to_parent[1], r, 2) == 2 && ok ? 0 : 1);
+  }
+  close(to_child[0]);
+  close(to_parent[1]);
+  listener_ = MakeListener();
+  ASSERT_EQ(write(to_child[1], &addr_len_, sizeof(addr_len_)),
+            static_cast<ssize_t>(sizeof(addr_len_)));
+  ASSERT_EQ(write(to_child[1], &addr_, sizeof(addr_)), static_cast<ssize_t>(sizeof(addr_)));
+  for (int i = 0; i < kConns; ++i) {
+    int s = accept(listener_, nullptr, nullptr);
+    ASSERT_GE(s, 0) << strerror(errno);
+    char x;
+    ASSERT_EQ(read(s, &x, 1), 1);
+    EXPECT_EQ(x, 'a');
+    close(s);
+  }
+  ASSERT_EQ(write(to_child[1], "g", 1), 1);
+  unsigned char r[2] = {};
+  EXPECT_EQ(read(to_parent[0], r, 2), 2);
+  EXPECT_EQ(r[0], 'k');
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  close(to_child[1]);
+  close(to_parent[0]);
+  // The client is gone; its second round is still to be accepted
+  // (non-blocking: a lost connection fails here instead of hanging).
+  ASSERT_EQ(fcntl(listener_, F_SETFL, O_NONBLOCK), 0);
+  for (int i = 0; i < kConns; ++i) {
+    SCOPED_TRACE("connection " + std::to_string(i));
+    pollfd p{listener_, POLLIN, 0};
+    ASSERT_EQ(poll(&p, 1, 5000), 1);
+    int s = accept(listener_, nullptr, nullptr);
+    ASSERT_GE(s, 0) << strerror(errno);
+    char x[2];
+    EXPECT_EQ(read(s, x, 2), 1);
+    EXPECT_EQ(x[0], 'b');
+    EXPECT_EQ(read(s, x, 2), 0);
+    close(s);
+  }
+  pollfd p{listener_, POLLIN, 0};
+  EXPECT_EQ(poll(&p, 1, 100), 0) << "revents " << p.revents;
+  ExpectDoorReuse(r[1], kConns / 2);
+}
+
 // A client process that kept door sockets to the listener exits: nothing
 // is pending, so the listener must not look readable (a program told it is
 // calls a blocking accept and hangs: iperf3 -s -1 did, when doorway's kept

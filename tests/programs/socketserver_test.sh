@@ -61,11 +61,11 @@ PY
 done
 
 
-# A stray byte in a listener's wake FIFO (runtime/reuse.h: one byte per
-# Hello on a kept door socket), e.g. left by a kept end dropped at a fork or
-# written by another program of the same user, must not leave the listener
-# readable with nothing to accept (a blocking accept then spun, and a
-# non-blocking one never returned): accept discards it.
+# Stray bytes in a listener's wake FIFO (runtime/reuse.h: one fixed-size
+# record per connection on a kept door socket), written by another program
+# of the same user, must not leave the listener readable with nothing to
+# accept (a blocking accept then spun, and a non-blocking one never
+# returned): accept discards them.
 under_doorway wake-stray timeout 20 python3 - <<'PY' || fail "a stray wake byte kept the listener readable (or accept spun)"
 import os, select, socket, threading, time
 d = os.environ["DOORWAY_DIR"]
@@ -73,7 +73,7 @@ l = socket.socket()
 l.bind(("127.0.0.1", 0))
 l.listen()
 port = l.getsockname()[1]
-fd = os.open(os.path.join(d, f"wake.tcp4-127.0.0.1-{port}"), os.O_WRONLY | os.O_NONBLOCK)
+fd = os.open(os.path.join(d, f"wake2.tcp4-127.0.0.1-{port}"), os.O_WRONLY | os.O_NONBLOCK)
 os.write(fd, b"xy")
 os.close(fd)
 def client():
