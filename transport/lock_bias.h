@@ -19,6 +19,7 @@
 //          owner thread (and by signal handlers on it).
 //
 // The owner (TryEnter / Leave), all plain stores and loads:
+//   B0  if word != 0: slow path (see TryEnter)
 //   B1  held = 1                          (release: after the previous hold's
 //                                          word = 0, see FinishRevoke)
 //       compiler barrier
@@ -116,9 +117,14 @@ class LockBias {
   };
 
   // Inline: this is every read and write of a biased end.
-  Fast TryEnter(std::atomic<uint32_t>* word, uint32_t tid) {
+  __attribute__((always_inline)) Fast TryEnter(std::atomic<uint32_t>* word, uint32_t tid) {
     if (owner_.load(std::memory_order_relaxed) != tid) return Fast::kSlow;
     if (held_.load(std::memory_order_relaxed) != 0) return Fast::kSelfHeld;
+    // B0: the word taken means a hold of this thread that is not a biased
+    // one (the one-thread path's, taken before a second thread existed, in
+    // whose wait a handler now runs), or a peer's forgery: the ShmMutex's
+    // path sorts both out (re-entry, or -EIO).
+    if (word->load(std::memory_order_relaxed) != 0) return Fast::kSlow;
     held_.store(1, std::memory_order_release);  // B1
     // The hardware StoreLoad is the revoker's membarrier (R2); this keeps
     // the compiler from hoisting B2 above B1.
@@ -133,7 +139,7 @@ class LockBias {
   }
 
   // Releases a hold that TryEnter (kEntered) or Adopt (true) gave.
-  void Leave(ShmMutex lock, uint32_t tid) {
+  __attribute__((always_inline)) void Leave(ShmMutex lock, uint32_t tid) {
     std::atomic_signal_fence(std::memory_order_seq_cst);
     if (__builtin_expect(owner_.load(std::memory_order_relaxed) == tid, 1)) {
       lock.word()->store(0, std::memory_order_release);  // L1

@@ -184,6 +184,65 @@ TEST_F(LockBiasTest, SignalHandlerOnTheOwnerFindsItsOwnHold) {
   sigaction(SIGUSR1, &old, nullptr);
 }
 
+// The owner between B1 and B3 (held = 1, its word store not yet made;
+// Adopt leaves exactly that state, as the caller took the word itself):
+// neither kind of revoker may go on to the ShmMutex then, since the word
+// does not exclude it yet. The waiting one waits for held = 0, the other
+// for the word or held.
+TEST_F(LockBiasTest, RevokerDoesNotPassAnOwnerBeforeItsWordStore) {
+  Guarded g;
+  ShmMutex m(&g.word);
+  ASSERT_TRUE(Lock(g.bias, m));  // claimed
+  Unlock(g.bias, m, true);
+  const uint32_t tid = ShmMutex::SelfTid();
+  ASSERT_TRUE(g.bias.Adopt(tid));  // held = 1, word = 0
+  std::atomic<int> nowait{-1}, waiting{-1};
+  std::thread t1([&] {
+    nowait.store(
+        static_cast<int>(g.bias.Resolve(m.word(), ShmMutex::SelfTid(), true, /*wait=*/false)));
+  });
+  std::thread t2([&] {
+    waiting.store(
+        static_cast<int>(g.bias.Resolve(m.word(), ShmMutex::SelfTid(), true, /*wait=*/true)));
+  });
+  for (int i = 0; i < 2000; ++i) {
+    EXPECT_EQ(nowait.load(), -1);
+    EXPECT_EQ(waiting.load(), -1);
+    std::this_thread::yield();
+  }
+  g.word.store(tid);  // B3: now the word excludes; the non-waiting one says busy
+  t1.join();
+  EXPECT_EQ(nowait.load(), static_cast<int>(LockBias::Slow::kBusy));
+  for (int i = 0; i < 1000; ++i) {
+    EXPECT_EQ(waiting.load(), -1);
+    std::this_thread::yield();
+  }
+  g.bias.Leave(m, tid);  // revoked meanwhile: ShmMutex::Unlock, wakes t2
+  t2.join();
+  EXPECT_EQ(waiting.load(), static_cast<int>(LockBias::Slow::kNormal));
+  EXPECT_EQ(g.word.load(), 0u);
+  EXPECT_EQ(g.bias.owner_for_testing(), LockBias::kNone);
+}
+
+// A hold that is not a biased one but this thread's (the one-thread
+// path's plain store, taken before a second thread existed) or a forged
+// word: the owner does not enter over it; the ShmMutex's path decides.
+TEST_F(LockBiasTest, OwnerDoesNotEnterOverATakenWord) {
+  Guarded g;
+  ShmMutex m(&g.word);
+  ASSERT_TRUE(Lock(g.bias, m));  // claimed
+  Unlock(g.bias, m, true);
+  const uint32_t tid = ShmMutex::SelfTid();
+  g.word.store(tid);  // as runtime/accel.cc kHeldPlain
+  EXPECT_EQ(g.bias.TryEnter(m.word(), tid), LockBias::Fast::kSlow);
+  EXPECT_EQ(g.bias.Resolve(m.word(), tid, true, false), LockBias::Slow::kClaimed);
+  EXPECT_EQ(m.TryLock(), -EBUSY);
+  g.word.store(0);
+  EXPECT_EQ(g.bias.TryEnter(m.word(), tid), LockBias::Fast::kEntered);
+  g.bias.Leave(m, tid);
+  EXPECT_EQ(g.word.load(), 0u);
+}
+
 // fork's revocation does not wait for an owner inside a hold: the word
 // keeps it taken, and the owner's unlock is then the ShmMutex's. The forked
 // child completes the revocation at once (the owner is no thread of its).
