@@ -461,9 +461,38 @@ transport::WaitOptions WaitFor(const Connection& c, int fd, std::int64_t timeout
 
 void ConnRelease(Connection& c);
 
+// Connection::door_dup: at most kMaxDoorDups at once in a process, so that
+// a program with many connections does not hold twice as many fds (its
+// RLIMIT_NOFILE counts them all). A fork child's count is its copy of the
+// parent's, as are its connections.
+constexpr int kMaxDoorDups = 64;
+std::atomic<int> g_door_dups{0};
+
+// Keeps the hidden fd h as c's door_dup, or closes it (too many held).
+void KeepDoorDup(Connection& c, int h) {
+  if (g_door_dups.fetch_add(1, std::memory_order_relaxed) < kMaxDoorDups) {
+    c.door_dup.store(h, std::memory_order_relaxed);
+    return;
+  }
+  g_door_dups.fetch_sub(1, std::memory_order_relaxed);
+  DOORWAY_REAL(close)(h);
+}
+
+// c's door_dup, now the caller's (-1: none).
+int TakeDoorDup(Connection& c) {
+  int h = c.door_dup.exchange(-1, std::memory_order_acq_rel);
+  if (h >= 0) g_door_dups.fetch_sub(1, std::memory_order_relaxed);
+  return h;
+}
+
+void CloseDoorDup(Connection& c) {
+  if (int h = TakeDoorDup(c); h >= 0) DOORWAY_REAL(close)(h);
+}
+
 void FinishRelease(Connection& c) {
   if (!c.release_pending.exchange(false, std::memory_order_acq_rel)) return;
   ConnRelease(c);
+  CloseDoorDup(c);
   int h = c.held_fd.exchange(-1, std::memory_order_acq_rel);
   if (h >= 0) DOORWAY_REAL(close)(h);
 }
@@ -1239,6 +1268,7 @@ int FinishDoor(Listener& l, int listen_fd, int conn, const ucred& cred, int memf
     if (retry != 0) DOORWAY_REAL(close)(memfd);
     DOORWAY_LOG(kDebug, "door connection from pid %d dropped: %s", static_cast<int>(cred.pid), why);
     DOORWAY_REAL(close)(conn);
+    if (reused != nullptr && reused->dup >= 0) DOORWAY_REAL(close)(reused->dup);
     return -EAGAIN;
   }
   Connection& c = *obj.As<Connection>();
@@ -1249,6 +1279,7 @@ int FinishDoor(Listener& l, int listen_fd, int conn, const ucred& cred, int memf
   c.peer_uid = cred.uid;
   c.peer_pid = cred.pid;
   if (reused != nullptr) c.socket_ino = reused->ino;
+  if (reused != nullptr && reused->dup >= 0) KeepDoorDup(c, reused->dup);
   c.local = AsDomain(hello.server, l.domain);
   c.peer = AsDomain(hello.client, l.domain);
   c.opts.CopyFrom(l.opts);
@@ -1502,7 +1533,13 @@ int AcceptRecord(Listener& l, int listen_fd, sockaddr* addr, socklen_t* len, int
     // free one, as the kernel's.
     int low = DOORWAY_REAL(fcntl)(conn, (flags & SOCK_CLOEXEC) ? F_DUPFD_CLOEXEC : F_DUPFD, 0);
     if (low >= 0) {
-      DOORWAY_REAL(close)(conn);
+      // The hidden end stays (Connection::door_dup) unless the Hello brought
+      // a memfd (a connection that may wait for memory is parked by its fd).
+      if (memfd == kNoMemfd) {
+        info.dup = conn;
+      } else {
+        DOORWAY_REAL(close)(conn);
+      }
       conn = low;
       has_flags = (flags & SOCK_CLOEXEC) | nonblock;
     }
@@ -1623,6 +1660,7 @@ void OptionSnapshot::ReadChanged(int fd, int domain, std::uint32_t mask) {
 
 Connection::~Connection() {
   if (int h = held_fd.load(std::memory_order_relaxed); h >= 0) DOORWAY_REAL(close)(h);
+  CloseDoorDup(*this);
   StatsClose(*this);
   if (recyclable && !shared.load(std::memory_order_relaxed)) std::move(seg).Recycle(role);
 }
@@ -1846,8 +1884,8 @@ bool ReuseDoorSocket(Connection& c, int fd) {
   } else if (c.listener_serial == 0) {
     return false;
   }
-  int h = DOORWAY_REAL(fcntl)(fd, F_DUPFD_CLOEXEC, HiddenFdBase());
-  if (h < 0) return false;
+  int h = TakeDoorDup(c);
+  if (h < 0 && (h = DOORWAY_REAL(fcntl)(fd, F_DUPFD_CLOEXEC, HiddenFdBase())) < 0) return false;
   ConnRelease(c);
   // The peer learns of the close from the rings; one waiting in poll/epoll
   // (armed) gets the doorbell the hang-up used to be. No lock, as in
@@ -1922,6 +1960,7 @@ void OnFdDetached(const Ref& ref, int fd) {
     }
     if (fd >= 0 && ReuseDoorSocket(*c, fd)) return;
     ConnRelease(*c);
+    CloseDoorDup(*c);  // the peer sees the hang-up now, as without it
   }
   // A listener's hidden fds close when the object dies (its destructor):
   // a thread blocked in accept() still holds a reference.
@@ -1965,7 +2004,10 @@ int CollectOwnFds(unsigned first, unsigned last, int* out, int max) {
   np += ClientDoorFds(pooled + np, kReusedDoors + kMaxDoorWakes);
   for (int i = 0; i < np; ++i) add(pooled[i]);
   GlobalTable().ForEach([&](int, const Ref& r) {
-    if (const Connection* c = r.As<Connection>()) add(c->seg.fd());
+    if (const Connection* c = r.As<Connection>()) {
+      add(c->seg.fd());
+      add(c->door_dup.load(std::memory_order_relaxed));
+    }
     if (const Listener* l = r.As<Listener>()) {
       add(l->tcp_fd);
       add(l->door_fd[0]);
@@ -2484,7 +2526,12 @@ int Connect(int fd, const sockaddr* addr, socklen_t len) {
     DOORWAY_LOG(kWarn, "fd %d: dup3 failed (%s) after the door handshake", fd, strerror(e));
     return -ECONNREFUSED;
   }
-  DOORWAY_REAL(close)(door);
+  // A kept socket's hidden end stays for the close (Connection::door_dup).
+  if (reused >= 0) {
+    KeepDoorDup(c, door);
+  } else {
+    DOORWAY_REAL(close)(door);
+  }
   // Its identity is known if it was a spare before (checked then).
   if (spare >= 0) KeepSpareSocket(spare, domain, nonblock, f->spare_dev, f->spare_ino);
   // A new door socket is non-blocking; a kept one has its last

@@ -167,6 +167,12 @@ struct Connection {
   // identity the socket leads to. Server: the listener it came from
   // (g_listeners index and serial, 0: none).
   std::uint64_t socket_ino = 0;
+  // A hidden duplicate (close-on-exec) of the door socket kept from the
+  // set-up on a kept socket until the close, where it is the end that is
+  // kept again: saves the close of the hidden number at set-up and the dup
+  // at close, on each side (accel.cc TakeDoorDup). -1: none. Closed with
+  // the connection when it is not kept (the peer then sees the hang-up).
+  std::atomic<int> door_dup{-1};
   Endpoint door_dest;
   std::uint64_t door_id = 0;
   uid_t door_uid = 0;
@@ -248,6 +254,7 @@ struct Listener {
     pid_t pid = 0;
     std::uint64_t ino = 0;
     bool nonblock = false;  // O_NONBLOCK on the parked end's file
+    int dup = -1;           // accept: the hidden end, for Connection::door_dup
   };
   Reused* reused = nullptr;
   // Per slot holding a kept end: a hash of its arena slot's identity
