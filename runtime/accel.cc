@@ -2023,6 +2023,10 @@ int CollectOwnFds(unsigned first, unsigned last, int* out, int max) {
 void ForgetPendingHellos() {
   GlobalTable().ForEach([](int, const Ref& r) {
     if (Listener* l = const_cast<Ref&>(r).As<Listener>()) DropParked(*l, -1);
+    // Shared now, so never kept: a copy would only keep the door socket
+    // open in a child that closed every fd it knows (closefrom), hiding
+    // its parent's death from the peer.
+    if (Connection* c = const_cast<Ref&>(r).As<Connection>()) CloseDoorDup(*c);
   });
 }
 

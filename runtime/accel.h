@@ -279,7 +279,8 @@ struct Listener {
 };
 
 // In a fork child: the door connections still waiting for their Hello
-// belong to the parent (which accepted them); the child's copies close.
+// belong to the parent (which accepted them); the child's copies close, as
+// do its copies of the connections' Connection::door_dup.
 void ForgetPendingHellos();
 
 // Called by the bookkeeping in sockets.cc when an fd number stops or starts
