@@ -489,10 +489,18 @@ void CloseDoorDup(Connection& c) {
   if (int h = TakeDoorDup(c); h >= 0) DOORWAY_REAL(close)(h);
 }
 
+// c's end of its door socket is not kept (reuse.h): the client learns it
+// from the segment (a server's only), so that it does not keep its own end
+// either; then the hidden duplicate goes.
+void DropDoor(Connection& c) {
+  if (c.role == Role::kServer) c.seg.MarkDoorDropped();
+  CloseDoorDup(c);
+}
+
 void FinishRelease(Connection& c) {
   if (!c.release_pending.exchange(false, std::memory_order_acq_rel)) return;
   ConnRelease(c);
-  CloseDoorDup(c);
+  DropDoor(c);
   int h = c.held_fd.exchange(-1, std::memory_order_acq_rel);
   if (h >= 0) DOORWAY_REAL(close)(h);
 }
@@ -1855,7 +1863,10 @@ void ParkForReuse(const Connection& c, int h) {
     }
     e.users.fetch_sub(1, std::memory_order_seq_cst);
   }
-  if (!parked) DOORWAY_REAL(close)(h);
+  if (!parked) {
+    c.seg.MarkDoorDropped();
+    DOORWAY_REAL(close)(h);
+  }
 }
 
 // The last fd of c, `fd`, is being closed: keeps c's door socket for the
@@ -1878,9 +1889,16 @@ bool ReuseDoorSocket(Connection& c, int fd) {
   transport::ArenaSlotRef watch;
   if (c.role == Role::kClient) {
     watch = c.seg.SlotRef();
-    // A server that died (or closed its end for good) hung up: nothing to
-    // keep.
-    if (!watch.valid() || transport::PeerGone(fd)) return false;
+    // A server that closes its end for good says so in the segment: nothing
+    // to keep. One that is done writing (it closed, or it died and a wait
+    // of ours saw the hang-up) may have hung up: asked here, so that a dead
+    // server's socket is not held. One still writing, the usual case of a
+    // client that closes first, is not asked (a system call per
+    // connection): if it dies later, TakeClientDoor's poll finds out.
+    if (!watch.valid() || c.seg.DoorDropped() ||
+        (c.rx.WriterState() != transport::EndState::kOpen && transport::PeerGone(fd))) {
+      return false;
+    }
   } else if (c.listener_serial == 0) {
     return false;
   }
@@ -1960,7 +1978,7 @@ void OnFdDetached(const Ref& ref, int fd) {
     }
     if (fd >= 0 && ReuseDoorSocket(*c, fd)) return;
     ConnRelease(*c);
-    CloseDoorDup(*c);  // the peer sees the hang-up now, as without it
+    DropDoor(*c);  // the peer sees the hang-up now, as without it
   }
   // A listener's hidden fds close when the object dies (its destructor):
   // a thread blocked in accept() still holds a reference.

@@ -1184,6 +1184,20 @@ ShmMutex Segment::ConsumerLock(uint32_t ring) const {
   return ShmMutex(&static_cast<SegmentPrefix*>(base_)->ring[ring].cons_lock.word);
 }
 
+void Segment::MarkDoorDropped() const {
+  if (base_ == nullptr) return;
+  // release/acquire: nothing to publish but the value; kept symmetrical
+  // with `released`.
+  std::atomic_ref<uint32_t>(HeaderOf(base_)->door_dropped)
+      .store(generation_, std::memory_order_release);
+}
+
+bool Segment::DoorDropped() const {
+  if (base_ == nullptr || generation_ == 0) return false;
+  return std::atomic_ref<uint32_t>(HeaderOf(base_)->door_dropped).load(std::memory_order_acquire) ==
+         generation_;
+}
+
 void Segment::MarkPeerGone(Role self) const {
   Ring rx = MakeRxRing(self, nullptr);
   Ring tx = MakeTxRing(self, nullptr);

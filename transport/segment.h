@@ -346,6 +346,15 @@ class Segment {
   // -EPIPE), and our waiters are woken.
   void MarkPeerGone(Role self) const;
 
+  // Door socket reuse (runtime/reuse.h): the receiver says it closes its
+  // end of the connection's door socket instead of keeping it, so that the
+  // creator does not keep its own end for a next connection (a hint
+  // between peers of the same uid: the creator's keeping checks the socket
+  // again before use). DoorDropped: whether the receiver said so for this
+  // connection (the creator's view).
+  void MarkDoorDropped() const;
+  bool DoorDropped() const;
+
  private:
   int fd_ = -1;
   void* base_ = nullptr;

@@ -327,6 +327,11 @@ TEST(Segment, ArenaSlotRefWatchesReleaseAndAttachesBeside) {
   EXPECT_EQ(ArenaSlotRef().Identity(), SlotIdentity{});
   EXPECT_TRUE(watch.SameArena(ra));  // one process: one mapping for both ends
   EXPECT_FALSE(watch.Released());
+  // The receiver's word that it drops its door socket end, for this
+  // connection only.
+  EXPECT_FALSE(a.DoorDropped());
+  ra.MarkDoorDropped();
+  EXPECT_TRUE(a.DoorDropped());
   std::move(a).Recycle(Role::kClient);
   EXPECT_FALSE(watch.Released()) << "the receiver has not released it";
   std::move(ra).Recycle(Role::kServer);
@@ -337,6 +342,7 @@ TEST(Segment, ArenaSlotRefWatchesReleaseAndAttachesBeside) {
   ASSERT_TRUE(watch.SameArena(b));
   // The next connection, even on the same slot, is another one.
   EXPECT_NE(b.SlotRef().Identity(), watch.Identity());
+  EXPECT_FALSE(b.DoorDropped());
   EXPECT_TRUE(watch.Released()) << "a slot handed out again was released before";
   Segment rb;
   ASSERT_EQ(Segment::AttachBeside(held, b.offset(), &rb), 0);

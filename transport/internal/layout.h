@@ -173,7 +173,10 @@ struct alignas(kCacheLine) SegmentHeader {
   // Arena slots (segment.h "Arenas"): each side adds 1 when it is done with
   // the connection; the second frees the rings' pages if they carried much.
   uint32_t ends_done;
-  uint32_t pad;
+  // The receiver closes its end of the door socket for the connection of
+  // this generation (Segment::MarkDoorDropped; a hint, like `released`).
+  // Was padding: older peers leave it 0, which no generation is.
+  uint32_t door_dropped;
 };
 
 struct SegmentPrefix {
