@@ -2771,7 +2771,7 @@ __attribute__((noinline)) ssize_t ManagedReadShared(int fd, void* buf, size_t n,
   return ManagedRecv(fd, &iov, 1, flags, nullptr);
 }
 
-__attribute__((noinline)) ssize_t ManagedWriteShared(int fd, const void* buf, size_t n, int flags) {
+__attribute__((noinline)) ssize_t ManagedWriteShared(int fd, void* buf, size_t n, int flags) {
   iovec iov{const_cast<void*>(buf), n};
   Ref r = GlobalTable().Get(fd);
   if (Connection* c = r.As<Connection>()) return ConnSendT<true>(*c, fd, &iov, 1, flags);
@@ -2779,19 +2779,93 @@ __attribute__((noinline)) ssize_t ManagedWriteShared(int fd, const void* buf, si
   return ManagedSend(fd, &iov, 1, flags);
 }
 
-ssize_t ManagedRead(int fd, void* buf, size_t n, int flags) {
-  if (ssize_t rc = 0; __libc_single_threaded != 0 && UncontendedIo<false>(fd, buf, n, flags, &rc)) {
+// The rest of ManagedRead/ManagedWrite when the one-frame path below did
+// not do the call: UncontendedIo (one thread), else the shared path.
+template <bool kWrite>
+__attribute__((noinline)) ssize_t ManagedIoGeneral(int fd, void* buf, size_t n, int flags) {
+  if (ssize_t rc = 0;
+      __libc_single_threaded != 0 && UncontendedIo<kWrite>(fd, buf, n, flags, &rc)) {
     return rc;
   }
-  return ManagedReadShared(fd, buf, n, flags);
+  return kWrite ? ManagedWriteShared(fd, buf, n, flags) : ManagedReadShared(fd, buf, n, flags);
+}
+
+__attribute__((noinline, cold)) void DropUncontended(fdtable::Node* node) {
+  Ref(node).ResetUncontended(__libc_single_threaded != 0);
+}
+
+// The common case of read() and write() in a process with one thread, as
+// one function that makes no call: the fd is a connection this process
+// alone holds, its end's lock is free, and the ring has what the call needs
+// (write: room for every byte; read: at least one byte, no MSG_PEEK or
+// MSG_WAITALL). Then the result is ConnSendT's/ConnRecvT's for that case:
+// the bytes move, a doorbell is rung if the peer armed one, and the call
+// returns the count. Otherwise it returns 0 having changed nothing (the
+// signal section, the reference and the lock are given back, the ring's
+// All-or-nothing calls WriteWhole/ReadSome leave it as it was) and the
+// caller takes the general path, which decides everything else (EAGAIN,
+// waits, EOF, errors, partial writes). Why a path of its own: each call and
+// each register the general path keeps across its calls is a store, and a
+// writer's stores wait in the store buffer behind its previous index store,
+// whose line the reader keeps reading; 64 B messages were bound by that
+// (docs/transport.md "seventh session"). The reference and the lock are
+// taken as UncontendedIo and LockEnd take them (plain stores, inside the
+// signal section).
+template <bool kWrite>
+inline __attribute__((always_inline)) ssize_t OneFrameIo(int fd, void* buf, size_t n) {
+  EnterSignalSection();
+  ssize_t r = 0;
+  fdtable::Node* node = GlobalTable().GetUncontended(fd).Release();
+  if (node != nullptr && node->type_tag == Connection::kTypeTag) {
+    Connection& c = *std::launder(reinterpret_cast<Connection*>(node->payload));
+    transport::Ring& ring = kWrite ? c.tx : c.rx;
+    std::atomic<std::uint32_t>* word =
+        kWrite ? ring.producer_lock_word() : ring.consumer_lock_word();
+    if (!c.shared.load(std::memory_order_relaxed) &&
+        (!kWrite || !c.shut_wr.load(std::memory_order_relaxed)) &&
+        word->load(std::memory_order_relaxed) == 0) {
+      word->store(transport::ShmMutex::SelfTid(), std::memory_order_relaxed);  // LockEnd
+      std::atomic_signal_fence(std::memory_order_seq_cst);
+      r = kWrite ? ring.WriteWhole(buf, n) : ring.ReadSome(buf, n);
+      if (r > 0) SendDoorbell(ring, c, fd);
+      std::atomic_signal_fence(std::memory_order_seq_cst);  // UnlockEnd
+      word->store(0, std::memory_order_relaxed);
+      if constexpr (kWrite) {
+        if (__builtin_expect(
+                r > 0 && c.tx_populated.load(std::memory_order_relaxed) < c.tx.capacity(), 0)) {
+          PopulateAhead(c);
+        }
+      }
+    }
+  }
+  if (node != nullptr) {
+    // ResetUncontended's count, inline; the last reference (the fd was
+    // closed under us by a handler that ran inside the section) out of line.
+    const std::uint32_t refs = node->refs.load(std::memory_order_relaxed);
+    if (__builtin_expect(refs == 1, 0)) {
+      DropUncontended(node);
+    } else {
+      node->refs.store(refs - 1, std::memory_order_relaxed);
+    }
+  }
+  LeaveSignalSection();
+  return r;
+}
+
+ssize_t ManagedRead(int fd, void* buf, size_t n, int flags) {
+  if (__builtin_expect(__libc_single_threaded != 0 &&
+                           (flags & (MSG_PEEK | MSG_WAITALL | MSG_OOB | MSG_ERRQUEUE)) == 0,
+                       1)) {
+    if (ssize_t r = OneFrameIo<false>(fd, buf, n); r > 0) return r;
+  }
+  return ManagedIoGeneral<false>(fd, buf, n, flags);
 }
 
 ssize_t ManagedWrite(int fd, const void* buf, size_t n, int flags) {
-  if (ssize_t rc = 0; __libc_single_threaded != 0 &&
-                      UncontendedIo<true>(fd, const_cast<void*>(buf), n, flags, &rc)) {
-    return rc;
+  if (__builtin_expect(__libc_single_threaded != 0 && (flags & MSG_OOB) == 0, 1)) {
+    if (ssize_t r = OneFrameIo<true>(fd, const_cast<void*>(buf), n); r > 0) return r;
   }
-  return ManagedWriteShared(fd, buf, n, flags);
+  return ManagedIoGeneral<true>(fd, const_cast<void*>(buf), n, flags);
 }
 
 int ManagedRecvmmsg(int fd, mmsghdr* msgs, unsigned n, int flags, timespec* timeout) {

@@ -111,6 +111,12 @@ class Ring {
   // -ECONNRESET if the reader reset, -EIO on corrupt shared state.
   int64_t Write(const struct iovec* iov, int iovcnt);
   int64_t Write(const void* buf, size_t len);
+  // All of buf or nothing, for the runtime's one-frame write() path: len
+  // when every byte was copied and published (as Write), 0 when they do
+  // not all fit, len is 0 or larger than the capacity, either end is shut
+  // down or the indices are corrupt; then nothing happened (no byte, no
+  // counter), and the caller takes Write's path for the exact result.
+  int64_t WriteWhole(const void* buf, size_t len);
   // Zero-copy: exposes up to `max` free bytes. Returns the size (> 0, also in
   // span) or the same errors as Write. The bytes are published by Commit.
   int64_t Reserve(size_t max, RingSpan* span);
@@ -131,6 +137,10 @@ class Ring {
   // -ECONNRESET if the writer reset, -EIO on corrupt shared state.
   int64_t Read(const struct iovec* iov, int iovcnt);
   int64_t Read(void* buf, size_t len);
+  // Read when it copies bytes (> 0, as Read), else 0 with no effect (empty,
+  // EOF, reset, corrupt, len 0): the caller then takes Read's path for the
+  // exact result. For the runtime's one-frame read() path.
+  int64_t ReadSome(void* buf, size_t len);
   // Like Read but starts `offset` bytes past the head and consumes nothing.
   // Returns -EAGAIN if fewer than offset+1 bytes are readable (and no EOF).
   int64_t Peek(size_t offset, const struct iovec* iov, int iovcnt);
@@ -426,6 +436,27 @@ DOORWAY_RING_HOT int64_t Ring::Write(const void* buf, size_t len) {
   return static_cast<int64_t>(n);
 }
 
+DOORWAY_RING_HOT int64_t Ring::WriteWhole(const void* buf, size_t len) {
+  // CheckWriteState's loads (A3 pairs with R3), without its counter.
+  uint32_t w = ctrl_->state.writer.load(std::memory_order_relaxed);  // own
+  uint32_t r = ctrl_->state.reader.load(std::memory_order_acquire);
+  if (w != internal::kStateOpen || r != internal::kStateOpen || len == 0 || len > cap_) return 0;
+  // LoadUsedForProducer without its counter: a corrupt head makes
+  // used > cap_, and then the test below fails as well.
+  uint64_t tail = ctrl_->prod_lock.index.load(std::memory_order_relaxed);  // own, as there
+  uint64_t used = tail - cached_head_;
+  if (used > cap_ || cap_ - used < len) {
+    cached_head_ = ctrl_->cons.index.load(std::memory_order_acquire);  // A1 pairs with R2
+    used = tail - cached_head_;
+    if (used > cap_ || cap_ - used < len) return 0;
+  }
+  CopyIn(tail, static_cast<const std::byte*>(buf), len);
+  PublishTail(tail + len);
+  StatAdd(stats_->bytes, len);
+  StatAdd(stats_->ops);
+  return static_cast<int64_t>(len);
+}
+
 DOORWAY_RING_HOT int64_t Ring::LoadAvailForConsumer(uint64_t* head_out, size_t want) {
   // Own index: relaxed, written only by this end; validated below.
   uint64_t head = ctrl_->cons.index.load(std::memory_order_relaxed);
@@ -476,6 +507,26 @@ DOORWAY_RING_HOT int64_t Ring::Read(void* buf, size_t len) {
   int64_t avail = AvailToConsume(total, &head);
   if (avail <= 0) return avail;
   uint64_t n = static_cast<uint64_t>(avail) < total ? static_cast<uint64_t>(avail) : total;
+  CopyOut(head, static_cast<std::byte*>(buf), n);
+  PublishHead(head + n);
+  StatAdd(stats_->bytes, n);
+  StatAdd(stats_->ops);
+  return static_cast<int64_t>(n);
+}
+
+DOORWAY_RING_HOT int64_t Ring::ReadSome(void* buf, size_t len) {
+  // AvailToConsume's checks without its results for the other cases.
+  uint32_t w = ctrl_->state.writer.load(std::memory_order_acquire);  // A3 pairs with R3
+  if (w == internal::kStateReset || !internal::ValidState(w) || len == 0) return 0;
+  uint64_t head = ctrl_->cons.index.load(std::memory_order_relaxed);  // own, as there
+  uint64_t avail = cached_tail_ - head;
+  if (avail > cap_ || avail < len) {
+    cached_tail_ = ctrl_->prod.index.load(std::memory_order_acquire);  // A2 pairs with R1
+    avail = cached_tail_ - head;
+    if (avail > cap_) return 0;
+  }
+  if (avail == 0) return 0;
+  uint64_t n = avail < len ? avail : len;
   CopyOut(head, static_cast<std::byte*>(buf), n);
   PublishHead(head + n);
   StatAdd(stats_->bytes, n);

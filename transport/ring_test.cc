@@ -92,6 +92,114 @@ TEST_F(RingTest, FullPartialAndCapacityEdges) {
   EXPECT_EQ(out.substr(0, 4196), a.substr(0, 4196));
 }
 
+// WriteWhole: every byte or nothing, and "nothing" leaves the ring, the
+// counters and the other calls' results as they were (the runtime then
+// calls Write for the exact result).
+TEST_F(RingTest, WriteWholeIsAllOrNothing) {
+  std::string a = Bytes(4000, 3);
+  EXPECT_EQ(prod_.WriteWhole(a.data(), 0), 0);
+  EXPECT_EQ(prod_.WriteWhole(a.data(), 4097), 0);  // more than the capacity
+  EXPECT_EQ(pstats_.ops.load(), 0u);
+  ASSERT_EQ(prod_.WriteWhole(a.data(), 4000), 4000);
+  EXPECT_EQ(pstats_.bytes.load(), 4000u);
+  EXPECT_EQ(pstats_.ops.load(), 1u);
+  EXPECT_EQ(prod_.WriteWhole(a.data(), 97), 0);  // 96 free
+  EXPECT_EQ(prod_.Queued(), 4000);
+  EXPECT_EQ(pstats_.ops.load(), 1u);
+  ASSERT_EQ(prod_.WriteWhole(a.data(), 96), 96);  // exactly full
+  std::string out(4196, '\0');
+  ASSERT_EQ(cons_.Read(out.data(), 100), 100);
+  ASSERT_EQ(prod_.WriteWhole(a.data() + 100, 100), 100);  // refreshes the head, wraps
+  ASSERT_EQ(cons_.Read(out.data() + 100, 4096), 4096);
+  EXPECT_EQ(out.substr(0, 4000), a);
+  EXPECT_EQ(out.substr(4000, 96), a.substr(0, 96));
+  EXPECT_EQ(out.substr(4096, 100), a.substr(100, 100));
+  EXPECT_EQ(cons_.Queued(), 0);
+
+  // Shut down either way, or corrupt: 0, and Write says what happened.
+  ctrl()->cons.index.store(uint64_t{1} << 40);  // head far ahead of the tail
+  EXPECT_EQ(prod_.WriteWhole(a.data(), 4096), 0);
+  EXPECT_EQ(pstats_.corruptions.load(), 0u);
+  EXPECT_EQ(prod_.Write(a.data(), 4096), -EIO);
+  EXPECT_EQ(pstats_.corruptions.load(), 1u);
+  ctrl()->cons.index.store(4196);
+  ASSERT_EQ(prod_.WriteWhole(a.data(), 8), 8);
+  cons_.ShutdownRead(false);
+  EXPECT_EQ(prod_.WriteWhole(a.data(), 8), 0);
+  EXPECT_EQ(prod_.Write(a.data(), 8), -EPIPE);
+}
+
+TEST_F(RingTest, WriteWholeAfterShutdownWriteAndReset) {
+  char buf[8] = {};
+  prod_.ShutdownWrite(false);
+  EXPECT_EQ(prod_.WriteWhole(buf, 8), 0);
+  EXPECT_EQ(prod_.Write(buf, 8), -EPIPE);
+  Make(4096);
+  cons_.ShutdownRead(true);
+  EXPECT_EQ(prod_.WriteWhole(buf, 8), 0);
+  EXPECT_EQ(prod_.Write(buf, 8), -ECONNRESET);
+}
+
+// ReadSome: Read's bytes when there are some, else 0 and nothing changed
+// (Read then gives EAGAIN, EOF, ECONNRESET or EIO).
+TEST_F(RingTest, ReadSomeIsReadWhenThereAreBytes) {
+  char buf[64];
+  EXPECT_EQ(cons_.ReadSome(buf, sizeof buf), 0);
+  EXPECT_EQ(cons_.Read(buf, sizeof buf), -EAGAIN);
+  ASSERT_EQ(prod_.Write("hello world", 11), 11);
+  EXPECT_EQ(cons_.ReadSome(buf, 0), 0);
+  EXPECT_EQ(cons_.ReadSome(buf, 5), 5);
+  EXPECT_EQ(std::string(buf, 5), "hello");
+  EXPECT_EQ(cons_.ReadSome(buf, sizeof buf), 6);
+  EXPECT_EQ(std::string(buf, 6), " world");
+  EXPECT_EQ(cstats_.ops.load(), 2u);
+  EXPECT_EQ(cstats_.bytes.load(), 11u);
+  // Data then FIN: the data, then 0 with EOF left to Read.
+  ASSERT_EQ(prod_.Write("xy", 2), 2);
+  prod_.ShutdownWrite(false);
+  EXPECT_EQ(cons_.ReadSome(buf, sizeof buf), 2);
+  EXPECT_EQ(cons_.ReadSome(buf, sizeof buf), 0);
+  EXPECT_EQ(cons_.Read(buf, sizeof buf), 0);
+  // Reset discards; corrupt indices are not counted by ReadSome.
+  Make(4096);
+  ASSERT_EQ(prod_.Write("abc", 3), 3);
+  prod_.ShutdownWrite(true);
+  EXPECT_EQ(cons_.ReadSome(buf, sizeof buf), 0);
+  EXPECT_EQ(cons_.Read(buf, sizeof buf), -ECONNRESET);
+  Make(4096);
+  ASSERT_EQ(prod_.Write("abc", 3), 3);
+  ctrl()->prod.index.store(4096 + 1);
+  EXPECT_EQ(cons_.ReadSome(buf, sizeof buf), 0);
+  EXPECT_EQ(cstats_.corruptions.load(), 0u);
+  EXPECT_EQ(cons_.Read(buf, sizeof buf), -EIO);
+}
+
+// Small messages (the inline copy, CopySmall) of every size 1..64 at every
+// position around the wrap, through Write/Read and WriteWhole/ReadSome.
+TEST_F(RingTest, SmallMessagesAcrossTheWrap) {
+  std::string sent, got;
+  char buf[80];
+  uint64_t seed = 0;
+  for (int lap = 0; lap < 3; ++lap) {
+    for (size_t n = 1; n <= 64; ++n) {
+      for (int k = 0; k < 5; ++k) {
+        std::string m = Bytes(n, ++seed);
+        int64_t w = (seed & 1) ? prod_.WriteWhole(m.data(), n) : prod_.Write(m.data(), n);
+        ASSERT_EQ(w, static_cast<int64_t>(n));
+        sent += m;
+        size_t want = 1 + seed % 79;
+        int64_t r = (seed & 2) ? cons_.ReadSome(buf, want) : cons_.Read(buf, want);
+        ASSERT_GT(r, 0);
+        got.append(buf, r);
+      }
+    }
+  }
+  int64_t r;
+  while ((r = cons_.Read(buf, sizeof buf)) > 0) got.append(buf, r);
+  EXPECT_EQ(got, sent);
+  EXPECT_GT(sent.size(), 4u * 4096);
+}
+
 TEST_F(RingTest, WraparoundManySizes) {
   std::string sent, got;
   testing::Rng r(7);
