@@ -27,6 +27,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -189,6 +190,42 @@ class Conformance : public testing::TestWithParam<Kind> {
     } else {
       EXPECT_EQ(reused, 0);
     }
+  }
+
+  // Forks a client process, then makes the listener (one made before the
+  // fork is shared with the child, and doorway keeps no door sockets for
+  // it). The child gets the listener's address, its end of a pipe from the
+  // parent (`from_parent`) and of one to it (`to_parent`), runs `client`,
+  // and exits 0 if that returned true. Returns the child's pid; *to_child
+  // and *from_child: the parent's ends.
+  pid_t ForkClientThenListen(
+      const std::function<bool(const sockaddr*, socklen_t, int from_parent, int to_parent)>& client,
+      int* to_child, int* from_child) {
+    close(std::exchange(listener_, -1));
+    int down[2], up[2];
+    if (pipe(down) != 0 || pipe(up) != 0) return -1;
+    pid_t pid = fork();
+    if (pid == 0) {
+      close(down[1]);
+      close(up[0]);
+      sockaddr_storage a{};
+      socklen_t alen = 0;
+      bool ok = read(down[0], &alen, sizeof(alen)) == sizeof(alen) &&
+                read(down[0], &a, sizeof(a)) == sizeof(a);
+      ok = ok && client(reinterpret_cast<sockaddr*>(&a), alen, down[0], up[1]);
+      _exit(ok ? 0 : 1);
+    }
+    close(down[0]);
+    close(up[1]);
+    *to_child = down[1];
+    *from_child = up[0];
+    if (pid < 0) return -1;
+    listener_ = MakeListener();
+    if (write(down[1], &addr_len_, sizeof(addr_len_)) != static_cast<ssize_t>(sizeof(addr_len_)) ||
+        write(down[1], &addr_, sizeof(addr_)) != static_cast<ssize_t>(sizeof(addr_))) {
+      return -1;
+    }
+    return pid;
   }
 
   // Writes 64 KiB chunks to the non-blocking client_ until a write fails
@@ -1847,35 +1884,23 @@ TEST_P(Conformance, ConnectAfterListenerClosedIsRefused) {
 // sockets the client kept (reuse.h): their wake records wait in the FIFO
 // while their ends hang up, and the ends must not be reaped meanwhile.
 TEST_P(Conformance, ConnectionsOfAnExitedClientAreAccepted) {
-  constexpr int kConns = 12;            // within the listen backlog (16)
-  close(std::exchange(listener_, -1));  // made after the fork (not shared)
-  int to_child[2], to_parent[2];
-  ASSERT_EQ(pipe(to_child), 0);
-  ASSERT_EQ(pipe(to_parent), 0);
-  pid_t pid = fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    close(to_child[1]);
-    close(to_parent[0]);
-    sockaddr_storage a{};
-    socklen_t alen = 0;
-    bool ok = read(to_child[0], &alen, sizeof(alen)) == sizeof(alen) &&
-              read(to_child[0], &a, sizeof(a)) == sizeof(a);
-    // Round 1: kConns at once, closed after the server closed its ends
-    // (so that doorway keeps them all); round 2: kConns one after the
-    // other, each on a kept socket, and exit without waiting.
+  constexpr int kConns = 12;  // within the listen backlog (16)
+  // Round 1: kConns at once, closed after the server closed its ends (so
+  // that doorway keeps them all); round 2: kConns one after the other,
+  // each on a kept socket, and exit without waiting.
+  auto client = [&](const sockaddr* a, socklen_t alen, int from_parent, int to_parent) {
     std::vector<ino_t> seen;
     int c[kConns];
+    bool ok = true;
     for (int i = 0; ok && i < kConns; ++i) {
       c[i] = socket(Domain(), SOCK_STREAM, 0);
       char x = 'a';
-      ok = c[i] >= 0 && connect(c[i], reinterpret_cast<sockaddr*>(&a), alen) == 0 &&
-           write(c[i], &x, 1) == 1;
+      ok = c[i] >= 0 && connect(c[i], a, alen) == 0 && write(c[i], &x, 1) == 1;
       struct stat st {};
       if (ok && fstat(c[i], &st) == 0) seen.push_back(st.st_ino);
     }
     char g = 0;
-    ok = ok && read(to_child[0], &g, 1) == 1;
+    ok = ok && read(from_parent, &g, 1) == 1;
     for (int i = 0; ok && i < kConns; ++i) {
       char x;
       ok = read(c[i], &x, 1) == 0;  // the server's close
@@ -1885,21 +1910,18 @@ TEST_P(Conformance, ConnectionsOfAnExitedClientAreAccepted) {
     for (int i = 0; ok && i < kConns; ++i) {
       int d = socket(Domain(), SOCK_STREAM, 0);
       char x = 'b';
-      ok = d >= 0 && connect(d, reinterpret_cast<sockaddr*>(&a), alen) == 0 && write(d, &x, 1) == 1;
+      ok = d >= 0 && connect(d, a, alen) == 0 && write(d, &x, 1) == 1;
       struct stat st {};
       if (ok && fstat(d, &st) == 0 && std::find(seen.begin(), seen.end(), st.st_ino) != seen.end())
         ++reused;
       if (d >= 0) close(d);
     }
     unsigned char r[2] = {static_cast<unsigned char>(ok ? 'k' : 'f'), reused};
-    _exit(write(to_parent[1], r, 2) == 2 && ok ? 0 : 1);
-  }
-  close(to_child[0]);
-  close(to_parent[1]);
-  listener_ = MakeListener();
-  ASSERT_EQ(write(to_child[1], &addr_len_, sizeof(addr_len_)),
-            static_cast<ssize_t>(sizeof(addr_len_)));
-  ASSERT_EQ(write(to_child[1], &addr_, sizeof(addr_)), static_cast<ssize_t>(sizeof(addr_)));
+    return write(to_parent, r, 2) == 2 && ok;
+  };
+  int to_child = -1, from_child = -1;
+  pid_t pid = ForkClientThenListen(client, &to_child, &from_child);
+  ASSERT_GT(pid, 0);
   for (int i = 0; i < kConns; ++i) {
     int s = accept(listener_, nullptr, nullptr);
     ASSERT_GE(s, 0) << strerror(errno);
@@ -1908,15 +1930,15 @@ TEST_P(Conformance, ConnectionsOfAnExitedClientAreAccepted) {
     EXPECT_EQ(x, 'a');
     close(s);
   }
-  ASSERT_EQ(write(to_child[1], "g", 1), 1);
+  ASSERT_EQ(write(to_child, "g", 1), 1);
   unsigned char r[2] = {};
-  EXPECT_EQ(read(to_parent[0], r, 2), 2);
+  EXPECT_EQ(read(from_child, r, 2), 2);
   EXPECT_EQ(r[0], 'k');
   int status = 0;
   ASSERT_EQ(waitpid(pid, &status, 0), pid);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-  close(to_child[1]);
-  close(to_parent[0]);
+  close(to_child);
+  close(from_child);
   // The client is gone; its second round is still to be accepted
   // (non-blocking: a lost connection fails here instead of hanging).
   ASSERT_EQ(fcntl(listener_, F_SETFL, O_NONBLOCK), 0);
@@ -1942,37 +1964,20 @@ TEST_P(Conformance, ConnectionsOfAnExitedClientAreAccepted) {
 // calls a blocking accept and hangs: iperf3 -s -1 did, when doorway's kept
 // ends were watched by the listener itself).
 TEST_P(Conformance, ListenerQuietAfterClientExits) {
-  // A listener made before a fork is shared with the child (doorway then
-  // keeps nothing for it): make it after.
-  close(std::exchange(listener_, -1));
-  int to_child[2], to_parent[2];
-  ASSERT_EQ(pipe(to_child), 0);
-  ASSERT_EQ(pipe(to_parent), 0);
-  pid_t pid = fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    close(to_child[1]);
-    close(to_parent[0]);
-    sockaddr_storage a{};
-    socklen_t alen = 0;
-    bool ok = read(to_child[0], &alen, sizeof(alen)) == sizeof(alen) &&
-              read(to_child[0], &a, sizeof(a)) == sizeof(a);
+  auto client = [&](const sockaddr* a, socklen_t alen, int, int to_parent) {
+    bool ok = true;
     for (int i = 0; ok && i < 5; ++i) {
       int c = socket(Domain(), SOCK_STREAM, 0);
       char x = 'x';
-      ok = c >= 0 && connect(c, reinterpret_cast<sockaddr*>(&a), alen) == 0 &&
-           write(c, &x, 1) == 1 && read(c, &x, 1) == 1;
+      ok = c >= 0 && connect(c, a, alen) == 0 && write(c, &x, 1) == 1 && read(c, &x, 1) == 1;
       if (c >= 0) close(c);
     }
     char r = ok ? 'k' : 'f';
-    _exit(write(to_parent[1], &r, 1) == 1 && ok ? 0 : 1);
-  }
-  close(to_child[0]);
-  close(to_parent[1]);
-  listener_ = MakeListener();
-  ASSERT_EQ(write(to_child[1], &addr_len_, sizeof(addr_len_)),
-            static_cast<ssize_t>(sizeof(addr_len_)));
-  ASSERT_EQ(write(to_child[1], &addr_, sizeof(addr_)), static_cast<ssize_t>(sizeof(addr_)));
+    return write(to_parent, &r, 1) == 1 && ok;
+  };
+  int to_child = -1, from_child = -1;
+  pid_t pid = ForkClientThenListen(client, &to_child, &from_child);
+  ASSERT_GT(pid, 0);
   for (int i = 0; i < 5; ++i) {
     int s = accept(listener_, nullptr, nullptr);
     ASSERT_GE(s, 0) << strerror(errno);
@@ -1984,13 +1989,13 @@ TEST_P(Conformance, ListenerQuietAfterClientExits) {
     close(s);
   }
   char r = 0;
-  EXPECT_EQ(read(to_parent[0], &r, 1), 1);
+  EXPECT_EQ(read(from_child, &r, 1), 1);
   EXPECT_EQ(r, 'k');
   int status = 0;
   ASSERT_EQ(waitpid(pid, &status, 0), pid);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-  close(to_child[1]);
-  close(to_parent[0]);
+  close(to_child);
+  close(from_child);
   pollfd p{listener_, POLLIN, 0};
   EXPECT_EQ(poll(&p, 1, 200), 0) << "revents " << p.revents;
   ASSERT_EQ(fcntl(listener_, F_SETFL, O_NONBLOCK), 0);
