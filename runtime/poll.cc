@@ -173,6 +173,7 @@ int EnginePoll(pollfd* fds, nfds_t n, std::int64_t timeout_ns, const sigset_t* s
   Scratch s;
   if (!s.Init(n)) return -ENOMEM;
   bool have_kernel = false;
+  nfds_t kernel_fds = 0;
   for (nfds_t i = 0; i < n; ++i) {
     fds[i].revents = 0;
     if (GlobalTable().Tag(fds[i].fd) == kTagConnection) {
@@ -180,7 +181,10 @@ int EnginePoll(pollfd* fds, nfds_t n, std::int64_t timeout_ns, const sigset_t* s
       if (s.refs[i].As<Connection>() != nullptr) continue;
       s.refs[i].Reset();  // closed or replaced meanwhile: the kernel decides
     }
-    if (fds[i].fd >= 0) have_kernel = true;
+    if (fds[i].fd >= 0) {
+      have_kernel = true;
+      ++kernel_fds;
+    }
   }
   const std::int64_t start = NowNs();
   const std::int64_t deadline = timeout_ns < 0 ? -1 : start + timeout_ns;
@@ -210,15 +214,24 @@ int EnginePoll(pollfd* fds, nfds_t n, std::int64_t timeout_ns, const sigset_t* s
       spun = true;
       std::int64_t spin_end = NowNs() + SpinNs();
       if (deadline >= 0 && spin_end > deadline) spin_end = deadline;
+      // With a few kernel fds, each look asks the kernel first and the rings
+      // right after: when a ring turns ready, that look's kernel answer
+      // completes the result as a sequential scan would (the kernel's own
+      // poll scans its fds one after the other too), instead of a poll(2)
+      // after the ring was seen ready, on the path of every reply (sockperf
+      // in select/poll mode selects over its listener and connection).
+      // Many kernel fds: the kernel now and then, and a completing poll.
+      const bool kernel_each = have_kernel && kernel_fds <= 4;
       int k = 0;
+      bool fresh = false;  // k is this look's kernel answer
       for (unsigned iter = 1;; ++iter) {
         CpuRelax();
-        ready = EvaluateAccelerated(fds, n, s.refs);
-        if ((iter & 63) == 0 && have_kernel) {
+        fresh = have_kernel && (kernel_each || (iter & 63) == 0);
+        if (fresh) {
           k = PollKernel(fds, n, s.refs, s.kfds, &zero, nullptr, false);
           if (k < 0) break;
-          ready += k;
         }
+        ready = EvaluateAccelerated(fds, n, s.refs) + (fresh ? k : 0);
         if (ready > 0 || ((iter & 15) == 0 && NowNs() >= spin_end)) break;
         if ((iter & 15) == 0 && signals->load(std::memory_order_relaxed) != epoch) break;
       }
@@ -227,7 +240,7 @@ int EnginePoll(pollfd* fds, nfds_t n, std::int64_t timeout_ns, const sigset_t* s
         break;
       }
       if (ready > 0) {
-        if (have_kernel) {  // complete the kernel side of the answer
+        if (have_kernel && !fresh) {  // complete the kernel side of the answer
           k = PollKernel(fds, n, s.refs, s.kfds, &zero, nullptr, false);
           if (k < 0) {
             result = k;
