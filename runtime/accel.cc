@@ -2395,7 +2395,7 @@ int Connect(int fd, const sockaddr* addr, socklen_t len) {
                                                         &reused_uid, &prev, &wake, &reused_nonblock)
                                        : -1;
   int door_index = 0;
-  if (reused < 0) reused_ino = 0;  // (TakeClientDoor clears it too; the door makes a new socket)
+  if (reused < 0) reused_ino = 0;  // TakeClientDoor's outputs are void on -1
   if (reused >= 0) {
     doors.count = 1;
     doors.owner[0] = reused_uid;

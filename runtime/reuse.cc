@@ -250,10 +250,7 @@ int TakeClientDoor(const Endpoint& dest, std::uint64_t* ino, std::uint64_t* door
   // (a daemon closing everything) may have closed it and reused the number:
   // then it is not ours to close either.
   struct stat st {};
-  if (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode) || st.st_ino != *ino) {
-    *ino = 0;
-    return -1;
-  }
+  if (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode) || st.st_ino != *ino) return -1;
   // The old connection's doorbells from the server (one per arming at
   // most): the new one starts with a quiet socket. A server that closed its
   // end instead of parking it (its connection was in an epoll set, or it
@@ -269,7 +266,6 @@ int TakeClientDoor(const Endpoint& dest, std::uint64_t* ino, std::uint64_t* door
   }
   if (hung_up) {
     DOORWAY_REAL(close)(fd);
-    *ino = 0;  // no kept socket: the caller's connection gets a new one
     return -1;
   }
   return fd;

@@ -73,6 +73,7 @@ void KeepClientDoor(int fd, std::uint64_t ino, const Endpoint& dest, std::uint64
 // the memfd: the server holds that arena for the socket). *wake: the
 // listener's wake FIFO (Listener::wake_rd), where the record goes
 // (WakeListener).
+// On -1 the outputs mean nothing (some may be set).
 int TakeClientDoor(const Endpoint& dest, std::uint64_t* ino, std::uint64_t* door_id,
                    uid_t* server_uid, transport::ArenaSlotRef* prev, int* wake, bool* nonblock);
 

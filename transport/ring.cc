@@ -119,15 +119,10 @@ bool Ring::ArmWriteDoorbell(size_t min) {
 // --------------------------------------------------------------- producer
 
 int64_t Ring::Write(const struct iovec* iov, int iovcnt) {
-  if (int rc = CheckWriteState(); rc != 0) return rc;
-  uint64_t total = IovTotal(iov, iovcnt, cap_);
-  if (total == 0) return 0;
   uint64_t tail;
-  int64_t used = LoadUsedForProducer(&tail, total);
-  if (used < 0) return used;
-  uint64_t n = cap_ - static_cast<uint64_t>(used);
-  if (n == 0) return -EAGAIN;
-  if (n > total) n = total;
+  int64_t room = RoomToProduce(IovTotal(iov, iovcnt, cap_), &tail);
+  if (room <= 0) return room;
+  const auto n = static_cast<uint64_t>(room);
   uint64_t done = 0;
   for (int i = 0; done < n; ++i) {
     DOORWAY_CHECK(i < iovcnt);  // n <= the iovec total, so this cannot fire
@@ -137,26 +132,18 @@ int64_t Ring::Write(const struct iovec* iov, int iovcnt) {
     CopyIn(tail + done, static_cast<const std::byte*>(iov[i].iov_base), len);
     done += len;
   }
-  PublishTail(tail + n);
-  StatAdd(stats_->bytes, n);
-  StatAdd(stats_->ops);
-  return static_cast<int64_t>(n);
+  PublishTail(tail, n);
+  return room;
 }
 
 int64_t Ring::Reserve(size_t max, RingSpan* span) {
   *span = RingSpan{};
-  if (int rc = CheckWriteState(); rc != 0) return rc;
-  uint64_t want = max < cap_ ? max : cap_;
-  if (want == 0) return 0;
   uint64_t tail;
-  int64_t used = LoadUsedForProducer(&tail, want);
-  if (used < 0) return used;
-  uint64_t n = cap_ - static_cast<uint64_t>(used);
-  if (n == 0) return -EAGAIN;
-  if (n > want) n = want;
-  FillSpan(tail, n, span);
-  reserved_ = n;
-  return static_cast<int64_t>(n);
+  int64_t n = RoomToProduce(max < cap_ ? max : cap_, &tail);
+  if (n <= 0) return n;
+  FillSpan(tail, static_cast<uint64_t>(n), span);
+  reserved_ = static_cast<uint64_t>(n);
+  return n;
 }
 
 void Ring::FillSpan(uint64_t index, uint64_t n, RingSpan* span) const {
@@ -177,9 +164,7 @@ int Ring::Commit(size_t n) {
   // Own working tail, relaxed (see LoadUsedForProducer).
   uint64_t tail = ctrl_->prod_lock.index.load(std::memory_order_relaxed);
   reserved_ -= n;
-  PublishTail(tail + n);
-  StatAdd(stats_->bytes, n);
-  StatAdd(stats_->ops);
+  PublishTail(tail, n);
   return 0;
 }
 
@@ -260,9 +245,7 @@ int64_t Ring::Read(const struct iovec* iov, int iovcnt) {
     CopyOut(head + done, static_cast<std::byte*>(iov[i].iov_base), len);
     done += len;
   }
-  PublishHead(head + n);
-  StatAdd(stats_->bytes, n);
-  StatAdd(stats_->ops);
+  PublishHead(head, n);
   return static_cast<int64_t>(n);
 }
 
@@ -321,9 +304,7 @@ int Ring::Release(size_t n) {
   if (n == 0) return 0;
   uint64_t head = ctrl_->cons.index.load(std::memory_order_relaxed);  // own index
   acquired_ -= n;
-  PublishHead(head + n);
-  StatAdd(stats_->bytes, n);
-  StatAdd(stats_->ops);
+  PublishHead(head, n);
   return 0;
 }
 

@@ -261,8 +261,14 @@ class Ring {
   // bytes are readable (> 0), or what Read/Acquire return instead (0 at EOF
   // or for want == 0, -EAGAIN, -ECONNRESET, -EIO).
   int64_t AvailToConsume(uint64_t want, uint64_t* head);
-  void PublishTail(uint64_t tail);
-  void PublishHead(uint64_t head);
+  // The producer's prologue: the ends' states, then how many of `want`
+  // bytes fit (> 0), or what Write/Reserve return instead (0 for want == 0,
+  // -EAGAIN, -EPIPE, -ECONNRESET, -EIO).
+  int64_t RoomToProduce(uint64_t want, uint64_t* tail);
+  // Publish the n bytes written from `tail` (read from `head`) and count
+  // them.
+  void PublishTail(uint64_t tail, uint64_t n);
+  void PublishHead(uint64_t head, uint64_t n);
   void Notify(internal::WaitLine& w);
   void NotifyFenced(internal::WaitLine& w);
   void Publish(std::atomic<uint64_t>& index, internal::WaitLine& w, uint64_t value);
@@ -405,7 +411,8 @@ DOORWAY_RING_HOT void Ring::Publish(std::atomic<uint64_t>& index, internal::Wait
   }
 }
 
-DOORWAY_RING_HOT void Ring::PublishTail(uint64_t tail) {
+DOORWAY_RING_HOT void Ring::PublishTail(uint64_t tail, uint64_t n) {
+  tail += n;
   // The working copy first (relaxed: only this end reads it), then the
   // published tail.
   ctrl_->prod_lock.index.store(tail, std::memory_order_relaxed);
@@ -413,27 +420,31 @@ DOORWAY_RING_HOT void Ring::PublishTail(uint64_t tail) {
   // copied above are visible before the new tail.
   Publish(ctrl_->prod.index, ctrl_->data_wait, tail);
   internal::PrefetchForWrite(data_ + (tail & mask_));
+  StatAdd(stats_->bytes, n);
+  StatAdd(stats_->ops);
 }
 
 // The single-buffer calls are the hot path of small messages (a 64 B
 // ping-pong or a pipelined stream of small writes): they do the iovec
 // version's work without the iovec loop, and the helpers they call are
 // visible here for inlining.
-DOORWAY_RING_HOT int64_t Ring::Write(const void* buf, size_t len) {
+DOORWAY_RING_HOT int64_t Ring::RoomToProduce(uint64_t want, uint64_t* tail) {
   if (int rc = CheckWriteState(); rc != 0) return rc;
-  uint64_t total = len < cap_ ? len : cap_;
-  if (total == 0) return 0;
-  uint64_t tail;
-  int64_t used = LoadUsedForProducer(&tail, total);
+  if (want == 0) return 0;
+  int64_t used = LoadUsedForProducer(tail, want);
   if (used < 0) return used;
   uint64_t n = cap_ - static_cast<uint64_t>(used);
   if (n == 0) return -EAGAIN;
-  if (n > total) n = total;
-  CopyIn(tail, static_cast<const std::byte*>(buf), n);
-  PublishTail(tail + n);
-  StatAdd(stats_->bytes, n);
-  StatAdd(stats_->ops);
-  return static_cast<int64_t>(n);
+  return static_cast<int64_t>(n < want ? n : want);
+}
+
+DOORWAY_RING_HOT int64_t Ring::Write(const void* buf, size_t len) {
+  uint64_t tail;
+  int64_t n = RoomToProduce(len < cap_ ? len : cap_, &tail);
+  if (n <= 0) return n;
+  CopyIn(tail, static_cast<const std::byte*>(buf), static_cast<uint64_t>(n));
+  PublishTail(tail, static_cast<uint64_t>(n));
+  return n;
 }
 
 DOORWAY_RING_HOT int64_t Ring::WriteWhole(const void* buf, size_t len) {
@@ -451,9 +462,7 @@ DOORWAY_RING_HOT int64_t Ring::WriteWhole(const void* buf, size_t len) {
     if (used > cap_ || cap_ - used < len) return 0;
   }
   CopyIn(tail, static_cast<const std::byte*>(buf), len);
-  PublishTail(tail + len);
-  StatAdd(stats_->bytes, len);
-  StatAdd(stats_->ops);
+  PublishTail(tail, len);
   return static_cast<int64_t>(len);
 }
 
@@ -474,10 +483,12 @@ DOORWAY_RING_HOT int64_t Ring::LoadAvailForConsumer(uint64_t* head_out, size_t w
   return static_cast<int64_t>(avail);
 }
 
-DOORWAY_RING_HOT void Ring::PublishHead(uint64_t head) {
+DOORWAY_RING_HOT void Ring::PublishHead(uint64_t head, uint64_t n) {
   // R2 pairs with A1: our reads of the consumed bytes happen before the
   // producer may overwrite them.
-  Publish(ctrl_->cons.index, ctrl_->space_wait, head);
+  Publish(ctrl_->cons.index, ctrl_->space_wait, head + n);
+  StatAdd(stats_->bytes, n);
+  StatAdd(stats_->ops);
 }
 
 DOORWAY_RING_HOT int64_t Ring::AvailToConsume(uint64_t want, uint64_t* head) {
@@ -508,9 +519,7 @@ DOORWAY_RING_HOT int64_t Ring::Read(void* buf, size_t len) {
   if (avail <= 0) return avail;
   uint64_t n = static_cast<uint64_t>(avail) < total ? static_cast<uint64_t>(avail) : total;
   CopyOut(head, static_cast<std::byte*>(buf), n);
-  PublishHead(head + n);
-  StatAdd(stats_->bytes, n);
-  StatAdd(stats_->ops);
+  PublishHead(head, n);
   return static_cast<int64_t>(n);
 }
 
@@ -528,9 +537,7 @@ DOORWAY_RING_HOT int64_t Ring::ReadSome(void* buf, size_t len) {
   if (avail == 0) return 0;
   uint64_t n = avail < len ? avail : len;
   CopyOut(head, static_cast<std::byte*>(buf), n);
-  PublishHead(head + n);
-  StatAdd(stats_->bytes, n);
-  StatAdd(stats_->ops);
+  PublishHead(head, n);
   return static_cast<int64_t>(n);
 }
 
