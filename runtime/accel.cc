@@ -2101,13 +2101,20 @@ namespace {
 // indices), ask the rings under their locks. Epoll and poll evaluate every
 // hot member at every wait (and spin over them): the two lock round trips
 // were the largest part of that.
-bool QuickPollEvents(Connection& c, short* ev) {
+//
+// want_out false: POLLOUT is not computed (nor tx corruption looked for),
+// so that the tx ring's consumer index is not read. The peer stores it
+// when it reads our message; a waiter spinning on that line takes it
+// shared at every look, and the peer's store must then invalidate our
+// copy before its reply's stores (queued behind it: x86 stores complete in
+// order) become visible, on the path of every round trip.
+bool QuickPollEvents(Connection& c, short* ev, bool want_out) {
   using transport::EndState;
   if (c.shut_rd.load(std::memory_order_relaxed) || c.shut_wr.load(std::memory_order_relaxed)) {
     return false;
   }
   const bool rx_any = c.rx.ReadReady();
-  const std::int64_t tx_used = c.tx.Queued();
+  const std::int64_t tx_used = want_out ? c.tx.Queued() : 0;
   if (c.rx.WriterState() != EndState::kOpen || c.rx.ReaderState() != EndState::kOpen ||
       c.tx.WriterState() != EndState::kOpen || c.tx.ReaderState() != EndState::kOpen) {
     return false;
@@ -2116,16 +2123,17 @@ bool QuickPollEvents(Connection& c, short* ev) {
   // which Queued tells apart).
   const std::int64_t rx_used = rx_any ? c.rx.Queued() : 0;
   if (tx_used < 0 || rx_used < 0) return false;
-  *ev = static_cast<short>(
-      (rx_used > 0 ? POLLIN | POLLRDNORM : 0) |
-      (static_cast<std::uint64_t>(tx_used) < c.tx.capacity() ? POLLOUT | POLLWRNORM : 0));
+  *ev = static_cast<short>((rx_used > 0 ? POLLIN | POLLRDNORM : 0) |
+                           (want_out && static_cast<std::uint64_t>(tx_used) < c.tx.capacity()
+                                ? POLLOUT | POLLWRNORM
+                                : 0));
   return true;
 }
 }  // namespace
 
-short ConnPollEvents(Connection& c, int fd) {
+short ConnPollEvents(Connection& c, int fd, bool want_out) {
   short ev = 0;
-  if (QuickPollEvents(c, &ev)) {
+  if (QuickPollEvents(c, &ev, want_out)) {
     if ((ev & POLLIN) == 0 && PeerGoneRarely(c, fd)) return ConnPollEvents(c);
     return ev;
   }

@@ -332,7 +332,10 @@ bool IsAccelerated(int fd);
 // With the connection's fd, a connection with nothing to report also looks
 // for the peer's death on the door socket, at most every 10 ms (for poll
 // with a zero timeout, which never sleeps on that socket).
-short ConnPollEvents(Connection& c, int fd = -1);
+// want_out false (the caller does not ask for POLLOUT): POLLOUT may be
+// missing from the result, which then costs no look at the peer's
+// consumer index (accel.cc QuickPollEvents).
+short ConnPollEvents(Connection& c, int fd = -1, bool want_out = true);
 // Before sleeping in the kernel on c's Unix socket for `events` (POLLIN,
 // POLLOUT): arms c's rings so that the peer sends a doorbell when they
 // become ready. Returns true if c is ready already (do not sleep then).
