@@ -742,6 +742,16 @@ http {{
                 self.r.add(sec, metric, unit, higher, t, float(m.group(1)))
             else:
                 self.notes.append(f"ring_bench printed no '{label}' line.")
+        # The 64 B message rate of the rings alone, as whole-run means (what
+        # pingpong's rows measure) beside the median batches above: the
+        # transport without the runtime drops into the same slow mode
+        # (docs/transport.md "eighth session").
+        m = re.search(r"^rings, one Write and one Read per message.*\n"
+                      r"\s+whole-run means instead of median batches\s+([0-9.]+)",
+                      self.ring_bench_out, re.M)
+        if m:
+            self.r.add(sec, "ring_bench: 64 B messages, whole-run means", "M msg/s", True, "rings",
+                       float(m.group(1)))
 
     # ---- spin budget ----
 
