@@ -2131,9 +2131,9 @@ bool QuickPollEvents(Connection& c, short* ev, bool want_out) {
 }
 }  // namespace
 
-short ConnPollEvents(Connection& c, int fd, bool want_out) {
+short ConnPollEvents(Connection& c, int fd, short asked) {
   short ev = 0;
-  if (QuickPollEvents(c, &ev, want_out)) {
+  if (QuickPollEvents(c, &ev, (asked & (POLLOUT | POLLWRNORM)) != 0)) {
     if ((ev & POLLIN) == 0 && PeerGoneRarely(c, fd)) return ConnPollEvents(c);
     return ev;
   }

@@ -34,6 +34,7 @@
 #ifndef DOORWAY_RUNTIME_ACCEL_H_
 #define DOORWAY_RUNTIME_ACCEL_H_
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -332,10 +333,11 @@ bool IsAccelerated(int fd);
 // With the connection's fd, a connection with nothing to report also looks
 // for the peer's death on the door socket, at most every 10 ms (for poll
 // with a zero timeout, which never sleeps on that socket).
-// want_out false (the caller does not ask for POLLOUT): POLLOUT may be
-// missing from the result, which then costs no look at the peer's
-// consumer index (accel.cc QuickPollEvents).
-short ConnPollEvents(Connection& c, int fd = -1, bool want_out = true);
+// asked: the events the caller waits for (poll's or epoll's mask; POLLOUT
+// and POLLWRNORM have the same values as EPOLLOUT and EPOLLWRNORM). Without
+// either of those, POLLOUT may be missing from the result, which then costs
+// no look at the peer's consumer index (accel.cc QuickPollEvents).
+short ConnPollEvents(Connection& c, int fd = -1, short asked = POLLOUT);
 // Before sleeping in the kernel on c's Unix socket for `events` (POLLIN,
 // POLLOUT): arms c's rings so that the peer sends a doorbell when they
 // become ready. Returns true if c is ready already (do not sleep then).

@@ -426,8 +426,8 @@ Reading Read(const Member& m, Connection& c) {
   std::uint32_t interest =
       m.events & (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLRDNORM | EPOLLWRNORM | EPOLLPRI);
   Reading r{};
-  const bool want_out = (interest & (EPOLLOUT | EPOLLWRNORM)) != 0;
-  r.now = static_cast<std::uint32_t>(ConnPollEvents(c, -1, want_out)) &
+  static_assert(EPOLLOUT == POLLOUT && EPOLLWRNORM == POLLWRNORM);
+  r.now = static_cast<std::uint32_t>(ConnPollEvents(c, -1, static_cast<short>(interest))) &
           (interest | EPOLLERR | EPOLLHUP);
   r.report = r.now;
   if ((m.events & EPOLLET) == 0) return r;

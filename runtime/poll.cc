@@ -92,8 +92,8 @@ int EvaluateAccelerated(pollfd* fds, nfds_t n, Ref* refs, bool liveness = true) 
   for (nfds_t i = 0; i < n; ++i) {
     Connection* c = refs[i].As<Connection>();
     if (c == nullptr) continue;
-    const bool want_out = (fds[i].events & (POLLOUT | POLLWRNORM)) != 0;
-    short ev = ConnPollEvents(*c, liveness ? fds[i].fd : -1, want_out) & (fds[i].events | kAlways);
+    short ev =
+        ConnPollEvents(*c, liveness ? fds[i].fd : -1, fds[i].events) & (fds[i].events | kAlways);
     fds[i].revents = ev;
     if (ev != 0) ++ready;
   }
@@ -139,8 +139,7 @@ int PollKernel(pollfd* fds, nfds_t n, Ref* refs, pollfd* kfds, const timespec* t
 int WaitOne(pollfd* fd, Connection& c, std::int64_t timeout_ns) {
   const std::int64_t deadline = timeout_ns < 0 ? -1 : NowNs() + timeout_ns;
   for (;;) {
-    short ev =
-        ConnPollEvents(c, -1, (fd->events & (POLLOUT | POLLWRNORM)) != 0) & (fd->events | kAlways);
+    short ev = ConnPollEvents(c, -1, fd->events) & (fd->events | kAlways);
     if (ev != 0) {
       fd->revents = ev;
       return 1;

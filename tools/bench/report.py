@@ -253,7 +253,6 @@ class Bench:
         self.notes_retry = []
         self.failures = []
         self.ring_bench_out = ""
-        self.redis_cpu = None
 
     # ---- processes and transports ----
 
@@ -608,9 +607,8 @@ class Bench:
         # beside 2n requests), split into user and system time: over kernel
         # TCP the system part is what a transport can take away.
         ru = srv.rusage
-        self.redis_cpu = None if ru is None else (ru.ru_utime * 1e6 / (2 * n),
-                                                  ru.ru_stime * 1e6 / (2 * n))
-        return got["GET"], got["SET"]
+        cpu = None if ru is None else (ru.ru_utime * 1e6 / (2 * n), ru.ru_stime * 1e6 / (2 * n))
+        return got["GET"], got["SET"], cpu
 
     @retried(2)
     def nginx_wrk(self, transport, secs, conns):
@@ -690,20 +688,19 @@ http {{
             # load weigh little: 30 000 requests took 0.1 s under doorway,
             # and the ratio moved between 1.5x and 2.1x from run to run.
             for t in order + ["unix"]:
-                get, set_ = self.redis(t, 2000 if q else 150000, 50)
+                get, set_, _ = self.redis(t, 2000 if q else 150000, 50)
                 r.add(sec, "redis-benchmark GET (50 clients)", "req/s", True, t, get)
                 r.add(sec, "redis-benchmark SET (50 clients)", "req/s", True, t, set_)
             # The event-loop issue asks for pipelining too (-P 16: 16 requests
             # per read, so fewer wake-ups and more bytes per call).
             for t in order + ["unix"]:
-                get, set_ = self.redis(t, 20000 if q else 1000000, 50, 16)
+                get, set_, cpu = self.redis(t, 20000 if q else 1000000, 50, 16)
                 r.add(sec, "redis-benchmark GET (50 clients, -P 16)", "req/s", True, t, get)
                 r.add(sec, "redis-benchmark SET (50 clients, -P 16)", "req/s", True, t, set_)
-                if self.redis_cpu is not None:
-                    r.add(sec, "redis-server CPU per request, -P 16: user", "µs", False, t,
-                          self.redis_cpu[0])
+                if cpu is not None:
+                    r.add(sec, "redis-server CPU per request, -P 16: user", "µs", False, t, cpu[0])
                     r.add(sec, "redis-server CPU per request, -P 16: system", "µs", False, t,
-                          self.redis_cpu[1])
+                          cpu[1])
         else:
             self.notes.append("redis-server/redis-benchmark not installed: their rows are missing.")
         if shutil.which("nginx") and shutil.which("wrk"):
