@@ -12,6 +12,7 @@
 
 #include "abi/internal/trampoline.h"
 #include "runtime/fallback.h"
+#include "runtime/pass.h"
 
 using doorway::abi::Managed;
 using doorway::abi::Ret;
@@ -116,12 +117,15 @@ DOORWAY_EXPORT ssize_t sendmsg(int fd, const msghdr* msg, int flags) {
   if (Managed(fd)) {
     return Ret(rt::ManagedSend(fd, msg->msg_iov, static_cast<int>(msg->msg_iovlen), flags));
   }
+  // SCM_RIGHTS may carry accelerated fds, which must become kernel sockets
+  // first (runtime/pass.h).
+  if (msg != nullptr && msg->msg_controllen != 0) return Ret(rt::SendmsgWithRights(fd, msg, flags));
   return rt::fallback::Sendmsg(fd, msg, flags);
 }
 
 DOORWAY_EXPORT int sendmmsg(int fd, mmsghdr* msgs, unsigned int n, int flags) {
   if (Managed(fd)) return Ret(rt::ManagedSendmmsg(fd, msgs, n, flags));
-  return DOORWAY_REAL(sendmmsg)(fd, msgs, n, flags);
+  return Ret(rt::SendmmsgWithRights(fd, msgs, n, flags));
 }
 
 DOORWAY_EXPORT ssize_t sendfile(int out_fd, int in_fd, off_t* offset, size_t count) {

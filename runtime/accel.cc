@@ -28,6 +28,7 @@
 #include "runtime/epoll.h"
 #include "runtime/log.h"
 #include "runtime/real.h"
+#include "runtime/relay.h"
 #include "runtime/reuse.h"
 #include "runtime/signals.h"
 #include "runtime/sockets.h"
@@ -3192,6 +3193,144 @@ int ManagedBind(int fd, const sockaddr* addr, socklen_t len) {
   if (r.As<Connection>() != nullptr) return -EINVAL;
   Listener* l = r.As<Listener>();
   return DOORWAY_REAL(bind)(l != nullptr ? l->tcp_fd : fd, addr, len) == 0 ? 0 : -errno;
+}
+
+// ---------------------------------------------------------------- passing a listener
+
+namespace {
+
+// Where relays of door connections connect to reach l's kernel listener.
+Endpoint KernelListenerAddress(const Listener& l) {
+  Endpoint dest = l.local;
+  if (IsWildcard(dest)) {
+    memset(dest.addr, 0, sizeof(dest.addr));
+    if (dest.family == AF_INET) {
+      dest.addr[0] = 127;
+      dest.addr[3] = 1;
+    } else {
+      dest.addr[15] = 1;
+    }
+  }
+  return dest;
+}
+
+// The door connection just accepted at c goes on as a kernel TCP connection
+// in l's backlog (relay.h RelayConnectionTo); c's number is closed.
+void RelayIntoBacklog(int c, const Endpoint& dest, int* relayed) {
+  if (int rc = RelayConnectionTo(c, dest); rc != 0) {
+    DOORWAY_LOG(kWarn, "fd %d: a pending door connection is lost (no relay: %s)", c, strerror(-rc));
+  } else {
+    ++*relayed;
+  }
+  Close(c);
+}
+
+// Every connection on l's wake FIFO (connections on kept door sockets).
+void DrainRecords(Listener& l, int fd, const Endpoint& dest, int* relayed) {
+  if (l.wake_rd < 0) return;
+  for (int i = 0; i < 4096; ++i) {
+    bool empty = false;
+    int c = AcceptRecord(l, fd, nullptr, nullptr, SOCK_CLOEXEC, &empty);
+    if (c >= 0) {
+      RelayIntoBacklog(c, dest, relayed);
+    } else if (empty || c != -EAGAIN) {
+      return;
+    }
+  }
+}
+
+}  // namespace
+
+int UnaccelerateListener(int fd) {
+  Ref r = GlobalTable().Get(fd);
+  Listener* l = r.As<Listener>();
+  if (l == nullptr) return -EINVAL;
+  // New clients find the doors refusing (a Unix listener shut down for
+  // reading refuses connects; those queued can still be accepted) and
+  // connect over TCP: from now on the kernel listener serves everyone.
+  for (int d : l->door_fd) {
+    if (d >= 0) DOORWAY_REAL(shutdown)(d, SHUT_RD);
+  }
+  // Door connections already made (their clients' connect returned) are
+  // in the listener's backlog as far as the program knows: each goes on as
+  // a kernel TCP connection relayed to its rings, queued at the kernel
+  // listener, so that whichever process accepts gets it.
+  const Endpoint dest = KernelListenerAddress(*l);
+  int relayed = 0;
+  DrainRecords(*l, fd, dest, &relayed);
+  for (int d : l->door_fd) {
+    for (int i = 0; d >= 0 && i < 4096; ++i) {
+      pollfd p{d, POLLIN, 0};
+      if (syscall(SYS_poll, &p, 1, 0) != 1) break;
+      int c = AcceptDoor(*l, fd, d, nullptr, nullptr, SOCK_CLOEXEC);
+      if (c >= 0) {
+        RelayIntoBacklog(c, dest, &relayed);
+      } else if (c != -EAGAIN && c != -ENOMEM && c != -ENFILE) {
+        break;  // EMFILE: the rest are lost when the door closes
+      }
+    }
+  }
+  // Parked door connections (Hello late, or waiting for memory): each is
+  // given a moment for its Hello.
+  const std::int64_t deadline = NowNs() + 500'000'000;
+  for (int round = 0; round < 10000; ++round) {
+    std::uint64_t waiting = 0;
+    const std::uint64_t kept =
+        l->reused != nullptr ? l->pending_reused.load(std::memory_order_relaxed) : 0;
+    for (int i = 0; i < Listener::kMaxPending; ++i) {
+      if (l->pending[i].load() >= 0 && (kept & (std::uint64_t{1} << i)) == 0) {
+        waiting |= std::uint64_t{1} << i;
+      }
+    }
+    if (waiting == 0 || NowNs() > deadline) break;
+    int c = AcceptPending(*l, fd, nullptr, nullptr, SOCK_CLOEXEC, waiting);
+    if (c >= 0) {
+      RelayIntoBacklog(c, dest, &relayed);
+    } else {
+      timespec ts{0, 1'000'000};
+      nanosleep(&ts, nullptr);
+    }
+  }
+  DrainRecords(*l, fd, dest, &relayed);
+  // The rest: kept door sockets with no connection on them (their clients
+  // see the hang-up and take the door next time, which refuses: TCP), and
+  // connections whose Hello never came (reset).
+  int dropped = DropParked(*l, fd);
+  // The kernel listener takes the program's number (and its other numbers
+  // for this listener), with the program's O_NONBLOCK: both processes then
+  // share one kernel listener, as they would without doorway.
+  const int fl = DOORWAY_REAL(fcntl)(fd, F_GETFL);
+  const int tfl = DOORWAY_REAL(fcntl)(l->tcp_fd, F_GETFL);
+  if (fl >= 0 && tfl >= 0) {
+    DOORWAY_REAL(fcntl)(l->tcp_fd, F_SETFL, (tfl & ~O_NONBLOCK) | (fl & O_NONBLOCK));
+  }
+  int numbers[64];
+  int n = 0;
+  GlobalTable().ForEach([&](int other, const Ref& o) {
+    if (o.As<Listener>() == l && n < 64) numbers[n++] = other;
+  });
+  int rc = 0;
+  for (int i = 0; i < n; ++i) {
+    const int num = numbers[i];
+    const int fdflags = DOORWAY_REAL(fcntl)(num, F_GETFD);
+    if (DOORWAY_REAL(dup3)(l->tcp_fd, num,
+                           (fdflags > 0 && (fdflags & FD_CLOEXEC)) ? O_CLOEXEC : 0) != num) {
+      if (num == fd) rc = -errno;
+      continue;
+    }
+    SocketFile sf;
+    sf.domain = l->domain;
+    sf.type = SOCK_STREAM;
+    sf.protocol = IPPROTO_TCP;
+    sf.origin = Origin::kSocket;
+    Ref old = GlobalTable().Install(num, Make<SocketFile>(sf), nullptr, kTagPlain);
+    if (old) OnFdDetached(old);
+  }
+  DOORWAY_LOG(kDebug,
+              "fd %d: listener is a kernel listener again (%d pending door connection(s) relayed "
+              "into its backlog, %d dropped)",
+              fd, relayed, dropped);
+  return rc;
 }
 
 }  // namespace doorway::runtime

@@ -327,6 +327,13 @@ int ManagedBind(int fd, const sockaddr* addr, socklen_t len);
 // For doorway_fd_info and tests.
 bool IsAccelerated(int fd);
 
+// The accelerated listener at fd becomes its kernel listener again (before
+// it is sent to another process with SCM_RIGHTS, runtime/pass.h): the door
+// closes to new clients (they connect over TCP), the door connections
+// already made are relayed into the kernel listener's backlog, and fd (and
+// any duplicate) becomes the kernel listener. Returns 0 or -errno.
+int UnaccelerateListener(int fd);
+
 // ---- readiness, for the poll engine (runtime/poll.h) ----
 // The poll(2) events of an accelerated connection, computed from its rings:
 // POLLIN/POLLRDNORM, POLLOUT/POLLWRNORM, POLLRDHUP, POLLHUP, POLLERR.

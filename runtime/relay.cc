@@ -10,6 +10,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
 #include <sys/xattr.h>
@@ -144,30 +145,66 @@ bool FindRelayBinary(char* lib, size_t lib_size, char* relay, size_t relay_size)
   return n > 0 && static_cast<size_t>(n) < relay_size && access(relay, X_OK) == 0;
 }
 
-// A connected pair of kernel TCP sockets on the loopback of `family`.
-int TcpPair(int family, int out[2]) {
+// Binds the kernel socket s to ep (with SO_REUSEADDR); false if it cannot
+// (the address is taken or not local): s stays unbound.
+bool BindTo(int s, const Endpoint& ep) {
+  int one = 1;
+  DOORWAY_REAL(setsockopt)(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  sockaddr_storage ss;
+  socklen_t len = EndpointToSockaddr(ep, &ss);
+  return DOORWAY_REAL(bind)(s, reinterpret_cast<sockaddr*>(&ss), len) == 0;
+}
+
+// A connected pair of kernel TCP sockets of c's family: out[0] for the
+// program, out[1] for the relay. The program's end is the accepted one, so
+// that its getpeername names c's peer when that address can be bound (a
+// server's connection: the client's address and port, which no kernel
+// socket holds, doorway's connect synthesizes it); its getsockname has c's
+// local address but another port (the real one belongs to the listener).
+int TcpPair(const Connection& c, int out[2]) {
+  const int family = c.local.family == AF_INET6 ? AF_INET6 : AF_INET;
+  Endpoint local = c.local;
+  local.port = 0;
   sockaddr_storage ss{};
   socklen_t len;
-  if (family == AF_INET6) {
-    auto* s6 = reinterpret_cast<sockaddr_in6*>(&ss);
-    s6->sin6_family = AF_INET6;
-    s6->sin6_addr = in6addr_loopback;
-    len = sizeof(*s6);
-  } else {
-    auto* s4 = reinterpret_cast<sockaddr_in*>(&ss);
-    s4->sin_family = AF_INET;
-    s4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    len = sizeof(*s4);
-  }
   int l = DOORWAY_REAL(socket)(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (l < 0) return -errno;
+  if (!BindTo(l, local)) {
+    // Not a local address any more: the loopback.
+    DOORWAY_REAL(close)(l);
+    if ((l = DOORWAY_REAL(socket)(family, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0) return -errno;
+    if (family == AF_INET6) {
+      auto* s6 = reinterpret_cast<sockaddr_in6*>(&ss);
+      s6->sin6_family = AF_INET6;
+      s6->sin6_addr = in6addr_loopback;
+      len = sizeof(*s6);
+    } else {
+      auto* s4 = reinterpret_cast<sockaddr_in*>(&ss);
+      s4->sin_family = AF_INET;
+      s4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      len = sizeof(*s4);
+    }
+    if (DOORWAY_REAL(bind)(l, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+      int e = errno;
+      DOORWAY_REAL(close)(l);
+      return -e;
+    }
+  }
+  len = sizeof(ss);
   int a = -1, b = -1, e = 0;
-  if (DOORWAY_REAL(bind)(l, reinterpret_cast<sockaddr*>(&ss), len) != 0 ||
-      DOORWAY_REAL(listen)(l, 1) != 0 ||
+  if (DOORWAY_REAL(listen)(l, 1) != 0 ||
       DOORWAY_REAL(getsockname)(l, reinterpret_cast<sockaddr*>(&ss), &len) != 0 ||
-      (a = DOORWAY_REAL(socket)(family, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0 ||
-      DOORWAY_REAL(connect)(a, reinterpret_cast<sockaddr*>(&ss), len) != 0 ||
-      (b = DOORWAY_REAL(accept4)(l, nullptr, nullptr, SOCK_CLOEXEC)) < 0) {
+      (a = DOORWAY_REAL(socket)(family, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0) {
+    e = errno;
+  }
+  if (e == 0 && !BindTo(a, c.peer)) {
+    // The peer's address is taken (a client connection's peer is a
+    // listener): any port.
+    DOORWAY_REAL(close)(a);
+    if ((a = DOORWAY_REAL(socket)(family, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0) e = errno;
+  }
+  if (e == 0 && (DOORWAY_REAL(connect)(a, reinterpret_cast<sockaddr*>(&ss), len) != 0 ||
+                 (b = DOORWAY_REAL(accept4)(l, nullptr, nullptr, SOCK_CLOEXEC)) < 0)) {
     e = errno;
   }
   DOORWAY_REAL(close)(l);
@@ -175,8 +212,8 @@ int TcpPair(int family, int out[2]) {
     if (a >= 0) DOORWAY_REAL(close)(a);
     return -e;
   }
-  out[0] = a;
-  out[1] = b;
+  out[0] = b;
+  out[1] = a;
   return 0;
 }
 
@@ -241,7 +278,10 @@ void ResetConnection(int fd) {
       }
       env[k++] = preload;
       env[k] = nullptr;
+      // Both survive the exec (a connection the program accepted with
+      // SOCK_CLOEXEC too: ExecEnv passes only those that survive).
       DOORWAY_REAL(fcntl)(tcp, F_SETFD, 0);
+      DOORWAY_REAL(fcntl)(fd, F_SETFD, 0);
       char fd_arg[16], tcp_arg[16];
       snprintf(fd_arg, sizeof(fd_arg), "%d", fd);
       snprintf(tcp_arg, sizeof(tcp_arg), "%d", tcp);
@@ -279,36 +319,61 @@ bool WillLoadDoorway(const ExecTarget& t, char* const* envp) {
   return r;
 }
 
-int RelayConnection(int fd) {
-  Ref r = GlobalTable().Get(fd);
-  Connection* c = r.As<Connection>();
-  if (c == nullptr) return -EINVAL;
-  int pair[2] = {-1, -1};
-  int rc = TcpPair(c->local.family == AF_INET6 ? AF_INET6 : AF_INET, pair);
-  if (rc != 0) return rc;
+namespace {
+
+// Starts a relay process between the accelerated connection c at fd and
+// the kernel socket relay_tcp (which it takes; connected, or connecting:
+// the relay waits for the connect). From then on the relay holds the
+// connection: the caller may drop fd without shutting it down.
+int StartRelay(int fd, Connection* c, int relay_tcp) {
   char lib[PATH_MAX], relay[PATH_MAX];
   bool have_relay = FindRelayBinary(lib, sizeof(lib), relay, sizeof(relay));
-  // From now on the relay holds the connection: our fd number moving to
-  // the kernel socket must not shut it down.
   bool was_shared = c->shared.exchange(true, std::memory_order_relaxed);
   pid_t pid = DOORWAY_REAL(fork)();
   if (pid < 0) {
     int e = errno;
     c->shared.store(was_shared, std::memory_order_relaxed);
-    DOORWAY_REAL(close)(pair[0]);
-    DOORWAY_REAL(close)(pair[1]);
     return -e;
   }
   if (pid == 0) {
-    // Double fork: the relay is reparented at once, so the program that is
-    // about to start never finds an unknown child in wait().
+    // Double fork: the relay is reparented at once, so the program never
+    // finds an unknown child in wait() (nor does one started by exec).
     pid_t relay_pid = DOORWAY_REAL(fork)();
     if (relay_pid != 0) _exit(relay_pid < 0 ? 1 : 0);
-    DOORWAY_REAL(close)(pair[0]);
-    BecomeRelay(fd, pair[1], c, was_shared, lib, have_relay ? relay : nullptr);
+    pollfd p{relay_tcp, POLLOUT, 0};
+    int err = 0;
+    socklen_t el = sizeof(err);
+    // Bounded: a connect the kernel gives up on reports its error sooner.
+    if (syscall(SYS_poll, &p, 1, 60000) != 1 ||
+        DOORWAY_REAL(getsockopt)(relay_tcp, SOL_SOCKET, SO_ERROR, &err, &el) != 0 || err != 0) {
+      // No kernel connection to hand the bytes to: the peer sees a reset,
+      // as a client whose connection a listener dropped from its backlog.
+      c->shared.store(was_shared, std::memory_order_relaxed);
+      ResetConnection(fd);
+      _exit(1);
+    }
+    BecomeRelay(fd, relay_tcp, c, was_shared, lib, have_relay ? relay : nullptr);
   }
   int status = 0;
   while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  return 0;
+}
+
+}  // namespace
+
+int RelayConnection(int fd, const char* purpose) {
+  Ref r = GlobalTable().Get(fd);
+  Connection* c = r.As<Connection>();
+  if (c == nullptr) return -EINVAL;
+  int pair[2] = {-1, -1};
+  int rc = TcpPair(*c, pair);
+  if (rc != 0) return rc;
+  rc = StartRelay(fd, c, pair[1]);
+  DOORWAY_REAL(close)(pair[1]);
+  if (rc != 0) {
+    DOORWAY_REAL(close)(pair[0]);
+    return rc;
   }
   int fdflags = DOORWAY_REAL(fcntl)(fd, F_GETFD);
   if (c->nonblocking.load(std::memory_order_relaxed)) {
@@ -319,19 +384,53 @@ int RelayConnection(int fd) {
     rc = -errno;
   }
   DOORWAY_REAL(close)(pair[0]);
-  DOORWAY_REAL(close)(pair[1]);
   if (rc != 0) return rc;  // the relay has the connection; this fd keeps the door socket
   SocketFile sf;
   sf.domain = c->local.family == AF_INET6 ? AF_INET6 : AF_INET;
   sf.type = SOCK_STREAM;
   sf.protocol = IPPROTO_TCP;
-  sf.origin = Origin::kSocket;
+  sf.origin = c->role == transport::Role::kServer ? Origin::kAccept : Origin::kSocket;
   Ref obj = fdtable::Make<SocketFile>(sf);
   bool ok = false;
   Ref old = GlobalTable().Install(fd, std::move(obj), &ok, kTagPlain);
   if (old) OnFdDetached(old);
-  DOORWAY_LOG(kDebug, "fd %d: accelerated connection handed to a relay for exec", fd);
+  DOORWAY_LOG(kDebug, "fd %d: accelerated connection handed to a relay %s", fd, purpose);
   return 0;
+}
+
+int RelayConnectionTo(int fd, const Endpoint& dest) {
+  Ref r = GlobalTable().Get(fd);
+  Connection* c = r.As<Connection>();
+  if (c == nullptr) return -EINVAL;
+  const int family = dest.family == AF_INET6 ? AF_INET6 : AF_INET;
+  int t = DOORWAY_REAL(socket)(family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (t < 0) return -errno;
+  // The connection the listener's accept returns then names the client.
+  if (!BindTo(t, c->peer)) {
+    DOORWAY_REAL(close)(t);
+    t = DOORWAY_REAL(socket)(family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (t < 0) return -errno;
+  }
+  sockaddr_storage ss;
+  socklen_t len = EndpointToSockaddr(dest, &ss);
+  if (DOORWAY_REAL(connect)(t, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+    if (errno != EINPROGRESS) {
+      int e = errno;
+      DOORWAY_REAL(close)(t);
+      return -e;
+    }
+    // A loopback connect completes at once unless the backlog is full: the
+    // connection is then queued at the listener before the caller goes on,
+    // as it was at the door. Otherwise the relay waits for it.
+    pollfd p{t, POLLOUT, 0};
+    (void)syscall(SYS_poll, &p, 1, 1000);
+  }
+  int rc = StartRelay(fd, c, t);
+  DOORWAY_REAL(close)(t);
+  if (rc == 0) {
+    DOORWAY_LOG(kDebug, "fd %d: accelerated connection handed to a relay into the listener", fd);
+  }
+  return rc;
 }
 
 int RelayLoop(int conn, int tcp) {

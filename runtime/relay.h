@@ -23,6 +23,8 @@
 
 #include <fcntl.h>
 
+#include "runtime/endpoint.h"
+
 namespace doorway::runtime {
 
 // What an exec call names: a path (searched in PATH if `search` and it has
@@ -44,7 +46,21 @@ bool WillLoadDoorway(const ExecTarget& target, char* const* envp);
 
 // Replaces the accelerated connection at fd by a kernel TCP socket relayed
 // to it by a new relay process. Returns 0, or -errno (fd unchanged).
-int RelayConnection(int fd);
+// Also before an accelerated connection is sent to another process with
+// SCM_RIGHTS (runtime/pass.h). The kernel socket's getpeername is the
+// connection's peer when that address is free to bind (a server's
+// connection: the client's), its getsockname the local address with
+// another port.
+// purpose: for the debug log ("for exec").
+int RelayConnection(int fd, const char* purpose = "for exec");
+
+// Hands the accelerated connection at fd to a new relay process that
+// connects a kernel TCP socket to dest (a listener of this host) and relays
+// between them: the connection then waits in that listener's backlog as a
+// kernel TCP connection from the client's address. fd stays an accelerated
+// connection that the caller closes (it no longer shuts the connection
+// down). Returns 0, or -errno (nothing changed).
+int RelayConnectionTo(int fd, const Endpoint& dest);
 
 // The relay loop: copies between the accelerated connection at conn_fd and
 // the kernel socket tcp_fd until both directions are finished. Returns the

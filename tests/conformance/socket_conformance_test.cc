@@ -2004,6 +2004,225 @@ TEST_P(Conformance, ListenerQuietAfterClientExits) {
   EXPECT_EQ(errno, EAGAIN);
 }
 
+// ---- passing sockets with SCM_RIGHTS (runtime/pass.h)
+
+// Sends fd over the Unix socket sock with `data` as the message's bytes.
+bool SendFd(int sock, int fd, const void* data, size_t len) {
+  iovec iov{const_cast<void*>(data), len};
+  alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int))] = {};
+  msghdr m{};
+  m.msg_iov = &iov;
+  m.msg_iovlen = 1;
+  m.msg_control = ctl;
+  m.msg_controllen = sizeof(ctl);
+  cmsghdr* c = CMSG_FIRSTHDR(&m);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(c), &fd, sizeof(int));
+  return sendmsg(sock, &m, 0) == static_cast<ssize_t>(len);
+}
+
+// Receives one fd (and up to len bytes into data) from sock; -1 if none.
+int RecvFd(int sock, void* data, size_t len) {
+  iovec iov{data, len};
+  alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int))] = {};
+  msghdr m{};
+  m.msg_iov = &iov;
+  m.msg_iovlen = 1;
+  m.msg_control = ctl;
+  m.msg_controllen = sizeof(ctl);
+  if (recvmsg(sock, &m, MSG_CMSG_CLOEXEC) <= 0) return -1;
+  cmsghdr* c = CMSG_FIRSTHDR(&m);
+  if (c == nullptr || c->cmsg_type != SCM_RIGHTS) return -1;
+  int fd = -1;
+  memcpy(&fd, CMSG_DATA(c), sizeof(int));
+  return fd;
+}
+
+// Reads exactly n bytes (bounded waits); false on EOF, error or timeout.
+bool ReadFully(int fd, char* buf, size_t n) {
+  size_t got = 0;
+  while (got < n) {
+    pollfd p{fd, POLLIN, 0};
+    if (poll(&p, 1, 10000) != 1) return false;
+    ssize_t r = read(fd, buf + got, n - got);
+    if (r <= 0) return false;
+    got += static_cast<size_t>(r);
+  }
+  return true;
+}
+
+// A connection accepted here and sent to a worker process (forked before
+// the connection existed) goes on in the worker: both processes hold the
+// same socket, the sender's close does not end it, the receiver's does.
+// Node's cluster module and Python's multiprocessing.reduction hand
+// connections to workers this way.
+TEST_P(Conformance, PassedConnectionWorksInTheReceiver) {
+  int sp[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sp), 0);
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    close(sp[0]);
+    close(listener_);
+    sockaddr_storage want_peer{};
+    int fd = RecvFd(sp[1], &want_peer, sizeof(want_peer));
+    bool ok = fd >= 0;
+    int v = -1;
+    socklen_t vl = sizeof(v);
+    ok = ok && getsockopt(fd, SOL_SOCKET, SO_TYPE, &v, &vl) == 0 && v == SOCK_STREAM;
+    ok = ok && getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &v, &vl) == 0 && v == Domain();
+    if (ok && IsTcp()) {
+      // The client's address and port, as the accepted socket had them.
+      sockaddr_storage peer{};
+      socklen_t pl = sizeof(peer);
+      ok = getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &pl) == 0 && pl == addr_len_ &&
+           memcmp(&peer, &want_peer, pl) == 0;
+      sockaddr_storage local{};
+      socklen_t ll = sizeof(local);
+      ok = ok && getsockname(fd, reinterpret_cast<sockaddr*>(&local), &ll) == 0 &&
+           ll == addr_len_ && local.ss_family == Domain();
+    }
+    char buf[5];
+    ok = ok && ReadFully(fd, buf, 5) && memcmp(buf, "hello", 5) == 0;
+    ok = ok && write(fd, "HELLO", 5) == 5;
+    if (fd >= 0) close(fd);
+    _exit(ok ? 0 : 1);
+  }
+  close(sp[1]);
+  Connect();
+  ExpectTracked(server_, DOORWAY_ORIGIN_ACCEPT, IsTcp() ? 1 : 0);
+  sockaddr_storage name{};
+  socklen_t nl = sizeof(name);
+  ASSERT_EQ(getsockname(client_, reinterpret_cast<sockaddr*>(&name), &nl), 0);
+  ASSERT_TRUE(SendFd(sp[0], server_, &name, sizeof(name))) << strerror(errno);
+  // The sender's fd is still the connection.
+  ASSERT_EQ(write(server_, "p", 1), 1);
+  ASSERT_EQ(close(std::exchange(server_, -1)), 0);
+  char buf[8];
+  ASSERT_TRUE(ReadFully(client_, buf, 1));
+  EXPECT_EQ(buf[0], 'p');
+  ASSERT_EQ(write(client_, "hello", 5), 5);
+  ASSERT_TRUE(ReadFully(client_, buf, 5)) << "the sender's close ended the connection?";
+  EXPECT_EQ(memcmp(buf, "HELLO", 5), 0);
+  // The receiver closed: EOF.
+  pollfd p{client_, POLLIN, 0};
+  ASSERT_EQ(poll(&p, 1, 10000), 1);
+  EXPECT_EQ(read(client_, buf, sizeof(buf)), 0);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
+  close(sp[0]);
+}
+
+// A listener sent to a worker: the worker accepts the connections made
+// before the pass (one on a door socket kept from an earlier connection,
+// one new, both waiting to be accepted) and after it.
+TEST_P(Conformance, PassedListenerAcceptsEarlierAndLaterConnections) {
+  // The worker first, then the listener (not shared by fork).
+  close(std::exchange(listener_, -1));
+  int sp[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sp), 0);
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    close(sp[0]);
+    sockaddr_storage want{};
+    int l = RecvFd(sp[1], &want, sizeof(want));
+    bool ok = l >= 0;
+    int v = -1;
+    socklen_t vl = sizeof(v);
+    ok = ok && getsockopt(l, SOL_SOCKET, SO_ACCEPTCONN, &v, &vl) == 0 && v == 1;
+    ok = ok && getsockopt(l, SOL_SOCKET, SO_TYPE, &v, &vl) == 0 && v == SOCK_STREAM;
+    sockaddr_storage name{};
+    socklen_t nl = sizeof(name);
+    ok = ok && getsockname(l, reinterpret_cast<sockaddr*>(&name), &nl) == 0 &&
+         name.ss_family == Domain();
+    // A Unix name's length is its path's.
+    if (IsTcp()) ok = ok && nl == addr_len_ && memcmp(&name, &want, nl) == 0;
+    ok = ok && (fcntl(l, F_GETFL) & O_NONBLOCK) == 0;
+    for (int i = 0; ok && i < 3; ++i) {
+      pollfd p{l, POLLIN, 0};
+      int c = poll(&p, 1, 10000) == 1 ? accept(l, nullptr, nullptr) : -1;
+      char x = 0;
+      ok = c >= 0 && ReadFully(c, &x, 1);
+      x = static_cast<char>(x - 'a' + 'A');
+      ok = ok && write(c, &x, 1) == 1;
+      if (c >= 0) close(c);
+    }
+    _exit(ok ? 0 : 1);
+  }
+  close(sp[1]);
+  listener_ = MakeListener();
+  // An earlier connection, closed by both (the server first): doorway
+  // keeps its door socket for the next one.
+  std::vector<ino_t> seen;
+  int reused = 0;
+  ConnectNoticingReuse(&seen, &reused);
+  close(std::exchange(server_, -1));
+  char x = 0;
+  WaitReadable(client_);
+  ASSERT_EQ(read(client_, &x, 1), 0);
+  close(std::exchange(client_, -1));
+  int before[2];
+  for (int i = 0; i < 2; ++i) {
+    before[i] = socket(Domain(), SOCK_STREAM, 0);
+    ASSERT_GE(before[i], 0);
+    ASSERT_EQ(connect(before[i], Addr(), addr_len_), 0) << strerror(errno);
+    ExpectTracked(before[i], DOORWAY_ORIGIN_SOCKET, IsTcp() ? 1 : 0);
+    struct stat st {};
+    ASSERT_EQ(fstat(before[i], &st), 0);
+    if (std::find(seen.begin(), seen.end(), st.st_ino) != seen.end()) ++reused;
+    ASSERT_EQ(write(before[i], i == 0 ? "b" : "c", 1), 1);
+  }
+  ExpectDoorReuse(reused, 1);
+  ASSERT_TRUE(SendFd(sp[0], listener_, &addr_, sizeof(addr_))) << strerror(errno);
+  ASSERT_EQ(close(std::exchange(listener_, -1)), 0);
+  int after = socket(Domain(), SOCK_STREAM, 0);
+  ASSERT_GE(after, 0);
+  ASSERT_EQ(connect(after, Addr(), addr_len_), 0) << strerror(errno);
+  ASSERT_EQ(write(after, "d", 1), 1);
+  const char want[3] = {'B', 'C', 'D'};
+  const int fds[3] = {before[0], before[1], after};
+  for (int i = 0; i < 3; ++i) {
+    SCOPED_TRACE("connection " + std::to_string(i));
+    char r = 0;
+    EXPECT_TRUE(ReadFully(fds[i], &r, 1));
+    EXPECT_EQ(r, want[i]);
+    close(fds[i]);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
+  close(sp[0]);
+}
+
+// TCP passes no descriptors: SCM_RIGHTS on a TCP socket is ignored (Linux
+// 6.x sends the bytes, no descriptor arrives), on an accelerated
+// connection too, and the descriptor named stays what it was.
+TEST_P(Conformance, RightsOverTcpAreIgnored) {
+  if (!IsTcp()) GTEST_SKIP() << "Unix sockets pass descriptors";
+  Connect();
+  ASSERT_TRUE(SendFd(client_, server_, "ab", 2)) << strerror(errno);
+  char buf[4] = {};
+  alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int))] = {};
+  iovec iov{buf, sizeof(buf)};
+  msghdr m{};
+  m.msg_iov = &iov;
+  m.msg_iovlen = 1;
+  m.msg_control = ctl;
+  m.msg_controllen = sizeof(ctl);
+  WaitReadable(server_);
+  ASSERT_EQ(recvmsg(server_, &m, 0), 2);
+  EXPECT_EQ(memcmp(buf, "ab", 2), 0);
+  EXPECT_EQ(m.msg_controllen, 0u);
+  ExpectTracked(server_, DOORWAY_ORIGIN_ACCEPT, 1);
+  ASSERT_EQ(write(server_, "c", 1), 1);
+  ASSERT_EQ(read(client_, buf, 1), 1);
+  EXPECT_EQ(buf[0], 'c');
+}
+
 INSTANTIATE_TEST_SUITE_P(Kinds, Conformance, testing::Values(Kind::kTcp4, Kind::kTcp6, Kind::kUnix),
                          KindName);
 
