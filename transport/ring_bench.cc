@@ -451,6 +451,15 @@ double RingStreamGBps(uint64_t cap, size_t chunk, uint64_t total) {
 // only when its cached copy says the buffer is full; that line moves at most
 // twice per 256 messages. Timed as RingPipelinedMps: the consumer (the
 // measuring process) marks 10 000-message batches and the whole run.
+//
+// The other two kinds add the rings' index protocol back, step by step
+// (diagnostics, --only=pipelined-ladder): kTailLine publishes a producer
+// index in a line of its own after every message, which the consumer caches
+// and reloads only when it has caught up with its copy (as the rings'
+// consumer does with the tail); kTailAndHead also has the consumer store
+// its position after every message (as the rings' head). Neither has the
+// rings' state, wait-line or statistics accesses.
+enum class FloorKind { kInLine, kTailLine, kTailAndHead };
 struct alignas(64) FloorSlot {
   std::atomic<uint64_t> seq;  // message index + 1; 0: never written
   char payload[56];
@@ -459,6 +468,7 @@ static_assert(sizeof(FloorSlot) == 64);
 constexpr uint64_t kFloorPublishEvery = 256;
 constexpr uint64_t kPipelinedBatch = 10'000;
 
+template <FloorKind kKind>
 double FloorPipelinedMps(uint64_t n) {
   dt::Segment seg = NewSegment(dt::kDefaultRingCapacity);
   const uint32_t ring = dt::TxRingIndex(dt::Role::kServer);
@@ -466,10 +476,12 @@ double FloorPipelinedMps(uint64_t n) {
   auto* slot = reinterpret_cast<FloorSlot*>(static_cast<char*>(seg.base()) +
                                             seg.layout().ring_data_offset[ring]);
   std::atomic<uint64_t>& consumed = g_sh->ping.v;
+  std::atomic<uint64_t>& produced = g_sh->pong.v;  // kTailLine, kTailAndHead only
   consumed.store(0);
+  produced.store(0);
   g_sh->fb.v.store(0);
   double r = RunPair(
-      [slot, slots, n, &consumed] {
+      [slot, slots, n, &consumed, &produced] {
         char m[56] = {3};
         uint64_t head = 0;  // the consumer's position as last seen
         uint64_t waits = 0;
@@ -488,27 +500,46 @@ double FloorPipelinedMps(uint64_t n) {
           }
           FloorSlot& s = slot[i & (slots - 1)];
           std::memcpy(s.payload, m, sizeof m);
-          s.seq.store(i + 1, std::memory_order_release);  // pairs with the acquire below
+          if constexpr (kKind == FloorKind::kInLine) {
+            s.seq.store(i + 1, std::memory_order_release);  // pairs with the acquire below
+          } else {
+            s.seq.store(i + 1, std::memory_order_relaxed);  // same bytes in the line
+            produced.store(i + 1, std::memory_order_release);
+          }
         }
         g_sh->fb.v.store(waits);
       },
-      [slot, slots, n, &consumed] {
+      [slot, slots, n, &consumed, &produced] {
         char out[64];
-        uint64_t waits = 0;
+        uint64_t waits = 0, tail = 0;
         Batches b;
         int64_t t0 = MonotonicNs();
         b.Start();
         for (uint64_t i = 0; i < n; ++i) {
           FloorSlot& s = slot[i & (slots - 1)];
-          uint64_t seq = s.seq.load(std::memory_order_acquire);
-          if (seq != i + 1) {
-            ++waits;
-            SpinUntil([&] { return (seq = s.seq.load(std::memory_order_acquire)) == i + 1; });
+          uint64_t seq;
+          if constexpr (kKind == FloorKind::kInLine) {
+            seq = s.seq.load(std::memory_order_acquire);
+            if (seq != i + 1) {
+              ++waits;
+              SpinUntil([&] { return (seq = s.seq.load(std::memory_order_acquire)) == i + 1; });
+            }
+          } else {
+            if (i >= tail) {
+              tail = produced.load(std::memory_order_acquire);
+              if (i >= tail) {
+                ++waits;
+                SpinUntil([&] { return i < (tail = produced.load(std::memory_order_acquire)); });
+              }
+            }
+            seq = s.seq.load(std::memory_order_relaxed);
           }
           std::memcpy(out, &seq, sizeof seq);
           std::memcpy(out + 8, s.payload, sizeof s.payload);
           asm volatile("" : : "r"(out) : "memory");  // keep the copy
-          if ((i + 1) % kFloorPublishEvery == 0) consumed.store(i + 1, std::memory_order_release);
+          if (kKind == FloorKind::kTailAndHead || (i + 1) % kFloorPublishEvery == 0) {
+            consumed.store(i + 1, std::memory_order_release);
+          }
           if ((i + 1) % kPipelinedBatch == 0) b.Mark(i + 1);
         }
         g_last_mean = double(n) / (MonotonicNs() - t0) * 1e3;  // M msg/s
@@ -563,6 +594,26 @@ double RingPipelinedMps(uint64_t n, size_t msg, bool batch_reader) {
       });
   g_writer_waits_per_msg = double(g_sh->fb.v.load()) / n;
   return r;
+}
+
+// One process writes and reads 64 B messages through a ring in turn: no
+// second core, no line moving, only the calls' own instructions (and L1
+// hits). Half of its time per message is what each side of the pipelined
+// run spends if the work splits evenly, which bounds the pipelined rate.
+double RingOneProcessMps(uint64_t n) {
+  dt::Segment seg = NewSegment(dt::kDefaultRingCapacity);
+  dt::RingStats st;
+  dt::Ring tx = seg.MakeTxRing(dt::Role::kServer, &st);
+  dt::Ring rx = seg.MakeRxRing(dt::Role::kClient, &st);
+  dt::SpinPolicy spin;
+  char m[64] = {3};
+  int64_t t0 = MonotonicNs();
+  for (uint64_t i = 0; i < n; ++i) {
+    WriteAll(tx, m, sizeof m, &spin);
+    ReadAll(rx, m, sizeof m, &spin);
+  }
+  g_last_mean = double(n) / (MonotonicNs() - t0) * 1e3;
+  return g_last_mean;
 }
 
 // ---------------------------------------------------------------- kernel
@@ -632,6 +683,7 @@ int main(int argc, char** argv) {
     if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0) {
       printf(
           "usage: ring_bench [--quick] [--rounds=N] [--only=pingpong,futex,stream,pipelined]\n"
+          "       ring_bench --only=pipelined-ladder  (diagnostics, not in a full run)\n"
           "  --quick      10x smaller counts, one round\n"
           "  --rounds=N   rounds per figure (default 5); each figure is the median\n"
           "  --only=LIST  run only these sections (default: all)\n"
@@ -786,7 +838,7 @@ int main(int argc, char** argv) {
     // handoff differs ~4x, so only a floor from the same round says whether
     // a slow rings run had a slow machine under it.
     for (int r = 0; r < rounds; ++r) {
-      floor_v.push_back(FloorPipelinedMps(kMsgs));
+      floor_v.push_back(FloorPipelinedMps<FloorKind::kInLine>(kMsgs));
       floor_mean_v.push_back(g_last_mean);
       floor_rw_v.push_back(g_reader_waits_per_msg);
       floor_ww_v.push_back(g_writer_waits_per_msg);
@@ -825,6 +877,41 @@ int main(int argc, char** argv) {
           "(waits %.3f / %.3f)   rings/floor %.2f / %.2f\n",
           r + 1, floor_v[r], floor_mean_v[r], floor_rw_v[r], floor_ww_v[r], mps_v[r], mps_mean_v[r],
           waits_v[r], wwaits_v[r], ratio_v[r], ratio_mean_v[r]);
+    }
+  }
+  // Diagnostics, only when asked for (not part of a full run): the floor
+  // with the rings' index lines added back one at a time, each round in the
+  // same process order, to see which per-message traffic costs the rings
+  // their distance to the floor.
+  if (!g_only.empty() && Section("pipelined-ladder")) {
+    const uint64_t kMsgs = 10'000'000 / q;
+    const char* names[5] = {"floor: one line per message, sequence in line",
+                            "floor + a tail line stored per message",
+                            "floor + tail and head lines stored per message",
+                            "rings, one Write and one Read per message",
+                            "rings, Write then Read in one process (one core)"};
+    std::vector<double> med[5], mean[5];
+    for (int r = 0; r < rounds; ++r) {
+      for (int k = 0; k < 5; ++k) {
+        double v = k == 0   ? FloorPipelinedMps<FloorKind::kInLine>(kMsgs)
+                   : k == 1 ? FloorPipelinedMps<FloorKind::kTailLine>(kMsgs)
+                   : k == 2 ? FloorPipelinedMps<FloorKind::kTailAndHead>(kMsgs)
+                   : k == 3 ? RingPipelinedMps(kMsgs, 64, false)
+                            : RingOneProcessMps(kMsgs);
+        med[k].push_back(v);
+        mean[k].push_back(g_last_mean);
+      }
+    }
+    printf("\n%-52s %12s %12s\n", "64 B messages, pipelined: index lines added", "M msg/s",
+           "whole-run");
+    for (int k = 0; k < 5; ++k) {
+      printf("%-52s %12.1f %12.1f  (whole-run min %.1f, max %.1f)\n", names[k], Median(med[k]),
+             Median(mean[k]), Min(mean[k]), Max(mean[k]));
+    }
+    printf("  per round, whole-run means in the order above:\n");
+    for (int r = 0; r < rounds; ++r) {
+      printf("    round %d: %6.1f %6.1f %6.1f %6.1f %6.1f\n", r + 1, mean[0][r], mean[1][r],
+             mean[2][r], mean[3][r], mean[4][r]);
     }
   }
   return 0;
