@@ -95,6 +95,9 @@ Shared* g_sh = nullptr;
 // nothing to do and waited (a side that waits often is the faster one).
 double g_reader_waits_per_msg = 0;
 double g_writer_waits_per_msg = 0;
+// How far the producer was ahead of the consumer, in messages, median over
+// the batch marks (read at each mark by the consumer; -1: not measured).
+double g_lag_msgs = -1;
 
 // Spin until pred() with a time bound.
 template <typename P>
@@ -512,6 +515,7 @@ double FloorPipelinedMps(uint64_t n) {
       [slot, slots, n, &consumed, &produced] {
         char out[64];
         uint64_t waits = 0, tail = 0;
+        std::vector<double> lag;
         Batches b;
         int64_t t0 = MonotonicNs();
         b.Start();
@@ -540,10 +544,16 @@ double FloorPipelinedMps(uint64_t n) {
           if (kKind == FloorKind::kTailAndHead || (i + 1) % kFloorPublishEvery == 0) {
             consumed.store(i + 1, std::memory_order_release);
           }
-          if ((i + 1) % kPipelinedBatch == 0) b.Mark(i + 1);
+          if ((i + 1) % kPipelinedBatch == 0) {
+            b.Mark(i + 1);
+            if constexpr (kKind != FloorKind::kInLine) {
+              lag.push_back(double(produced.load(std::memory_order_relaxed) - (i + 1)));
+            }
+          }
         }
         g_last_mean = double(n) / (MonotonicNs() - t0) * 1e3;  // M msg/s
         g_reader_waits_per_msg = double(waits) / n;
+        g_lag_msgs = lag.empty() ? -1 : Median(lag);
         return b.ns_per_op.empty() ? g_last_mean : 1e3 / Median(b.ns_per_op);
       });
   g_writer_waits_per_msg = double(g_sh->fb.v.load()) / n;
@@ -571,6 +581,7 @@ double RingPipelinedMps(uint64_t n, size_t msg, bool batch_reader) {
         const uint64_t batch_bytes = kPipelinedBatch * msg;
         uint64_t next_mark = batch_bytes;
         Batches b;
+        std::vector<double> lag;
         int64_t t0 = MonotonicNs();
         b.Start();
         while (got < total) {
@@ -586,10 +597,13 @@ double RingPipelinedMps(uint64_t n, size_t msg, bool batch_reader) {
           if (got >= next_mark) {
             b.Mark(got / msg);
             next_mark += batch_bytes;
+            lag.push_back(double(rx.control()->prod.index.load(std::memory_order_relaxed) - got) /
+                          double(msg));
           }
         }
         g_last_mean = double(n) / (MonotonicNs() - t0) * 1e3;  // M msg/s
         g_reader_waits_per_msg = double(st.spin_hits.load() + st.spin_misses.load()) / n;
+        g_lag_msgs = lag.empty() ? -1 : Median(lag);
         return 1e3 / Median(b.ns_per_op);
       });
   g_writer_waits_per_msg = double(g_sh->fb.v.load()) / n;
@@ -890,7 +904,7 @@ int main(int argc, char** argv) {
                             "floor + tail and head lines stored per message",
                             "rings, one Write and one Read per message",
                             "rings, Write then Read in one process (one core)"};
-    std::vector<double> med[5], mean[5];
+    std::vector<double> med[5], mean[5], lag[5];
     for (int r = 0; r < rounds; ++r) {
       for (int k = 0; k < 5; ++k) {
         double v = k == 0   ? FloorPipelinedMps<FloorKind::kInLine>(kMsgs)
@@ -900,6 +914,8 @@ int main(int argc, char** argv) {
                             : RingOneProcessMps(kMsgs);
         med[k].push_back(v);
         mean[k].push_back(g_last_mean);
+        lag[k].push_back(g_lag_msgs);
+        g_lag_msgs = -1;
       }
     }
     printf("\n%-52s %12s %12s\n", "64 B messages, pipelined: index lines added", "M msg/s",
@@ -908,10 +924,13 @@ int main(int argc, char** argv) {
       printf("%-52s %12.1f %12.1f  (whole-run min %.1f, max %.1f)\n", names[k], Median(med[k]),
              Median(mean[k]), Min(mean[k]), Max(mean[k]));
     }
-    printf("  per round, whole-run means in the order above:\n");
+    printf(
+        "  per round, whole-run means in the order above; [producer's lead in messages at the\n"
+        "  batch marks, median; -1: not measured]\n");
     for (int r = 0; r < rounds; ++r) {
-      printf("    round %d: %6.1f %6.1f %6.1f %6.1f %6.1f\n", r + 1, mean[0][r], mean[1][r],
-             mean[2][r], mean[3][r], mean[4][r]);
+      printf("    round %d:", r + 1);
+      for (int k = 0; k < 5; ++k) printf(" %6.1f [%5.0f]", mean[k][r], lag[k][r]);
+      printf("\n");
     }
   }
   return 0;
