@@ -19,6 +19,8 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <new>
 #include <type_traits>
@@ -3239,6 +3241,70 @@ void DrainRecords(Listener& l, int fd, const Endpoint& dest, int* relayed) {
   }
 }
 
+// A registration of the listener's fd in one of the program's epoll sets.
+struct EpollReg {
+  int epfd;
+  epoll_event ev;
+};
+
+// The program's epoll sets that hold fd (kernel registrations, read from
+// /proc/self/fdinfo): the kernel drops them when the file at fd (the
+// listener's epoll fd) closes, and the kernel listener that takes the
+// number must be registered again. Raw system calls, fixed buffers.
+// Returns how many (at most max); none without /proc.
+int FindEpollRegs(int fd, EpollReg* out, int max) {
+  int dir = static_cast<int>(
+      syscall(SYS_openat, AT_FDCWD, "/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (dir < 0) return 0;
+  int n = 0;
+  alignas(8) char buf[4096];
+  for (;;) {
+    long got = syscall(SYS_getdents64, dir, buf, sizeof(buf));
+    if (got <= 0) break;
+    for (long off = 0; off < got && n < max;) {
+      struct Dirent {
+        std::uint64_t ino;
+        std::int64_t off;
+        unsigned short reclen;
+        unsigned char type;
+        char name[1];
+      };
+      auto* d = reinterpret_cast<Dirent*>(buf + off);
+      off += d->reclen;
+      if (d->name[0] < '0' || d->name[0] > '9') continue;
+      const int ep = atoi(d->name);
+      if (ep == fd || ep == dir) continue;
+      char path[64], target[32] = {};
+      snprintf(path, sizeof(path), "/proc/self/fd/%d", ep);
+      long tl = syscall(SYS_readlinkat, AT_FDCWD, path, target, sizeof(target) - 1);
+      if (tl <= 0 || strcmp(target, "anon_inode:[eventpoll]") != 0) continue;
+      snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", ep);
+      int info = static_cast<int>(syscall(SYS_openat, AT_FDCWD, path, O_RDONLY | O_CLOEXEC));
+      if (info < 0) continue;
+      char text[16384];
+      long len = syscall(SYS_read, info, text, sizeof(text) - 1);
+      syscall(SYS_close, info);
+      if (len <= 0) continue;
+      text[len] = '\0';
+      // "tfd: %8d events: %8x data: %16llx  pos:..." per registration.
+      for (char* line = strstr(text, "tfd:"); line != nullptr && n < max;
+           line = strstr(line + 4, "tfd:")) {
+        int tfd = -1;
+        unsigned events = 0;
+        unsigned long long data = 0;
+        if (sscanf(line, "tfd: %d events: %x data: %llx", &tfd, &events, &data) == 3 && tfd == fd) {
+          out[n].epfd = ep;
+          out[n].ev.events = events;
+          out[n].ev.data.u64 = data;
+          ++n;
+        }
+      }
+    }
+  }
+  syscall(SYS_close, dir);
+  return n;
+}
+
 }  // namespace
 
 int UnaccelerateListener(int fd) {
@@ -3312,6 +3378,8 @@ int UnaccelerateListener(int fd) {
   int rc = 0;
   for (int i = 0; i < n; ++i) {
     const int num = numbers[i];
+    EpollReg regs[16];
+    const int nregs = FindEpollRegs(num, regs, 16);
     const int fdflags = DOORWAY_REAL(fcntl)(num, F_GETFD);
     if (DOORWAY_REAL(dup3)(l->tcp_fd, num,
                            (fdflags > 0 && (fdflags & FD_CLOEXEC)) ? O_CLOEXEC : 0) != num) {
@@ -3325,6 +3393,13 @@ int UnaccelerateListener(int fd) {
     sf.origin = Origin::kSocket;
     Ref old = GlobalTable().Install(num, Make<SocketFile>(sf), nullptr, kTagPlain);
     if (old) OnFdDetached(old);
+    // The program's epoll sets go on watching the number, as they would.
+    for (int k = 0; k < nregs; ++k) {
+      if (DOORWAY_REAL(epoll_ctl)(regs[k].epfd, EPOLL_CTL_ADD, num, &regs[k].ev) != 0) {
+        DOORWAY_LOG(kWarn, "fd %d: listener not registered again in epoll set %d (%s)", num,
+                    regs[k].epfd, strerror(errno));
+      }
+    }
   }
   DOORWAY_LOG(kDebug,
               "fd %d: listener is a kernel listener again (%d pending door connection(s) relayed "

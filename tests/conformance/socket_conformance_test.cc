@@ -2198,6 +2198,55 @@ TEST_P(Conformance, PassedListenerAcceptsEarlierAndLaterConnections) {
   close(sp[0]);
 }
 
+// The sender goes on watching the listener it passed in its epoll set:
+// both processes share the listener, and a new connection makes it
+// readable in the sender too.
+TEST_P(Conformance, PassedListenerStaysInTheSendersEpollSet) {
+  close(std::exchange(listener_, -1));
+  int sp[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sp), 0);
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    close(sp[0]);
+    char x = 0;
+    int l = RecvFd(sp[1], &x, 1);
+    // Holds the listener without accepting until the parent is done.
+    bool ok = l >= 0 && read(sp[1], &x, 1) == 1;
+    _exit(ok ? 0 : 1);
+  }
+  close(sp[1]);
+  listener_ = MakeListener();
+  int ep = epoll_create1(EPOLL_CLOEXEC);
+  ASSERT_GE(ep, 0);
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = 0x1234567890ull;
+  ASSERT_EQ(epoll_ctl(ep, EPOLL_CTL_ADD, listener_, &ev), 0);
+  ASSERT_TRUE(SendFd(sp[0], listener_, "l", 1)) << strerror(errno);
+  client_ = socket(Domain(), SOCK_STREAM, 0);
+  ASSERT_GE(client_, 0);
+  ASSERT_EQ(connect(client_, Addr(), addr_len_), 0) << strerror(errno);
+  epoll_event got{};
+  ASSERT_EQ(epoll_wait(ep, &got, 1, 10000), 1);
+  EXPECT_EQ(got.data.u64, 0x1234567890ull);
+  EXPECT_EQ(got.events, static_cast<std::uint32_t>(EPOLLIN));
+  // Adding it again: the set still has it.
+  EXPECT_EQ(epoll_ctl(ep, EPOLL_CTL_ADD, listener_, &ev), -1);
+  EXPECT_EQ(errno, EEXIST);
+  server_ = accept(listener_, nullptr, nullptr);
+  ASSERT_GE(server_, 0) << strerror(errno);
+  ASSERT_EQ(write(client_, "x", 1), 1);
+  char x = 0;
+  ASSERT_TRUE(ReadFully(server_, &x, 1));
+  ASSERT_EQ(write(sp[0], "g", 1), 1);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
+  close(ep);
+  close(sp[0]);
+}
+
 // TCP passes no descriptors: SCM_RIGHTS on a TCP socket is ignored (Linux
 // 6.x sends the bytes, no descriptor arrives), on an accelerated
 // connection too, and the descriptor named stays what it was.
