@@ -2475,17 +2475,82 @@ int Connect(int fd, const sockaddr* addr, socklen_t len) {
     return kernel();
   }
   Connection& c = *obj.As<Connection>();
-  c.recyclable = IsOwnUid(server_uid);
   c.local = AsDomain(local, domain);
   c.peer = AsDomain(Unmapped(dest), domain);
+  c.door_dest = door_dest;
+  // What the connection keeps of its door (reuse.h); again if a kept
+  // socket's announcement fails and a door is taken instead.
+  auto note_door = [&] {
+    c.recyclable = IsOwnUid(server_uid);
+    c.socket_ino = reused_ino;
+    c.door_uid = server_uid;
+    // Kept for reuse only through the first door (the arena's key names
+    // its listener, whose wake FIFO announces Hellos on kept sockets).
+    const bool keep =
+        reused >= 0 || (door_index == 0 && IsOwnUid(server_uid) && GetConfig().reuse_doors &&
+                        NoteDoorWake(doors.id[0], doors.path[0]));
+    c.door_id = keep ? doors.id[0] : 0;
+  };
+  note_door();
+  const int fd_flags = DOORWAY_REAL(fcntl)(fd, F_GETFD);
+  const int cloexec = (fd_flags & FD_CLOEXEC) ? O_CLOEXEC : 0;
+  const int fl_flags = DOORWAY_REAL(fcntl)(fd, F_GETFL);
+  const bool nonblock = (fl_flags & O_NONBLOCK) != 0;
+  c.nonblocking.store(nonblock, std::memory_order_relaxed);
+  // The door connection takes the program's fd number. The TCP socket,
+  // which never connected, is kept for the next socket() if it is as good
+  // as new (spare.h): made here by socket(), never bound or connected (the
+  // history), no option set, no file flag but O_NONBLOCK, and no other fd
+  // (r and its fd's slot are the only references).
+  int spare = -1;
+  if (history == 0 && options_set == 0 && f->origin == Origin::kSocket &&
+      (fl_flags & ~O_NONBLOCK) == O_RDWR && r.use_count() == 2) {
+    spare = DuplicateForSpare(fd);
+  }
+  // The fd is the connection before the server can learn of it: the server
+  // accepting is what makes another thread of this process (one that polls
+  // or reads the client's fd because the server said so) expect a
+  // connected socket, as TCP's client is established before its server's
+  // accept returns. Announced earlier, that thread saw the TCP socket that
+  // never connected (POLLHUP, ENOTCONN from recv: CPython's
+  // TCPCloserTest.testClose). A kept socket's announcement can still fail
+  // (below), and then, if no door answers either, the connection goes over
+  // TCP after all: that needs the TCP socket, kept (a duplicate, or the
+  // spare) until the announcement went out.
+  int tcp_keep = -1;
+  if (reused >= 0) tcp_keep = spare >= 0 ? spare : DOORWAY_REAL(fcntl)(fd, F_DUPFD_CLOEXEC, 0);
+  auto close_tcp_keep = [&] {
+    if (tcp_keep >= 0 && tcp_keep != spare) DOORWAY_REAL(close)(tcp_keep);
+    tcp_keep = -1;
+  };
+  if (DOORWAY_REAL(dup3)(door, fd, cloexec) != fd) {
+    DOORWAY_LOG(kWarn, "fd %d: dup3 failed (%s) before the door handshake; using TCP", fd,
+                strerror(errno));
+    close_tcp_keep();
+    if (spare >= 0) DOORWAY_REAL(close)(spare);
+    DOORWAY_REAL(close)(door);
+    std::move(c.seg).Discard();  // no Hello went out
+    return kernel();
+  }
+  // A new door socket is non-blocking; a kept one has its last
+  // connection's flags.
+  if (c.socket_ino == 0 ? !nonblock : nonblock != reused_nonblock) {
+    DOORWAY_REAL(fcntl)(fd, F_SETFL, nonblock ? O_NONBLOCK : 0);
+  }
+  if (nonblock) c.connect_state.store(1, std::memory_order_relaxed);
+  Ref self = obj.Clone();
+  Install(fd, std::move(obj), kTagConnection);
+  // Counted as a call in progress on c: if another thread closes fd during
+  // the announcement, the release waits for us (FinishRelease) instead of
+  // keeping the door socket for a next connection under our Hello.
+  bool counted = false;
+  CountWaiter(c, &counted);
+
   // The Hello goes at once: the server woke on the door's connect and its
   // accept waits for the Hello (sleeping in poll if it is late, two context
-  // switches), so nothing is done between the two. Nothing of the client
-  // can see the connection before connect returns, so the server getting
-  // it before the fd is in place changes nothing a program can observe.
-  // If the server died since the door answered, the connection is still
-  // made and is reset, as a TCP connection whose server dies after the
-  // handshake.
+  // switches). If the server died since the door answered, the connection
+  // is still made and is reset, as a TCP connection whose server dies after
+  // the handshake.
   Hello hello{};
   hello.magic = Hello::kMagic;
   hello.version = Hello::kVersion;
@@ -2514,74 +2579,55 @@ int Connect(int fd, const sockaddr* addr, socklen_t len) {
   if (hello_rc != 0 && reused >= 0) {
     // The wake FIFO is full (its listener is that far behind), or the kept
     // socket's server end was closed since TakeClientDoor looked: nobody
-    // got the Hello; take the door.
-    DOORWAY_REAL(close)(door);
+    // got the Hello; take the door. (A thread polling fd meanwhile may have
+    // seen that closed end's hang-up: a window of a few system calls.)
+    DOORWAY_LOG(kDebug,
+                "fd %d: connection on a kept door socket not announced (%s); taking the door", fd,
+                strerror(-hello_rc));
+    const int kept = door;
     reused = -1;
     reused_ino = 0;
     door = FindDoors(dest, &doors) > 0 ? EnterDoor(doors, &server_uid, &door_index) : -1;
-    if (door < 0 || !IsOwnUid(server_uid)) {
+    const bool ours = GlobalTable().Get(fd).node() == self.node();
+    if (door >= 0 && IsOwnUid(server_uid) && ours && DOORWAY_REAL(dup3)(door, fd, cloexec) == fd) {
+      DOORWAY_REAL(close)(kept);
+      note_door();
+      struct stat st;
+      c.socket_ino = fstat(fd, &st) == 0 ? st.st_ino : 0;
+      if (!nonblock) DOORWAY_REAL(fcntl)(fd, F_SETFL, 0);
+      hello_rc = SendHello(door, hello, c.seg.fd());
+    } else {
       DOORWAY_LOG(kDebug, "fd %d: kept door socket closed, no door answered; using TCP", fd);
       if (door >= 0) DOORWAY_REAL(close)(door);
-      std::move(c.seg).Discard();
-      return kernel();
+      DOORWAY_REAL(close)(kept);
+      // Nobody got the segment; the slot is retired with the connection
+      // (another thread may still hold it), not recycled.
+      c.recyclable = false;
+      const bool back = ours && tcp_keep >= 0 && DOORWAY_REAL(dup3)(tcp_keep, fd, cloexec) == fd;
+      if (back) Install(fd, std::move(r), kTagPlain);
+      if (tcp_keep == spare) spare = -1;
+      if (tcp_keep >= 0) DOORWAY_REAL(close)(tcp_keep);
+      tcp_keep = -1;
+      if (spare >= 0) DOORWAY_REAL(close)(spare);
+      WaiterDone(c);
+      return back ? kernel() : -ECONNREFUSED;
     }
-    c.recyclable = true;
-    hello_rc = SendHello(door, hello, c.seg.fd());
   }
-  c.socket_ino = reused_ino;
-  c.door_dest = door_dest;
-  c.door_uid = server_uid;
-  // Kept for reuse only through the first door (the arena's key names its
-  // listener, whose wake FIFO announces Hellos on kept sockets).
-  if (reused >= 0 || (door_index == 0 && IsOwnUid(server_uid) && GetConfig().reuse_doors &&
-                      NoteDoorWake(doors.id[0], doors.path[0]))) {
-    c.door_id = doors.id[0];
-  }
-  int fd_flags = DOORWAY_REAL(fcntl)(fd, F_GETFD);
-  int fl_flags = DOORWAY_REAL(fcntl)(fd, F_GETFL);
-  bool nonblock = (fl_flags & O_NONBLOCK) != 0;
-  c.nonblocking.store(nonblock, std::memory_order_relaxed);
-  // The door connection takes the program's fd number. The TCP socket,
-  // which never connected, is kept for the next socket() if it is as good
-  // as new (spare.h): made here by socket(), never bound or connected (the
-  // history), no option set, no file flag but O_NONBLOCK, and no other fd
-  // (r and its fd's slot are the only references).
-  int spare = -1;
-  if (history == 0 && options_set == 0 && f->origin == Origin::kSocket &&
-      (fl_flags & ~O_NONBLOCK) == O_RDWR && r.use_count() == 2) {
-    spare = DuplicateForSpare(fd);
-  }
-  // From here on the connection exists.
-  if (DOORWAY_REAL(dup3)(door, fd, (fd_flags & FD_CLOEXEC) ? O_CLOEXEC : 0) != fd) {
-    int e = errno;
-    if (spare >= 0) DOORWAY_REAL(close)(spare);
-    DOORWAY_REAL(close)(door);
-    DOORWAY_LOG(kWarn, "fd %d: dup3 failed (%s) after the door handshake", fd, strerror(e));
-    return -ECONNREFUSED;
-  }
+  close_tcp_keep();
   // A kept socket's hidden end stays for the close (Connection::door_dup).
   if (reused >= 0) {
     KeepDoorDup(c, door);
   } else {
     DOORWAY_REAL(close)(door);
   }
+  if (hello_rc != 0) {
+    DOORWAY_LOG(kDebug, "fd %d: the server went away during the handshake (%s)", fd,
+                strerror(-hello_rc));
+    NotePeerHangup(c);
+  }
+  WaiterDone(c);
   // Its identity is known if it was a spare before (checked then).
   if (spare >= 0) KeepSpareSocket(spare, domain, nonblock, f->spare_dev, f->spare_ino);
-  // A new door socket is non-blocking; a kept one has its last
-  // connection's flags.
-  if (c.socket_ino == 0 ? !nonblock : nonblock != reused_nonblock) {
-    DOORWAY_REAL(fcntl)(fd, F_SETFL, nonblock ? O_NONBLOCK : 0);
-  }
-  if (nonblock) c.connect_state.store(1, std::memory_order_relaxed);
-  Install(fd, std::move(obj), kTagConnection);
-  if (hello_rc != 0) {
-    Ref keep = GlobalTable().Get(fd);
-    if (Connection* kc = keep.As<Connection>(); kc != nullptr) {
-      DOORWAY_LOG(kDebug, "fd %d: the server went away during the handshake (%s)", fd,
-                  strerror(-hello_rc));
-      NotePeerHangup(*kc);
-    }
-  }
   StatsNoteAccelerated(false);
   DOORWAY_LOG(kDebug, "fd %d: accelerated connection to port %u", fd, dest.port);
   return nonblock ? -EINPROGRESS : 0;
