@@ -977,6 +977,41 @@ void EpollUnparkAll() {
   });
 }
 
+int EpollTakeConnection(int fd, EpollProgramReg* out, int max) {
+  Ref cr = GlobalTable().Get(fd);
+  Connection* c = cr.As<Connection>();
+  if (c == nullptr || (c->epoll_regs.load(std::memory_order_relaxed) == 0 &&
+                       c->epoll_parked.load(std::memory_order_relaxed) == 0)) {
+    return 0;
+  }
+  // Flags kept on a one-shot registration that fired: the kernel's
+  // registration of the new socket waits for EPOLL_CTL_MOD likewise.
+  constexpr std::uint32_t kFlags = EPOLLET | EPOLLONESHOT | EPOLLEXCLUSIVE | EPOLLWAKEUP;
+  int n = 0;
+  GlobalTable().ForEach([&](int, const Ref& r) {
+    EpollSet* s = const_cast<Ref&>(r).As<EpollSet>();
+    if (s == nullptr) return;
+    s->lock.Lock();
+    Member* m = s->Find(fd);
+    if (m != nullptr && !m->nested && m->conn.As<Connection>() == c) {
+      const bool program_has_it = !m->parked;
+      if (m->parked) (void)s->ClaimPark(*m);
+      // The wake-up registration of the connection's Unix socket, which
+      // outlives the number (the relay holds the socket).
+      (void)DOORWAY_REAL(epoll_ctl)(s->epfd, EPOLL_CTL_DEL, fd, nullptr);
+      if (program_has_it && n < max) {
+        out[n].epfd = s->epfd;
+        out[n].ev.events = m->disabled ? (m->events & kFlags) : m->events;
+        out[n].ev.data = m->data;
+        ++n;
+      }
+      s->Remove(m);
+    }
+    s->lock.Unlock();
+  });
+  return n;
+}
+
 int EpollCtl(int epfd, int op, int fd, epoll_event* event) {
   const std::uint32_t tag = GlobalTable().Tag(fd);
   const bool nested = tag == kTagEpoll || tag == kTagEpollPlain;

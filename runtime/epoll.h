@@ -81,6 +81,18 @@ void EpollDropParked(Connection& c);
 // registry does not know of, nor delete the parent's).
 void EpollUnparkAll();
 
+// The accelerated connection at fd is about to become a kernel socket at
+// the same number (runtime/pass.h): every set of this process that has it
+// forgets it and deletes its kernel registration (of the connection's Unix
+// socket). Returns the program's registrations (at most max), for the
+// caller to add the kernel socket to those sets with (epoll_ctl) once it
+// has the number.
+struct EpollProgramReg {
+  int epfd;
+  epoll_event ev;
+};
+int EpollTakeConnection(int fd, EpollProgramReg* out, int max);
+
 }  // namespace doorway::runtime
 
 #endif  // DOORWAY_RUNTIME_EPOLL_H_

@@ -1,10 +1,14 @@
 #include "runtime/pass.h"
 
+#include <fcntl.h>
+#include <sys/epoll.h>
+
 #include <cerrno>
 #include <cstring>
 
 #include "fdtable/fdtable.h"
 #include "runtime/accel.h"
+#include "runtime/epoll.h"
 #include "runtime/fallback.h"
 #include "runtime/log.h"
 #include "runtime/real.h"
@@ -18,8 +22,16 @@ namespace {
 using fdtable::GlobalTable;
 using fdtable::Ref;
 
+// The program's epoll registrations of one number of a connection.
+struct NumberRegs {
+  int fd;
+  int n;
+  EpollProgramReg regs[8];
+};
+
 // The accelerated connection at fd goes to a relay; the process's other
-// numbers for it (dup) become the same kernel socket.
+// numbers for it (dup) become the same kernel socket, and the epoll sets
+// that watched any of them watch the kernel socket instead.
 int PassConnection(int fd) {
   Ref r = GlobalTable().Get(fd);
   const Connection* c = r.As<Connection>();
@@ -29,12 +41,38 @@ int PassConnection(int fd) {
   GlobalTable().ForEach([&](int other, const Ref& o) {
     if (other != fd && o.As<Connection>() == c && n < 64) others[n++] = other;
   });
-  if (int rc = RelayConnection(fd, "to be passed with SCM_RIGHTS"); rc != 0) return rc;
-  for (int i = 0; i < n; ++i) {
-    int fdflags = DOORWAY_REAL(fcntl)(others[i], F_GETFD);
-    Dup3(fd, others[i], (fdflags > 0 && (fdflags & FD_CLOEXEC)) ? O_CLOEXEC : 0);
+  // The numbers in sets are few (usually the one): at most 8 noted.
+  NumberRegs regs[8];
+  int nr = 0;
+  for (int i = -1; i < n && nr < 8; ++i) {
+    const int num = i < 0 ? fd : others[i];
+    regs[nr].fd = num;
+    regs[nr].n = EpollTakeConnection(num, regs[nr].regs, 8);
+    if (regs[nr].n > 0) ++nr;
   }
-  return 0;
+  int rc = RelayConnection(fd, "to be passed with SCM_RIGHTS");
+  if (rc == 0) {
+    for (int i = 0; i < n; ++i) {
+      int fdflags = DOORWAY_REAL(fcntl)(others[i], F_GETFD);
+      Dup3(fd, others[i], (fdflags > 0 && (fdflags & FD_CLOEXEC)) ? O_CLOEXEC : 0);
+    }
+  }
+  // Back in the sets: the kernel socket now, or the connection itself if
+  // the relay failed (then through doorway's sets again).
+  for (int k = 0; k < nr; ++k) {
+    for (int j = 0; j < regs[k].n; ++j) {
+      EpollProgramReg& g = regs[k].regs[j];
+      int e = rc == 0 ? (DOORWAY_REAL(epoll_ctl)(g.epfd, EPOLL_CTL_ADD, regs[k].fd, &g.ev) == 0
+                             ? 0
+                             : -errno)
+                      : EpollCtl(g.epfd, EPOLL_CTL_ADD, regs[k].fd, &g.ev);
+      if (e != 0) {
+        DOORWAY_LOG(kWarn, "fd %d: not registered again in epoll set %d (%s)", regs[k].fd, g.epfd,
+                    strerror(-e));
+      }
+    }
+  }
+  return rc;
 }
 
 // Whether the kernel would pass descriptors over sock: a Unix socket (or

@@ -2385,6 +2385,54 @@ TEST_P(Conformance, PassedListenerStaysInTheSendersEpollSet) {
   close(sp[0]);
 }
 
+// The sender's epoll set goes on watching a connection it passed (both
+// processes share the socket).
+TEST_P(Conformance, PassedConnectionStaysInTheSendersEpollSet) {
+  int sp[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sp), 0);
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    close(sp[0]);
+    close(listener_);
+    char x = 0;
+    int fd = RecvFd(sp[1], &x, 1);
+    // Holds the connection without using it until the parent is done.
+    bool ok = fd >= 0 && read(sp[1], &x, 1) == 1;
+    _exit(ok ? 0 : 1);
+  }
+  close(sp[1]);
+  Connect();
+  ExpectTracked(server_, DOORWAY_ORIGIN_ACCEPT, IsTcp() ? 1 : 0);
+  int ep = epoll_create1(EPOLL_CLOEXEC);
+  ASSERT_GE(ep, 0);
+  epoll_event ev{};
+  ev.events = EPOLLIN | EPOLLRDHUP;
+  ev.data.u64 = 0xfeedbeefull;
+  ASSERT_EQ(epoll_ctl(ep, EPOLL_CTL_ADD, server_, &ev), 0);
+  epoll_event got{};
+  ASSERT_EQ(epoll_wait(ep, &got, 1, 0), 0);
+  ASSERT_TRUE(SendFd(sp[0], server_, "c", 1)) << strerror(errno);
+  EXPECT_EQ(epoll_wait(ep, &got, 1, 100), 0);
+  ASSERT_EQ(write(client_, "x", 1), 1);
+  ASSERT_EQ(epoll_wait(ep, &got, 1, 10000), 1);
+  EXPECT_EQ(got.data.u64, 0xfeedbeefull);
+  EXPECT_EQ(got.events, static_cast<std::uint32_t>(EPOLLIN));
+  char x = 0;
+  ASSERT_EQ(read(server_, &x, 1), 1);
+  EXPECT_EQ(epoll_wait(ep, &got, 1, 100), 0);
+  // Still registered: the set has the number.
+  EXPECT_EQ(epoll_ctl(ep, EPOLL_CTL_ADD, server_, &ev), -1);
+  EXPECT_EQ(errno, EEXIST);
+  EXPECT_EQ(epoll_ctl(ep, EPOLL_CTL_DEL, server_, nullptr), 0);
+  ASSERT_EQ(write(sp[0], "g", 1), 1);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
+  close(ep);
+  close(sp[0]);
+}
+
 // TCP passes no descriptors: SCM_RIGHTS on a TCP socket is ignored (Linux
 // 6.x sends the bytes, no descriptor arrives), on an accelerated
 // connection too, and the descriptor named stays what it was.
