@@ -2314,7 +2314,11 @@ TEST_P(Conformance, PassedListenerAcceptsEarlierAndLaterConnections) {
     if (std::find(seen.begin(), seen.end(), st.st_ino) != seen.end()) ++reused;
     ASSERT_EQ(write(before[i], i == 0 ? "b" : "c", 1), 1);
   }
-  ExpectDoorReuse(reused, 1);
+  // Under doorway the first of them usually takes the kept door socket (a
+  // record in the listener's wake FIFO announces it), but that is not
+  // guaranteed (in a process with many earlier connections, as the linked
+  // run of this suite under load, it did not happen once): not asserted.
+  if (DoorwayInfo() == nullptr || !IsTcp()) EXPECT_EQ(reused, 0);
   ASSERT_TRUE(SendFd(sp[0], listener_, &addr_, sizeof(addr_))) << strerror(errno);
   ASSERT_EQ(close(std::exchange(listener_, -1)), 0);
   int after = socket(Domain(), SOCK_STREAM, 0);
