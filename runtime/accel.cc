@@ -2425,6 +2425,22 @@ int Connect(int fd, const sockaddr* addr, socklen_t len) {
   const bool unbound = (history & (SocketFile::kHistoryUnknown | SocketFile::kHistoryBound)) == 0;
   int door = -1;
   uid_t server_uid = 0;
+  // Read before the door is entered: from the door's connect to the Hello
+  // only what must be is done (the server woke and waits for it).
+  const int fd_flags = DOORWAY_REAL(fcntl)(fd, F_GETFD);
+  const int cloexec = (fd_flags & FD_CLOEXEC) ? O_CLOEXEC : 0;
+  const int fl_flags = DOORWAY_REAL(fcntl)(fd, F_GETFL);
+  const bool nonblock = (fl_flags & O_NONBLOCK) != 0;
+  // The door connection takes the program's fd number. The TCP socket,
+  // which never connected, is kept for the next socket() if it is as good
+  // as new (spare.h): made here by socket(), never bound or connected (the
+  // history), no option set, no file flag but O_NONBLOCK, and no other fd
+  // (r and its fd's slot are the only references).
+  int spare = -1;
+  if (history == 0 && options_set == 0 && f->origin == Origin::kSocket &&
+      (fl_flags & ~O_NONBLOCK) == O_RDWR && r.use_count() == 2) {
+    spare = DuplicateForSpare(fd);
+  }
   if (!ClaimLocalAddress(fd, dest, domain, unbound, &local)) {
     why = "no local address";
   } else if (!(obj = Make<Connection>())) {
@@ -2470,6 +2486,7 @@ int Connect(int fd, const sockaddr* addr, socklen_t len) {
   if (why != nullptr) {
     DOORWAY_LOG(kDebug, "fd %d: door found but %s; using TCP", fd, why);
     if (door >= 0) DOORWAY_REAL(close)(door);
+    if (spare >= 0) DOORWAY_REAL(close)(spare);
     // No Hello went out: nobody else has the segment.
     if (Connection* oc = obj.As<Connection>()) std::move(oc->seg).Discard();
     return kernel();
@@ -2484,29 +2501,9 @@ int Connect(int fd, const sockaddr* addr, socklen_t len) {
     c.recyclable = IsOwnUid(server_uid);
     c.socket_ino = reused_ino;
     c.door_uid = server_uid;
-    // Kept for reuse only through the first door (the arena's key names
-    // its listener, whose wake FIFO announces Hellos on kept sockets).
-    const bool keep =
-        reused >= 0 || (door_index == 0 && IsOwnUid(server_uid) && GetConfig().reuse_doors &&
-                        NoteDoorWake(doors.id[0], doors.path[0]));
-    c.door_id = keep ? doors.id[0] : 0;
   };
   note_door();
-  const int fd_flags = DOORWAY_REAL(fcntl)(fd, F_GETFD);
-  const int cloexec = (fd_flags & FD_CLOEXEC) ? O_CLOEXEC : 0;
-  const int fl_flags = DOORWAY_REAL(fcntl)(fd, F_GETFL);
-  const bool nonblock = (fl_flags & O_NONBLOCK) != 0;
   c.nonblocking.store(nonblock, std::memory_order_relaxed);
-  // The door connection takes the program's fd number. The TCP socket,
-  // which never connected, is kept for the next socket() if it is as good
-  // as new (spare.h): made here by socket(), never bound or connected (the
-  // history), no option set, no file flag but O_NONBLOCK, and no other fd
-  // (r and its fd's slot are the only references).
-  int spare = -1;
-  if (history == 0 && options_set == 0 && f->origin == Origin::kSocket &&
-      (fl_flags & ~O_NONBLOCK) == O_RDWR && r.use_count() == 2) {
-    spare = DuplicateForSpare(fd);
-  }
   // The fd is the connection before the server can learn of it: the server
   // accepting is what makes another thread of this process (one that polls
   // or reads the client's fd because the server said so) expect a
@@ -2614,6 +2611,13 @@ int Connect(int fd, const sockaddr* addr, socklen_t len) {
     }
   }
   close_tcp_keep();
+  // Kept for reuse only through the first door (the arena's key names its
+  // listener, whose wake FIFO announces Hellos on kept sockets). Read at
+  // close only, so set after the Hello (NoteDoorWake may stat the FIFO).
+  if (reused >= 0 || (door_index == 0 && IsOwnUid(server_uid) && GetConfig().reuse_doors &&
+                      NoteDoorWake(doors.id[0], doors.path[0]))) {
+    c.door_id = doors.id[0];
+  }
   // A kept socket's hidden end stays for the close (Connection::door_dup).
   if (reused >= 0) {
     KeepDoorDup(c, door);
