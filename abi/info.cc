@@ -28,3 +28,6 @@ DOORWAY_EXPORT int doorway_relay(int conn_fd, int tcp_fd) {
   if (!rt::IsAccelerated(conn_fd)) return 2;
   return rt::RelayLoop(conn_fd, tcp_fd);
 }
+
+// doorway-relay serve CTL (runtime/relay.h RelayServe).
+DOORWAY_EXPORT int doorway_relay_serve(int ctl) { return rt::RelayServe(ctl); }

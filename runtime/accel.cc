@@ -2019,6 +2019,7 @@ int CollectOwnFds(unsigned first, unsigned last, int* out, int max) {
   };
   // The log file (DOORWAY_LOG_FILE), when it is ours and not stderr.
   if (int lf = g_log_fd.load(std::memory_order_relaxed); lf > 2) add(lf);
+  add(RelayServerFd());
   int pooled[transport::kMaxReuseFds + kSpareSockets + kReusedDoors + kMaxDoorWakes];
   int np = transport::ReusePoolFds(pooled, transport::kMaxReuseFds);
   np += SpareSocketFds(pooled + np, kSpareSockets);

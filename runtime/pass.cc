@@ -50,7 +50,9 @@ int PassConnection(int fd) {
     regs[nr].n = EpollTakeConnection(num, regs[nr].regs, 8);
     if (regs[nr].n > 0) ++nr;
   }
-  int rc = RelayConnection(fd, "to be passed with SCM_RIGHTS");
+  // Through the process's relay server; a relay of its own if that fails.
+  int rc = RelayConnectionShared(fd);
+  if (rc != 0) rc = RelayConnection(fd, "to be passed with SCM_RIGHTS");
   if (rc == 0) {
     for (int i = 0; i < n; ++i) {
       int fdflags = DOORWAY_REAL(fcntl)(others[i], F_GETFD);

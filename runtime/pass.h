@@ -7,12 +7,13 @@
 // expects a listener, and the sender's close would end the connection.
 // So before a sendmsg/sendmmsg whose SCM_RIGHTS carry such an fd, doorway
 // gives it back to the kernel:
-//   connection  handed to a relay process (relay.h RelayConnection): the fd
-//               number becomes a kernel TCP socket relayed to the rings, so
-//               both processes share one kernel socket, which stays open
-//               until the last of them closes it. That connection then runs
-//               at kernel TCP speed (two loopback hops and a relay) and
-//               costs a fork and exec of doorway-relay when passed.
+//   connection  handed to the process's relay server (relay.h
+//               RelayConnectionShared; a relay of its own if that fails):
+//               the fd number becomes a kernel TCP socket relayed to the
+//               rings, so both processes share one kernel socket, which
+//               stays open until the last of them closes it. That
+//               connection then runs below kernel TCP speed (two loopback
+//               hops and the relay's copy); the handover costs ~150 µs.
 //   listener    UnaccelerateListener (accel.h): the fd number becomes the
 //               kernel listener; the door refuses new clients (they use
 //               TCP) and the door connections already made are relayed

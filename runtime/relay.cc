@@ -17,9 +17,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <new>
 
 #include "fdtable/fdtable.h"
 #include "runtime/accel.h"
@@ -28,6 +30,7 @@
 #include "runtime/poll.h"
 #include "runtime/real.h"
 #include "runtime/sockets.h"
+#include "runtime/spare.h"
 
 extern "C" char** environ;
 
@@ -362,6 +365,226 @@ int StartRelay(int fd, Connection* c, int relay_tcp) {
 
 }  // namespace
 
+namespace {
+
+// fd (the accelerated connection c, now relayed) becomes the kernel socket
+// sock (which this closes), with c's O_NONBLOCK and fd's FD_CLOEXEC.
+int TakeKernelSocket(int fd, Connection* c, int sock, const char* purpose) {
+  int rc = 0;
+  int fdflags = DOORWAY_REAL(fcntl)(fd, F_GETFD);
+  if (c->nonblocking.load(std::memory_order_relaxed)) {
+    DOORWAY_REAL(fcntl)(sock, F_SETFL, O_NONBLOCK);
+  }
+  // dup3 replaces the door socket atomically: fd is never closed meanwhile.
+  if (DOORWAY_REAL(dup3)(sock, fd, (fdflags & FD_CLOEXEC) ? O_CLOEXEC : 0) != fd) {
+    rc = -errno;
+  }
+  DOORWAY_REAL(close)(sock);
+  if (rc != 0) return rc;  // the relay has the connection; this fd keeps the door socket
+  SocketFile sf;
+  sf.domain = c->local.family == AF_INET6 ? AF_INET6 : AF_INET;
+  sf.type = SOCK_STREAM;
+  sf.protocol = IPPROTO_TCP;
+  sf.origin = c->role == transport::Role::kServer ? Origin::kAccept : Origin::kSocket;
+  Ref obj = fdtable::Make<SocketFile>(sf);
+  bool ok = false;
+  Ref old = GlobalTable().Install(fd, std::move(obj), &ok, kTagPlain);
+  if (old) OnFdDetached(old);
+  DOORWAY_LOG(kDebug, "fd %d: accelerated connection handed to a relay %s", fd, purpose);
+  return 0;
+}
+
+}  // namespace
+
+namespace {
+
+// What the sender tells the relay server with each connection (the fds
+// go with it: the Unix socket, the segment's memfd, the kernel socket).
+struct Handover {
+  std::uint64_t offset;
+  int role;
+  int shared;
+  Endpoint local, peer;
+};
+
+// The relay server of this process (RelayConnectionShared): the sender's
+// end of its control socket (hidden), and the process that made it (a
+// fork child makes its own).
+int g_server_ctl = -1;
+pid_t g_server_owner = 0;
+std::atomic<bool> g_server_busy{false};
+
+// In the server process: closes what belongs to the program (without
+// shutting down its connections or removing its doors), then execs
+// `doorway-relay serve CTL` or serves itself.
+[[noreturn]] void BecomeServer(int ctl, const char* lib, const char* relay) {
+  GlobalTable().ForEach([&](int, const Ref& r) {
+    if (Connection* c = const_cast<Ref&>(r).As<Connection>(); c != nullptr) {
+      c->shared.store(true, std::memory_order_relaxed);
+    }
+    if (Listener* l = const_cast<Ref&>(r).As<Listener>(); l != nullptr) {
+      l->shared.store(true, std::memory_order_relaxed);
+    }
+  });
+  if (ctl > 0) CloseRange(0, static_cast<unsigned>(ctl - 1), 0);
+  CloseRange(static_cast<unsigned>(ctl + 1), ~0U, 0);
+  for (int i = 0; i < 3; ++i) {
+    if (i == ctl) continue;
+    int null = open("/dev/null", O_RDWR);  // lowest free number: i
+    if (null >= 0 && null != i) DOORWAY_REAL(close)(null);
+  }
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  for (int s = 1; s < NSIG; ++s) sigaction(s, &dfl, nullptr);
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, nullptr);
+  if (relay != nullptr) {
+    size_t count = 0;
+    for (char** e = environ; e != nullptr && *e != nullptr; ++e) ++count;
+    size_t bytes = (count + 2) * sizeof(char*) + sizeof(kPreloadVar) + strlen(lib) + 1;
+    void* mem = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem != MAP_FAILED) {
+      char** env = static_cast<char**>(mem);
+      char* preload = reinterpret_cast<char*>(env + count + 2);
+      snprintf(preload, sizeof(kPreloadVar) + strlen(lib), "%s%s", kPreloadVar, lib);
+      size_t k = 0;
+      for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
+        if (strncmp(*e, kPreloadVar, sizeof(kPreloadVar) - 1) != 0 &&
+            strncmp(*e, "DOORWAY_INHERIT=", 16) != 0) {
+          env[k++] = *e;
+        }
+      }
+      env[k++] = preload;
+      env[k] = nullptr;
+      DOORWAY_REAL(fcntl)(ctl, F_SETFD, 0);
+      char ctl_arg[16];
+      snprintf(ctl_arg, sizeof(ctl_arg), "%d", ctl);
+      char* argv[] = {const_cast<char*>("doorway-relay"), const_cast<char*>("serve"), ctl_arg,
+                      nullptr};
+      DOORWAY_REAL(execve)(relay, argv, env);
+      DOORWAY_LOG(kWarn, "cannot exec %s (%s); serving relays in the forked process", relay,
+                  strerror(errno));
+    }
+  }
+  _exit(RelayServe(ctl));
+}
+
+// This process's relay server's control socket, started if needed; -errno.
+int ServerControl() {
+  if (g_server_ctl >= 0 && g_server_owner == getpid()) return g_server_ctl;
+  if (g_server_ctl >= 0) {
+    // Inherited across fork: the parent's. Ours is made below.
+    DOORWAY_REAL(close)(g_server_ctl);
+    g_server_ctl = -1;
+  }
+  int sv[2];
+  if (DOORWAY_REAL(socketpair)(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) return -errno;
+  char lib[PATH_MAX], relay[PATH_MAX];
+  bool have_relay = FindRelayBinary(lib, sizeof(lib), relay, sizeof(relay));
+  pid_t pid = DOORWAY_REAL(fork)();
+  if (pid < 0) {
+    int e = errno;
+    DOORWAY_REAL(close)(sv[0]);
+    DOORWAY_REAL(close)(sv[1]);
+    return -e;
+  }
+  if (pid == 0) {
+    // Double fork, as StartRelay.
+    pid_t server = DOORWAY_REAL(fork)();
+    if (server != 0) _exit(server < 0 ? 1 : 0);
+    DOORWAY_REAL(close)(sv[0]);
+    BecomeServer(sv[1], lib, have_relay ? relay : nullptr);
+  }
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  DOORWAY_REAL(close)(sv[1]);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    DOORWAY_REAL(close)(sv[0]);
+    return -ECHILD;
+  }
+  int ctl = HideFd(sv[0]);
+  if (ctl < 0) return ctl;
+  g_server_ctl = ctl;
+  g_server_owner = getpid();
+  return ctl;
+}
+
+// Hands c (at fd) to this process's relay server with the relay's end of
+// a kernel pair; 0 once the server relays it, -errno if it did not take
+// it (nothing changed then).
+int HandToServer(int fd, Connection* c, int relay_tcp) {
+  bool expected = false;
+  if (!g_server_busy.compare_exchange_strong(expected, true, std::memory_order_acquire)) {
+    return -EBUSY;  // another thread is handing one over: the caller relays its own
+  }
+  int rc = ServerControl();
+  if (rc >= 0) {
+    const int ctl = rc;
+    rc = 0;
+    const bool was_shared = c->shared.exchange(true, std::memory_order_relaxed);
+    Handover h{};
+    h.offset = c->seg.offset();
+    h.role = static_cast<int>(c->role);
+    h.shared = was_shared ? 1 : 0;
+    h.local = c->local;
+    h.peer = c->peer;
+    const int fds[3] = {fd, c->seg.fd(), relay_tcp};
+    iovec iov{&h, sizeof(h)};
+    alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(fds))] = {};
+    msghdr m{};
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    m.msg_control = cbuf;
+    m.msg_controllen = sizeof(cbuf);
+    cmsghdr* cm = CMSG_FIRSTHDR(&m);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(fds));
+    memcpy(CMSG_DATA(cm), fds, sizeof(fds));
+    if (DOORWAY_REAL(sendmsg)(ctl, &m, MSG_NOSIGNAL) != static_cast<ssize_t>(sizeof(h))) {
+      // Not sent: the server is gone (or the program closed our socket).
+      rc = -errno;
+      DOORWAY_REAL(close)(ctl);
+      g_server_ctl = -1;
+    } else {
+      // The answer. After a sent handover, anything but a clear 'n' counts
+      // as taken: two relays on one connection would be worse than a
+      // connection lost with a server that died.
+      char ack = 0;
+      pollfd p{ctl, POLLIN, 0};
+      if (syscall(SYS_poll, &p, 1, 10000) == 1 && DOORWAY_REAL(recv)(ctl, &ack, 1, 0) == 1 &&
+          ack == 'n') {
+        rc = -ENOMEM;
+      }
+    }
+    if (rc != 0) c->shared.store(was_shared, std::memory_order_relaxed);
+  }
+  g_server_busy.store(false, std::memory_order_release);
+  return rc;
+}
+
+}  // namespace
+
+int RelayServerFd() { return g_server_owner == getpid() ? g_server_ctl : -1; }
+
+int RelayConnectionShared(int fd) {
+  Ref r = GlobalTable().Get(fd);
+  Connection* c = r.As<Connection>();
+  if (c == nullptr) return -EINVAL;
+  int pair[2] = {-1, -1};
+  int rc = TcpPair(*c, pair);
+  if (rc != 0) return rc;
+  rc = HandToServer(fd, c, pair[1]);
+  DOORWAY_REAL(close)(pair[1]);
+  if (rc != 0) {
+    DOORWAY_REAL(close)(pair[0]);
+    return rc;
+  }
+  return TakeKernelSocket(fd, c, pair[0], "to the relay server, to be passed with SCM_RIGHTS");
+}
+
 int RelayConnection(int fd, const char* purpose) {
   Ref r = GlobalTable().Get(fd);
   Connection* c = r.As<Connection>();
@@ -375,27 +598,7 @@ int RelayConnection(int fd, const char* purpose) {
     DOORWAY_REAL(close)(pair[0]);
     return rc;
   }
-  int fdflags = DOORWAY_REAL(fcntl)(fd, F_GETFD);
-  if (c->nonblocking.load(std::memory_order_relaxed)) {
-    DOORWAY_REAL(fcntl)(pair[0], F_SETFL, O_NONBLOCK);
-  }
-  // dup3 replaces the door socket atomically: fd is never closed meanwhile.
-  if (DOORWAY_REAL(dup3)(pair[0], fd, (fdflags & FD_CLOEXEC) ? O_CLOEXEC : 0) != fd) {
-    rc = -errno;
-  }
-  DOORWAY_REAL(close)(pair[0]);
-  if (rc != 0) return rc;  // the relay has the connection; this fd keeps the door socket
-  SocketFile sf;
-  sf.domain = c->local.family == AF_INET6 ? AF_INET6 : AF_INET;
-  sf.type = SOCK_STREAM;
-  sf.protocol = IPPROTO_TCP;
-  sf.origin = c->role == transport::Role::kServer ? Origin::kAccept : Origin::kSocket;
-  Ref obj = fdtable::Make<SocketFile>(sf);
-  bool ok = false;
-  Ref old = GlobalTable().Install(fd, std::move(obj), &ok, kTagPlain);
-  if (old) OnFdDetached(old);
-  DOORWAY_LOG(kDebug, "fd %d: accelerated connection handed to a relay %s", fd, purpose);
-  return 0;
+  return TakeKernelSocket(fd, c, pair[0], purpose);
 }
 
 int RelayConnectionTo(int fd, const Endpoint& dest) {
@@ -433,76 +636,233 @@ int RelayConnectionTo(int fd, const Endpoint& dest) {
   return rc;
 }
 
-int RelayLoop(int conn, int tcp) {
-  static char up[64 << 10], down[64 << 10];  // conn -> tcp, tcp -> conn
+namespace {
+
+// One relayed connection: the accelerated connection conn and the kernel
+// socket tcp, with a buffer each way.
+struct RelayPair {
+  int conn = -1, tcp = -1;
+  char* up = nullptr;    // conn -> tcp
+  char* down = nullptr;  // tcp -> conn
   size_t up_off = 0, up_len = 0, down_off = 0, down_len = 0;
   bool conn_eof = false, tcp_eof = false;
-  int fl = DOORWAY_REAL(fcntl)(tcp, F_GETFL);
-  DOORWAY_REAL(fcntl)(tcp, F_SETFL, (fl < 0 ? 0 : fl) | O_NONBLOCK);
+};
+constexpr size_t kRelayBuffer = 64 << 10;
+
+// What to wait for (pfd[0]: conn, pfd[1]: tcp); false when both directions
+// are finished.
+bool RelayEvents(const RelayPair& r, pollfd* pfd) {
+  pfd[0] = {r.conn, 0, 0};
+  pfd[1] = {r.tcp, 0, 0};
+  if (!r.conn_eof && r.up_len == 0) pfd[0].events |= POLLIN;
+  if (r.down_len > 0) pfd[0].events |= POLLOUT;
+  if (!r.tcp_eof && r.down_len == 0) pfd[1].events |= POLLIN;
+  if (r.up_len > 0) pfd[1].events |= POLLOUT;
+  return pfd[0].events != 0 || pfd[1].events != 0;
+}
+
+// Moves what can move without waiting. False if the pair ended with an
+// error (both sides are closed then, reset where the other side was).
+bool RelayStep(RelayPair& r) {
+  const int conn = r.conn, tcp = r.tcp;
+  if (!r.conn_eof && r.up_len == 0) {
+    iovec iov{r.up, kRelayBuffer};
+    ssize_t n = ManagedRecv(conn, &iov, 1, MSG_DONTWAIT, nullptr);
+    if (n > 0) {
+      r.up_off = 0;
+      r.up_len = static_cast<size_t>(n);
+    } else if (n == 0) {
+      r.conn_eof = true;
+      DOORWAY_REAL(shutdown)(tcp, SHUT_WR);
+    } else if (n != -EAGAIN && n != -EINTR) {
+      ResetKernel(tcp);
+      Close(conn);
+      return false;
+    }
+  }
+  if (r.up_len > 0) {
+    ssize_t w = DOORWAY_REAL(send)(tcp, r.up + r.up_off, r.up_len, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (w > 0) {
+      r.up_off += static_cast<size_t>(w);
+      r.up_len -= static_cast<size_t>(w);
+    } else if (w < 0 && errno != EAGAIN && errno != EINTR) {
+      ResetConnection(conn);  // the program is gone: the peer's writes fail
+      DOORWAY_REAL(close)(tcp);
+      return false;
+    }
+  }
+  if (!r.tcp_eof && r.down_len == 0) {
+    ssize_t n = DOORWAY_REAL(recv)(tcp, r.down, kRelayBuffer, MSG_DONTWAIT);
+    if (n > 0) {
+      r.down_off = 0;
+      r.down_len = static_cast<size_t>(n);
+    } else if (n == 0) {
+      r.tcp_eof = true;
+      ManagedShutdown(conn, SHUT_WR);
+    } else if (errno != EAGAIN && errno != EINTR) {
+      ResetConnection(conn);
+      DOORWAY_REAL(close)(tcp);
+      return false;
+    }
+  }
+  if (r.down_len > 0) {
+    iovec iov{r.down + r.down_off, r.down_len};
+    ssize_t w = ManagedSend(conn, &iov, 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (w > 0) {
+      r.down_off += static_cast<size_t>(w);
+      r.down_len -= static_cast<size_t>(w);
+    } else if (w < 0 && w != -EAGAIN && w != -EINTR) {
+      ResetKernel(tcp);
+      Close(conn);
+      return false;
+    }
+  }
+  return true;
+}
+
+void SetNonblocking(int fd) {
+  int fl = DOORWAY_REAL(fcntl)(fd, F_GETFL);
+  DOORWAY_REAL(fcntl)(fd, F_SETFL, (fl < 0 ? 0 : fl) | O_NONBLOCK);
+}
+
+}  // namespace
+
+int RelayLoop(int conn, int tcp) {
+  static char up[kRelayBuffer], down[kRelayBuffer];
+  RelayPair r;
+  r.conn = conn;
+  r.tcp = tcp;
+  r.up = up;
+  r.down = down;
+  SetNonblocking(tcp);
   for (;;) {
-    pollfd p[2] = {{conn, 0, 0}, {tcp, 0, 0}};
-    if (!conn_eof && up_len == 0) p[0].events |= POLLIN;
-    if (down_len > 0) p[0].events |= POLLOUT;
-    if (!tcp_eof && down_len == 0) p[1].events |= POLLIN;
-    if (up_len > 0) p[1].events |= POLLOUT;
-    if (p[0].events == 0 && p[1].events == 0) break;  // both directions finished
+    pollfd p[2];
+    if (!RelayEvents(r, p)) break;  // both directions finished
     int n = EnginePoll(p, 2, -1, nullptr);
     if (n < 0 && n != -EINTR) break;
-    if (!conn_eof && up_len == 0) {
-      iovec iov{up, sizeof(up)};
-      ssize_t r = ManagedRecv(conn, &iov, 1, MSG_DONTWAIT, nullptr);
-      if (r > 0) {
-        up_off = 0;
-        up_len = static_cast<size_t>(r);
-      } else if (r == 0) {
-        conn_eof = true;
-        DOORWAY_REAL(shutdown)(tcp, SHUT_WR);
-      } else if (r != -EAGAIN && r != -EINTR) {
-        ResetKernel(tcp);
-        Close(conn);
-        return 1;
-      }
-    }
-    if (up_len > 0) {
-      ssize_t w = DOORWAY_REAL(send)(tcp, up + up_off, up_len, MSG_DONTWAIT | MSG_NOSIGNAL);
-      if (w > 0) {
-        up_off += static_cast<size_t>(w);
-        up_len -= static_cast<size_t>(w);
-      } else if (w < 0 && errno != EAGAIN && errno != EINTR) {
-        ResetConnection(conn);  // the program is gone: the peer's writes fail
-        DOORWAY_REAL(close)(tcp);
-        return 1;
-      }
-    }
-    if (!tcp_eof && down_len == 0) {
-      ssize_t r = DOORWAY_REAL(recv)(tcp, down, sizeof(down), MSG_DONTWAIT);
-      if (r > 0) {
-        down_off = 0;
-        down_len = static_cast<size_t>(r);
-      } else if (r == 0) {
-        tcp_eof = true;
-        ManagedShutdown(conn, SHUT_WR);
-      } else if (errno != EAGAIN && errno != EINTR) {
-        ResetConnection(conn);
-        DOORWAY_REAL(close)(tcp);
-        return 1;
-      }
-    }
-    if (down_len > 0) {
-      iovec iov{down + down_off, down_len};
-      ssize_t w = ManagedSend(conn, &iov, 1, MSG_DONTWAIT | MSG_NOSIGNAL);
-      if (w > 0) {
-        down_off += static_cast<size_t>(w);
-        down_len -= static_cast<size_t>(w);
-      } else if (w < 0 && w != -EAGAIN && w != -EINTR) {
-        ResetKernel(tcp);
-        Close(conn);
-        return 1;
-      }
-    }
+    if (!RelayStep(r)) return 1;
   }
   Close(conn);
   DOORWAY_REAL(close)(tcp);
+  return 0;
+}
+
+// ---------------------------------------------------------------- the relay server
+
+namespace {
+
+// Takes one connection from ctl and answers 'k' (relayed from now on) or
+// 'n'. False if ctl hung up.
+bool AdoptFromSender(int ctl, RelayPair** pairs, int* npairs, int* cap) {
+  Handover h{};
+  iovec iov{&h, sizeof(h)};
+  alignas(cmsghdr) char cbuf[CMSG_SPACE(3 * sizeof(int))] = {};
+  msghdr m{};
+  m.msg_iov = &iov;
+  m.msg_iovlen = 1;
+  m.msg_control = cbuf;
+  m.msg_controllen = sizeof(cbuf);
+  ssize_t n = DOORWAY_REAL(recvmsg)(ctl, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+  if (n == 0) return false;
+  if (n < 0) return errno == EAGAIN || errno == EINTR;
+  int fds[3] = {-1, -1, -1};
+  int nfds = 0;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&m); c != nullptr; c = CMSG_NXTHDR(&m, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < k && nfds < 3; ++i) memcpy(&fds[nfds++], CMSG_DATA(c) + i * 4, 4);
+  }
+  bool ok = n == static_cast<ssize_t>(sizeof(h)) && nfds == 3 && (h.role == 0 || h.role == 1);
+  transport::Segment seg;
+  ok = ok && transport::Segment::AttachAt(fds[1], h.offset, &seg) == 0;
+  Ref obj = ok ? fdtable::Make<Connection>() : Ref();
+  if (ok && *npairs == *cap) {
+    int ncap = *cap == 0 ? 16 : *cap * 2;
+    auto* grown = new (std::nothrow) RelayPair[ncap];
+    if (grown != nullptr) {
+      for (int i = 0; i < *npairs; ++i) grown[i] = (*pairs)[i];
+      delete[] * pairs;
+      *pairs = grown;
+      *cap = ncap;
+    }
+  }
+  char* bufs = ok && *npairs < *cap ? new (std::nothrow) char[2 * kRelayBuffer] : nullptr;
+  if (!obj || bufs == nullptr) {
+    // Not taken: the sender keeps the connection (our copies go; its own
+    // Unix socket keeps the peer from seeing a hang-up).
+    delete[] bufs;
+    for (int i = 0; i < nfds; ++i) {
+      if (i == 1 && seg.valid()) continue;  // the segment owns it now
+      DOORWAY_REAL(close)(fds[i]);
+    }
+    (void)DOORWAY_REAL(send)(ctl, "n", 1, MSG_NOSIGNAL);
+    return true;
+  }
+  Connection& c = *obj.As<Connection>();
+  InitInheritedConnection(c, std::move(seg), static_cast<transport::Role>(h.role), h.local, h.peer,
+                          h.shared != 0, fds[0]);
+  OnFdAttached(obj);
+  GlobalTable().Install(fds[0], std::move(obj), nullptr, kTagConnection).Reset();
+  RelayPair& r = (*pairs)[(*npairs)++];
+  r = RelayPair{};
+  r.conn = fds[0];
+  r.tcp = fds[2];
+  r.up = bufs;
+  r.down = bufs + kRelayBuffer;
+  SetNonblocking(r.tcp);
+  (void)DOORWAY_REAL(send)(ctl, "k", 1, MSG_NOSIGNAL);
+  return true;
+}
+
+}  // namespace
+
+int RelayServe(int ctl) {
+  RelayPair* pairs = nullptr;
+  int npairs = 0, cap = 0;
+  bool ctl_open = true;
+  pollfd* pfd = nullptr;
+  int pfd_cap = 0;
+  for (;;) {
+    // Finished pairs go; the rest are watched.
+    for (int i = 0; i < npairs;) {
+      pollfd two[2];
+      if (RelayEvents(pairs[i], two)) {
+        ++i;
+        continue;
+      }
+      Close(pairs[i].conn);
+      DOORWAY_REAL(close)(pairs[i].tcp);
+      delete[] pairs[i].up;
+      pairs[i] = pairs[--npairs];
+    }
+    if (!ctl_open && npairs == 0) break;
+    if (pfd_cap < 2 * npairs + 1) {
+      delete[] pfd;
+      pfd_cap = 2 * cap + 1;
+      pfd = new (std::nothrow) pollfd[pfd_cap];
+      if (pfd == nullptr) break;
+    }
+    int n = 0;
+    if (ctl_open) pfd[n++] = {ctl, POLLIN, 0};
+    for (int i = 0; i < npairs; ++i) {
+      RelayEvents(pairs[i], pfd + n);
+      n += 2;
+    }
+    int r = EnginePoll(pfd, static_cast<nfds_t>(n), -1, nullptr);
+    if (r < 0 && r != -EINTR) break;
+    if (ctl_open && pfd[0].revents != 0 && !AdoptFromSender(ctl, &pairs, &npairs, &cap)) {
+      ctl_open = false;
+      DOORWAY_REAL(close)(ctl);
+    }
+    for (int i = 0; i < npairs;) {
+      if (RelayStep(pairs[i])) {
+        ++i;
+        continue;
+      }
+      delete[] pairs[i].up;  // both sides closed by RelayStep
+      pairs[i] = pairs[--npairs];
+    }
+  }
   return 0;
 }
 

@@ -67,6 +67,25 @@ int RelayConnectionTo(int fd, const Endpoint& dest);
 // process exit status to use.
 int RelayLoop(int conn_fd, int tcp_fd);
 
+// The same for many connections, in one process per program (the relay
+// server): RelayConnectionShared hands each over with its fds on the
+// control socket ctl (SOCK_SEQPACKET), and gets 'k' once the server relays
+// it ('n': not taken). The server exits when ctl hangs up (the program
+// exited, or exec'd: the socket is close-on-exec) and its last connection
+// is finished. Returns the exit status.
+int RelayServe(int ctl);
+
+// RelayConnection through this process's relay server (started by the
+// first call, again after fork in the child): no fork per connection. The
+// server's handover costs a round trip on its control socket. -errno if
+// the server did not take the connection (fd unchanged; -EBUSY: another
+// thread is handing one over): the caller then uses RelayConnection.
+int RelayConnectionShared(int fd);
+
+// The control socket of this process's relay server (for close_range and
+// closefrom to leave alone), or -1.
+int RelayServerFd();
+
 }  // namespace doorway::runtime
 
 #endif  // DOORWAY_RUNTIME_RELAY_H_
