@@ -30,4 +30,57 @@ r="$(grep -c "handed to a relay.* to be passed with SCM_RIGHTS" "$WORK/server.lo
 [ "$r" -eq "$n" ] || fail "$r of $n connections handed to a relay before being passed"
 echo "$(grep -c "to the relay server" "$WORK/server.log" || true) of $n through the relay server"
 cat "$WORK/clients.out" "$WORK/server.out"
+
+# A fork child of a process that passed a connection (and so has a relay
+# server) passes one too: it starts a relay server of its own (the
+# parent's control socket is not its to use).
+under_doorway forkpass timeout 60 python3 - >"$WORK/forkpass.out" 2>&1 <<'PY' ||
+import os, socket
+def worker(sock):
+    _, fds, _, _ = socket.recv_fds(sock, 1, 1)
+    c = socket.socket(fileno=fds[0])
+    c.settimeout(20)
+    c.sendall(c.recv(10).upper())
+    c.close()
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen()
+port = srv.getsockname()[1]
+a, b = socket.socketpair()
+if os.fork() == 0:
+    a.close()
+    worker(b)
+    os._exit(0)
+cli = socket.create_connection(("127.0.0.1", port))
+conn, _ = srv.accept()
+socket.send_fds(a, [b"x"], [conn.fileno()])
+conn.close()
+cli.settimeout(20)
+cli.sendall(b"one")
+assert cli.recv(10) == b"ONE"
+pid = os.fork()
+if pid == 0:
+    a2, b2 = socket.socketpair()
+    if os.fork() == 0:
+        a2.close()
+        worker(b2)
+        os._exit(0)
+    conn2, _ = srv.accept()
+    socket.send_fds(a2, [b"x"], [conn2.fileno()])
+    conn2.close()
+    os.wait()
+    os._exit(0)
+cli2 = socket.create_connection(("127.0.0.1", port))
+cli2.settimeout(20)
+cli2.sendall(b"two")
+assert cli2.recv(10) == b"TWO"
+_, st = os.waitpid(pid, 0)
+assert st == 0, st
+PY
+  fail "a fork child's pass: $(cat "$WORK/forkpass.out")"
+p="$(grep "to the relay server" "$WORK/forkpass.log" | sed 's/\].*//' | sort -u | wc -l)"
+[ "$p" -eq 2 ] || fail "want passes through relay servers from 2 processes, got $p"
+s="$(grep -c "loaded into doorway-relay" "$WORK/forkpass.log" || true)"
+[ "$s" -eq 2 ] || fail "want 2 relay servers (the parent's and the child's), got $s"
+echo "ok: a fork child's pass has its own relay server"
 echo "PASS: $n accelerated connections passed to workers with SCM_RIGHTS and served there"
