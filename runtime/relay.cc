@@ -412,6 +412,20 @@ struct Handover {
 // fork child makes its own).
 int g_server_ctl = -1;
 pid_t g_server_owner = 0;
+std::uint64_t g_server_ino = 0;  // the control socket's inode
+
+// Whether g_server_ctl still is our control socket: the program may have
+// closed the number (close() by number is not prevented) and reused it.
+bool ServerCtlIsOurs() {
+  struct stat st;
+  return g_server_ctl >= 0 && fstat(g_server_ctl, &st) == 0 && st.st_ino == g_server_ino;
+}
+
+// Forgets the control socket, closing it only if it is still ours.
+void DropServerCtl() {
+  if (ServerCtlIsOurs()) DOORWAY_REAL(close)(g_server_ctl);
+  g_server_ctl = -1;
+}
 std::atomic<bool> g_server_busy{false};
 
 // In the server process: closes what belongs to the program (without
@@ -472,12 +486,10 @@ std::atomic<bool> g_server_busy{false};
 
 // This process's relay server's control socket, started if needed; -errno.
 int ServerControl() {
-  if (g_server_ctl >= 0 && g_server_owner == getpid()) return g_server_ctl;
-  if (g_server_ctl >= 0) {
-    // Inherited across fork: the parent's. Ours is made below.
-    DOORWAY_REAL(close)(g_server_ctl);
-    g_server_ctl = -1;
-  }
+  if (g_server_ctl >= 0 && g_server_owner == getpid() && ServerCtlIsOurs()) return g_server_ctl;
+  // None yet, closed by the program, or inherited across fork (the
+  // parent's): ours is made below.
+  if (g_server_ctl >= 0) DropServerCtl();
   int sv[2];
   if (DOORWAY_REAL(socketpair)(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) return -errno;
   char lib[PATH_MAX], relay[PATH_MAX];
@@ -506,7 +518,13 @@ int ServerControl() {
   }
   int ctl = HideFd(sv[0]);
   if (ctl < 0) return ctl;
+  struct stat st;
+  if (fstat(ctl, &st) != 0) {
+    DOORWAY_REAL(close)(ctl);
+    return -EBADF;
+  }
   g_server_ctl = ctl;
+  g_server_ino = st.st_ino;
   g_server_owner = getpid();
   return ctl;
 }
@@ -546,8 +564,7 @@ int HandToServer(int fd, Connection* c, int relay_tcp) {
     if (DOORWAY_REAL(sendmsg)(ctl, &m, MSG_NOSIGNAL) != static_cast<ssize_t>(sizeof(h))) {
       // Not sent: the server is gone (or the program closed our socket).
       rc = -errno;
-      DOORWAY_REAL(close)(ctl);
-      g_server_ctl = -1;
+      DropServerCtl();
     } else {
       // The answer. After a sent handover, anything but a clear 'n' counts
       // as taken: two relays on one connection would be worse than a
@@ -567,7 +584,7 @@ int HandToServer(int fd, Connection* c, int relay_tcp) {
 
 }  // namespace
 
-int RelayServerFd() { return g_server_owner == getpid() ? g_server_ctl : -1; }
+int RelayServerFd() { return g_server_owner == getpid() && ServerCtlIsOurs() ? g_server_ctl : -1; }
 
 int RelayConnectionShared(int fd) {
   Ref r = GlobalTable().Get(fd);

@@ -2367,6 +2367,57 @@ TEST_P(Conformance, PassedListenerAcceptsEarlierAndLaterConnections) {
   close(sp[0]);
 }
 
+// The same with sendmmsg: the connection goes in the second message of
+// two.
+TEST_P(Conformance, PassedWithSendmmsg) {
+  int sp[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sp), 0);
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    close(sp[0]);
+    close(listener_);
+    char x[2] = {};
+    bool ok = read(sp[1], x, 2) == 1 && x[0] == '1';
+    int fd = ok ? RecvFd(sp[1], x, 2) : -1;
+    char buf[5];
+    ok = fd >= 0 && x[0] == '2' && ReadFully(fd, buf, 5) && memcmp(buf, "hello", 5) == 0 &&
+         write(fd, "HELLO", 5) == 5;
+    if (fd >= 0) close(fd);
+    _exit(ok ? 0 : 1);
+  }
+  close(sp[1]);
+  Connect();
+  ExpectTracked(server_, DOORWAY_ORIGIN_ACCEPT, IsTcp() ? 1 : 0);
+  iovec iov[2] = {{const_cast<char*>("1"), 1}, {const_cast<char*>("2"), 1}};
+  alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int))] = {};
+  mmsghdr mm[2] = {};
+  mm[0].msg_hdr.msg_iov = &iov[0];
+  mm[0].msg_hdr.msg_iovlen = 1;
+  mm[1].msg_hdr.msg_iov = &iov[1];
+  mm[1].msg_hdr.msg_iovlen = 1;
+  mm[1].msg_hdr.msg_control = ctl;
+  mm[1].msg_hdr.msg_controllen = sizeof(ctl);
+  cmsghdr* c = CMSG_FIRSTHDR(&mm[1].msg_hdr);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(c), &server_, sizeof(int));
+  ASSERT_EQ(sendmmsg(sp[0], mm, 2, 0), 2) << strerror(errno);
+  ASSERT_EQ(close(std::exchange(server_, -1)), 0);
+  ASSERT_EQ(write(client_, "hello", 5), 5);
+  char buf[8];
+  EXPECT_TRUE(ReadFully(client_, buf, 5));
+  EXPECT_EQ(memcmp(buf, "HELLO", 5), 0);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
+  pollfd p{client_, POLLIN, 0};
+  ASSERT_EQ(poll(&p, 1, 10000), 1);
+  EXPECT_EQ(read(client_, buf, sizeof(buf)), 0);
+  close(sp[0]);
+}
+
 // The sender goes on watching the listener it passed in its epoll set:
 // both processes share the listener, and a new connection makes it
 // readable in the sender too.
