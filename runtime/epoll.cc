@@ -1198,8 +1198,20 @@ int EpollWait(int epfd, epoll_event* events, int maxevents, std::int64_t timeout
       // does not spin): a vDSO clock_gettime costs ~30 ns on the
       // development VM, a quarter of a round's time (perf of sockperf's
       // server), and a message that arrives waits for the round to end.
+      // sched_yield every kSpinYieldNs, as the transport's waits do
+      // (wait.h): with more waiting processes than CPUs (PostgreSQL's
+      // backends), a spin that never yields holds the CPU that a woken one
+      // needs for its work, until the scheduler's tick.
+      std::int64_t next_yield = spin_start + transport::kSpinYieldNs;
       for (unsigned iter = 1;; ++iter) {
-        if ((iter & 15) == 1 && NowNs() >= spin_end) break;
+        if ((iter & 15) == 1) {
+          const std::int64_t now = NowNs();
+          if (now >= spin_end) break;
+          if (now >= next_yield) {
+            sched_yield();
+            next_yield = now + transport::kSpinYieldNs;
+          }
+        }
         if ((iter & 63) == 0) {
           k = KernelWait(*s, epfd, events, maxevents, 0, nullptr);
           if (k < 0) return k;

@@ -1,5 +1,6 @@
 #include "runtime/poll.h"
 
+#include <sched.h>
 #include <sys/mman.h>
 #include <time.h>
 
@@ -12,6 +13,7 @@
 #include "runtime/real.h"
 #include "runtime/signals.h"
 #include "transport/fence.h"
+#include "transport/wait.h"
 
 namespace doorway::runtime {
 
@@ -227,7 +229,8 @@ int EnginePoll(pollfd* fds, nfds_t n, std::int64_t timeout_ns, const sigset_t* s
     if (!spun) {
       // Spin on the rings (and, now and then, the kernel fds).
       spun = true;
-      std::int64_t spin_end = NowNs() + SpinNs();
+      const std::int64_t spin_start = NowNs();
+      std::int64_t spin_end = spin_start + SpinNs();
       if (deadline >= 0 && spin_end > deadline) spin_end = deadline;
       // With a few kernel fds, the kernel is asked every kernel_every looks
       // and a ring that turns ready returns with the last answer, which this
@@ -253,6 +256,11 @@ int EnginePoll(pollfd* fds, nfds_t n, std::int64_t timeout_ns, const sigset_t* s
       // ask's. fresh: the result may be completed with it.
       int k = 0;
       bool fresh = reuse_kernel;
+      // sched_yield every kSpinYieldNs, as the transport's waits do
+      // (wait.h): with more waiting processes than CPUs (PostgreSQL's
+      // backends), a spin that never yields holds the CPU that a woken one
+      // needs for its work, until the scheduler's tick.
+      std::int64_t next_yield = spin_start + transport::kSpinYieldNs;
       for (unsigned iter = 1;; ++iter) {
         CpuRelax();
         const bool ask = have_kernel && iter % kernel_every == 0;
@@ -262,8 +270,15 @@ int EnginePoll(pollfd* fds, nfds_t n, std::int64_t timeout_ns, const sigset_t* s
         }
         fresh = ask || reuse_kernel;
         ready = EvaluateAccelerated(fds, n, s.refs, false) + (fresh ? k : 0);
-        if (ready > 0 || ((iter & 15) == 0 && NowNs() >= spin_end)) break;
-        if ((iter & 15) == 0 && signals->load(std::memory_order_relaxed) != epoch) break;
+        if (ready > 0) break;
+        if ((iter & 15) == 0) {
+          const std::int64_t now = NowNs();
+          if (now >= spin_end || signals->load(std::memory_order_relaxed) != epoch) break;
+          if (now >= next_yield) {
+            sched_yield();
+            next_yield = now + transport::kSpinYieldNs;
+          }
+        }
       }
       if (k < 0) {
         result = k;
