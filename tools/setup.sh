@@ -9,7 +9,7 @@ PACKAGES=(
   liburing-dev libnuma-dev libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
   # tests and the demo: real programs run under doorway
   curl socat python3 libpython3.11-testsuite procps iproute2 util-linux coreutils
-  nodejs
+  nodejs postgresql
   # benchmarks
   numactl sockperf redis-server redis-tools nginx-light
   iperf3 wrk python3-matplotlib
