@@ -22,6 +22,7 @@
 #include <cstdio>
 #include <cstring>
 #include <new>
+#include <utility>
 
 #include "fdtable/fdtable.h"
 #include "runtime/accel.h"
@@ -235,26 +236,32 @@ void ResetConnection(int fd) {
   Close(fd);
 }
 
-// In the relay process: closes what belongs to the program (without
-// shutting down its connections or removing its doors), then either execs
-// doorway-relay or relays itself.
-[[noreturn]] void BecomeRelay(int fd, int tcp, Connection* conn, bool was_shared, const char* lib,
-                              const char* relay) {
+// In a process just forked from the program to relay: the program's
+// connections (but `mine`) and listeners become shared, so that this
+// process's exit shuts none of them down or removes their doors; every fd
+// but keep[0..n) is closed, 0-2 are /dev/null; signals are default and
+// unblocked.
+void DetachFromProgram(const Connection* mine, const int* keep, int n) {
   GlobalTable().ForEach([&](int, const Ref& r) {
-    if (Connection* c = const_cast<Ref&>(r).As<Connection>(); c != nullptr && c != conn) {
+    if (Connection* c = const_cast<Ref&>(r).As<Connection>(); c != nullptr && c != mine) {
       c->shared.store(true, std::memory_order_relaxed);
     }
     if (Listener* l = const_cast<Ref&>(r).As<Listener>(); l != nullptr) {
       l->shared.store(true, std::memory_order_relaxed);
     }
   });
-  conn->shared.store(was_shared, std::memory_order_relaxed);
-  int lo = std::min(fd, tcp), hi = std::max(fd, tcp);
-  if (lo > 0) CloseRange(0, static_cast<unsigned>(lo - 1), 0);
-  if (hi > lo + 1) CloseRange(static_cast<unsigned>(lo + 1), static_cast<unsigned>(hi - 1), 0);
-  CloseRange(static_cast<unsigned>(hi + 1), ~0U, 0);
+  int sorted[2];
+  for (int i = 0; i < n; ++i) sorted[i] = keep[i];
+  if (n == 2 && sorted[0] > sorted[1]) std::swap(sorted[0], sorted[1]);
+  unsigned from = 0;
+  for (int i = 0; i < n; ++i) {
+    const auto k = static_cast<unsigned>(sorted[i]);
+    if (k > from) CloseRange(from, k - 1, 0);
+    from = k + 1;
+  }
+  CloseRange(from, ~0U, 0);
   for (int i = 0; i < 3; ++i) {
-    if (i == fd || i == tcp) continue;
+    if (std::find(keep, keep + n, i) != keep + n) continue;
     int null = open("/dev/null", O_RDWR);  // lowest free number: i
     if (null >= 0 && null != i) DOORWAY_REAL(close)(null);
   }
@@ -264,23 +271,43 @@ void ResetConnection(int fd) {
   sigset_t none;
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, nullptr);
+}
+
+// The environment to exec doorway-relay with: ours, with LD_PRELOAD set to
+// this libdoorway.so (lib) and, if drop_inherit, without DOORWAY_INHERIT.
+// In mmap'ed memory (a forked child of a threaded program must not
+// malloc); nullptr if there is none.
+char** RelayEnvironment(const char* lib, bool drop_inherit) {
+  size_t count = 0;
+  for (char** e = environ; e != nullptr && *e != nullptr; ++e) ++count;
+  size_t bytes = (count + 2) * sizeof(char*) + sizeof(kPreloadVar) + strlen(lib) + 1;
+  void* mem = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mem == MAP_FAILED) return nullptr;
+  char** env = static_cast<char**>(mem);
+  char* preload = reinterpret_cast<char*>(env + count + 2);
+  snprintf(preload, sizeof(kPreloadVar) + strlen(lib), "%s%s", kPreloadVar, lib);
+  size_t k = 0;
+  for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
+    if (strncmp(*e, kPreloadVar, sizeof(kPreloadVar) - 1) == 0) continue;
+    if (drop_inherit && strncmp(*e, "DOORWAY_INHERIT=", 16) == 0) continue;
+    env[k++] = *e;
+  }
+  env[k++] = preload;
+  env[k] = nullptr;
+  return env;
+}
+
+// In the relay process: closes what belongs to the program (without
+// shutting down its connections or removing its doors), then either execs
+// doorway-relay or relays itself.
+[[noreturn]] void BecomeRelay(int fd, int tcp, Connection* conn, bool was_shared, const char* lib,
+                              const char* relay) {
+  const int keep[] = {fd, tcp};
+  DetachFromProgram(conn, keep, 2);
+  conn->shared.store(was_shared, std::memory_order_relaxed);
   if (relay != nullptr) {
-    // The environment: ours, with LD_PRELOAD set to this libdoorway.so
-    // (and DOORWAY_INHERIT added by ExecEnv for fd).
-    size_t count = 0;
-    for (char** e = environ; e != nullptr && *e != nullptr; ++e) ++count;
-    size_t bytes = (count + 2) * sizeof(char*) + sizeof(kPreloadVar) + strlen(lib) + 1;
-    void* mem = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (mem != MAP_FAILED) {
-      char** env = static_cast<char**>(mem);
-      char* preload = reinterpret_cast<char*>(env + count + 2);
-      snprintf(preload, sizeof(kPreloadVar) + strlen(lib), "%s%s", kPreloadVar, lib);
-      size_t k = 0;
-      for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
-        if (strncmp(*e, kPreloadVar, sizeof(kPreloadVar) - 1) != 0) env[k++] = *e;
-      }
-      env[k++] = preload;
-      env[k] = nullptr;
+    // (DOORWAY_INHERIT is added by ExecEnv for fd.)
+    if (char** env = RelayEnvironment(lib, false); env != nullptr) {
       // Both survive the exec (a connection the program accepted with
       // SOCK_CLOEXEC too: ExecEnv passes only those that survive).
       DOORWAY_REAL(fcntl)(tcp, F_SETFD, 0);
@@ -432,45 +459,9 @@ std::atomic<bool> g_server_busy{false};
 // shutting down its connections or removing its doors), then execs
 // `doorway-relay serve CTL` or serves itself.
 [[noreturn]] void BecomeServer(int ctl, const char* lib, const char* relay) {
-  GlobalTable().ForEach([&](int, const Ref& r) {
-    if (Connection* c = const_cast<Ref&>(r).As<Connection>(); c != nullptr) {
-      c->shared.store(true, std::memory_order_relaxed);
-    }
-    if (Listener* l = const_cast<Ref&>(r).As<Listener>(); l != nullptr) {
-      l->shared.store(true, std::memory_order_relaxed);
-    }
-  });
-  if (ctl > 0) CloseRange(0, static_cast<unsigned>(ctl - 1), 0);
-  CloseRange(static_cast<unsigned>(ctl + 1), ~0U, 0);
-  for (int i = 0; i < 3; ++i) {
-    if (i == ctl) continue;
-    int null = open("/dev/null", O_RDWR);  // lowest free number: i
-    if (null >= 0 && null != i) DOORWAY_REAL(close)(null);
-  }
-  struct sigaction dfl {};
-  dfl.sa_handler = SIG_DFL;
-  for (int s = 1; s < NSIG; ++s) sigaction(s, &dfl, nullptr);
-  sigset_t none;
-  sigemptyset(&none);
-  sigprocmask(SIG_SETMASK, &none, nullptr);
+  DetachFromProgram(nullptr, &ctl, 1);
   if (relay != nullptr) {
-    size_t count = 0;
-    for (char** e = environ; e != nullptr && *e != nullptr; ++e) ++count;
-    size_t bytes = (count + 2) * sizeof(char*) + sizeof(kPreloadVar) + strlen(lib) + 1;
-    void* mem = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (mem != MAP_FAILED) {
-      char** env = static_cast<char**>(mem);
-      char* preload = reinterpret_cast<char*>(env + count + 2);
-      snprintf(preload, sizeof(kPreloadVar) + strlen(lib), "%s%s", kPreloadVar, lib);
-      size_t k = 0;
-      for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
-        if (strncmp(*e, kPreloadVar, sizeof(kPreloadVar) - 1) != 0 &&
-            strncmp(*e, "DOORWAY_INHERIT=", 16) != 0) {
-          env[k++] = *e;
-        }
-      }
-      env[k++] = preload;
-      env[k] = nullptr;
+    if (char** env = RelayEnvironment(lib, true); env != nullptr) {
       DOORWAY_REAL(fcntl)(ctl, F_SETFD, 0);
       char ctl_arg[16];
       snprintf(ctl_arg, sizeof(ctl_arg), "%d", ctl);
