@@ -577,30 +577,19 @@ int HandToServer(int fd, Connection* c, int relay_tcp) {
 
 int RelayServerFd() { return g_server_owner == getpid() && ServerCtlIsOurs() ? g_server_ctl : -1; }
 
-int RelayConnectionShared(int fd) {
-  Ref r = GlobalTable().Get(fd);
-  Connection* c = r.As<Connection>();
-  if (c == nullptr) return -EINVAL;
-  int pair[2] = {-1, -1};
-  int rc = TcpPair(*c, pair);
-  if (rc != 0) return rc;
-  rc = HandToServer(fd, c, pair[1]);
-  DOORWAY_REAL(close)(pair[1]);
-  if (rc != 0) {
-    DOORWAY_REAL(close)(pair[0]);
-    return rc;
-  }
-  return TakeKernelSocket(fd, c, pair[0], "to the relay server, to be passed with SCM_RIGHTS");
-}
+namespace {
 
-int RelayConnection(int fd, const char* purpose) {
+// The connection at fd goes to a relay that `start` gives the relay's end
+// of a kernel TCP pair (a new relay process, or the relay server); fd
+// becomes the other end.
+int RelayVia(int fd, int (*start)(int, Connection*, int), const char* purpose) {
   Ref r = GlobalTable().Get(fd);
   Connection* c = r.As<Connection>();
   if (c == nullptr) return -EINVAL;
   int pair[2] = {-1, -1};
   int rc = TcpPair(*c, pair);
   if (rc != 0) return rc;
-  rc = StartRelay(fd, c, pair[1]);
+  rc = start(fd, c, pair[1]);
   DOORWAY_REAL(close)(pair[1]);
   if (rc != 0) {
     DOORWAY_REAL(close)(pair[0]);
@@ -608,6 +597,14 @@ int RelayConnection(int fd, const char* purpose) {
   }
   return TakeKernelSocket(fd, c, pair[0], purpose);
 }
+
+}  // namespace
+
+int RelayConnectionShared(int fd) {
+  return RelayVia(fd, &HandToServer, "to the relay server, to be passed with SCM_RIGHTS");
+}
+
+int RelayConnection(int fd, const char* purpose) { return RelayVia(fd, &StartRelay, purpose); }
 
 int RelayConnectionTo(int fd, const Endpoint& dest) {
   Ref r = GlobalTable().Get(fd);
