@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <ifaddrs.h>
+#include <pthread.h>
 
 #include <atomic>
 #include <cstdio>
@@ -18,6 +19,33 @@ constexpr int kMaxLocal = 64;
 // the count that covers them (release/acquire on g_local_count).
 constinit Endpoint g_local[kMaxLocal];
 constinit std::atomic<int> g_local_count{0};
+
+// The list is read on first use, not at start-up: getifaddrs (a netlink
+// dump) was half of doorway's initialisation (perf of a preloaded
+// /bin/true), and most programs only connect to loopback, which needs no
+// list. 0: not read yet, 1: being read, 2: read. A caller that finds
+// another thread reading gets "not local" (plain TCP for that connection)
+// rather than waiting: connect() may run in a signal handler that
+// interrupted the reading thread.
+constinit std::atomic<int> g_local_state{0};
+
+void EnsureLocalAddresses() {
+  if (g_local_state.load(std::memory_order_acquire) == 2) return;
+  int expected = 0;
+  if (!g_local_state.compare_exchange_strong(expected, 1, std::memory_order_acq_rel)) return;
+  LocalAddressesRefresh();
+  g_local_state.store(2, std::memory_order_release);
+}
+
+// A fork child whose parent was reading in another thread reads again.
+void ResetInChild() {
+  if (g_local_state.load(std::memory_order_relaxed) == 1) {
+    g_local_count.store(0, std::memory_order_relaxed);
+    g_local_state.store(0, std::memory_order_relaxed);
+  }
+}
+
+[[maybe_unused]] const int g_atfork = pthread_atfork(nullptr, nullptr, ResetInChild);
 
 }  // namespace
 
@@ -113,6 +141,7 @@ void LocalAddressesRefresh() {
 }
 
 bool IsLocalInterfaceAddress(const Endpoint& in) {
+  EnsureLocalAddresses();
   Endpoint ep = Unmapped(in);
   int n = g_local_count.load(std::memory_order_acquire);
   for (int i = 0; i < n; ++i) {

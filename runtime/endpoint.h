@@ -32,8 +32,8 @@ bool IsLoopback(const Endpoint& ep);
 // An IPv4-mapped IPv6 address (::ffff:a.b.c.d) turned into IPv4; other
 // endpoints unchanged.
 Endpoint Unmapped(const Endpoint& ep);
-// Whether ep is one of this host's interface addresses (a cache refreshed
-// at initialisation; LocalAddressesRefresh() re-reads it).
+// Whether ep is one of this host's interface addresses (a cache read at
+// the first call; LocalAddressesRefresh() re-reads it).
 bool IsLocalInterfaceAddress(const Endpoint& ep);
 void LocalAddressesRefresh();
 

@@ -67,7 +67,6 @@ void Initialise() {
   // Unix sockets for plain ones.
   int adopted = config.disabled ? 0 : AdoptInheritedConnections();
   int inherited = config.disabled ? 0 : ScanInheritedSockets();
-  if (!config.disabled) LocalAddressesRefresh();
   DOORWAY_LOG(kInfo, "loaded into %s%s; %d inherited socket(s), %d accelerated",
               program_invocation_short_name, config.disabled ? " (disabled)" : "", inherited,
               adopted);
