@@ -126,6 +126,23 @@ void KeepClientDoor(int fd, std::uint64_t ino, const Endpoint& dest, std::uint64
         released = &k;
       }
     }
+    // Full, and no entry seen released: entries are marked only when a
+    // connect to their destination looks, so a pool full of entries for
+    // other destinations (a program that talks to many listeners in turn)
+    // looked unreleased and kept nothing for up to kStaleNs. A few of them
+    // are asked (each ask reads a line of an arena: a likely miss, only
+    // while the pool is full).
+    if (e->fd >= 0 && released == nullptr) {
+      int asks = 0;
+      for (Kept& k : g_pool.kept) {
+        if (k.fd < 0 || k.released) continue;
+        if (Released(k)) {
+          released = &k;
+          break;
+        }
+        if (++asks == 4) break;
+      }
+    }
     if (e->fd >= 0 && released != nullptr) e = released;
     if (e->fd < 0 || e == released || now - e->kept_ns > kStaleNs) {
       if (e->fd >= 0) evicted = e->fd;

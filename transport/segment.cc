@@ -14,6 +14,7 @@
 #include <atomic>
 #include <cerrno>
 #include <climits>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -480,7 +481,9 @@ struct SharedMap {
   Placement placement;
   uint64_t stamp = 0;  // receiver: for eviction, smaller is older
   // Creator only.
-  uint64_t key = 0;  // SegmentOptions::arena_key
+  // SegmentOptions::arena_key; changed when the table is full and another
+  // listener needs an arena (GrowArenas), hence atomic.
+  std::atomic<uint64_t> key{0};
   PagePolicy policy = PagePolicy::kAuto;
   SegmentLayout layout;  // of one slot
   uint32_t slots = 0;
@@ -611,7 +614,7 @@ SharedMap* GrowArenas(const SegmentLayout& layout, const SegmentOptions& opts, b
     m->size = size;
     m->dev = static_cast<uint64_t>(st.st_dev);
     m->ino = static_cast<uint64_t>(st.st_ino);
-    m->key = opts.arena_key;
+    m->key.store(opts.arena_key, std::memory_order_relaxed);
     m->policy = policy;
     m->layout = layout;
     m->slots = static_cast<uint32_t>(slots);
@@ -623,6 +626,38 @@ SharedMap* GrowArenas(const SegmentLayout& layout, const SegmentOptions& opts, b
     a.store(m, std::memory_order_release);
     made = m;
     break;
+  }
+  if (made == nullptr) {
+    // The table is full: each listener this process ever connected to took
+    // an arena, and they are never freed (a connect may be using one without
+    // a reference yet). Without this, every connection to a later listener
+    // went outside arenas, so its door socket was never kept for reuse, for
+    // the rest of the process's life (a client whose servers restart; the
+    // conformance suite, flakily). The arena with the fewest references
+    // (segments and kept sockets in it) and the same page policy and slot
+    // layout now serves the new listener too. Nothing breaks: slots are
+    // taken only once released, and each side names an arena by its memfd;
+    // only the one-arena-per-listener separation between listeners of this
+    // uid goes (arenas are made only for servers of our own uid).
+    SharedMap* best = nullptr;
+    int32_t best_refs = INT32_MAX;
+    for (std::atomic<SharedMap*>& a : g_arenas) {
+      SharedMap* m = a.load(std::memory_order_acquire);
+      if (m == nullptr || m->policy != policy || m->layout.segment_size != layout.segment_size ||
+          m->layout.ring_capacity[0] != layout.ring_capacity[0] ||
+          m->layout.ring_capacity[1] != layout.ring_capacity[1]) {
+        continue;
+      }
+      const int32_t r = m->refs.load(std::memory_order_relaxed);
+      if (r < best_refs) {
+        best = m;
+        best_refs = r;
+      }
+    }
+    if (best != nullptr) {
+      best->key.store(opts.arena_key, std::memory_order_relaxed);
+      made = best;
+    }
   }
   g_arena_grow.clear(std::memory_order_release);
   return made;
@@ -686,8 +721,8 @@ int Segment::CreateInArena(const SegmentOptions& opts, const SegmentLayout& layo
     for (int k = 0; k < kMaxArenas; ++k) {
       const int ai = (first + k) % kMaxArenas;
       SharedMap* m = g_arenas[ai].load(std::memory_order_acquire);
-      if (m == nullptr || m->key != opts.arena_key || m->policy != opts.pages ||
-          m->layout.ring_capacity[0] != layout.ring_capacity[0] ||
+      if (m == nullptr || m->key.load(std::memory_order_relaxed) != opts.arena_key ||
+          m->policy != opts.pages || m->layout.ring_capacity[0] != layout.ring_capacity[0] ||
           m->layout.ring_capacity[1] != layout.ring_capacity[1]) {
         continue;
       }

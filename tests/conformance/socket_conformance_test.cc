@@ -1867,6 +1867,58 @@ TEST_P(Conformance, RepeatedConnectionsStartWithFreshFlags) {
 // A listener closed after connections came and went: the next connect is
 // refused, as for any closed port (doorway's kept door sockets to it are
 // closed with it, and the connect finds no door).
+// A process that has connected to many listeners still reuses door
+// sockets for the next one: doorway's client keeps a segment arena per
+// listener, at most 32, never freed; past that, connections went outside
+// arenas and their door sockets were never kept (reuse.h), for the rest of
+// the process's life. 40 listeners in turn, one connection to each; each
+// listener's door file is held open (O_PATH) after the listener closes, so
+// that no later door reuses its inode (the arena's key); then the last
+// listener again.
+TEST_P(Conformance, DoorReuseContinuesPastManyListeners) {
+  std::vector<int> held;
+  for (int i = 0; i < 40; ++i) {
+    if (i > 0) listener_ = MakeListener();
+    ASSERT_NO_FATAL_FAILURE(Connect());
+    close(std::exchange(server_, -1));
+    close(std::exchange(client_, -1));
+    if (i == 39) break;
+    if (DoorwayInfo() != nullptr && IsTcp()) {
+      char host[INET6_ADDRSTRLEN] = {};
+      unsigned port = 0;
+      if (Domain() == AF_INET) {
+        const auto* a = reinterpret_cast<const sockaddr_in*>(&addr_);
+        inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+        port = ntohs(a->sin_port);
+      } else {
+        const auto* a = reinterpret_cast<const sockaddr_in6*>(&addr_);
+        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+        port = ntohs(a->sin6_port);
+      }
+      const char* dir = getenv("DOORWAY_DIR");
+      const std::string door =
+          (dir != nullptr && dir[0] != '\0' ? std::string(dir)
+                                            : "/tmp/doorway-" + std::to_string(geteuid())) +
+          (Domain() == AF_INET ? "/tcp4-" + std::string(host) + "-"
+                               : "/tcp6-[" + std::string(host) + "]-") +
+          std::to_string(port);
+      int h = open(door.c_str(), O_PATH | O_CLOEXEC);
+      ASSERT_GE(h, 0) << door << ": " << strerror(errno);
+      held.push_back(h);
+    }
+    close(std::exchange(listener_, -1));
+  }
+  std::vector<ino_t> seen;
+  int reused = 0;
+  for (int i = 0; i < 6; ++i) {
+    ASSERT_NO_FATAL_FAILURE(ConnectNoticingReuse(&seen, &reused));
+    close(std::exchange(server_, -1));
+    close(std::exchange(client_, -1));
+  }
+  for (int h : held) close(h);
+  ExpectDoorReuse(reused, 3);
+}
+
 // Once the server has accepted, the client's socket is connected for every
 // thread of the client process, even while the connecting thread has not
 // returned from connect() yet: TCP's client is established before the
