@@ -260,6 +260,30 @@ class Conformance : public testing::TestWithParam<Kind> {
     return got;
   }
 
+  // Under doorway over TCP: the path of the current listener's (addr_'s)
+  // door file, or with prefix "wake2." of its wake FIFO, named as
+  // runtime/door.cc names them.
+  std::string DoorFile(const char* prefix) const {
+    char host[INET6_ADDRSTRLEN] = {};
+    unsigned port = 0;
+    if (Domain() == AF_INET) {
+      const auto* a = reinterpret_cast<const sockaddr_in*>(&addr_);
+      inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+      port = ntohs(a->sin_port);
+    } else {
+      const auto* a = reinterpret_cast<const sockaddr_in6*>(&addr_);
+      inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+      port = ntohs(a->sin6_port);
+    }
+    const char* dir = getenv("DOORWAY_DIR");
+    return (dir != nullptr && dir[0] != '\0' ? std::string(dir)
+                                             : "/tmp/doorway-" + std::to_string(geteuid())) +
+           "/" + prefix +
+           (Domain() == AF_INET ? "tcp4-" + std::string(host) + "-"
+                                : "tcp6-[" + std::string(host) + "]-") +
+           std::to_string(port);
+  }
+
   // Waits (bounded) until fd is readable.
   static void WaitReadable(int fd) {
     pollfd p{fd, POLLIN, 0};
@@ -1884,24 +1908,7 @@ TEST_P(Conformance, DoorReuseContinuesPastManyListeners) {
     close(std::exchange(client_, -1));
     if (i == 39) break;
     if (DoorwayInfo() != nullptr && IsTcp()) {
-      char host[INET6_ADDRSTRLEN] = {};
-      unsigned port = 0;
-      if (Domain() == AF_INET) {
-        const auto* a = reinterpret_cast<const sockaddr_in*>(&addr_);
-        inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
-        port = ntohs(a->sin_port);
-      } else {
-        const auto* a = reinterpret_cast<const sockaddr_in6*>(&addr_);
-        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
-        port = ntohs(a->sin6_port);
-      }
-      const char* dir = getenv("DOORWAY_DIR");
-      const std::string door =
-          (dir != nullptr && dir[0] != '\0' ? std::string(dir)
-                                            : "/tmp/doorway-" + std::to_string(geteuid())) +
-          (Domain() == AF_INET ? "/tcp4-" + std::string(host) + "-"
-                               : "/tcp6-[" + std::string(host) + "]-") +
-          std::to_string(port);
+      const std::string door = DoorFile("");
       int h = open(door.c_str(), O_PATH | O_CLOEXEC);
       ASSERT_GE(h, 0) << door << ": " << strerror(errno);
       held.push_back(h);
@@ -1985,28 +1992,8 @@ TEST_P(Conformance, ConnectionsBeyondAFullWakeFifoAreAccepted) {
     }
     for (int fd : fds) close(fd);
   }
-  sockaddr_storage bound{};
-  socklen_t blen = sizeof(bound);
-  ASSERT_EQ(getsockname(listener_, reinterpret_cast<sockaddr*>(&bound), &blen), 0);
   if (DoorwayInfo() != nullptr && IsTcp()) {
-    char host[INET6_ADDRSTRLEN] = {};
-    unsigned port = 0;
-    if (Domain() == AF_INET) {
-      const auto* a = reinterpret_cast<const sockaddr_in*>(&bound);
-      inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
-      port = ntohs(a->sin_port);
-    } else {
-      const auto* a = reinterpret_cast<const sockaddr_in6*>(&bound);
-      inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
-      port = ntohs(a->sin6_port);
-    }
-    const char* dir = getenv("DOORWAY_DIR");
-    const std::string fifo =
-        (dir != nullptr && dir[0] != '\0' ? std::string(dir)
-                                          : "/tmp/doorway-" + std::to_string(geteuid())) +
-        (Domain() == AF_INET ? "/wake2.tcp4-" + std::string(host) + "-"
-                             : "/wake2.tcp6-[" + std::string(host) + "]-") +
-        std::to_string(port);
+    const std::string fifo = DoorFile("wake2.");
     int w = open(fifo.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
     ASSERT_GE(w, 0) << fifo << ": " << strerror(errno);
     EXPECT_EQ(fcntl(w, F_SETPIPE_SZ, 4096), 4096) << strerror(errno);
